@@ -1,0 +1,19 @@
+//! Builds the XDP object from `lb-ebpf` (nightly, bpf-linker) and leaves it in `$OUT_DIR/lb-ebpf`
+//! for `include_bytes_aligned!`. `cargo xtask setup` installs what this needs.
+fn main() -> anyhow::Result<()> {
+    // The build-dependency on lb-ebpf only covers its (empty) library target; the program lives
+    // in its binary target and the shared types in lb-common, so watch those sources directly.
+    for dir in [
+        "../lb-ebpf/src",
+        "../lb-ebpf/Cargo.toml",
+        "../lb-common/src",
+    ] {
+        println!("cargo:rerun-if-changed={dir}");
+    }
+    let package = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

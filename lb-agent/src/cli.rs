@@ -1,0 +1,368 @@
+//! The `lb-agent` subcommands.
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_common::{Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, VIP_FLAG_LEASED};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::l2::{
+    afpacket::{self, PacketSocket, SharedCounters, Table},
+    announce,
+    datapath::{Datapath, XdpModes},
+    iface::{self, Interface},
+    maps::{VipEntry, VipMaps, monotonic_ns},
+    vipdev,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "xdplb node agent: announces load-balancer VIPs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Announce fixed VIPs on interfaces (static mode: no controller, no peers).
+    Announce(AnnounceArgs),
+    /// Print the pinned VIP maps, counters and links.
+    Maps(MapsArgs),
+}
+
+/// How ARP/NDP is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// XDP (native, then generic), else the AF_PACKET responder.
+    Auto,
+    /// XDP, native then generic; fail if neither attaches.
+    Xdp,
+    /// XDP in driver mode only.
+    XdpNative,
+    /// XDP in generic (SKB) mode only.
+    XdpGeneric,
+    /// The userspace AF_PACKET responder.
+    Afpacket,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnnounceArgs {
+    /// Interface to answer on (repeat for several).
+    #[arg(long = "interface", short = 'i', required = true)]
+    pub interfaces: Vec<String>,
+    /// VIPs to announce, IPv4 or IPv6, comma-separated or repeated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub vip: Vec<IpAddr>,
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// bpffs directory for the pinned program, links and maps.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Do not put the VIPs on the local `xdplb0` device (when something else, such as
+    /// kube-proxy, accepts their traffic).
+    #[arg(long)]
+    pub no_local_vip: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MapsArgs {
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Announce(args) => announce(args).await,
+        Command::Maps(args) => {
+            print!("{}", render_maps(&args.bpffs)?);
+            Ok(())
+        }
+    }
+}
+
+fn log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 5,
+        LevelFilter::DEBUG => 4,
+        LevelFilter::INFO => 3,
+        LevelFilter::WARN => 2,
+        LevelFilter::ERROR => 1,
+        _ => 0,
+    }
+}
+
+fn modes(mode: Mode) -> XdpModes {
+    match mode {
+        Mode::XdpNative => XdpModes::NativeOnly,
+        Mode::XdpGeneric => XdpModes::GenericOnly,
+        _ => XdpModes::NativeThenGeneric,
+    }
+}
+
+fn entries_for(ifaces: &[Interface], vips: &[IpAddr]) -> Vec<VipEntry> {
+    ifaces
+        .iter()
+        .flat_map(|i| {
+            vips.iter().map(|addr| VipEntry {
+                addr: *addr,
+                ifindex: i.index,
+                mac: i.mac,
+                flags: 0,
+            })
+        })
+        .collect()
+}
+
+async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
+    let ifaces = args
+        .interfaces
+        .iter()
+        .map(|n| Interface::lookup(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vips: Vec<IpAddr> = {
+        let set: BTreeSet<IpAddr> = args.vip.iter().copied().collect();
+        set.into_iter().collect()
+    };
+
+    let mut datapath = None;
+    if args.mode != Mode::Afpacket {
+        match Datapath::load(&args.bpffs, log_level()) {
+            Ok(d) => datapath = Some(d),
+            Err(e) if args.mode == Mode::Auto => {
+                warn!(error = %e, "XDP unavailable; answering from the AF_PACKET responder")
+            }
+            Err(e) => return Err(e).context("loading the XDP program"),
+        }
+    }
+    let mut xdp_ifaces = Vec::new();
+    let mut af_ifaces = Vec::new();
+    for iface in &ifaces {
+        let Some(d) = datapath.as_mut() else {
+            af_ifaces.push(iface.clone());
+            continue;
+        };
+        match d.attach_l2(&iface.name, modes(args.mode)) {
+            Ok(how) => {
+                info!(iface = %iface.name, mode = %how, "XDP responder attached");
+                xdp_ifaces.push(iface.clone());
+            }
+            Err(e) if args.mode == Mode::Auto => {
+                warn!(iface = %iface.name, error = %e, "XDP cannot attach; using the AF_PACKET responder");
+                af_ifaces.push(iface.clone());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let xdp_entries = entries_for(&xdp_ifaces, &vips);
+    let mut maps = None;
+    if let Some(d) = datapath.as_mut() {
+        let mut m = VipMaps::open_pinned(d.bpffs())?;
+        let stats = m.apply(&xdp_entries)?;
+        info!(
+            added = stats.added,
+            updated = stats.updated,
+            removed = stats.removed,
+            "VIP maps updated"
+        );
+        maps = Some(m);
+        spawn_log_reader(d);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let af_counters = Arc::new(SharedCounters::default());
+    let af_entries = entries_for(&af_ifaces, &vips);
+    let table = Arc::new(RwLock::new(Table::from_entries(&af_entries)));
+    let mut threads = Vec::new();
+    for iface in &af_ifaces {
+        threads.push(afpacket::spawn_responder(
+            iface.clone(),
+            table.clone(),
+            af_counters.clone(),
+            stop.clone(),
+        )?);
+        info!(iface = %iface.name, "AF_PACKET responder running");
+    }
+
+    let netlink = if args.no_local_vip {
+        None
+    } else {
+        let handle = vipdev::connect()?;
+        let index = vipdev::ensure(&handle).await?;
+        vipdev::sync(&handle, index, &vips.iter().copied().collect()).await?;
+        for iface in &ifaces {
+            vipdev::quiet_arp(&iface.name)?;
+        }
+        Some(handle)
+    };
+
+    let sockets = ifaces
+        .iter()
+        .map(|i| Ok((i.index, PacketSocket::open(i, false)?)))
+        .collect::<Result<Vec<_>, crate::l2::L2Error>>()?;
+    let all_entries: Vec<VipEntry> = xdp_entries.iter().chain(&af_entries).copied().collect();
+    let announcer = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut sent = 0;
+        for at in announce::SCHEDULE {
+            tokio::time::sleep_until(start + at).await;
+            sent += announce::send_round(&sockets, &all_entries);
+        }
+        info!(frames = sent, "announcements done");
+    });
+    info!(vips = ?vips, "announcing; SIGTERM or SIGINT withdraws");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    info!("withdrawing");
+    announcer.abort();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(m) = maps.as_mut() {
+        m.withdraw(&xdp_entries)?;
+        for iface in &xdp_ifaces {
+            Datapath::detach(&args.bpffs, &iface.name)?;
+        }
+        if m.entries().is_empty() && !any_link_pinned(&args.bpffs) {
+            Datapath::unpin_all(&args.bpffs)?;
+        }
+    }
+    if let Some(handle) = netlink {
+        let index = vipdev::ensure(&handle).await?;
+        vipdev::sync(&handle, index, &BTreeSet::new()).await?;
+        vipdev::remove_if_empty(&handle).await?;
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if !af_ifaces.is_empty() {
+        info!(
+            requests =
+                af_counters.get(Counter::ArpRequests) + af_counters.get(Counter::NdpSolicitations),
+            replies =
+                af_counters.get(Counter::ArpReplies) + af_counters.get(Counter::NdpAdvertisements),
+            "AF_PACKET responder stopped"
+        );
+    }
+    Ok(())
+}
+
+fn any_link_pinned(bpffs: &Path) -> bool {
+    std::fs::read_dir(bpffs)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PIN_PREFIX))
+        })
+        .unwrap_or(false)
+}
+
+/// Forwards the XDP program's aya-log records to tracing for the agent's lifetime.
+fn spawn_log_reader(datapath: &mut Datapath) {
+    let Some(logger) = datapath.take_logger() else {
+        return;
+    };
+    tokio::spawn(async move {
+        // SAFETY: the logger owns its ring buffer fd and keeps it open for as long as the
+        // AsyncFd owns the logger.
+        let Ok(mut fd) = (unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }) else {
+            return;
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// `lb-agent maps`: the pinned maps in human form.
+pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    if !bpffs.exists() {
+        bail!(
+            "nothing pinned under {} (is an agent running? see --bpffs)",
+            bpffs.display()
+        );
+    }
+    let maps = VipMaps::open_pinned(bpffs)?;
+    let mut out = String::new();
+    let entries = maps.entries();
+    writeln!(out, "{:<40} {:<20} {:<18} FLAGS", "VIP", "INTERFACE", "MAC")?;
+    for e in &entries {
+        let ifname = iface::name_of(e.ifindex).unwrap_or_else(|| "?".to_owned());
+        let flags = if e.flags & VIP_FLAG_LEASED != 0 {
+            "leased"
+        } else {
+            "-"
+        };
+        writeln!(
+            out,
+            "{:<40} {:<20} {:<18} {}",
+            e.addr.to_string(),
+            format!("{ifname} ({})", e.ifindex),
+            iface::fmt_mac(&e.mac),
+            flags
+        )?;
+    }
+    if entries.is_empty() {
+        writeln!(out, "(no VIPs)")?;
+    }
+    let lease = maps.lease()?;
+    let now = monotonic_ns();
+    let lease = if lease == 0 {
+        "never set".to_owned()
+    } else if lease > now {
+        format!("valid for {:?}", Duration::from_nanos(lease - now))
+    } else {
+        format!("expired {:?} ago", Duration::from_nanos(now - lease))
+    };
+    writeln!(out, "\nlease: {lease}")?;
+    let mut links: Vec<String> = std::fs::read_dir(bpffs)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix(LINK_PIN_PREFIX)
+                .map(str::to_owned)
+        })
+        .collect();
+    links.sort();
+    writeln!(
+        out,
+        "links: {}",
+        if links.is_empty() {
+            "(none)".to_owned()
+        } else {
+            links.join(", ")
+        }
+    )?;
+    writeln!(out, "\ncounters (all CPUs):")?;
+    let counters = maps.counters()?;
+    for c in Counter::ALL {
+        writeln!(out, "  {:<20} {}", c.name(), counters.get(c))?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,239 @@
+//! Typed handles over the pinned maps, and the desired-state apply that keeps them current.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, Vip4Key, Vip6Key, VipValue,
+};
+
+use super::L2Error;
+
+/// One VIP as announced on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipEntry {
+    pub addr: IpAddr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub flags: u16,
+}
+
+impl VipEntry {
+    fn key(&self) -> (IpAddr, u32) {
+        (self.addr, self.ifindex)
+    }
+}
+
+/// What an [`VipMaps::apply`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+}
+
+/// Counter totals over all CPUs, indexed like [`Counter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTER_SLOTS as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+/// The VIP maps, lease and counters of one pin directory.
+pub struct VipMaps {
+    vip4: HashMap<MapData, Vip4Key, VipValue>,
+    vip6: HashMap<MapData, Vip6Key, VipValue>,
+    counters: PerCpuArray<MapData, u64>,
+    lease: Array<MapData, u64>,
+}
+
+fn open(bpffs: &Path, name: &'static str) -> Result<Map, L2Error> {
+    let path = bpffs.join(name);
+    if !path.exists() {
+        return Err(L2Error::MissingMap { name });
+    }
+    let data = MapData::from_pin(&path).map_err(|source| L2Error::Map { name, source })?;
+    Map::from_map_data(data).map_err(|source| L2Error::Map { name, source })
+}
+
+impl VipMaps {
+    /// Opens the maps pinned under `bpffs`; sizes are checked against the `lb-common` types.
+    pub fn open_pinned(bpffs: &Path) -> Result<Self, L2Error> {
+        let err = |name| move |source| L2Error::Map { name, source };
+        Ok(Self {
+            vip4: open(bpffs, MAP_VIP4)?.try_into().map_err(err(MAP_VIP4))?,
+            vip6: open(bpffs, MAP_VIP6)?.try_into().map_err(err(MAP_VIP6))?,
+            counters: open(bpffs, MAP_COUNTERS)?
+                .try_into()
+                .map_err(err(MAP_COUNTERS))?,
+            lease: open(bpffs, MAP_LEASE)?.try_into().map_err(err(MAP_LEASE))?,
+        })
+    }
+
+    /// Every VIP entry in the maps, sorted.
+    pub fn entries(&self) -> Vec<VipEntry> {
+        let mut out: Vec<VipEntry> = self
+            .vip4
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| VipEntry {
+                addr: IpAddr::V4(Ipv4Addr::from(k.addr)),
+                ifindex: k.ifindex,
+                mac: v.mac,
+                flags: v.flags,
+            })
+            .chain(
+                self.vip6
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(k, v)| VipEntry {
+                        addr: IpAddr::V6(Ipv6Addr::from(k.addr)),
+                        ifindex: k.ifindex,
+                        mac: v.mac,
+                        flags: v.flags,
+                    }),
+            )
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn insert(&mut self, entry: &VipEntry) -> Result<(), L2Error> {
+        let value = VipValue {
+            mac: entry.mac,
+            flags: entry.flags,
+        };
+        match entry.addr {
+            IpAddr::V4(addr) => self.vip4.insert(
+                Vip4Key {
+                    addr: addr.octets(),
+                    ifindex: entry.ifindex,
+                },
+                value,
+                0,
+            ),
+            IpAddr::V6(addr) => self.vip6.insert(
+                Vip6Key {
+                    addr: addr.octets(),
+                    ifindex: entry.ifindex,
+                },
+                value,
+                0,
+            ),
+        }
+        .map_err(|source| L2Error::Map {
+            name: map_name(entry.addr),
+            source,
+        })
+    }
+
+    fn remove(&mut self, addr: IpAddr, ifindex: u32) -> Result<(), L2Error> {
+        let result = match addr {
+            IpAddr::V4(addr) => self.vip4.remove(&Vip4Key {
+                addr: addr.octets(),
+                ifindex,
+            }),
+            IpAddr::V6(addr) => self.vip6.remove(&Vip6Key {
+                addr: addr.octets(),
+                ifindex,
+            }),
+        };
+        match result {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(L2Error::Map {
+                name: map_name(addr),
+                source,
+            }),
+        }
+    }
+
+    /// Makes the maps hold exactly `desired`: new and changed entries are written before stale
+    /// ones are removed, so a VIP that stays is never missing in between.
+    pub fn apply(&mut self, desired: &[VipEntry]) -> Result<ApplyStats, L2Error> {
+        let current: BTreeMap<_, _> = self.entries().into_iter().map(|e| (e.key(), e)).collect();
+        let wanted: BTreeMap<_, _> = desired.iter().map(|e| (e.key(), *e)).collect();
+        let mut stats = ApplyStats::default();
+        for (key, entry) in &wanted {
+            match current.get(key) {
+                Some(old) if old == entry => {}
+                Some(_) => {
+                    self.insert(entry)?;
+                    stats.updated += 1;
+                }
+                None => {
+                    self.insert(entry)?;
+                    stats.added += 1;
+                }
+            }
+        }
+        for key in current.keys().filter(|k| !wanted.contains_key(*k)) {
+            self.remove(key.0, key.1)?;
+            stats.removed += 1;
+        }
+        Ok(stats)
+    }
+
+    /// Removes the given entries (others stay).
+    pub fn withdraw(&mut self, entries: &[VipEntry]) -> Result<(), L2Error> {
+        for entry in entries {
+            self.remove(entry.addr, entry.ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Counter totals over all CPUs.
+    pub fn counters(&self) -> Result<Counters, L2Error> {
+        let mut totals = Counters::default();
+        for (slot, total) in totals.0.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(slot as u32), 0)
+                .map_err(|source| L2Error::Map {
+                    name: MAP_COUNTERS,
+                    source,
+                })?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// The lease deadline (`CLOCK_MONOTONIC` nanoseconds); 0 when never set.
+    pub fn lease(&self) -> Result<u64, L2Error> {
+        self.lease.get(&0, 0).map_err(|source| L2Error::Map {
+            name: MAP_LEASE,
+            source,
+        })
+    }
+
+    /// Sets the lease deadline (`CLOCK_MONOTONIC` nanoseconds, the clock of `bpf_ktime_get_ns`).
+    pub fn set_lease(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
+        self.lease
+            .set(0, deadline_ns, 0)
+            .map_err(|source| L2Error::Map {
+                name: MAP_LEASE,
+                source,
+            })
+    }
+}
+
+fn map_name(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => MAP_VIP4,
+        IpAddr::V6(_) => MAP_VIP6,
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock the XDP program compares leases against.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,12 @@
+//! The Layer 2 data path.
+
+pub mod afpacket;
+pub mod announce;
+pub mod datapath;
+pub mod error;
+pub mod iface;
+pub mod maps;
+pub mod responder;
+pub mod vipdev;
+
+pub use error::L2Error;

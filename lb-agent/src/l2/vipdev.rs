@@ -1,0 +1,140 @@
+//! `xdplb0`: the dummy interface that holds the VIPs this host owns, so traffic to them is
+//! delivered locally (kube-proxy's IPVS mode does the same with `kube-ipvs0`).
+//!
+//! The VIP is never put on the announcing interface: the kernel would then answer ARP/NDP for it
+//! itself, past the election and the data-path lease. On `xdplb0` it does not, provided the
+//! announcing interface only answers ARP for its own addresses (`arp_ignore=1`) and never uses a
+//! VIP as the source of its own requests (`arp_announce=2`). IPv6 neighbour discovery only ever
+//! answers for addresses of the receiving interface, so it needs nothing.
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkDummy, LinkIfb,
+    packet_route::address::{AddressAttribute, AddressFlags},
+};
+
+use super::L2Error;
+
+/// Name of the VIP device.
+pub const VIP_DEVICE: &str = "xdplb0";
+
+fn nl(e: rtnetlink::Error) -> L2Error {
+    L2Error::Netlink(e.to_string())
+}
+
+/// A netlink handle whose connection runs on the current tokio runtime.
+pub fn connect() -> Result<Handle, L2Error> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| L2Error::Netlink(e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn index(handle: &Handle) -> Result<Option<u32>, L2Error> {
+    let mut links = handle
+        .link()
+        .get()
+        .match_name(VIP_DEVICE.to_owned())
+        .execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(nl(e)),
+    }
+}
+
+/// Creates `xdplb0` (up, ARP off) unless it exists; returns its index.
+///
+/// A dummy device where the kernel has one; kernels built without `CONFIG_DUMMY` get an IFB
+/// device instead, which holds local addresses just as well (nothing is ever sent through it).
+pub async fn ensure(handle: &Handle) -> Result<u32, L2Error> {
+    if let Some(i) = index(handle).await? {
+        return Ok(i);
+    }
+    let dummy = LinkDummy::new(VIP_DEVICE).arp(false).up().build();
+    match handle.link().add(dummy).execute().await {
+        Ok(()) => {}
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
+            tracing::info!("kernel has no dummy interfaces; using an ifb device as {VIP_DEVICE}");
+            let ifb = LinkIfb::new(VIP_DEVICE).arp(false).up().build();
+            handle.link().add(ifb).execute().await.map_err(nl)?;
+        }
+        Err(e) => return Err(nl(e)),
+    }
+    index(handle)
+        .await?
+        .ok_or_else(|| L2Error::Netlink(format!("{VIP_DEVICE} vanished after creation")))
+}
+
+async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>, L2Error> {
+    let mut out = Vec::new();
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(msg) = stream.try_next().await.map_err(nl)? {
+        for attr in &msg.attributes {
+            if let AddressAttribute::Address(addr) = attr {
+                out.push((*addr, msg.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes `xdplb0` hold exactly `vips` (as /32 and /128, without DAD), adding before removing.
+pub async fn sync(handle: &Handle, index: u32, vips: &BTreeSet<IpAddr>) -> Result<(), L2Error> {
+    let current = addresses(handle, index).await?;
+    let have: BTreeSet<IpAddr> = current.iter().map(|(a, _)| *a).collect();
+    for vip in vips.difference(&have) {
+        let prefix = if vip.is_ipv4() { 32 } else { 128 };
+        let mut req = handle.address().add(index, *vip, prefix);
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute().await.map_err(nl)?;
+    }
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    let mut stale = Vec::new();
+    while let Some(msg) = stream.try_next().await.map_err(nl)? {
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(addr) => Some(*addr),
+            _ => None,
+        });
+        if addr.is_some_and(|a| !vips.contains(&a)) {
+            stale.push(msg);
+        }
+    }
+    for msg in stale {
+        handle.address().del(msg).execute().await.map_err(nl)?;
+    }
+    Ok(())
+}
+
+/// Removes `xdplb0` if it holds no address any more.
+pub async fn remove_if_empty(handle: &Handle) -> Result<(), L2Error> {
+    let Some(i) = index(handle).await? else {
+        return Ok(());
+    };
+    if addresses(handle, i).await?.is_empty() {
+        handle.link().del(i).execute().await.map_err(nl)?;
+    }
+    Ok(())
+}
+
+/// Keeps the kernel from answering ARP on `iface` for addresses it does not carry itself.
+pub fn quiet_arp(iface: &str) -> Result<(), L2Error> {
+    for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/{name}"));
+        std::fs::write(&path, value).map_err(|source| L2Error::Sysctl { path, source })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The xdplb node agent.
+//!
+//! Layout:
+//! - [`l2`]: the Layer 2 data path: loading and pinning the XDP responder ([`l2::datapath`]),
+//!   the VIP maps ([`l2::maps`]), the userspace responder with the same semantics
+//!   ([`l2::responder`], driven over AF_PACKET by [`l2::afpacket`]), gratuitous ARP and
+//!   unsolicited NA ([`l2::announce`]), and the `xdplb0` interface that makes a VIP local on
+//!   plain hosts ([`l2::vipdev`]).
+//! - [`cli`]: the subcommands of the `lb-agent` binary.
+
+pub mod cli;
+pub mod l2;
+
+/// The compiled `lb-ebpf` object, embedded at build time.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"))
+}

@@ -1,0 +1,82 @@
+//! ARP requests for a VIP become replies, in place (RFC 826).
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use aya_log_ebpf::debug;
+use lb_common::{Counter, Vip4Key};
+
+use crate::{
+    hdr::{self, Arp, Eth},
+    prog::{VIP4, Verdict, count, ifindex, lease_valid},
+    ptr::frame_start,
+};
+
+const ARPHRD_ETHER: u16 = 1;
+const ARPOP_REQUEST: u16 = 1;
+const ARPOP_REPLY: u16 = 2;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// Handles an ARP frame whose ARP header starts at `L3`.
+#[inline(always)]
+pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
+    let Ok(start) = frame_start(ctx, L3 + size_of::<Arp>()) else {
+        return Verdict::Malformed;
+    };
+    // SAFETY: the frame holds both headers (checked above); they do not overlap.
+    let (eth, arp) = unsafe { (&mut *(start as *mut Eth), &mut *((start + L3) as *mut Arp)) };
+
+    if u16::from_be_bytes(arp.htype) != ARPHRD_ETHER
+        || u16::from_be_bytes(arp.ptype) != hdr::ETH_P_IPV4
+        || arp.hlen != 6
+        || arp.plen != 4
+    {
+        return Verdict::Malformed;
+    }
+    if u16::from_be_bytes(arp.op) != ARPOP_REQUEST {
+        return Verdict::Pass;
+    }
+    if hdr::is_multicast_mac(&arp.sha) || hdr::is_zero_mac(&arp.sha) {
+        return Verdict::Malformed;
+    }
+    count(Counter::ArpRequests);
+    // A gratuitous ARP announces the sender's own address; it asks nothing.
+    if hdr::eq(&arp.spa, &arp.tpa) {
+        return Verdict::Pass;
+    }
+
+    let key = Vip4Key {
+        addr: arp.tpa,
+        ifindex: ifindex(ctx),
+    };
+    let Some(value) = VIP4.get_ptr(&key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: the map has no preallocation, so the element stays valid for this run.
+    let value = unsafe { *value };
+    // A unicast request addressed to another station was flooded to us by a switch: not ours.
+    if !hdr::eq(&eth.dst, &BROADCAST) && !hdr::eq(&eth.dst, &value.mac) {
+        return Verdict::Pass;
+    }
+    if !lease_valid(&value) {
+        return Verdict::Pass;
+    }
+
+    // The reply goes to the asker's hardware address, as Linux does (arp_send_dst with sha).
+    let asker_mac = arp.sha;
+    let asker_ip = arp.spa;
+    eth.dst = asker_mac;
+    eth.src = value.mac;
+    arp.op = ARPOP_REPLY.to_be_bytes();
+    arp.tha = asker_mac;
+    arp.tpa = asker_ip;
+    arp.sha = value.mac;
+    arp.spa = key.addr;
+    count(Counter::ArpReplies);
+    debug!(
+        ctx,
+        "arp reply {:i} on ifindex {}",
+        u32::from_be_bytes(key.addr),
+        key.ifindex
+    );
+    Verdict::Tx
+}

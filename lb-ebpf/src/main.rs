@@ -1,0 +1,157 @@
+//! The xdplb XDP programs.
+//!
+//! Layout:
+//! - `xdp_l2` (this file): the entry point, maps and counters; dispatches on the EtherType
+//!   (one optional 802.1Q tag) to [`arp`] or [`ndp`].
+//! - `xdp_pass`: passes everything; attached to veth peers (native `XDP_TX` on a veth needs an
+//!   XDP program on the other end) and used as the benchmark floor.
+//! - [`ptr`]: the one bounds-checked accessor every packet read goes through.
+//! - [`csum`]: the ones'-complement sums for the ICMPv6 checksum.
+//!
+//! Every path that does not end in a reply returns `XDP_PASS`: a parsing bug must never
+//! black-hole the node's traffic, so there is no `XDP_ABORTED` or `XDP_DROP` anywhere.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod arp;
+#[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod hdr;
+#[cfg(target_arch = "bpf")]
+mod ndp;
+#[cfg(target_arch = "bpf")]
+mod ptr;
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use aya_ebpf::{
+        bindings::{BPF_F_NO_PREALLOC, xdp_action},
+        helpers::bpf_ktime_get_ns,
+        macros::{map, xdp},
+        maps::{Array, HashMap, PerCpuArray},
+        programs::XdpContext,
+    };
+    use lb_common::{
+        COUNTER_SLOTS, Counter, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipValue,
+    };
+
+    use crate::{arp, hdr, ndp, ptr::ptr_at};
+
+    // Hash maps without preallocation: elements are freed after an RCU grace period, so a value
+    // read here is never recycled under us while the agent replaces an entry.
+    #[map(name = "vip4")]
+    pub static VIP4: HashMap<Vip4Key, VipValue> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+    #[map(name = "vip6")]
+    pub static VIP6: HashMap<Vip6Key, VipValue> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+    #[map(name = "counters")]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+    #[map(name = "lease")]
+    static LEASE: Array<u64> = Array::pinned(1, 0);
+
+    /// What a handler decided about a frame.
+    pub enum Verdict {
+        /// Not ours: hand it to the kernel.
+        Pass,
+        /// An ARP or NDP frame that is truncated or inconsistent: hand it to the kernel, count it.
+        Malformed,
+        /// The frame was rewritten into a reply: transmit it back out of the same interface.
+        Tx,
+    }
+
+    #[inline(always)]
+    pub fn count(counter: Counter) {
+        if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+            // SAFETY: per-CPU slot, so no other program run writes it concurrently.
+            unsafe { *slot += 1 };
+        }
+    }
+
+    /// Whether a VIP may be answered now: unleased VIPs always, leased ones only while the agent
+    /// keeps renewing the lease (DESIGN.md §6, the dead man's switch).
+    #[inline(always)]
+    pub fn lease_valid(value: &VipValue) -> bool {
+        if value.flags & VIP_FLAG_LEASED == 0 {
+            return true;
+        }
+        let Some(deadline) = LEASE.get(0) else {
+            return false;
+        };
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now < *deadline {
+            true
+        } else {
+            count(Counter::LeaseExpired);
+            false
+        }
+    }
+
+    #[xdp]
+    pub fn xdp_l2(ctx: XdpContext) -> u32 {
+        let verdict = dispatch(&ctx).unwrap_or(Verdict::Malformed);
+        match verdict {
+            Verdict::Tx => xdp_action::XDP_TX,
+            Verdict::Malformed => {
+                count(Counter::Malformed);
+                count(Counter::Passed);
+                xdp_action::XDP_PASS
+            }
+            Verdict::Pass => {
+                count(Counter::Passed);
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dispatch(ctx: &XdpContext) -> Result<Verdict, ()> {
+        let eth: *const hdr::Eth = ptr_at(ctx, 0)?;
+        // SAFETY: `ptr_at` checked that the header lies within the frame.
+        let ethertype = u16::from_be_bytes(unsafe { (*eth).ethertype });
+        match ethertype {
+            hdr::ETH_P_ARP => Ok(arp::handle::<{ hdr::ETH_LEN }>(ctx)),
+            hdr::ETH_P_IPV6 => Ok(ndp::handle::<{ hdr::ETH_LEN }>(ctx)),
+            hdr::ETH_P_8021Q => {
+                let vlan: *const hdr::Vlan = ptr_at(ctx, hdr::ETH_LEN)?;
+                // SAFETY: bounds checked by `ptr_at`.
+                let inner = u16::from_be_bytes(unsafe { (*vlan).ethertype });
+                match inner {
+                    hdr::ETH_P_ARP => Ok(arp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx)),
+                    hdr::ETH_P_IPV6 => Ok(ndp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx)),
+                    _ => Ok(Verdict::Pass),
+                }
+            }
+            _ => Ok(Verdict::Pass),
+        }
+    }
+
+    #[xdp]
+    pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
+    #[inline(always)]
+    pub fn ifindex(ctx: &XdpContext) -> u32 {
+        // SAFETY: reading a field of the context the kernel handed us.
+        unsafe { (*ctx.ctx).ingress_ifindex }
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
