@@ -285,8 +285,9 @@ fn write_na(out: &mut Vec<u8>, target: &[u8; 16], mac: &[u8; 6], dst: &[u8; 16],
     na[24] = 2;
     na[25] = 1;
     na[26..32].copy_from_slice(mac);
+    // Sum16BitWords adds native-endian words, so its result is stored in native order.
     let sum = icmpv6_sum(target, dst, &na);
-    na[2..4].copy_from_slice(&sum.to_be_bytes());
+    na[2..4].copy_from_slice(&sum.to_ne_bytes());
     out.extend_from_slice(&[0x60, 0, 0, 0]);
     out.extend_from_slice(&(NA_LEN as u16).to_be_bytes());
     out.extend_from_slice(&[IPPROTO_ICMPV6, 255]);
@@ -365,17 +366,23 @@ mod tests {
     }
 
     #[test]
-    fn unsolicited_na_parses_with_valid_checksum() {
+    fn unsolicited_na_matches_an_independently_built_frame() {
+        use etherparse::{Icmpv6Type, PacketBuilder, icmpv6::NeighborAdvertisementHeader};
         let vip: Ipv6Addr = "fd00::100".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
-        let frame = unsolicited_na(vip, MAC);
-        let sliced = etherparse::SlicedPacket::from_ethernet(&frame).expect("parses");
-        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = sliced.transport else {
-            panic!("not ICMPv6: {sliced:?}");
-        };
-        assert_eq!(icmp.type_u8(), ICMPV6_NA);
-        let (src, dst) = (vip.octets(), ALL_NODES);
-        assert_eq!(icmpv6_sum(&src, &dst, icmp.slice()), 0, "checksum verifies");
-        assert_eq!(icmp.slice()[4], 0x20, "override only");
+        let mut payload = vip.octets().to_vec();
+        payload.extend_from_slice(&[2, 1]);
+        payload.extend_from_slice(&MAC);
+        let mut want = Vec::new();
+        PacketBuilder::ethernet2(MAC, ALL_NODES_MAC)
+            .ipv6(vip.octets(), ALL_NODES, 255)
+            .icmpv6(Icmpv6Type::NeighborAdvertisement(NeighborAdvertisementHeader {
+                router: false,
+                solicited: false,
+                r#override: true,
+            }))
+            .write(&mut want, &payload)
+            .expect("etherparse builds the NA");
+        assert_eq!(unsolicited_na(vip, MAC), want);
     }
 
     #[test]

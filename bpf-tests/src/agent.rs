@@ -1,0 +1,108 @@
+//! The real `lb-agent` binary as a child process inside a namespace.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+/// Path of the built `lb-agent` (next to this test binary's `deps/` directory), or
+/// `$XDPLB_AGENT_BIN`.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("XDPLB_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("lb-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p lb-agent, or cargo xtask test)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running agent; killed (SIGKILL) on drop if still running.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `lb-agent ARGS` in `ns` (network namespace only, so pins land in the host bpffs).
+    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", crate::unique("agent")));
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(agent_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn lb-agent");
+        Self { child, log }
+    }
+
+    /// Waits until the agent's log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains(needle) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited ({status}) before logging {needle:?}:\n{text}");
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "agent did not log {needle:?} within {timeout:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the agent.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM, then waits for a clean exit; panics with the log otherwise.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "agent exited with {status}:\n{}", self.log_text());
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "agent did not stop on SIGTERM:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,71 @@
+//! Helpers for privileged tests, the bench and the demo: network namespaces and veth pairs that
+//! clean up after themselves, pin directories, `BPF_PROG_TEST_RUN`, crafted frames, and running
+//! the real `lb-agent` binary inside a namespace.
+//!
+//! Layout:
+//! - [`netns`]: `NetNs` and `Veth` guards, running commands and closures inside a namespace.
+//! - [`testrun`]: `BPF_PROG_TEST_RUN` through the `bpf(2)` syscall (aya does not expose it).
+//! - [`frames`]: request frames and independently built expected replies (etherparse).
+//! - [`agent`]: the agent binary as a child process in a namespace.
+
+pub mod agent;
+pub mod frames;
+pub mod netns;
+pub mod testrun;
+
+use std::path::{Path, PathBuf};
+
+/// Whether this process may run privileged tests (root with a bpf filesystem). When it may not,
+/// prints why and returns false so the test can skip; with `XDPLB_REQUIRE_PRIVILEGED=1` (set by
+/// `cargo xtask test`) it panics instead, so CI never skips silently.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let reason = if !root {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN)".to_owned())
+    } else if lb_agent::l2::datapath::prepare_pin_dir(Path::new("/sys/fs/bpf/xdplb-tests")).is_err()
+    {
+        Some("no bpf filesystem at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) => {
+            assert!(
+                std::env::var_os("XDPLB_REQUIRE_PRIVILEGED").is_none(),
+                "{test}: {reason}, and XDPLB_REQUIRE_PRIVILEGED is set"
+            );
+            eprintln!("SKIP {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// A name unique to this process and call, for namespaces, interfaces and pin directories.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// A pin directory under /sys/fs/bpf removed (with everything pinned in it) on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(name: &str) -> Self {
+        let path = Path::new("/sys/fs/bpf/xdplb-tests").join(unique(name));
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
