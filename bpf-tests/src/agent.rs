@@ -84,7 +84,11 @@ impl Agent {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                assert!(status.success(), "agent exited with {status}:\n{}", self.log_text());
+                assert!(
+                    status.success(),
+                    "agent exited with {status}:\n{}",
+                    self.log_text()
+                );
                 return;
             }
             assert!(

@@ -36,7 +36,10 @@ fn vlan_id() -> VlanId {
 }
 
 /// An Ethernet + ARP frame, optionally with one 802.1Q tag.
-#[allow(clippy::too_many_arguments, reason = "one argument per ARP field is the clearest form")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per ARP field is the clearest form"
+)]
 pub fn arp(
     vlan: bool,
     eth_src: [u8; 6],
@@ -131,7 +134,10 @@ pub fn slla(mac: [u8; 6]) -> [u8; 8] {
 }
 
 /// A neighbour solicitation for `target` with `options` appended after the target.
-#[allow(clippy::too_many_arguments, reason = "one argument per header field is the clearest form")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per header field is the clearest form"
+)]
 pub fn ns(
     vlan: bool,
     eth_dst: [u8; 6],

@@ -57,7 +57,8 @@ impl NetNs {
     /// host bpffs, where the agent pins): `nsenter --net=/run/netns/NAME`.
     pub fn enter(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg(program);
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
         cmd
     }
 
@@ -103,8 +104,18 @@ impl Link {
         let node = NetNs::new(&crate::unique(&format!("{tag}n")));
         let (client_if, node_if) = ("veth-c".to_owned(), "veth-n".to_owned());
         ip(&[
-            "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name",
-            &node_if, "netns", &node.name,
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node_if,
+            "netns",
+            &node.name,
         ]);
         client.ip(&["addr", "add", "10.200.0.1/24", "dev", &client_if]);
         node.ip(&["addr", "add", "10.200.0.2/24", "dev", &node_if]);
@@ -135,7 +146,15 @@ impl Link {
         let out = self
             .client
             .exec("arping")
-            .args(["-c", &count.to_string(), "-w", "3", "-I", &self.client_if, vip])
+            .args([
+                "-c",
+                &count.to_string(),
+                "-w",
+                "3",
+                "-I",
+                &self.client_if,
+                vip,
+            ])
             .output()
             .expect("run arping");
         String::from_utf8_lossy(&out.stdout)

@@ -225,7 +225,15 @@ fn fixtures() -> Vec<Fixture> {
         },
         Fixture {
             name: "ns unicast to the VIP with SLLA",
-            frame: ns(false, OWNER_MAC, CLIENT_IP6, VIP6, 255, VIP6, &slla(CLIENT_MAC)),
+            frame: ns(
+                false,
+                OWNER_MAC,
+                CLIENT_IP6,
+                VIP6,
+                255,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
             expect: Expect::Tx(na(false, CLIENT_MAC, CLIENT_IP6, true)),
             counted: NS_ANSWERED,
         },
@@ -240,25 +248,57 @@ fn fixtures() -> Vec<Fixture> {
         },
         Fixture {
             name: "ns unicast to another station's MAC is passed",
-            frame: ns(false, OTHER_MAC, CLIENT_IP6, VIP6, 255, VIP6, &slla(CLIENT_MAC)),
+            frame: ns(
+                false,
+                OTHER_MAC,
+                CLIENT_IP6,
+                VIP6,
+                255,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
             expect: Expect::Pass,
             counted: NS_SEEN,
         },
         Fixture {
             name: "ns with SLLA and nonce options: the reply shrinks the frame",
-            frame: ns(false, ns_group_mac, CLIENT_IP6, ns_group, 255, VIP6, &slla_nonce),
+            frame: ns(
+                false,
+                ns_group_mac,
+                CLIENT_IP6,
+                ns_group,
+                255,
+                VIP6,
+                &slla_nonce,
+            ),
             expect: Expect::Tx(na(false, CLIENT_MAC, CLIENT_IP6, true)),
             counted: NS_ANSWERED,
         },
         Fixture {
             name: "DAD ns (source ::, nonce) is answered to all-nodes, Solicited clear",
-            frame: ns(false, ns_group_mac, UNSPECIFIED, ns_group, 255, VIP6, &nonce),
+            frame: ns(
+                false,
+                ns_group_mac,
+                UNSPECIFIED,
+                ns_group,
+                255,
+                VIP6,
+                &nonce,
+            ),
             expect: Expect::Tx(na(false, multicast_mac(&ALL_NODES), ALL_NODES, false)),
             counted: NS_ANSWERED,
         },
         Fixture {
             name: "ns behind an 802.1Q tag is answered with the tag",
-            frame: ns(true, ns_group_mac, CLIENT_IP6, ns_group, 255, VIP6, &slla(CLIENT_MAC)),
+            frame: ns(
+                true,
+                ns_group_mac,
+                CLIENT_IP6,
+                ns_group,
+                255,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
             expect: Expect::Tx(na(true, CLIENT_MAC, CLIENT_IP6, true)),
             counted: NS_ANSWERED,
         },
@@ -270,7 +310,15 @@ fn fixtures() -> Vec<Fixture> {
         },
         Fixture {
             name: "ns with hop limit 64 is malformed",
-            frame: ns(false, ns_group_mac, CLIENT_IP6, ns_group, 64, VIP6, &slla(CLIENT_MAC)),
+            frame: ns(
+                false,
+                ns_group_mac,
+                CLIENT_IP6,
+                ns_group,
+                64,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
             expect: Expect::Pass,
             counted: MALFORMED,
         },
@@ -294,13 +342,29 @@ fn fixtures() -> Vec<Fixture> {
         },
         Fixture {
             name: "ns with a zero-length option is malformed",
-            frame: ns(false, ns_group_mac, CLIENT_IP6, ns_group, 255, VIP6, &[1, 0, 0, 0, 0, 0, 0, 0]),
+            frame: ns(
+                false,
+                ns_group_mac,
+                CLIENT_IP6,
+                ns_group,
+                255,
+                VIP6,
+                &[1, 0, 0, 0, 0, 0, 0, 0],
+            ),
             expect: Expect::Pass,
             counted: MALFORMED,
         },
         Fixture {
             name: "DAD ns carrying a source link-layer address is malformed",
-            frame: ns(false, ns_group_mac, UNSPECIFIED, ns_group, 255, VIP6, &slla(CLIENT_MAC)),
+            frame: ns(
+                false,
+                ns_group_mac,
+                UNSPECIFIED,
+                ns_group,
+                255,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
             expect: Expect::Pass,
             counted: MALFORMED,
         },
@@ -446,7 +510,9 @@ impl Harness {
         let mut user_counted = user.counted.clone();
         user_counted.sort_by_key(|c| *c as u32);
         if user_counted != want_counted {
-            failures.push(format!("userspace counters {user_counted:?}, want {want_counted:?}"));
+            failures.push(format!(
+                "userspace counters {user_counted:?}, want {want_counted:?}"
+            ));
         }
         match (&f.expect, &user.outcome) {
             (Expect::Pass, Outcome::Pass | Outcome::Malformed) => {}
@@ -479,7 +545,12 @@ fn every_fixture_gets_the_exact_verdict_bytes_and_counters() {
             report.push(format!("{}: {failure}", f.name));
         }
     }
-    assert!(report.is_empty(), "{} failures:\n{}", report.len(), report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "{} failures:\n{}",
+        report.len(),
+        report.join("\n")
+    );
 }
 
 #[test]

@@ -375,11 +375,13 @@ mod tests {
         let mut want = Vec::new();
         PacketBuilder::ethernet2(MAC, ALL_NODES_MAC)
             .ipv6(vip.octets(), ALL_NODES, 255)
-            .icmpv6(Icmpv6Type::NeighborAdvertisement(NeighborAdvertisementHeader {
-                router: false,
-                solicited: false,
-                r#override: true,
-            }))
+            .icmpv6(Icmpv6Type::NeighborAdvertisement(
+                NeighborAdvertisementHeader {
+                    router: false,
+                    solicited: false,
+                    r#override: true,
+                },
+            ))
             .write(&mut want, &payload)
             .expect("etherparse builds the NA");
         assert_eq!(unsolicited_na(vip, MAC), want);

@@ -1,0 +1,324 @@
+//! The real agent in a node namespace, answering real `arping` and `ndisc6` from a client
+//! namespace over a veth pair: native XDP, generic XDP and the AF_PACKET fallback; the VIP
+//! serving TCP through `xdplb0`; a SIGKILL + restart under load; and `bpftool` on the pins.
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use bpf_tests::{
+    PinDir,
+    agent::Agent,
+    netns::{Link, mac_str},
+    privileged,
+};
+use lb_agent::l2::{
+    datapath::{Datapath, XdpModes},
+    maps::VipMaps,
+};
+use lb_common::Counter;
+
+const VIP4: &str = "10.200.0.100";
+const VIP6: &str = "fd00:200::100";
+const NOT_VIP4: &str = "10.200.0.55";
+const NOT_VIP6: &str = "fd00:200::55";
+const STARTED: &str = "announcing;";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Native XDP on a veth drops `XDP_TX` frames unless the peer runs an XDP program
+/// (research/toolchain.md gotcha 3): put `xdp_pass` on the client end, pinned under `pins`.
+fn pass_on_client(link: &Link, pins: &PinDir) {
+    let dir = pins.path().to_owned();
+    let ifname = link.client_if.clone();
+    link.client.within(move || {
+        let mut dp = Datapath::load(&dir, 0).expect("load for xdp_pass");
+        dp.attach_pass(&ifname, XdpModes::NativeOnly, Some(&dir.join("pass_link")))
+            .expect("attach xdp_pass");
+    });
+}
+
+fn announce_args<'a>(link: &'a Link, pins: &'a PinDir, mode: &'a str) -> Vec<&'a str> {
+    vec![
+        "announce",
+        "--interface",
+        &link.node_if,
+        "--vip",
+        "10.200.0.100,fd00:200::100",
+        "--mode",
+        mode,
+        "--bpffs",
+        pins.path().to_str().expect("utf-8 pin path"),
+    ]
+}
+
+/// The client resolves both VIPs to the node's MAC and nothing answers for the non-VIPs.
+fn assert_answers(link: &Link, agent: &Agent) {
+    let mac = mac_str(&link.node_mac());
+    let replies = link.arping(VIP4, 3);
+    assert_eq!(
+        replies,
+        vec![mac.clone(); 3],
+        "arping {VIP4}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        link.ndisc6(VIP6),
+        Some(mac),
+        "ndisc6 {VIP6}\n{}",
+        agent.log_text()
+    );
+    assert!(
+        link.arping(NOT_VIP4, 1).is_empty(),
+        "someone answered for {NOT_VIP4}"
+    );
+    assert_eq!(
+        link.ndisc6(NOT_VIP6),
+        None,
+        "someone answered for {NOT_VIP6}"
+    );
+}
+
+/// A TCP connection from the client to the VIP reaches a listener in the node namespace: the
+/// VIP is local there (on `xdplb0`) although no interface facing the client carries it.
+fn assert_vip_serves_tcp(link: &Link, vip: &'static str) {
+    let listener = link
+        .node
+        .within(move || TcpListener::bind((vip, 18080)).expect("bind the VIP on the node"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.write_all(b"served by the owner").expect("write");
+    });
+    let got = link.client.within(move || {
+        let addr = (vip, 18080u16);
+        let mut stream = TcpStream::connect(addr).expect("connect to the VIP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).expect("read");
+        buf
+    });
+    server.join().expect("server thread");
+    assert_eq!(got, "served by the owner");
+}
+
+fn xdp_replies(pins: &PinDir) -> (u64, u64) {
+    let c = VipMaps::open_pinned(pins.path())
+        .expect("open pinned maps")
+        .counters()
+        .expect("counters");
+    (
+        c.get(Counter::ArpReplies),
+        c.get(Counter::NdpAdvertisements),
+    )
+}
+
+#[test]
+fn native_xdp_answers_arping_and_ndisc6_for_vips_only_and_withdraws_on_sigterm() {
+    if !privileged("native_xdp_answers_arping_and_ndisc6_for_vips_only") {
+        return;
+    }
+    let link = Link::new("nat");
+    let (pins, pass_pins) = (PinDir::new("nat"), PinDir::new("natpass"));
+    pass_on_client(&link, &pass_pins);
+    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-native"));
+    agent.wait_for_log(STARTED, WAIT);
+    assert!(
+        agent.log_text().contains("mode=xdp native"),
+        "{}",
+        agent.log_text()
+    );
+
+    assert_answers(&link, &agent);
+    let (arp, na) = xdp_replies(&pins);
+    assert!(
+        arp >= 3 && na >= 1,
+        "replies came from XDP: arp={arp} na={na}"
+    );
+    assert_vip_serves_tcp(&link, VIP4);
+    assert_vip_serves_tcp(&link, VIP6);
+
+    agent.stop();
+    assert!(
+        link.arping(VIP4, 1).is_empty(),
+        "still answered after withdrawal"
+    );
+    assert!(
+        std::fs::read_dir(pins.path())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "pins left after a clean withdrawal"
+    );
+    let out = link
+        .node
+        .exec("ip")
+        .args(["link", "show", "xdplb0"])
+        .output()
+        .expect("ip");
+    assert!(!out.status.success(), "xdplb0 left behind after withdrawal");
+}
+
+#[test]
+fn generic_xdp_answers_without_a_program_on_the_peer() {
+    if !privileged("generic_xdp_answers_without_a_program_on_the_peer") {
+        return;
+    }
+    let link = Link::new("gen");
+    let pins = PinDir::new("gen");
+    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-generic"));
+    agent.wait_for_log(STARTED, WAIT);
+    assert!(
+        agent.log_text().contains("mode=xdp generic"),
+        "{}",
+        agent.log_text()
+    );
+    assert_answers(&link, &agent);
+    let (arp, na) = xdp_replies(&pins);
+    assert!(
+        arp >= 3 && na >= 1,
+        "replies came from XDP: arp={arp} na={na}"
+    );
+    agent.stop();
+}
+
+#[test]
+fn afpacket_fallback_answers_the_same() {
+    if !privileged("afpacket_fallback_answers_the_same") {
+        return;
+    }
+    let link = Link::new("afp");
+    let pins = PinDir::new("afp");
+    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "afpacket"));
+    agent.wait_for_log(STARTED, WAIT);
+    assert!(agent.log_text().contains("AF_PACKET responder running"));
+    assert_answers(&link, &agent);
+    assert!(
+        !pins.path().join("vip4").exists(),
+        "afpacket mode must not load XDP"
+    );
+    assert_vip_serves_tcp(&link, VIP4);
+    agent.stop();
+}
+
+/// Parses arping's summary: (transmitted, received).
+fn arping_summary(stdout: &str) -> (u32, u32) {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no arping summary in:\n{stdout}"));
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn sigkill_and_restart_loses_no_reply() {
+    if !privileged("sigkill_and_restart_loses_no_reply") {
+        return;
+    }
+    let link = Link::new("rst");
+    let (pins, pass_pins) = (PinDir::new("rst"), PinDir::new("rstpass"));
+    pass_on_client(&link, &pass_pins);
+    let args = announce_args(&link, &pins, "xdp-native");
+    let mut agent = Agent::start(&link.node, &args);
+    agent.wait_for_log(STARTED, WAIT);
+
+    // 200 requests, one every 20 ms (4 s), while the agent is killed and started again.
+    let arping = link
+        .client
+        .exec("arping")
+        .args(["-c", "200", "-W", "0.02", "-I", &link.client_if, VIP4])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("arping");
+    std::thread::sleep(Duration::from_millis(500));
+    agent.signal(libc::SIGKILL);
+    let _ = agent.child.wait();
+    let mut restarted = Agent::start(&link.node, &args);
+    restarted.wait_for_log(STARTED, WAIT);
+    assert!(
+        restarted.log_text().contains("adopted pinned XDP link"),
+        "the restarted agent must take over the pinned link:\n{}",
+        restarted.log_text()
+    );
+    let out = arping.wait_with_output().expect("arping finished");
+    let (sent, received) = arping_summary(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(sent, 200);
+    assert_eq!(received, sent, "replies lost across SIGKILL + restart");
+    restarted.stop();
+}
+
+#[test]
+fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
+    if !privileged("bpftool_and_lb_agent_maps_show_the_announced_vips") {
+        return;
+    }
+    let link = Link::new("bpt");
+    let pins = PinDir::new("bpt");
+    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-generic"));
+    agent.wait_for_log(STARTED, WAIT);
+    let mac = link.node_mac();
+    let hex = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+
+    let dump = |map: &str| {
+        let out = Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(pins.path().join(map))
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let v4 = dump("vip4");
+    assert!(v4.contains(&hex(&[10, 200, 0, 100])), "vip4 dump:\n{v4}");
+    assert!(
+        v4.contains(&hex(&mac)),
+        "vip4 dump lacks the owner MAC:\n{v4}"
+    );
+    let v6 = dump("vip6");
+    let vip6: std::net::Ipv6Addr = VIP6.parse().expect("ipv6");
+    assert!(v6.contains(&hex(&vip6.octets()[..8])), "vip6 dump:\n{v6}");
+
+    let prog = Command::new("bpftool")
+        .args(["prog", "show", "pinned"])
+        .arg(pins.path().join("xdp_l2"))
+        .output()
+        .expect("bpftool prog show");
+    assert!(String::from_utf8_lossy(&prog.stdout).contains("xdp_l2"));
+
+    let maps = link
+        .node
+        .enter(bpf_tests::agent::agent_bin().to_str().expect("utf-8"))
+        .args(["maps", "--bpffs"])
+        .arg(pins.path())
+        .output()
+        .expect("lb-agent maps");
+    let text = String::from_utf8_lossy(&maps.stdout);
+    assert!(
+        maps.status.success(),
+        "lb-agent maps failed: {}",
+        String::from_utf8_lossy(&maps.stderr)
+    );
+    for needle in [VIP4, VIP6, &link.node_if, &mac_str(&mac), "links: veth-n"] {
+        assert!(
+            text.contains(needle),
+            "lb-agent maps lacks {needle:?}:\n{text}"
+        );
+    }
+    agent.stop();
+}
