@@ -101,6 +101,10 @@ pub fn arp_reply(vlan: bool, sha: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
     )
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one argument per header field is the clearest form"
+)]
 fn icmpv6(
     vlan: bool,
     eth_src: [u8; 6],

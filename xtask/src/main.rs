@@ -1,1 +1,261 @@
-fn main() {}
+//! `cargo xtask <task>`: what cargo alone cannot express.
+//!
+//! - `setup`: installs what builds and tests need, idempotently (rustup components, bpf-linker,
+//!   Debian packages, the bpf filesystem).
+//! - `build-ebpf`: builds the XDP object alone (lb-agent's build script does the same for
+//!   every `cargo build`); prints where it is.
+//! - `build`: the release binaries.
+//! - `test`: setup, fmt check, clippy with warnings denied, build, every test.
+//! - `bench`: the benchmark table.
+//! - `demo`: the product tour.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// bpf-linker 0.10.0 is the last release that uses rustc's own LLVM; newer ones need a system
+/// LLVM 21+ that Debian 12 does not ship (research/toolchain.md).
+const BPF_LINKER_VERSION: &str = "0.10.0";
+/// The nightly toolchain the eBPF crate builds with (the one rustup provides here).
+const NIGHTLY: &str = "nightly";
+/// Debian packages the tests, bench and demo run: `arping` (Thomas Habets'), `ndisc6`,
+/// `bpftool`, `ip`/`nsenter`/`ethtool`.
+const APT_PACKAGES: &[&str] = &[
+    "arping",
+    "ndisc6",
+    "bpftool",
+    "iproute2",
+    "util-linux",
+    "ethtool",
+    "tcpdump",
+    "procps",
+];
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the XDP object (lb-ebpf) on its own.
+    BuildEbpf,
+    /// Build the release binaries.
+    Build,
+    /// Setup, format check, clippy (warnings denied), build, and run every test.
+    Test,
+    /// Run the benchmarks and print the table.
+    Bench,
+    /// The product tour: announce VIPs from XDP in a small lab and show the answers.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf(&root),
+        Task::Build => cargo(&root, &["build", "--workspace", "--release"]),
+        Task::Test => test(&root),
+        Task::Bench => {
+            setup()?;
+            cargo(
+                &root,
+                &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
+            )?;
+            run(Command::new(root.join("target/release/xdplb-bench")).current_dir(&root))
+        }
+        Task::Demo => {
+            setup()?;
+            cargo(
+                &root,
+                &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
+            )?;
+            run(Command::new(root.join("target/release/xdplb-demo")).current_dir(&root))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(args).current_dir(root);
+    run(&mut cmd)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+fn setup() -> Result<()> {
+    step("rustup components");
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let nightly_components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
+    if !nightly_components
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let stable_components =
+        output(Command::new("rustup").args(["component", "list", "--installed"]))
+            .unwrap_or_default();
+    for component in ["clippy", "rustfmt"] {
+        if !stable_components.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+
+    step(&format!("bpf-linker {BPF_LINKER_VERSION}"));
+    let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !have.contains(BPF_LINKER_VERSION) {
+        run(Command::new("cargo").env_remove("RUSTUP_TOOLCHAIN").args([
+            &format!("+{NIGHTLY}"),
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+
+    step("Debian packages");
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!(
+                "missing packages {missing:?}; run as root or: apt-get install {}",
+                missing.join(" ")
+            );
+        }
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing))?;
+    }
+
+    step("bpf filesystem");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        if is_root() {
+            run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        } else {
+            eprintln!("    /sys/fs/bpf is not mounted (needs root: mount -t bpf bpf /sys/fs/bpf)");
+        }
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.env_remove("RUSTUP_TOOLCHAIN").current_dir(root).args([
+        &format!("+{NIGHTLY}"),
+        "build",
+        "-p",
+        "lb-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+    ]);
+    run(&mut cmd)?;
+    eprintln!(
+        "XDP object: {}",
+        root.join("target/bpfel-unknown-none/release/lb-ebpf")
+            .display()
+    );
+    Ok(())
+}
+
+fn test(root: &Path) -> Result<()> {
+    setup()?;
+    step("cargo fmt --check");
+    cargo(root, &["fmt", "--all", "--check"])?;
+    step("cargo clippy -D warnings");
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("cargo build");
+    cargo(root, &["build", "--workspace"])?;
+    step("cargo test");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
+        .current_dir(root);
+    if is_root() {
+        // Privileged tests must run, not skip, wherever they can.
+        cmd.env("XDPLB_REQUIRE_PRIVILEGED", "1");
+    } else {
+        eprintln!("    not root: privileged tests (bpf-tests) will skip");
+    }
+    run(&mut cmd)
+}

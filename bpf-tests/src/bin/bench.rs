@@ -1,1 +1,267 @@
-fn main() {}
+//! `cargo xtask bench`: one table, every figure beside a comparison measured in the same run.
+//!
+//! 1. Program cost per reply (ARP, NDP) vs the trivial `xdp_pass` program: each frame run
+//!    through `BPF_PROG_TEST_RUN` one at a time (so every run sees the original request), the
+//!    time taken from the kernel's own per-program statistics (`BPF_ENABLE_STATS`), which count
+//!    the program and not the test harness.
+//! 2. An ARP request flood on a veth pair for a fixed time, answered by XDP (native) and then by
+//!    the AF_PACKET fallback: replies the client received per second, and replies per CPU-second
+//!    of the responder (agent process CPU time plus the XDP program's own run time).
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use bpf_tests::{PinDir, agent::Agent, frames, netns::Link, testrun};
+use lb_agent::l2::{
+    afpacket::PacketSocket,
+    datapath::{Datapath, XdpModes},
+    iface::Interface,
+    maps::{VipEntry, VipMaps},
+};
+use lb_common::{PROG_XDP_L2, PROG_XDP_PASS};
+
+const RUNS: u32 = 200_000;
+const FLOOD: Duration = Duration::from_secs(3);
+
+fn main() -> Result<()> {
+    if !bpf_tests::privileged("xdplb-bench") {
+        bail!("the bench needs root and a bpf filesystem");
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("BPF_ENABLE_STATS (run-time statistics)")?;
+    eprintln!("measuring program cost ({RUNS} runs per frame)...");
+    let cost = program_cost()?;
+    eprintln!("flooding with ARP requests, XDP then AF_PACKET ({FLOOD:?} each)...");
+    let xdp = flood("xdp-native")?;
+    let afp = flood("afpacket")?;
+
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!();
+    println!(
+        "xdplb bench — kernel {}, {} CPUs",
+        kernel.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| measure | xdplb | comparison (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    println!(
+        "| ARP reply, ns per frame (BPF_PROG_TEST_RUN) | {:.1} | xdp_pass {:.1} | {:.2}× | ≤ 2× |",
+        cost.arp,
+        cost.pass,
+        ratio(cost.arp, cost.pass)
+    );
+    println!(
+        "| NDP reply, ns per frame (BPF_PROG_TEST_RUN) | {:.1} | xdp_pass {:.1} | {:.2}× | — |",
+        cost.ndp,
+        cost.pass,
+        ratio(cost.ndp, cost.pass)
+    );
+    println!(
+        "| ARP flood on veth, replies/s | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | — |",
+        xdp.replies_per_s(),
+        afp.replies_per_s(),
+        ratio(xdp.replies_per_s(), afp.replies_per_s())
+    );
+    println!(
+        "| ARP flood, replies per responder CPU-second | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | ≥ 10× |",
+        xdp.per_cpu_s(),
+        afp.per_cpu_s(),
+        ratio(xdp.per_cpu_s(), afp.per_cpu_s())
+    );
+    println!(
+        "| ARP flood, agent process CPU (s over {:?}) | XDP {:.3} | AF_PACKET {:.3} | — | — |",
+        FLOOD, xdp.agent_cpu_s, afp.agent_cpu_s
+    );
+    println!(
+        "| ARP flood, requests sent | XDP run {} | AF_PACKET run {} | — | — |",
+        xdp.sent, afp.sent
+    );
+    println!();
+    println!(
+        "Responder CPU = agent process CPU time + the XDP program's run time (bpf_stats). \
+         The flood comes from one AF_PACKET sender thread in the client namespace."
+    );
+    Ok(())
+}
+
+struct Cost {
+    arp: f64,
+    ndp: f64,
+    pass: f64,
+}
+
+/// Average nanoseconds per run of program `name` on `frame`, from the kernel's statistics.
+fn per_run(dp: &mut Datapath, name: &'static str, frame: &[u8], expect: u32) -> Result<f64> {
+    let prog = dp.program(name)?;
+    let fd = prog.fd()?.as_fd().as_raw_fd();
+    let before = prog.info()?;
+    for _ in 0..RUNS {
+        let r = testrun::run(fd, frame, 1, 0, None)?;
+        if r.retval != expect {
+            bail!(
+                "{name} returned {} on the bench frame, expected {expect}",
+                r.retval
+            );
+        }
+    }
+    let after = dp.program(name)?.info()?;
+    let runs = after.run_count() - before.run_count();
+    let time = after.run_time() - before.run_time();
+    Ok(time.as_nanos() as f64 / runs.max(1) as f64)
+}
+
+fn program_cost() -> Result<Cost> {
+    let pins = PinDir::new("bench");
+    let mut dp = Datapath::load(pins.path(), 0)?;
+    let mut maps = VipMaps::open_pinned(pins.path())?;
+    // Test runs arrive on the loopback device (ifindex 1).
+    maps.apply(&[
+        VipEntry {
+            addr: frames::VIP4.into(),
+            ifindex: 1,
+            mac: frames::OWNER_MAC,
+            flags: 0,
+        },
+        VipEntry {
+            addr: frames::VIP6.into(),
+            ifindex: 1,
+            mac: frames::OWNER_MAC,
+            flags: 0,
+        },
+    ])?;
+    let arp = frames::arp_request(frames::BROADCAST, frames::VIP4);
+    let ns = frames::ns_multicast(frames::VIP6);
+    Ok(Cost {
+        arp: per_run(&mut dp, PROG_XDP_L2, &arp, testrun::XDP_TX)?,
+        ndp: per_run(&mut dp, PROG_XDP_L2, &ns, testrun::XDP_TX)?,
+        pass: per_run(&mut dp, PROG_XDP_PASS, &arp, testrun::XDP_PASS)?,
+    })
+}
+
+struct Flood {
+    sent: u64,
+    replies: u64,
+    elapsed: Duration,
+    agent_cpu_s: f64,
+    xdp_cpu_s: f64,
+}
+
+impl Flood {
+    fn replies_per_s(&self) -> f64 {
+        self.replies as f64 / self.elapsed.as_secs_f64()
+    }
+    fn per_cpu_s(&self) -> f64 {
+        self.replies as f64 / (self.agent_cpu_s + self.xdp_cpu_s).max(1e-9)
+    }
+}
+
+fn process_cpu_s(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn rx_packets(link: &Link) -> Result<u64> {
+    let out = link
+        .client
+        .exec("cat")
+        .arg(format!(
+            "/sys/class/net/{}/statistics/rx_packets",
+            link.client_if
+        ))
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+fn xdp_run_time(pins: &PinDir) -> Duration {
+    aya::programs::ProgramInfo::from_pin(pins.path().join(PROG_XDP_L2))
+        .map(|i| i.run_time())
+        .unwrap_or_default()
+}
+
+fn flood(mode: &str) -> Result<Flood> {
+    let link = Link::new("fl");
+    let (pins, pass_pins) = (PinDir::new("fl"), PinDir::new("flpass"));
+    let dir = pass_pins.path().to_owned();
+    let client_if = link.client_if.clone();
+    // Native XDP_TX on a veth needs a program on the peer; attach it in both runs alike.
+    link.client.within(move || -> Result<()> {
+        let mut dp = Datapath::load(&dir, 0)?;
+        dp.attach_pass(
+            &client_if,
+            XdpModes::NativeOnly,
+            Some(&dir.join("pass_link")),
+        )?;
+        Ok(())
+    })?;
+    let mut agent = Agent::start(
+        &link.node,
+        &[
+            "announce",
+            "--interface",
+            &link.node_if,
+            "--vip",
+            "10.200.0.100",
+            "--mode",
+            mode,
+            "--no-local-vip",
+            "--bpffs",
+            pins.path().to_str().context("utf-8 pin path")?,
+        ],
+    );
+    agent.wait_for_log("announcing;", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let client_if = link.client_if.clone();
+    let rx_before = rx_packets(&link)?;
+    let agent_before = process_cpu_s(agent.child.id())?;
+    let xdp_before = xdp_run_time(&pins);
+    let start = Instant::now();
+    let sent = link.client.within(move || -> Result<u64> {
+        let iface = Interface::lookup(&client_if)?;
+        let frame = frames::arp(
+            false,
+            iface.mac,
+            frames::BROADCAST,
+            etherparse::ArpOperation::REQUEST,
+            iface.mac,
+            [10, 200, 0, 1],
+            [0; 6],
+            [10, 200, 0, 100],
+        );
+        let socket = PacketSocket::open(&iface, false)?;
+        let deadline = Instant::now() + FLOOD;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            for _ in 0..64 {
+                if socket.send(&frame).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        Ok(sent)
+    })?;
+    // Let replies in flight arrive before reading the counters.
+    std::thread::sleep(Duration::from_millis(200));
+    let elapsed = start.elapsed() - Duration::from_millis(200);
+    let replies = rx_packets(&link)? - rx_before;
+    let agent_cpu_s = process_cpu_s(agent.child.id())? - agent_before;
+    let xdp_cpu_s = (xdp_run_time(&pins) - xdp_before).as_secs_f64();
+    agent.stop();
+    Ok(Flood {
+        sent,
+        replies,
+        elapsed,
+        agent_cpu_s,
+        xdp_cpu_s,
+    })
+}
