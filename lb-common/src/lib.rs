@@ -16,7 +16,7 @@ pub const PROG_XDP_PASS: &str = "xdp_pass";
 pub const MAP_VIP4: &str = "vip4";
 /// IPv6 VIP map: [`Vip6Key`] -> [`VipValue`].
 pub const MAP_VIP6: &str = "vip6";
-/// Per-CPU array of `u64` counters indexed by [`Counter`].
+/// Per-CPU array with one [`CounterBlock`] (slot 0): one map lookup per frame counts everything.
 pub const MAP_COUNTERS: &str = "counters";
 /// One-slot array holding the data-path lease deadline (`bpf_ktime_get_ns` clock) for VIPs
 /// flagged [`VIP_FLAG_LEASED`].
@@ -111,8 +111,13 @@ impl Counter {
     }
 }
 
-/// Number of slots in [`MAP_COUNTERS`].
+/// Number of counters in a [`CounterBlock`].
 pub const COUNTER_SLOTS: u32 = 7;
+
+/// The value of [`MAP_COUNTERS`]: every counter of one CPU, indexed by [`Counter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterBlock(pub [u64; COUNTER_SLOTS as usize]);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -121,6 +126,7 @@ mod pod {
     unsafe impl aya::Pod for super::Vip4Key {}
     unsafe impl aya::Pod for super::Vip6Key {}
     unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::CounterBlock {}
 }
 
 const _: () = assert!(core::mem::size_of::<Vip4Key>() == 8);

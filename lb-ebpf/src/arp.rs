@@ -7,7 +7,7 @@ use lb_common::{Counter, Vip4Key};
 
 use crate::{
     hdr::{self, Arp, Eth},
-    prog::{VIP4, Verdict, count, ifindex, lease_valid},
+    prog::{Tally, VIP4, Verdict, ifindex, lease_valid},
     ptr::frame_start,
 };
 
@@ -18,7 +18,7 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Handles an ARP frame whose ARP header starts at `L3`.
 #[inline(always)]
-pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
+pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
     let Ok(start) = frame_start(ctx, L3 + size_of::<Arp>()) else {
         return Verdict::Malformed;
     };
@@ -38,7 +38,7 @@ pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
     if hdr::is_multicast_mac(&arp.sha) || hdr::is_zero_mac(&arp.sha) {
         return Verdict::Malformed;
     }
-    count(Counter::ArpRequests);
+    tally.add(Counter::ArpRequests);
     // A gratuitous ARP announces the sender's own address; it asks nothing.
     if hdr::eq(&arp.spa, &arp.tpa) {
         return Verdict::Pass;
@@ -57,7 +57,7 @@ pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
     if !hdr::eq(&eth.dst, &BROADCAST) && !hdr::eq(&eth.dst, &value.mac) {
         return Verdict::Pass;
     }
-    if !lease_valid(&value) {
+    if !lease_valid(&value, tally) {
         return Verdict::Pass;
     }
 
@@ -71,7 +71,7 @@ pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
     arp.tpa = asker_ip;
     arp.sha = value.mac;
     arp.spa = key.addr;
-    count(Counter::ArpReplies);
+    tally.add(Counter::ArpReplies);
     debug!(
         ctx,
         "arp reply {:i} on ifindex {}",

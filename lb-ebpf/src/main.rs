@@ -34,7 +34,7 @@ mod prog {
         programs::XdpContext,
     };
     use lb_common::{
-        COUNTER_SLOTS, Counter, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipValue,
+        COUNTER_SLOTS, Counter, CounterBlock, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipValue,
     };
 
     use crate::{arp, hdr, ndp, ptr::ptr_at};
@@ -48,7 +48,7 @@ mod prog {
     pub static VIP6: HashMap<Vip6Key, VipValue> = HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
 
     #[map(name = "counters")]
-    static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+    static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(1, 0);
 
     #[map(name = "lease")]
     static LEASE: Array<u64> = Array::pinned(1, 0);
@@ -63,18 +63,37 @@ mod prog {
         Tx,
     }
 
+    /// The counters one frame bumps, collected while it is parsed and added with a single map
+    /// lookup at the end (a lookup is a helper call; a frame bumps up to three counters).
+    #[derive(Clone, Copy, Default)]
+    pub struct Tally(u8);
+
+    impl Tally {
+        #[inline(always)]
+        pub fn add(&mut self, counter: Counter) {
+            self.0 |= 1 << counter as u8;
+        }
+    }
+
     #[inline(always)]
-    pub fn count(counter: Counter) {
-        if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-            // SAFETY: per-CPU slot, so no other program run writes it concurrently.
-            unsafe { *slot += 1 };
+    fn commit(tally: Tally) {
+        if let Some(block) = COUNTERS.get_ptr_mut(0) {
+            let mut i = 0;
+            while i < COUNTER_SLOTS as usize {
+                if tally.0 & (1 << i) != 0 {
+                    // SAFETY: per-CPU value, so no other program run writes it concurrently;
+                    // `i` is below COUNTER_SLOTS.
+                    unsafe { (*block).0[i] += 1 };
+                }
+                i += 1;
+            }
         }
     }
 
     /// Whether a VIP may be answered now: unleased VIPs always, leased ones only while the agent
     /// keeps renewing the lease (DESIGN.md §6, the dead man's switch).
     #[inline(always)]
-    pub fn lease_valid(value: &VipValue) -> bool {
+    pub fn lease_valid(value: &VipValue, tally: &mut Tally) -> bool {
         if value.flags & VIP_FLAG_LEASED == 0 {
             return true;
         }
@@ -86,43 +105,50 @@ mod prog {
         if now < *deadline {
             true
         } else {
-            count(Counter::LeaseExpired);
+            tally.add(Counter::LeaseExpired);
             false
         }
     }
 
     #[xdp]
     pub fn xdp_l2(ctx: XdpContext) -> u32 {
-        let verdict = dispatch(&ctx).unwrap_or(Verdict::Malformed);
-        match verdict {
+        let mut tally = Tally::default();
+        let verdict = dispatch(&ctx, &mut tally).unwrap_or(Verdict::Malformed);
+        let action = match verdict {
             Verdict::Tx => xdp_action::XDP_TX,
             Verdict::Malformed => {
-                count(Counter::Malformed);
-                count(Counter::Passed);
+                tally.add(Counter::Malformed);
+                tally.add(Counter::Passed);
                 xdp_action::XDP_PASS
             }
             Verdict::Pass => {
-                count(Counter::Passed);
+                tally.add(Counter::Passed);
                 xdp_action::XDP_PASS
             }
-        }
+        };
+        commit(tally);
+        action
     }
 
     #[inline(always)]
-    fn dispatch(ctx: &XdpContext) -> Result<Verdict, ()> {
+    fn dispatch(ctx: &XdpContext, tally: &mut Tally) -> Result<Verdict, ()> {
         let eth: *const hdr::Eth = ptr_at(ctx, 0)?;
         // SAFETY: `ptr_at` checked that the header lies within the frame.
         let ethertype = u16::from_be_bytes(unsafe { (*eth).ethertype });
         match ethertype {
-            hdr::ETH_P_ARP => Ok(arp::handle::<{ hdr::ETH_LEN }>(ctx)),
-            hdr::ETH_P_IPV6 => Ok(ndp::handle::<{ hdr::ETH_LEN }>(ctx)),
+            hdr::ETH_P_ARP => Ok(arp::handle::<{ hdr::ETH_LEN }>(ctx, tally)),
+            hdr::ETH_P_IPV6 => Ok(ndp::handle::<{ hdr::ETH_LEN }>(ctx, tally)),
             hdr::ETH_P_8021Q => {
                 let vlan: *const hdr::Vlan = ptr_at(ctx, hdr::ETH_LEN)?;
                 // SAFETY: bounds checked by `ptr_at`.
                 let inner = u16::from_be_bytes(unsafe { (*vlan).ethertype });
                 match inner {
-                    hdr::ETH_P_ARP => Ok(arp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx)),
-                    hdr::ETH_P_IPV6 => Ok(ndp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx)),
+                    hdr::ETH_P_ARP => {
+                        Ok(arp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx, tally))
+                    }
+                    hdr::ETH_P_IPV6 => {
+                        Ok(ndp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx, tally))
+                    }
                     _ => Ok(Verdict::Pass),
                 }
             }

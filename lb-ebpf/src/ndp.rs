@@ -8,7 +8,7 @@ use lb_common::{Counter, Vip6Key};
 use crate::{
     csum,
     hdr::{self, Eth, IPV6_LEN, Ipv6, NaWithTlla},
-    prog::{VIP6, Verdict, count, ifindex, lease_valid},
+    prog::{Tally, VIP6, Verdict, ifindex, lease_valid},
     ptr::{frame_start, ptr_at},
 };
 
@@ -29,7 +29,7 @@ const UNSPECIFIED: [u8; 16] = [0; 16];
 
 /// Handles an IPv6 frame whose IPv6 header starts at `L3`.
 #[inline(always)]
-pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
+pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
     let Ok(ip6) = ptr_at::<Ipv6>(ctx, L3) else {
         return Verdict::Malformed;
     };
@@ -53,12 +53,12 @@ pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
     // can check. 24 is a bare NS, 32 carries a source link-layer address, more carry a nonce or
     // other options; longer option lists are left to the kernel.
     match u16::from_be_bytes(ip6.payload_len) {
-        24 => solicitation::<L3, 24>(ctx),
-        32 => solicitation::<L3, 32>(ctx),
-        40 => solicitation::<L3, 40>(ctx),
-        48 => solicitation::<L3, 48>(ctx),
-        56 => solicitation::<L3, 56>(ctx),
-        64 => solicitation::<L3, 64>(ctx),
+        24 => solicitation::<L3, 24>(ctx, tally),
+        32 => solicitation::<L3, 32>(ctx, tally),
+        40 => solicitation::<L3, 40>(ctx, tally),
+        48 => solicitation::<L3, 48>(ctx, tally),
+        56 => solicitation::<L3, 56>(ctx, tally),
+        64 => solicitation::<L3, 64>(ctx, tally),
         len if len < NS_LEN as u16 || len % 8 != 0 => Verdict::Malformed,
         _ => Verdict::Pass,
     }
@@ -69,7 +69,7 @@ pub fn handle<const L3: usize>(ctx: &XdpContext) -> Verdict {
 ///
 /// Not inlined: each instantiation gets its own BPF stack frame instead of twelve sharing one.
 #[inline(never)]
-fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext) -> Verdict {
+fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
     let Ok(start) = frame_start(ctx, L3 + IPV6_LEN + N) else {
         return Verdict::Malformed;
     };
@@ -137,7 +137,7 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext) -> Verdict {
     if !options_valid::<N>(ns, dad) {
         return Verdict::Malformed;
     }
-    count(Counter::NdpSolicitations);
+    tally.add(Counter::NdpSolicitations);
     if !to_multicast && !hdr::eq(&ip6.dst, &target) {
         return Verdict::Pass;
     }
@@ -154,7 +154,7 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext) -> Verdict {
     if !to_multicast && !hdr::eq(&eth.dst, &value.mac) {
         return Verdict::Pass;
     }
-    if !lease_valid(&value) {
+    if !lease_valid(&value, tally) {
         return Verdict::Pass;
     }
 
@@ -163,7 +163,7 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext) -> Verdict {
     } else {
         (ip6.src, eth.src, NA_SOLICITED_OVERRIDE)
     };
-    reply::<L3>(ctx, &target, &value.mac, &dst_ip, &dst_mac, flags)
+    reply::<L3>(ctx, tally, &target, &value.mac, &dst_ip, &dst_mac, flags)
 }
 
 /// RFC 4861 §7.1.1: every option has a non-zero length, the options fill the message exactly,
@@ -193,6 +193,7 @@ fn options_valid<const N: usize>(ns: &[u8; N], dad: bool) -> bool {
 #[inline(always)]
 fn reply<const L3: usize>(
     ctx: &XdpContext,
+    tally: &mut Tally,
     target: &[u8; 16],
     mac: &[u8; 6],
     dst_ip: &[u8; 16],
@@ -248,6 +249,6 @@ fn reply<const L3: usize>(
     };
     let sum = addrs + csum::pseudo_tail(NA_LEN) + payload;
     na.checksum = (!csum::fold(sum)).to_be_bytes();
-    count(Counter::NdpAdvertisements);
+    tally.add(Counter::NdpAdvertisements);
     Verdict::Tx
 }

@@ -27,8 +27,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use lb_common::{
-    LINK_PIN_PREFIX, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, PROG_XDP_L2, PROG_XDP_PASS,
-    Vip4Key, Vip6Key, VipValue,
+    CounterBlock, LINK_PIN_PREFIX, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, PROG_XDP_L2,
+    PROG_XDP_PASS, Vip4Key, Vip6Key, VipValue,
 };
 use tracing::{info, warn};
 
@@ -101,7 +101,7 @@ fn drop_incompatible_pins(bpffs: &Path) {
     let expected = [
         (MAP_VIP4, size_of::<Vip4Key>(), size_of::<VipValue>()),
         (MAP_VIP6, size_of::<Vip6Key>(), size_of::<VipValue>()),
-        (MAP_COUNTERS, 4, 8),
+        (MAP_COUNTERS, 4, size_of::<CounterBlock>()),
         (MAP_LEASE, 4, 8),
     ];
     for (name, key, value) in expected {

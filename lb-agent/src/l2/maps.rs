@@ -7,7 +7,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    COUNTER_SLOTS, Counter, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, Vip4Key, Vip6Key, VipValue,
+    COUNTER_SLOTS, Counter, CounterBlock, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, Vip4Key,
+    Vip6Key, VipValue,
 };
 
 use super::L2Error;
@@ -49,7 +50,7 @@ impl Counters {
 pub struct VipMaps {
     vip4: HashMap<MapData, Vip4Key, VipValue>,
     vip6: HashMap<MapData, Vip6Key, VipValue>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterBlock>,
     lease: Array<MapData, u64>,
 }
 
@@ -189,16 +190,15 @@ impl VipMaps {
 
     /// Counter totals over all CPUs.
     pub fn counters(&self) -> Result<Counters, L2Error> {
+        let per_cpu = self.counters.get(&0, 0).map_err(|source| L2Error::Map {
+            name: MAP_COUNTERS,
+            source,
+        })?;
         let mut totals = Counters::default();
-        for (slot, total) in totals.0.iter_mut().enumerate() {
-            let per_cpu = self
-                .counters
-                .get(&(slot as u32), 0)
-                .map_err(|source| L2Error::Map {
-                    name: MAP_COUNTERS,
-                    source,
-                })?;
-            *total = per_cpu.iter().sum();
+        for block in per_cpu.iter() {
+            for (total, n) in totals.0.iter_mut().zip(block.0) {
+                *total += n;
+            }
         }
         Ok(totals)
     }
