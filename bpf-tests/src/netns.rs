@@ -131,6 +131,24 @@ impl Link {
         }
     }
 
+    /// Puts `xdp_pass` on the client end, pinned under `pins`. Native XDP on a veth drops
+    /// `XDP_TX` frames unless the peer runs an XDP program (research/toolchain.md, gotcha 3);
+    /// real NICs need nothing of the sort.
+    pub fn pass_on_client(&self, pins: &crate::PinDir) {
+        let dir = pins.path().to_owned();
+        let ifname = self.client_if.clone();
+        self.client.within(move || {
+            let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
+                .unwrap_or_else(|e| panic!("load for xdp_pass: {e}"));
+            dp.attach_pass(
+                &ifname,
+                lb_agent::l2::datapath::XdpModes::NativeOnly,
+                Some(&dir.join("pass_link")),
+            )
+            .unwrap_or_else(|e| panic!("attach xdp_pass: {e}"));
+        });
+    }
+
     /// MAC address of the node's interface.
     pub fn node_mac(&self) -> [u8; 6] {
         let name = self.node_if.clone();

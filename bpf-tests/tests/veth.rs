@@ -14,10 +14,7 @@ use bpf_tests::{
     netns::{Link, mac_str},
     privileged,
 };
-use lb_agent::l2::{
-    datapath::{Datapath, XdpModes},
-    maps::VipMaps,
-};
+use lb_agent::l2::maps::VipMaps;
 use lb_common::Counter;
 
 const VIP4: &str = "10.200.0.100";
@@ -26,18 +23,6 @@ const NOT_VIP4: &str = "10.200.0.55";
 const NOT_VIP6: &str = "fd00:200::55";
 const STARTED: &str = "announcing;";
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Native XDP on a veth drops `XDP_TX` frames unless the peer runs an XDP program
-/// (research/toolchain.md gotcha 3): put `xdp_pass` on the client end, pinned under `pins`.
-fn pass_on_client(link: &Link, pins: &PinDir) {
-    let dir = pins.path().to_owned();
-    let ifname = link.client_if.clone();
-    link.client.within(move || {
-        let mut dp = Datapath::load(&dir, 0).expect("load for xdp_pass");
-        dp.attach_pass(&ifname, XdpModes::NativeOnly, Some(&dir.join("pass_link")))
-            .expect("attach xdp_pass");
-    });
-}
 
 fn announce_args<'a>(link: &'a Link, pins: &'a PinDir, mode: &'a str) -> Vec<&'a str> {
     vec![
@@ -122,7 +107,7 @@ fn native_xdp_answers_arping_and_ndisc6_for_vips_only_and_withdraws_on_sigterm()
     }
     let link = Link::new("nat");
     let (pins, pass_pins) = (PinDir::new("nat"), PinDir::new("natpass"));
-    pass_on_client(&link, &pass_pins);
+    link.pass_on_client(&pass_pins);
     let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-native"));
     agent.wait_for_log(STARTED, WAIT);
     assert!(
@@ -223,7 +208,7 @@ fn sigkill_and_restart_loses_no_reply() {
     }
     let link = Link::new("rst");
     let (pins, pass_pins) = (PinDir::new("rst"), PinDir::new("rstpass"));
-    pass_on_client(&link, &pass_pins);
+    link.pass_on_client(&pass_pins);
     let args = announce_args(&link, &pins, "xdp-native");
     let mut agent = Agent::start(&link.node, &args);
     agent.wait_for_log(STARTED, WAIT);

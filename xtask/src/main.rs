@@ -64,23 +64,20 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Build => cargo(&root, &["build", "--workspace", "--release"]),
         Task::Test => test(&root),
-        Task::Bench => {
-            setup()?;
-            cargo(
-                &root,
-                &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
-            )?;
-            run(Command::new(root.join("target/release/xdplb-bench")).current_dir(&root))
-        }
-        Task::Demo => {
-            setup()?;
-            cargo(
-                &root,
-                &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
-            )?;
-            run(Command::new(root.join("target/release/xdplb-demo")).current_dir(&root))
-        }
+        Task::Bench => run_release_bin(&root, "xdplb-bench"),
+        Task::Demo => run_release_bin(&root, "xdplb-demo"),
     }
+}
+
+/// Sets up, builds the agent and the lab binaries in release mode, and runs `name` (from
+/// `bpf-tests`: it drives the real `lb-agent` in network namespaces).
+fn run_release_bin(root: &Path, name: &str) -> Result<()> {
+    setup()?;
+    cargo(
+        root,
+        &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
+    )?;
+    run(Command::new(root.join("target/release").join(name)).current_dir(root))
 }
 
 fn workspace_root() -> PathBuf {

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use bpf_tests::{PinDir, agent::Agent, frames, netns::Link, testrun};
 use lb_agent::l2::{
     afpacket::PacketSocket,
-    datapath::{Datapath, XdpModes},
+    datapath::Datapath,
     iface::Interface,
     maps::{VipEntry, VipMaps},
 };
@@ -228,18 +228,8 @@ fn xdp_run_time(pins: &PinDir) -> Duration {
 fn flood(mode: &str) -> Result<Flood> {
     let link = Link::new("fl");
     let (pins, pass_pins) = (PinDir::new("fl"), PinDir::new("flpass"));
-    let dir = pass_pins.path().to_owned();
-    let client_if = link.client_if.clone();
     // Native XDP_TX on a veth needs a program on the peer; attach it in both runs alike.
-    link.client.within(move || -> Result<()> {
-        let mut dp = Datapath::load(&dir, 0)?;
-        dp.attach_pass(
-            &client_if,
-            XdpModes::NativeOnly,
-            Some(&dir.join("pass_link")),
-        )?;
-        Ok(())
-    })?;
+    link.pass_on_client(&pass_pins);
     let mut agent = Agent::start(
         &link.node,
         &[

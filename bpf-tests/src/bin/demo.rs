@@ -12,7 +12,6 @@ use bpf_tests::{
     agent::{Agent, agent_bin},
     netns::{Link, mac_str},
 };
-use lb_agent::l2::datapath::{Datapath, XdpModes};
 
 const VIP4: &str = "10.200.0.100";
 const VIP6: &str = "fd00:200::100";
@@ -53,16 +52,7 @@ fn main() -> Result<()> {
     );
     let link = Link::new("demo");
     let pass_pins = PinDir::new("demopass");
-    let dir = pass_pins.path().to_owned();
-    let client_if = link.client_if.clone();
-    link.client.within(move || -> Result<()> {
-        Datapath::load(&dir, 0)?.attach_pass(
-            &client_if,
-            XdpModes::NativeOnly,
-            Some(&dir.join("pass_link")),
-        )?;
-        Ok(())
-    })?;
+    link.pass_on_client(&pass_pins);
     let node_mac = mac_str(&link.node_mac());
     println!("   node interface {} has MAC {node_mac}", link.node_if);
 
