@@ -307,3 +307,115 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
     }
     agent.stop();
 }
+
+#[test]
+fn auto_mode_falls_back_to_generic_where_native_xdp_is_refused() {
+    if !privileged("auto_mode_falls_back_to_generic_where_native_xdp_is_refused") {
+        return;
+    }
+    // macvlan has no native XDP support: the driver-mode attach fails and auto mode must
+    // settle on generic XDP, which still answers real traffic.
+    let link = Link::new("mvl");
+    link.node.ip(&[
+        "link",
+        "add",
+        "mv0",
+        "link",
+        &link.node_if,
+        "type",
+        "macvlan",
+        "mode",
+        "bridge",
+    ]);
+    link.node.ip(&["link", "set", "mv0", "up"]);
+    let mac = link.node.within(|| {
+        lb_agent::l2::iface::Interface::lookup("mv0")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .mac
+    });
+    let pins = PinDir::new("mvl");
+    let mut agent = Agent::start(
+        &link.node,
+        &[
+            "announce",
+            "--interface",
+            "mv0",
+            "--vip",
+            VIP4,
+            "--bpffs",
+            pins.path().to_str().expect("utf-8"),
+        ],
+    );
+    agent.wait_for_log(STARTED, WAIT);
+    assert!(
+        agent.log_text().contains("mode=xdp generic"),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        link.arping(VIP4, 2),
+        vec![mac_str(&mac); 2],
+        "{}",
+        agent.log_text()
+    );
+    agent.stop();
+}
+
+#[test]
+fn auto_mode_falls_back_to_afpacket_when_xdp_cannot_load() {
+    if !privileged("auto_mode_falls_back_to_afpacket_when_xdp_cannot_load") {
+        return;
+    }
+    // A pin directory outside any bpf filesystem: XDP cannot be set up, so auto mode must
+    // answer from the AF_PACKET responder and say so.
+    let link = Link::new("nob");
+    let not_bpffs = std::env::temp_dir().join(bpf_tests::unique("not-bpffs"));
+    let mut agent = Agent::start(
+        &link.node,
+        &[
+            "announce",
+            "--interface",
+            &link.node_if,
+            "--vip",
+            "10.200.0.100,fd00:200::100",
+            "--bpffs",
+            not_bpffs.to_str().expect("utf-8"),
+        ],
+    );
+    agent.wait_for_log(STARTED, WAIT);
+    let log = agent.log_text();
+    assert!(log.contains("not on a bpf filesystem"), "{log}");
+    assert!(log.contains("AF_PACKET responder running"), "{log}");
+    assert_answers(&link, &agent);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&not_bpffs);
+}
+
+#[test]
+fn explicit_xdp_mode_fails_loudly_instead_of_falling_back() {
+    if !privileged("explicit_xdp_mode_fails_loudly_instead_of_falling_back") {
+        return;
+    }
+    let link = Link::new("xfl");
+    let not_bpffs = std::env::temp_dir().join(bpf_tests::unique("not-bpffs"));
+    let out = link
+        .node
+        .enter(bpf_tests::agent::agent_bin().to_str().expect("utf-8"))
+        .args([
+            "announce",
+            "--interface",
+            &link.node_if,
+            "--vip",
+            VIP4,
+            "--mode",
+            "xdp",
+            "--bpffs",
+        ])
+        .arg(&not_bpffs)
+        .output()
+        .expect("run lb-agent");
+    let _ = std::fs::remove_dir_all(&not_bpffs);
+    assert!(!out.status.success(), "--mode xdp must not fall back");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not on a bpf filesystem"), "{err}");
+}

@@ -3,9 +3,12 @@
 //!
 //! The VIP is never put on the announcing interface: the kernel would then answer ARP/NDP for it
 //! itself, past the election and the data-path lease. On `xdplb0` it does not, provided the
-//! announcing interface only answers ARP for its own addresses (`arp_ignore=1`) and never uses a
-//! VIP as the source of its own requests (`arp_announce=2`). IPv6 neighbour discovery only ever
-//! answers for addresses of the receiving interface, so it needs nothing.
+//! host only answers ARP for addresses of the receiving interface (`arp_ignore=1`) and never uses
+//! a VIP as the source of its own requests (`arp_announce=2`). These are set host-wide
+//! (`net.ipv4.conf.all`), as kube-proxy's IPVS mode does: set only on the announcing interface,
+//! the parent of a VLAN or macvlan interface still hears the same broadcast and answers with its
+//! own MAC. IPv6 neighbour discovery only ever answers for addresses of the receiving interface,
+//! so it needs nothing.
 use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
 
 use futures::TryStreamExt;
@@ -130,11 +133,21 @@ pub async fn remove_if_empty(handle: &Handle) -> Result<(), L2Error> {
     Ok(())
 }
 
-/// Keeps the kernel from answering ARP on `iface` for addresses it does not carry itself.
+/// Keeps the kernel from answering ARP for addresses the receiving interface does not carry,
+/// host-wide and on `iface` (the kernel takes the larger of the two values).
 pub fn quiet_arp(iface: &str) -> Result<(), L2Error> {
-    for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
-        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/{name}"));
-        std::fs::write(&path, value).map_err(|source| L2Error::Sysctl { path, source })?;
+    for scope in ["all", iface] {
+        for (name, value) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{scope}/{name}"));
+            let current = std::fs::read_to_string(&path).unwrap_or_default();
+            if current.trim() != value {
+                std::fs::write(&path, value).map_err(|source| L2Error::Sysctl {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::info!(sysctl = %path.display(), value, "set so only xdplb answers ARP for VIPs");
+            }
+        }
     }
     Ok(())
 }
