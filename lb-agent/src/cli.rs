@@ -129,12 +129,43 @@ fn entries_for(ifaces: &[Interface], vips: &[IpAddr]) -> Vec<VipEntry> {
         .collect()
 }
 
+/// Why `addr` cannot be announced with ARP/NDP, if it cannot.
+fn unannounceable(addr: &IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
+            Some("link-local (it would be ambiguous across interfaces)")
+        }
+        _ => None,
+    }
+}
+
 async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
-    let ifaces = args
-        .interfaces
+    if let Some((vip, why)) = args
+        .vip
         .iter()
-        .map(|n| Interface::lookup(n))
-        .collect::<Result<Vec<_>, _>>()?;
+        .find_map(|v| unannounceable(v).map(|why| (v, why)))
+    {
+        bail!("--vip {vip}: cannot be announced: it is {why}");
+    }
+    let mut ifaces: Vec<Interface> = Vec::new();
+    for name in &args.interfaces {
+        let iface = Interface::lookup(name)?;
+        if iface.mac == [0; 6] {
+            bail!(
+                "--interface {name}: has no Ethernet address to answer with (loopback or a tunnel?)"
+            );
+        }
+        if !ifaces.contains(&iface) {
+            ifaces.push(iface);
+        }
+    }
     let vips: Vec<IpAddr> = {
         let set: BTreeSet<IpAddr> = args.vip.iter().copied().collect();
         set.into_iter().collect()
@@ -365,4 +396,31 @@ pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
         writeln!(out, "  {:<20} {}", c.name(), counters.get(c))?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_that_cannot_be_announced_are_named() {
+        for (addr, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("255.255.255.255", "broadcast"),
+            ("224.0.0.1", "multicast"),
+            ("127.0.0.5", "loopback"),
+            ("::", "unspecified"),
+            ("ff02::1", "multicast"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+        ] {
+            let addr: IpAddr = addr.parse().expect("test address");
+            let got = unannounceable(&addr).unwrap_or("accepted");
+            assert!(got.contains(why), "{addr}: {got}");
+        }
+        for ok in ["10.0.0.1", "192.0.2.10", "2001:db8::10", "fd00::1"] {
+            let addr: IpAddr = ok.parse().expect("test address");
+            assert_eq!(unannounceable(&addr), None, "{addr}");
+        }
+    }
 }
