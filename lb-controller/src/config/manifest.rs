@@ -1,0 +1,175 @@
+//! Reading manifests: YAML files (several documents each) or directories of them, into typed
+//! objects. A document that does not fit its kind's schema becomes a [`Problem`] naming the
+//! object and the field; input that is not YAML at all is a [`LoadError`].
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    Problem,
+    types::{BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2},
+};
+
+/// Input that cannot be read as manifests at all (`validate` exits 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not YAML: {reason}")]
+    Yaml { path: PathBuf, reason: String },
+}
+
+/// Everything the configuration is made of, in input order.
+#[derive(Debug, Default)]
+pub struct Objects {
+    pub pools: Vec<IPAddressPool>,
+    pub l2_advertisements: Vec<L2Advertisement>,
+    pub bgp_advertisements: Vec<BGPAdvertisement>,
+    pub peers: Vec<v1beta2::BGPPeer>,
+    pub bfd_profiles: Vec<BFDProfile>,
+    pub communities: Vec<Community>,
+    pub namespaces: Vec<Namespace>,
+    pub nodes: Vec<Node>,
+    pub secrets: Vec<Secret>,
+    pub services: Vec<Service>,
+}
+
+/// The YAML files named by `paths`: files as given, directories' `*.yaml` / `*.yml` entries in
+/// name order (subdirectories, such as a standalone `status/`, are not entered).
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let read_err = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        if path.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(read_err)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+                })
+                .collect();
+            entries.sort();
+            out.extend(entries);
+        } else {
+            std::fs::metadata(path).map_err(read_err)?;
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The non-empty documents of one YAML text.
+pub fn documents(path: &Path, text: &str) -> Result<Vec<Value>, LoadError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| LoadError::Yaml {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// What [`load`] read: the objects, the documents that do not fit their kind's schema
+/// (errors), and documents of kinds xdplb does not read (warnings: they are ignored).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: Objects,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+/// Reads and sorts every object under `paths`.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded::default();
+    for file in files(paths)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        for doc in documents(&file, &text)? {
+            sort(doc, &file, &mut loaded);
+        }
+    }
+    Ok(loaded)
+}
+
+fn str_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
+    doc.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Deserializes `doc` as `T`, turning a failure into a problem with the field's path.
+fn typed<T: DeserializeOwned>(doc: Value, kind: &str, name: &str) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "(object)".to_owned()
+        } else {
+            field
+        };
+        Problem::new(kind, name, field, e.into_inner().to_string())
+    })
+}
+
+fn sort(doc: Value, file: &Path, loaded: &mut Loaded) {
+    let (objects, problems) = (&mut loaded.objects, &mut loaded.errors);
+    let api_version = str_at(&doc, "/apiVersion").to_owned();
+    let kind = str_at(&doc, "/kind").to_owned();
+    let name = str_at(&doc, "/metadata/name").to_owned();
+    if kind.is_empty() {
+        problems.push(Problem::new(
+            "(unknown)",
+            file.display().to_string(),
+            "kind",
+            "a document without a kind",
+        ));
+        return;
+    }
+    if name.is_empty() {
+        problems.push(Problem::new(
+            &kind,
+            "(unnamed)",
+            "metadata.name",
+            "required",
+        ));
+        return;
+    }
+    let (group, _version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    macro_rules! put {
+        ($list:expr) => {
+            match typed(doc, &kind, &name) {
+                Ok(obj) => $list.push(obj),
+                Err(p) => problems.push(p),
+            }
+        };
+    }
+    match (group, kind.as_str()) {
+        ("metallb.io", "IPAddressPool") => put!(objects.pools),
+        ("metallb.io", "L2Advertisement") => put!(objects.l2_advertisements),
+        ("metallb.io", "BGPAdvertisement") => put!(objects.bgp_advertisements),
+        // v1beta1 peers read as v1beta2: the fields they share have the same shape.
+        ("metallb.io", "BGPPeer") => put!(objects.peers),
+        ("metallb.io", "BFDProfile") => put!(objects.bfd_profiles),
+        ("metallb.io", "Community") => put!(objects.communities),
+        ("", "Namespace") => put!(objects.namespaces),
+        ("", "Node") => put!(objects.nodes),
+        ("", "Secret") => put!(objects.secrets),
+        ("", "Service") => put!(objects.services),
+        _ => loaded.warnings.push(Problem::new(
+            &kind,
+            &name,
+            "apiVersion",
+            format!("{api_version} {kind} is not a kind xdplb reads; ignored"),
+        )),
+    }
+}

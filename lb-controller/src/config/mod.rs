@@ -1,0 +1,43 @@
+//! MetalLB-compatible configuration: the metallb.io types ([`types`]), reading manifests
+//! ([`manifest`]), pool addresses ([`address`]) and MetalLB's validation rules ([`validate`]).
+
+pub mod address;
+pub mod manifest;
+pub mod types;
+pub mod validate;
+
+/// One problem with one object, as `validate` prints it: `Kind/name: field: reason`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    pub kind: String,
+    pub name: String,
+    /// JSON path of the field, e.g. `spec.addresses[1]`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl Problem {
+    pub fn new(
+        kind: impl Into<String>,
+        name: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}: {}: {}",
+            self.kind, self.name, self.field, self.reason
+        )
+    }
+}

@@ -1,0 +1,297 @@
+//! The metallb.io kinds, typed as MetalLB serves them (group `metallb.io`), with `CustomResource`
+//! so the CRDs can be generated from these types. Field names and defaults follow MetalLB's
+//! `api/v1beta1` and `api/v1beta2` (research/metallb.md §1); defaults that MetalLB applies in
+//! code are applied by [`super::model`], not here, so an object round-trips as written.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Which Services a pool serves, and with which priority.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAllocation {
+    /// Lower is preferred; unset sorts after every set priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespace_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// A pool of addresses for LoadBalancer Services.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "IPAddressPool",
+    namespaced,
+    status = "IPAddressPoolStatus"
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IPAddressPoolSpec {
+    /// CIDRs (`10.0.0.0/24`) or inclusive ranges (`10.0.0.10-10.0.0.20`), IPv4 or IPv6.
+    pub addresses: Vec<String>,
+    /// Whether the pool is used for Services that do not ask for it (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_assign: Option<bool>,
+    /// Skip IPv4 addresses ending in .0 or .255.
+    #[serde(
+        default,
+        rename = "avoidBuggyIPs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub avoid_buggy_ips: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_allocation: Option<ServiceAllocation>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct IPAddressPoolStatus {
+    #[serde(rename = "assignedIPv4", default)]
+    pub assigned_ipv4: i64,
+    #[serde(rename = "assignedIPv6", default)]
+    pub assigned_ipv6: i64,
+    #[serde(rename = "availableIPv4", default)]
+    pub available_ipv4: i64,
+    #[serde(rename = "availableIPv6", default)]
+    pub available_ipv6: i64,
+}
+
+/// A soft preference for the Layer 2 election.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreferredNodeSelector {
+    /// 1 to 100; the weights of matching selectors add up.
+    pub weight: i32,
+    pub preference: LabelSelector,
+}
+
+/// Announce the selected pools' addresses with ARP/NDP from the selected nodes.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "L2Advertisement",
+    namespaced
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct L2AdvertisementSpec {
+    #[serde(
+        default,
+        rename = "ipAddressPools",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ip_address_pools: Vec<String>,
+    #[serde(
+        default,
+        rename = "ipAddressPoolSelectors",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ip_address_pool_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_node_selectors: Vec<PreferredNodeSelector>,
+}
+
+/// Advertise the selected pools' addresses over BGP to the selected peers.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "BGPAdvertisement",
+    namespaced
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPAdvertisementSpec {
+    /// Prefix length for IPv4 announcements (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregation_length: Option<i32>,
+    /// Prefix length for IPv6 announcements (default 128).
+    #[serde(
+        default,
+        rename = "aggregationLengthV6",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub aggregation_length_v6: Option<i32>,
+    /// LOCAL_PREF for iBGP peers (0 = not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    /// `A:B`, `large:X:Y:Z`, or the name of a Community alias.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub communities: Vec<String>,
+    #[serde(
+        default,
+        rename = "ipAddressPools",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ip_address_pools: Vec<String>,
+    #[serde(
+        default,
+        rename = "ipAddressPoolSelectors",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub ip_address_pool_selectors: Vec<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_selectors: Vec<LabelSelector>,
+    /// BGPPeer names; empty means every peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_selectors: Vec<LabelSelector>,
+}
+
+/// BFD session parameters referenced by BGPPeers.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "BFDProfile",
+    namespaced
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BFDProfileSpec {
+    /// Milliseconds, 10 to 60000 (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_interval: Option<u32>,
+    /// Milliseconds, 10 to 60000 (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transmit_interval: Option<u32>,
+    /// 2 to 255 (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detect_multiplier: Option<u32>,
+    /// Milliseconds, 10 to 60000 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_interval: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo_mode: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive_mode: Option<bool>,
+    /// 1 to 254, multihop sessions only.
+    #[serde(
+        default,
+        rename = "minimumTtl",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub minimum_ttl: Option<u32>,
+}
+
+/// One community alias.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommunityAlias {
+    pub name: String,
+    pub value: String,
+}
+
+/// Named community values usable in BGPAdvertisements.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "Community",
+    namespaced
+)]
+#[serde(deny_unknown_fields)]
+pub struct CommunitySpec {
+    #[serde(default)]
+    pub communities: Vec<CommunityAlias>,
+}
+
+/// `dynamicASN`: accept the peer's ASN, as long as it is internal or external as stated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DynamicAsn {
+    Internal,
+    External,
+}
+
+/// A reference to the Secret holding a BGP password.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretReference {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// BGPPeer as served in `metallb.io/v1beta2` (the storage version).
+pub mod v1beta2 {
+    use super::*;
+
+    /// A BGP session to establish from the selected nodes.
+    #[derive(
+        CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema,
+    )]
+    #[kube(
+        group = "metallb.io",
+        version = "v1beta2",
+        kind = "BGPPeer",
+        namespaced
+    )]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct BGPPeerSpec {
+        #[serde(rename = "myASN")]
+        pub my_asn: u32,
+        #[serde(default, rename = "peerASN", skip_serializing_if = "Option::is_none")]
+        pub peer_asn: Option<u32>,
+        #[serde(
+            default,
+            rename = "dynamicASN",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub dynamic_asn: Option<DynamicAsn>,
+        #[serde(default, rename = "localASN", skip_serializing_if = "Option::is_none")]
+        pub local_asn: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub peer_address: Option<String>,
+        /// Unnumbered peering over this interface's IPv6 link-local address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interface: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub source_address: Option<String>,
+        /// 1 to 16384 (default 179).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub peer_port: Option<u32>,
+        /// A Kubernetes duration (`90s`, `1m30s`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub hold_time: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub keepalive_time: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub connect_time: Option<String>,
+        #[serde(default, rename = "routerID", skip_serializing_if = "Option::is_none")]
+        pub router_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub node_selectors: Vec<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password_secret: Option<SecretReference>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub bfd_profile: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub enable_graceful_restart: Option<bool>,
+        #[serde(
+            default,
+            rename = "ebgpMultiHop",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub ebgp_multi_hop: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub vrf: Option<String>,
+        #[serde(default, rename = "disableMP", skip_serializing_if = "Option::is_none")]
+        pub disable_mp: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub dual_stack_address_family: Option<bool>,
+    }
+}

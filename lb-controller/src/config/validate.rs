@@ -1,0 +1,672 @@
+//! MetalLB's configuration rules (research/metallb.md §3), over the objects as read.
+//!
+//! Every problem names `Kind/name`, the field and the reason. Errors make the configuration
+//! invalid; warnings (references to pools or peers that do not exist, which MetalLB accepts)
+//! do not.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+
+use super::{
+    Problem,
+    address::{self, AddrRange},
+    manifest::Objects,
+    types::{BGPAdvertisement, DynamicAsn, IPAddressPool, v1beta2::BGPPeer},
+};
+
+/// What [`validate`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Report {
+    fn error(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.errors.push(Problem::new(kind, name, field, reason));
+    }
+    fn warning(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.warnings.push(Problem::new(kind, name, field, reason));
+    }
+}
+
+/// Checks the whole configuration at once, as MetalLB's parser does.
+pub fn validate(objects: &Objects) -> Report {
+    let mut report = Report::default();
+    duplicates(objects, &mut report);
+    let pool_ranges = pools(&objects.pools, &mut report);
+    bfd_profiles(objects, &mut report);
+    let aliases = communities(objects, &mut report);
+    bgp_advertisements(objects, &pool_ranges, &aliases, &mut report);
+    l2_advertisements(objects, &mut report);
+    peers(objects, &mut report);
+    report
+}
+
+fn duplicates(objects: &Objects, report: &mut Report) {
+    fn check(kind: &str, names: impl Iterator<Item = (String, String)>, report: &mut Report) {
+        let mut seen = BTreeSet::new();
+        for (ns, name) in names {
+            if !seen.insert((ns.clone(), name.clone())) {
+                report.error(
+                    kind,
+                    &name,
+                    "metadata.name",
+                    format!("defined twice in namespace {ns:?}"),
+                );
+            }
+        }
+    }
+    fn ids<K: kube::Resource>(list: &[K]) -> impl Iterator<Item = (String, String)> + '_ {
+        list.iter()
+            .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
+    }
+    check("IPAddressPool", ids(&objects.pools), report);
+    check("L2Advertisement", ids(&objects.l2_advertisements), report);
+    check("BGPAdvertisement", ids(&objects.bgp_advertisements), report);
+    check("BGPPeer", ids(&objects.peers), report);
+    check("BFDProfile", ids(&objects.bfd_profiles), report);
+    check("Community", ids(&objects.communities), report);
+}
+
+/// Pool rules; returns each pool's parsed ranges for the advertisement rules.
+fn pools(pools: &[IPAddressPool], report: &mut Report) -> HashMap<String, Vec<AddrRange>> {
+    const KIND: &str = "IPAddressPool";
+    let mut all: Vec<(AddrRange, (String, usize))> = Vec::new();
+    let mut by_pool = HashMap::new();
+    for pool in pools {
+        let name = pool.name_any();
+        if pool.spec.addresses.is_empty() {
+            report.error(KIND, &name, "spec.addresses", "the pool has no addresses");
+        }
+        let mut ranges = Vec::new();
+        for (i, entry) in pool.spec.addresses.iter().enumerate() {
+            match address::parse(entry) {
+                Ok(range) => {
+                    ranges.push(range);
+                    all.push((range, (name.clone(), i)));
+                }
+                Err(e) => report.error(KIND, &name, format!("spec.addresses[{i}]"), e.to_string()),
+            }
+        }
+        if let Some(alloc) = &pool.spec.service_allocation {
+            let mut seen = BTreeSet::new();
+            for (i, ns) in alloc.namespaces.iter().enumerate() {
+                if !seen.insert(ns) {
+                    report.error(
+                        KIND,
+                        &name,
+                        format!("spec.serviceAllocation.namespaces[{i}]"),
+                        format!("duplicate namespace {ns:?}"),
+                    );
+                }
+            }
+        }
+        by_pool.insert(name, ranges);
+    }
+    for ((a, (pool_a, i)), (b, (pool_b, j))) in address::overlaps(&all) {
+        report.error(
+            KIND,
+            &pool_b,
+            format!("spec.addresses[{j}]"),
+            format!("{b} overlaps with {a} (IPAddressPool/{pool_a} spec.addresses[{i}])"),
+        );
+    }
+    by_pool
+}
+
+fn bfd_profiles(objects: &Objects, report: &mut Report) {
+    const KIND: &str = "BFDProfile";
+    for p in &objects.bfd_profiles {
+        let name = p.name_any();
+        let s = &p.spec;
+        let ranges = [
+            ("spec.receiveInterval", s.receive_interval, 10, 60_000),
+            ("spec.transmitInterval", s.transmit_interval, 10, 60_000),
+            ("spec.echoInterval", s.echo_interval, 10, 60_000),
+            ("spec.detectMultiplier", s.detect_multiplier, 2, 255),
+            ("spec.minimumTtl", s.minimum_ttl, 1, 254),
+        ];
+        for (field, value, min, max) in ranges {
+            if let Some(v) = value
+                && !(min..=max).contains(&v)
+            {
+                report.error(KIND, &name, field, format!("{v} is outside {min}..={max}"));
+            }
+        }
+    }
+}
+
+/// Why a community value is not `A:B` (16-bit each) or `large:X:Y:Z` (32-bit each), if it is not.
+pub fn community_format(value: &str) -> Option<String> {
+    if let Some(large) = value.strip_prefix("large:") {
+        let parts: Vec<&str> = large.split(':').collect();
+        if parts.len() != 3 || parts.iter().any(|p| p.parse::<u32>().is_err()) {
+            return Some(format!(
+                "{value:?} is not a large community (large:X:Y:Z, each 0..=4294967295)"
+            ));
+        }
+        return None;
+    }
+    let parts: Vec<&str> = value.split(':').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.parse::<u16>().is_err()) {
+        return Some(format!(
+            "{value:?} is not a community (A:B, each 0..=65535)"
+        ));
+    }
+    None
+}
+
+/// Community alias rules; returns the aliases.
+fn communities(objects: &Objects, report: &mut Report) -> BTreeMap<String, String> {
+    const KIND: &str = "Community";
+    let mut aliases = BTreeMap::new();
+    for c in &objects.communities {
+        let name = c.name_any();
+        for (i, alias) in c.spec.communities.iter().enumerate() {
+            if let Some(why) = community_format(&alias.value) {
+                report.error(KIND, &name, format!("spec.communities[{i}].value"), why);
+            }
+            if aliases
+                .insert(alias.name.clone(), alias.value.clone())
+                .is_some()
+            {
+                report.error(
+                    KIND,
+                    &name,
+                    format!("spec.communities[{i}].name"),
+                    format!("alias {:?} is defined more than once", alias.name),
+                );
+            }
+        }
+    }
+    aliases
+}
+
+fn pool_names(objects: &Objects) -> BTreeSet<String> {
+    objects.pools.iter().map(|p| p.name_any()).collect()
+}
+
+fn bgp_advertisements(
+    objects: &Objects,
+    ranges: &HashMap<String, Vec<AddrRange>>,
+    aliases: &BTreeMap<String, String>,
+    report: &mut Report,
+) {
+    const KIND: &str = "BGPAdvertisement";
+    let pools = pool_names(objects);
+    let peers: BTreeSet<String> = objects.peers.iter().map(|p| p.name_any()).collect();
+    for ad in &objects.bgp_advertisements {
+        let name = ad.name_any();
+        let s = &ad.spec;
+        let v4 = s.aggregation_length.unwrap_or(32);
+        let v6 = s.aggregation_length_v6.unwrap_or(128);
+        if !(1..=32).contains(&v4) {
+            report.error(
+                KIND,
+                &name,
+                "spec.aggregationLength",
+                format!("{v4} is outside 1..=32"),
+            );
+        }
+        if !(1..=128).contains(&v6) {
+            report.error(
+                KIND,
+                &name,
+                "spec.aggregationLengthV6",
+                format!("{v6} is outside 1..=128"),
+            );
+        }
+        if !s.service_selectors.is_empty() && (v4 != 32 || v6 != 128) {
+            report.error(
+                KIND,
+                &name,
+                "spec.serviceSelectors",
+                "only allowed with the default aggregation lengths (32 and 128)",
+            );
+        }
+        for (i, c) in s.communities.iter().enumerate() {
+            let looks_literal = c.contains(':');
+            if looks_literal {
+                if let Some(why) = community_format(c) {
+                    report.error(KIND, &name, format!("spec.communities[{i}]"), why);
+                }
+            } else if !aliases.contains_key(c) {
+                report.error(
+                    KIND,
+                    &name,
+                    format!("spec.communities[{i}]"),
+                    format!("{c:?} is neither a community value nor a Community alias"),
+                );
+            }
+        }
+        for (i, pool) in s.ip_address_pools.iter().enumerate() {
+            if !pools.contains(pool) {
+                report.warning(
+                    KIND,
+                    &name,
+                    format!("spec.ipAddressPools[{i}]"),
+                    format!("no IPAddressPool named {pool:?}"),
+                );
+            }
+        }
+        for (i, peer) in s.peers.iter().enumerate() {
+            if !peers.contains(peer) {
+                report.warning(
+                    KIND,
+                    &name,
+                    format!("spec.peers[{i}]"),
+                    format!("no BGPPeer named {peer:?}"),
+                );
+            }
+        }
+        aggregation_fits(ad, &objects.pools, ranges, v4, v6, report);
+    }
+}
+
+/// An aggregation length may not be shorter than the widest CIDR of a selected pool (MetalLB's
+/// rule: a /28 pool cannot be announced as a /26; the range 3.3.3.2-3.3.3.254, whose widest
+/// piece is a /26, can be announced as a /26 but not as a /24).
+fn aggregation_fits(
+    ad: &BGPAdvertisement,
+    pools: &[IPAddressPool],
+    ranges: &HashMap<String, Vec<AddrRange>>,
+    v4: i32,
+    v6: i32,
+    report: &mut Report,
+) {
+    let name = ad.name_any();
+    let selected = pools.iter().filter(|p| {
+        let by_name = ad.spec.ip_address_pools.contains(&p.name_any());
+        let all =
+            ad.spec.ip_address_pools.is_empty() && ad.spec.ip_address_pool_selectors.is_empty();
+        let by_label = ad
+            .spec
+            .ip_address_pool_selectors
+            .iter()
+            .any(|sel| selector_matches(sel, p.labels()));
+        by_name || all || by_label
+    });
+    for pool in selected {
+        let pool_name = pool.name_any();
+        let nets: Vec<IpNet> = ranges
+            .get(&pool_name)
+            .into_iter()
+            .flatten()
+            .flat_map(AddrRange::cidrs)
+            .collect();
+        for (v4_family, field, len) in [
+            (true, "spec.aggregationLength", v4),
+            (false, "spec.aggregationLengthV6", v6),
+        ] {
+            let widest = nets
+                .iter()
+                .filter(|n| matches!(n, IpNet::V4(_)) == v4_family)
+                .min_by_key(|n| n.prefix_len());
+            if let Some(net) = widest
+                && len < i32::from(net.prefix_len())
+            {
+                report.error(
+                    "BGPAdvertisement",
+                    &name,
+                    field,
+                    format!(
+                        "{len} is shorter than {net}, the widest prefix of IPAddressPool/{pool_name}: the announcement would cover addresses outside the pool"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Whether `labels` satisfy the selector's `matchLabels` and `matchExpressions`.
+pub fn selector_matches(
+    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    by_labels && by_exprs
+}
+
+fn l2_advertisements(objects: &Objects, report: &mut Report) {
+    let pools = pool_names(objects);
+    for ad in &objects.l2_advertisements {
+        let name = ad.name_any();
+        for (i, pool) in ad.spec.ip_address_pools.iter().enumerate() {
+            if !pools.contains(pool) {
+                report.warning(
+                    "L2Advertisement",
+                    &name,
+                    format!("spec.ipAddressPools[{i}]"),
+                    format!("no IPAddressPool named {pool:?}"),
+                );
+            }
+        }
+        for (i, p) in ad.spec.preferred_node_selectors.iter().enumerate() {
+            if !(1..=100).contains(&p.weight) {
+                report.error(
+                    "L2Advertisement",
+                    &name,
+                    format!("spec.preferredNodeSelectors[{i}].weight"),
+                    format!("{} is outside 1..=100", p.weight),
+                );
+            }
+        }
+    }
+}
+
+fn peers(objects: &Objects, report: &mut Report) {
+    const KIND: &str = "BGPPeer";
+    let profiles: BTreeSet<String> = objects.bfd_profiles.iter().map(|p| p.name_any()).collect();
+    for peer in &objects.peers {
+        peer_rules(peer, &profiles, objects, report);
+    }
+    fn peer_rules(
+        peer: &BGPPeer,
+        profiles: &BTreeSet<String>,
+        objects: &Objects,
+        report: &mut Report,
+    ) {
+        let name = peer.name_any();
+        let s = &peer.spec;
+        if s.my_asn == 0 {
+            report.error(KIND, &name, "spec.myASN", "required (non-zero)");
+        }
+        match (s.peer_asn, s.dynamic_asn) {
+            (Some(_), Some(_)) => report.error(
+                KIND,
+                &name,
+                "spec.dynamicASN",
+                "set peerASN or dynamicASN, not both",
+            ),
+            (None, None) => report.error(
+                KIND,
+                &name,
+                "spec.peerASN",
+                "one of peerASN or dynamicASN is required",
+            ),
+            _ => {}
+        }
+        let internal = s.peer_asn == Some(s.my_asn) || s.dynamic_asn == Some(DynamicAsn::Internal);
+        if s.ebgp_multi_hop == Some(true) && internal {
+            report.error(
+                KIND,
+                &name,
+                "spec.ebgpMultiHop",
+                "multihop is for eBGP; this peer is iBGP",
+            );
+        }
+        match (&s.peer_address, &s.interface) {
+            (Some(_), Some(_)) => report.error(
+                KIND,
+                &name,
+                "spec.interface",
+                "set peerAddress or interface, not both",
+            ),
+            (None, None) => report.error(
+                KIND,
+                &name,
+                "spec.peerAddress",
+                "one of peerAddress or interface is required",
+            ),
+            _ => {}
+        }
+        for (field, value) in [
+            ("spec.peerAddress", &s.peer_address),
+            ("spec.sourceAddress", &s.source_address),
+            ("spec.routerID", &s.router_id),
+        ] {
+            if let Some(v) = value
+                && v.parse::<std::net::IpAddr>().is_err()
+            {
+                report.error(KIND, &name, field, format!("{v:?} is not an IP address"));
+            }
+        }
+        if let Some(port) = s.peer_port
+            && !(1..=16384).contains(&port)
+        {
+            report.error(
+                KIND,
+                &name,
+                "spec.peerPort",
+                format!("{port} is outside 1..=16384"),
+            );
+        }
+        if s.password.is_some() && s.password_secret.is_some() {
+            report.error(
+                KIND,
+                &name,
+                "spec.passwordSecret",
+                "set password or passwordSecret, not both",
+            );
+        }
+        if let Some(secret) = s.password_secret.as_ref().and_then(|r| r.name.as_ref()) {
+            let found = objects.secrets.iter().find(|x| &x.name_any() == secret);
+            match found {
+                None => report.error(
+                    KIND,
+                    &name,
+                    "spec.passwordSecret",
+                    format!("no Secret named {secret:?}"),
+                ),
+                Some(x) => {
+                    if x.type_.as_deref() != Some("kubernetes.io/basic-auth") {
+                        report.error(
+                            KIND,
+                            &name,
+                            "spec.passwordSecret",
+                            format!("Secret {secret:?} must be of type kubernetes.io/basic-auth"),
+                        );
+                    }
+                    let has_key = x.data.as_ref().is_some_and(|d| d.contains_key("password"))
+                        || x.string_data
+                            .as_ref()
+                            .is_some_and(|d| d.contains_key("password"));
+                    if !has_key {
+                        report.error(
+                            KIND,
+                            &name,
+                            "spec.passwordSecret",
+                            format!("Secret {secret:?} has no key \"password\""),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(profile) = &s.bfd_profile
+            && !profiles.contains(profile)
+        {
+            report.error(
+                KIND,
+                &name,
+                "spec.bfdProfile",
+                format!("no BFDProfile named {profile:?}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::manifest;
+
+    /// Validates YAML text; returns the error and warning lines.
+    fn check(yaml: &str) -> (Vec<String>, Vec<String>) {
+        manifest::documents(Path::new("test.yaml"), yaml).expect("test YAML parses");
+        let dir = std::env::temp_dir().join(format!("xdplb-validate-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join(format!("{}.yaml", yaml.len()));
+        std::fs::write(&file, yaml).expect("write");
+        let loaded = manifest::load(std::slice::from_ref(&file)).expect("load");
+        let _ = std::fs::remove_file(&file);
+        let report = validate(&loaded.objects);
+        let lines = |v: Vec<Problem>| v.into_iter().map(|p| p.to_string()).collect();
+        let mut errors: Vec<Problem> = loaded.errors;
+        errors.extend(report.errors);
+        (lines(errors), lines(report.warnings))
+    }
+
+    fn pool(name: &str, addresses: &str) -> String {
+        format!(
+            "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}}}\nspec:\n  addresses: {addresses}\n"
+        )
+    }
+
+    #[test]
+    fn overlapping_pools_are_reported_with_both_entries() {
+        let (errors, _) =
+            check(&(pool("a", "[10.0.0.0/24]") + &pool("b", "[10.0.1.0/24, 10.0.0.200-10.0.1.5]")));
+        assert_eq!(
+            errors,
+            vec![
+                "IPAddressPool/b: spec.addresses[1]: 10.0.0.200-10.0.1.5 overlaps with 10.0.0.0/24 (IPAddressPool/a spec.addresses[0])",
+                "IPAddressPool/b: spec.addresses[0]: 10.0.1.0/24 overlaps with 10.0.0.200-10.0.1.5 (IPAddressPool/b spec.addresses[1])",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_duplicate_pools_are_errors() {
+        let (errors, _) =
+            check(&(pool("a", "[]") + &pool("c", "[10.1.0.0/24]") + &pool("c", "[10.2.0.0/24]")));
+        assert!(
+            errors
+                .contains(&"IPAddressPool/a: spec.addresses: the pool has no addresses".to_owned()),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("IPAddressPool/c: metadata.name: defined twice")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn aggregation_length_may_not_reach_outside_a_pool() {
+        let ad = |len: u8| {
+            format!(
+                "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: ad}}\nspec:\n  aggregationLength: {len}\n  ipAddressPools: [p]\n"
+            )
+        };
+        // research/metallb.md §3: this range allows /26 but not /24.
+        let p = pool("p", "[3.3.3.2-3.3.3.254]");
+        assert_eq!(check(&(p.clone() + &ad(26))).0, Vec::<String>::new());
+        let (errors, _) = check(&(p + &ad(24)));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("BGPAdvertisement/ad: spec.aggregationLength: 24 is shorter than")
+        );
+    }
+
+    #[test]
+    fn communities_must_be_values_or_defined_aliases() {
+        assert_eq!(community_format("65000:100"), None);
+        assert_eq!(community_format("large:4200000000:1:2"), None);
+        assert!(community_format("65536:1").is_some());
+        assert!(community_format("large:1:2").is_some());
+        let yaml = r#"
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: aliases}
+spec:
+  communities: [{name: no-export, value: "65535:65281"}, {name: bad, value: "1:2:3"}]
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: ad}
+spec:
+  communities: [no-export, missing, "65000:1"]
+"#;
+        let (errors, _) = check(yaml);
+        assert_eq!(
+            errors,
+            vec![
+                "Community/aliases: spec.communities[1].value: \"1:2:3\" is not a community (A:B, each 0..=65535)",
+                "BGPAdvertisement/ad: spec.communities[1]: \"missing\" is neither a community value nor a Community alias",
+            ]
+        );
+    }
+
+    #[test]
+    fn peer_rules_name_the_field() {
+        let yaml = r#"
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: p}
+spec:
+  myASN: 64500
+  peerASN: 64501
+  dynamicASN: external
+  peerPort: 20000
+  password: x
+  passwordSecret: {name: s}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: s}
+type: Opaque
+stringData: {user: u}
+"#;
+        let (errors, _) = check(yaml);
+        assert_eq!(
+            errors,
+            vec![
+                "BGPPeer/p: spec.dynamicASN: set peerASN or dynamicASN, not both",
+                "BGPPeer/p: spec.peerAddress: one of peerAddress or interface is required",
+                "BGPPeer/p: spec.peerPort: 20000 is outside 1..=16384",
+                "BGPPeer/p: spec.passwordSecret: set password or passwordSecret, not both",
+                "BGPPeer/p: spec.passwordSecret: Secret \"s\" must be of type kubernetes.io/basic-auth",
+                "BGPPeer/p: spec.passwordSecret: Secret \"s\" has no key \"password\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn bfd_ranges_are_checked() {
+        let yaml = r#"
+apiVersion: metallb.io/v1beta1
+kind: BFDProfile
+metadata: {name: fast}
+spec: {receiveInterval: 5, detectMultiplier: 3, minimumTtl: 255}
+"#;
+        assert_eq!(
+            check(yaml).0,
+            vec![
+                "BFDProfile/fast: spec.receiveInterval: 5 is outside 10..=60000",
+                "BFDProfile/fast: spec.minimumTtl: 255 is outside 1..=254",
+            ]
+        );
+    }
+}
