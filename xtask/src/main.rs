@@ -8,6 +8,7 @@
 //! - `test`: setup, fmt check, clippy with warnings denied, build, every test.
 //! - `bench`: the benchmark table.
 //! - `demo`: the product tour.
+//! - `crds`: regenerate `deploy/crds` from the controller's types.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -55,6 +56,8 @@ enum Task {
     Bench,
     /// The product tour: announce VIPs from XDP in a small lab and show the answers.
     Demo,
+    /// Regenerate deploy/crds from lb-controller's types.
+    Crds,
 }
 
 fn main() -> Result<()> {
@@ -66,6 +69,23 @@ fn main() -> Result<()> {
         Task::Test => test(&root),
         Task::Bench => run_release_bin(&root, "xdplb-bench"),
         Task::Demo => run_release_bin(&root, "xdplb-demo"),
+        Task::Crds => {
+            let dir = root.join("deploy/crds");
+            let dir = dir.to_str().context("deploy/crds path is not UTF-8")?;
+            cargo(
+                &root,
+                &[
+                    "run",
+                    "-q",
+                    "-p",
+                    "lb-controller",
+                    "--example",
+                    "crds",
+                    "--",
+                    dir,
+                ],
+            )
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`manifest`]), pool addresses ([`address`]) and MetalLB's validation rules ([`validate`]).
 
 pub mod address;
+pub mod crds;
 pub mod manifest;
 pub mod types;
 pub mod validate;

@@ -224,6 +224,54 @@ pub struct SecretReference {
     pub namespace: Option<String>,
 }
 
+/// BGPPeer as still served in `metallb.io/v1beta1` (MetalLB converts it to v1beta2).
+pub mod v1beta1 {
+    use super::*;
+
+    /// A BGP session to establish from the selected nodes (the older API).
+    #[derive(
+        CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema,
+    )]
+    #[kube(
+        group = "metallb.io",
+        version = "v1beta1",
+        kind = "BGPPeer",
+        namespaced
+    )]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct BGPPeerSpec {
+        #[serde(rename = "myASN")]
+        pub my_asn: u32,
+        #[serde(rename = "peerASN")]
+        pub peer_asn: u32,
+        pub peer_address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub source_address: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub peer_port: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub hold_time: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub keepalive_time: Option<String>,
+        #[serde(default, rename = "routerID", skip_serializing_if = "Option::is_none")]
+        pub router_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub node_selectors: Vec<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub bfd_profile: Option<String>,
+        #[serde(
+            default,
+            rename = "ebgpMultiHop",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub ebgp_multi_hop: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub vrf: Option<String>,
+    }
+}
+
 /// BGPPeer as served in `metallb.io/v1beta2` (the storage version).
 pub mod v1beta2 {
     use super::*;
