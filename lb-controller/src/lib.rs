@@ -6,3 +6,4 @@
 //! Still to come (see the issues): IPAM, `plan`, the standalone and Kubernetes sources, status.
 
 pub mod config;
+pub mod ipam;
