@@ -91,10 +91,10 @@ impl Space {
             start = before.0;
             self.used.remove(&before.0);
         }
-        if let Some(after) = next(addr) {
-            if let Some(run_end) = self.used.remove(&after) {
-                end = run_end;
-            }
+        if let Some(after) = next(addr)
+            && let Some(run_end) = self.used.remove(&after)
+        {
+            end = run_end;
         }
         self.used.insert(start, end);
     }
@@ -105,15 +105,15 @@ impl Space {
             return;
         };
         self.used.remove(&start);
-        if start < addr {
-            if let Some(p) = prev(addr) {
-                self.used.insert(start, p);
-            }
+        if start < addr
+            && let Some(p) = prev(addr)
+        {
+            self.used.insert(start, p);
         }
-        if addr < end {
-            if let Some(n) = next(addr) {
-                self.used.insert(n, end);
-            }
+        if addr < end
+            && let Some(n) = next(addr)
+        {
+            self.used.insert(n, end);
         }
     }
 
