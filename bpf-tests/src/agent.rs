@@ -1,6 +1,6 @@
 //! The real `lb-agent` binary as a child process inside a namespace.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -47,6 +47,25 @@ impl Agent {
             .spawn()
             .expect("spawn lb-agent");
         Self { child, log }
+    }
+
+    /// Starts `lb-agent announce --interface IFACE --vip VIPS --bpffs PINS EXTRA...` in `ns` and
+    /// waits until it says it is announcing.
+    pub fn announce(ns: &NetNs, iface: &str, vips: &str, pins: &Path, extra: &[&str]) -> Self {
+        let pins = pins.to_str().expect("utf-8 pin path");
+        let mut args = vec![
+            "announce",
+            "--interface",
+            iface,
+            "--vip",
+            vips,
+            "--bpffs",
+            pins,
+        ];
+        args.extend_from_slice(extra);
+        let mut agent = Self::start(ns, &args);
+        agent.wait_for_log("announcing;", Duration::from_secs(20));
+        agent
     }
 
     /// Waits until the agent's log contains `needle`; panics with the log after `timeout`.

@@ -21,22 +21,8 @@ const VIP4: &str = "10.200.0.100";
 const VIP6: &str = "fd00:200::100";
 const NOT_VIP4: &str = "10.200.0.55";
 const NOT_VIP6: &str = "fd00:200::55";
-const STARTED: &str = "announcing;";
-const WAIT: Duration = Duration::from_secs(20);
 
-fn announce_args<'a>(link: &'a Link, pins: &'a PinDir, mode: &'a str) -> Vec<&'a str> {
-    vec![
-        "announce",
-        "--interface",
-        &link.node_if,
-        "--vip",
-        "10.200.0.100,fd00:200::100",
-        "--mode",
-        mode,
-        "--bpffs",
-        pins.path().to_str().expect("utf-8 pin path"),
-    ]
-}
+const VIPS: &str = "10.200.0.100,fd00:200::100";
 
 /// The client resolves both VIPs to the node's MAC and nothing answers for the non-VIPs.
 fn assert_answers(link: &Link, agent: &Agent) {
@@ -108,8 +94,13 @@ fn native_xdp_answers_arping_and_ndisc6_for_vips_only_and_withdraws_on_sigterm()
     let link = Link::new("nat");
     let (pins, pass_pins) = (PinDir::new("nat"), PinDir::new("natpass"));
     link.pass_on_client(&pass_pins);
-    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-native"));
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(
+        &link.node,
+        &link.node_if,
+        VIPS,
+        pins.path(),
+        &["--mode", "xdp-native"],
+    );
     assert!(
         agent.log_text().contains("mode=xdp native"),
         "{}",
@@ -153,8 +144,13 @@ fn generic_xdp_answers_without_a_program_on_the_peer() {
     }
     let link = Link::new("gen");
     let pins = PinDir::new("gen");
-    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-generic"));
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(
+        &link.node,
+        &link.node_if,
+        VIPS,
+        pins.path(),
+        &["--mode", "xdp-generic"],
+    );
     assert!(
         agent.log_text().contains("mode=xdp generic"),
         "{}",
@@ -176,8 +172,13 @@ fn afpacket_fallback_answers_the_same() {
     }
     let link = Link::new("afp");
     let pins = PinDir::new("afp");
-    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "afpacket"));
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(
+        &link.node,
+        &link.node_if,
+        VIPS,
+        pins.path(),
+        &["--mode", "afpacket"],
+    );
     assert!(agent.log_text().contains("AF_PACKET responder running"));
     assert_answers(&link, &agent);
     assert!(
@@ -209,9 +210,16 @@ fn sigkill_and_restart_loses_no_reply() {
     let link = Link::new("rst");
     let (pins, pass_pins) = (PinDir::new("rst"), PinDir::new("rstpass"));
     link.pass_on_client(&pass_pins);
-    let args = announce_args(&link, &pins, "xdp-native");
-    let mut agent = Agent::start(&link.node, &args);
-    agent.wait_for_log(STARTED, WAIT);
+    let announce = || {
+        Agent::announce(
+            &link.node,
+            &link.node_if,
+            VIPS,
+            pins.path(),
+            &["--mode", "xdp-native"],
+        )
+    };
+    let mut agent = announce();
 
     // 150 requests, one every 40 ms (6 s), while the agent is killed and started again. Each
     // request waits 40 ms for its reply: XDP answers in microseconds, and the margin keeps a
@@ -226,8 +234,7 @@ fn sigkill_and_restart_loses_no_reply() {
     std::thread::sleep(Duration::from_millis(500));
     agent.signal(libc::SIGKILL);
     let _ = agent.child.wait();
-    let mut restarted = Agent::start(&link.node, &args);
-    restarted.wait_for_log(STARTED, WAIT);
+    let restarted = announce();
     assert!(
         restarted.log_text().contains("adopted pinned XDP link"),
         "the restarted agent must take over the pinned link:\n{}",
@@ -247,8 +254,13 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
     }
     let link = Link::new("bpt");
     let pins = PinDir::new("bpt");
-    let mut agent = Agent::start(&link.node, &announce_args(&link, &pins, "xdp-generic"));
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(
+        &link.node,
+        &link.node_if,
+        VIPS,
+        pins.path(),
+        &["--mode", "xdp-generic"],
+    );
     let mac = link.node_mac();
     let hex = |bytes: &[u8]| {
         bytes
@@ -336,19 +348,7 @@ fn auto_mode_falls_back_to_generic_where_native_xdp_is_refused() {
             .mac
     });
     let pins = PinDir::new("mvl");
-    let mut agent = Agent::start(
-        &link.node,
-        &[
-            "announce",
-            "--interface",
-            "mv0",
-            "--vip",
-            VIP4,
-            "--bpffs",
-            pins.path().to_str().expect("utf-8"),
-        ],
-    );
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(&link.node, "mv0", VIP4, pins.path(), &[]);
     assert!(
         agent.log_text().contains("mode=xdp generic"),
         "{}",
@@ -372,19 +372,7 @@ fn auto_mode_falls_back_to_afpacket_when_xdp_cannot_load() {
     // answer from the AF_PACKET responder and say so.
     let link = Link::new("nob");
     let not_bpffs = std::env::temp_dir().join(bpf_tests::unique("not-bpffs"));
-    let mut agent = Agent::start(
-        &link.node,
-        &[
-            "announce",
-            "--interface",
-            &link.node_if,
-            "--vip",
-            "10.200.0.100,fd00:200::100",
-            "--bpffs",
-            not_bpffs.to_str().expect("utf-8"),
-        ],
-    );
-    agent.wait_for_log(STARTED, WAIT);
+    let agent = Agent::announce(&link.node, &link.node_if, VIPS, &not_bpffs, &[]);
     let log = agent.log_text();
     assert!(log.contains("not on a bpf filesystem"), "{log}");
     assert!(log.contains("AF_PACKET responder running"), "{log}");

@@ -257,22 +257,13 @@ fn flood(mode: &str) -> Result<Flood> {
     let (pins, pass_pins) = (PinDir::new("fl"), PinDir::new("flpass"));
     // Native XDP_TX on a veth needs a program on the peer; attach it in both runs alike.
     link.pass_on_client(&pass_pins);
-    let mut agent = Agent::start(
+    let agent = Agent::announce(
         &link.node,
-        &[
-            "announce",
-            "--interface",
-            &link.node_if,
-            "--vip",
-            "10.200.0.100",
-            "--mode",
-            mode,
-            "--no-local-vip",
-            "--bpffs",
-            pins.path().to_str().context("utf-8 pin path")?,
-        ],
+        &link.node_if,
+        "10.200.0.100",
+        pins.path(),
+        &["--mode", mode, "--no-local-vip"],
     );
-    agent.wait_for_log("announcing;", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
 
     let client_if = link.client_if.clone();

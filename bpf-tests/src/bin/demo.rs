@@ -3,7 +3,6 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -69,19 +68,13 @@ fn main() -> Result<()> {
             link.node_if
         ),
     );
-    let mut agent = Agent::start(
+    let agent = Agent::announce(
         &link.node,
-        &[
-            "announce",
-            "--interface",
-            &link.node_if,
-            "--vip",
-            &format!("{VIP4},{VIP6}"),
-            "--bpffs",
-            &pin_dir,
-        ],
+        &link.node_if,
+        &format!("{VIP4},{VIP6}"),
+        pins.path(),
+        &[],
     );
-    agent.wait_for_log("announcing;", Duration::from_secs(20));
     for line in agent.log_text().lines() {
         println!("   | {line}");
     }
