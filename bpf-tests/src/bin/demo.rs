@@ -16,7 +16,11 @@ const VIP4: &str = "10.200.0.100";
 const VIP6: &str = "fd00:200::100";
 
 fn say(title: &str, text: &str) {
-    println!("\n\x1b[1m== {title}\x1b[0m");
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m== {title}\x1b[0m");
+    } else {
+        println!("\n== {title}");
+    }
     for line in text.lines() {
         println!("   {line}");
     }
