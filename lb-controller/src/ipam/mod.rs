@@ -7,4 +7,5 @@
 //! Still to come (see the issue): the allocator over pools (requests, annotations, sharing,
 //! dual-stack, serviceAllocation), and `plan`.
 
+pub mod allocator;
 pub mod space;
