@@ -2,7 +2,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_controller::config::{manifest, validate};
+use lb_controller::{
+    config::{manifest, validate},
+    plan,
+};
 
 #[derive(Parser)]
 #[command(
@@ -15,6 +18,13 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Yaml,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check manifests (files or directories of YAML) against MetalLB's rules.
@@ -25,47 +35,91 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Not built yet: allocate addresses as the running controller would.
+    /// Allocate addresses as the running controller would and print them.
+    ///
+    /// Services are taken in input order; one keeps the addresses in its status while they are
+    /// still valid. Prints `namespace/name: IPs (pool P)` or `namespace/name: pending: reason`.
+    /// Exit 0 when the configuration is valid (pending Services included), 1 when not.
     Plan {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Serve only Services with this spec.loadBalancerClass (default: those with none).
+        #[arg(long)]
+        lb_class: Option<String>,
     },
-    /// Not built yet: run the controller.
+    /// Not built yet: run the controller (standalone or in-cluster).
     Run,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate { paths } => validate_command(&paths),
-        Command::Plan { .. } | Command::Run => {
-            eprintln!(
-                "lb-controller: not implemented yet (plan and run are coming; validate works)"
-            );
+        Command::Plan {
+            paths,
+            output,
+            lb_class,
+        } => plan_command(&paths, output, lb_class.as_deref()),
+        Command::Run => {
+            eprintln!("lb-controller: run is not implemented yet (validate and plan work)");
             ExitCode::from(2)
         }
     }
 }
 
-fn validate_command(paths: &[PathBuf]) -> ExitCode {
-    let loaded = match manifest::load(paths) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("lb-controller: {e}");
-            return ExitCode::from(2);
-        }
-    };
+/// Loads and validates; prints warnings to stderr and errors to stdout. `Err` is the exit code
+/// to stop with (2 unreadable, 1 invalid).
+fn load_valid(paths: &[PathBuf]) -> Result<manifest::Objects, ExitCode> {
+    let loaded = manifest::load(paths).map_err(|e| {
+        eprintln!("lb-controller: {e}");
+        ExitCode::from(2)
+    })?;
     let report = validate::validate(&loaded.objects);
     for w in loaded.warnings.iter().chain(&report.warnings) {
         eprintln!("warning: {w}");
     }
     let errors: Vec<_> = loaded.errors.iter().chain(&report.errors).collect();
     if errors.is_empty() {
-        println!("valid");
-        ExitCode::SUCCESS
-    } else {
-        for e in errors {
-            println!("{e}");
+        return Ok(loaded.objects);
+    }
+    for e in errors {
+        println!("{e}");
+    }
+    Err(ExitCode::from(1))
+}
+
+fn validate_command(paths: &[PathBuf]) -> ExitCode {
+    match load_valid(paths) {
+        Ok(_) => {
+            println!("valid");
+            ExitCode::SUCCESS
         }
-        ExitCode::from(1)
+        Err(code) => code,
+    }
+}
+
+fn plan_command(paths: &[PathBuf], output: Output, lb_class: Option<&str>) -> ExitCode {
+    let objects = match load_valid(paths) {
+        Ok(o) => o,
+        Err(code) => return code,
+    };
+    let entries = plan::plan(&objects, lb_class);
+    let rendered = match output {
+        Output::Text => Ok(entries.iter().map(|e| format!("{e}\n")).collect()),
+        Output::Json => serde_json::to_string_pretty(&entries)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
+        Output::Yaml => serde_saphyr::to_string(&entries).map_err(|e| e.to_string()),
+    };
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lb-controller: cannot render the plan: {e}");
+            ExitCode::from(2)
+        }
     }
 }

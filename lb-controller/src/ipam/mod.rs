@@ -8,4 +8,5 @@
 //! dual-stack, serviceAllocation), and `plan`.
 
 pub mod allocator;
+pub mod service;
 pub mod space;

@@ -1,0 +1,116 @@
+//! `plan`: what the running controller would allocate for a set of manifests, Services taken in
+//! input order, each keeping the addresses in its status while they stay valid.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::{
+    config::{address, manifest::Objects, types::IPAddressPool},
+    ipam::{
+        allocator::{Allocator, PoolDef, Restriction},
+        service,
+    },
+};
+
+/// One Service's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanEntry {
+    /// `namespace/name`.
+    pub service: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Why the Service has no addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+impl std::fmt::Display for PlanEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.pending, &self.pool) {
+            (Some(why), _) => write!(f, "{}: pending: {why}", self.service),
+            (None, pool) => {
+                let ips: Vec<String> = self.ips.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{}: {} (pool {})",
+                    self.service,
+                    ips.join(","),
+                    pool.as_deref().unwrap_or("?")
+                )
+            }
+        }
+    }
+}
+
+/// The allocator's view of the pools (the configuration is assumed valid: entries that do not
+/// parse are left out).
+pub fn pool_defs(pools: &[IPAddressPool]) -> Vec<PoolDef> {
+    pools
+        .iter()
+        .map(|p| PoolDef {
+            name: p.name_any(),
+            ranges: p
+                .spec
+                .addresses
+                .iter()
+                .filter_map(|a| address::parse(a).ok())
+                .collect(),
+            auto_assign: p.spec.auto_assign.unwrap_or(true),
+            avoid_buggy_ips: p.spec.avoid_buggy_ips.unwrap_or(false),
+            restriction: p.spec.service_allocation.as_ref().map(|a| Restriction {
+                priority: a.priority,
+                namespaces: a.namespaces.iter().cloned().collect(),
+                namespace_selectors: a.namespace_selectors.clone(),
+                service_selectors: a.service_selectors.clone(),
+            }),
+        })
+        .collect()
+}
+
+/// Allocates for every Service the controller serves (`lb_class` as its `--lb-class`).
+pub fn plan(objects: &Objects, lb_class: Option<&str>) -> Vec<PlanEntry> {
+    let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = objects
+        .namespaces
+        .iter()
+        .map(|ns| (ns.name_any(), ns.labels().clone()))
+        .collect();
+    let no_labels = BTreeMap::new();
+    let mut allocator = Allocator::new(pool_defs(&objects.pools));
+    let mut out = Vec::new();
+    for svc in objects
+        .services
+        .iter()
+        .filter(|s| service::is_ours(s, lb_class))
+    {
+        let ns = svc.namespace().unwrap_or_else(|| "default".to_owned());
+        let key = format!("{ns}/{}", svc.name_any());
+        let labels = namespace_labels.get(&ns).unwrap_or(&no_labels);
+        let entry = match service::request(svc, labels) {
+            Err(e) => PlanEntry {
+                service: key,
+                ips: Vec::new(),
+                pool: None,
+                pending: Some(e.to_string()),
+            },
+            Ok(req) => match allocator.assign(&req) {
+                Ok(a) => PlanEntry {
+                    service: key,
+                    ips: a.ips,
+                    pool: Some(a.pool),
+                    pending: None,
+                },
+                Err(why) => PlanEntry {
+                    service: key,
+                    ips: Vec::new(),
+                    pool: None,
+                    pending: Some(why.to_string()),
+                },
+            },
+        };
+        out.push(entry);
+    }
+    out
+}

@@ -1,0 +1,56 @@
+//! `lb-controller plan` through the binary: allocation in input order, kept status addresses,
+//! namespace-selected pools, dual-stack, annotations, and the output formats.
+use std::process::Command;
+
+fn plan(args: &[&str]) -> (i32, String) {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-controller"))
+        .arg("plan")
+        .arg(format!("{dir}/tests/plan-pools.yaml"))
+        .arg(format!("{dir}/tests/plan-services.yaml"))
+        .args(args)
+        .output()
+        .expect("run lb-controller");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn plan_prints_each_served_service_with_its_addresses_or_why_not() {
+    let (code, out) = plan(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec![
+            "default/web: 10.0.0.0 (pool pool-a)",
+            "default/dual: 10.0.0.1,fd00::10 (pool pool-a)",
+            "team/api: 10.0.5.0 (pool gold)",
+            "default/kept: 10.0.0.200 (pool pool-a)",
+            "default/asks: pending: spec.loadBalancerIP and metallb.io/loadBalancerIPs are both set",
+        ]
+    );
+}
+
+#[test]
+fn plan_speaks_json_and_yaml() {
+    let (code, json) = plan(&["--output", "json"]);
+    assert_eq!(code, 0);
+    let value: serde_json::Value = serde_json::from_str(&json).expect("plan JSON parses");
+    assert_eq!(value[2]["service"], "team/api");
+    assert_eq!(value[2]["pool"], "gold");
+    assert_eq!(
+        value[4]["pending"],
+        "spec.loadBalancerIP and metallb.io/loadBalancerIPs are both set"
+    );
+    let (code, yaml) = plan(&["--output", "yaml"]);
+    assert_eq!(code, 0);
+    assert!(yaml.contains("service: default/kept"), "{yaml}");
+}
+
+#[test]
+fn another_load_balancer_class_is_served_only_when_asked_for() {
+    let (_, out) = plan(&["--lb-class", "example.com/other"]);
+    assert_eq!(out.trim(), "default/other-class: 10.0.0.0 (pool pool-a)");
+}
