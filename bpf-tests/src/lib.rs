@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod frames;
+pub mod ipam_bench;
 pub mod netns;
 pub mod testrun;
 

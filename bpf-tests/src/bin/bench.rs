@@ -35,6 +35,11 @@ fn main() -> Result<()> {
         .context("BPF_ENABLE_STATS (run-time statistics)")?;
     eprintln!("measuring program cost ({RUNS} runs per frame)...");
     let cost = program_cost()?;
+    eprintln!(
+        "planning {} Services, ours and MetalLB's linear walk...",
+        bpf_tests::ipam_bench::SERVICES
+    );
+    let ipam = bpf_tests::ipam_bench::run().map_err(anyhow::Error::msg)?;
     eprintln!("flooding with ARP requests, XDP then AF_PACKET ({FLOOD:?} each)...");
     let xdp = flood("xdp-native")?;
     let afp = flood("afpacket")?;
@@ -89,11 +94,29 @@ fn main() -> Result<()> {
         "| ARP flood, requests sent | XDP run {} | AF_PACKET run {} | — | — |",
         xdp.sent, afp.sent
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "| IPAM: plan {} Services over {} pools (ms) | {:.1} | linear walk {:.1} | {:.0}× faster | — |",
+        bpf_tests::ipam_bench::SERVICES,
+        bpf_tests::ipam_bench::POOLS,
+        ms(ipam.plan.0),
+        ms(ipam.plan.1),
+        ratio(ms(ipam.plan.1), ms(ipam.plan.0))
+    );
+    println!(
+        "| IPAM: re-plan after the first pool is removed (ms; {} Services move) | {:.1} | linear walk {:.1} | {:.0}× faster | — |",
+        ipam.moved,
+        ms(ipam.replan.0),
+        ms(ipam.replan.1),
+        ratio(ms(ipam.replan.1), ms(ipam.replan.0))
+    );
     println!();
     println!(
         "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
          prints the same); bpf_stats counts the program alone, whose floor is mostly the clock \
-         reads around it. Responder CPU = agent process CPU time + the XDP program's run time (bpf_stats). \
+         reads around it. The IPAM linear walk is MetalLB's search (every address from the start \
+         of each pool against the set in use), on the same requests, checked to give the same \
+         plan. Responder CPU = agent process CPU time + the XDP program's run time (bpf_stats). \
          The flood comes from one AF_PACKET sender thread in the client namespace, so replies/s is \
          capped by the sender; the share answered and the CPU per reply are the comparison."
     );

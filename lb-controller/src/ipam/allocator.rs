@@ -209,6 +209,27 @@ impl Allocator {
         self.pools.get(pool).map_or(0, |p| p.space.in_use())
     }
 
+    /// Re-takes the addresses in the Service's status if they are still valid, and nothing else.
+    ///
+    /// Rebuilding the state (after a restart or a pool change) calls this for every Service
+    /// before any [`Allocator::assign`]: otherwise a Service that must move could take, as the
+    /// lowest free address, one that a later Service still holds, and the moves would cascade.
+    pub fn keep(&mut self, req: &Request) -> bool {
+        if req.current.is_empty()
+            || !(req.requested.is_empty() || sorted(&req.requested) == sorted(&req.current))
+        {
+            return false;
+        }
+        self.release(&req.key);
+        match self.check_specific(req, &req.current) {
+            Ok(pool) => {
+                self.hold(req, pool, req.current.clone());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Gives the Service its addresses (keeping what it holds while still valid).
     pub fn assign(&mut self, req: &Request) -> Result<Allocation, Pending> {
         let held = self
@@ -496,6 +517,43 @@ mod tests {
                 "c:10.0.3.1",
                 "no pool has a free address of every family the Service needs",
             ]
+        );
+    }
+
+    #[test]
+    fn removing_a_pool_moves_only_the_services_it_held() {
+        let defs = |with_first: bool| {
+            let mut v = vec![pool("b", &["10.0.2.0/30"]), pool("c", &["10.0.3.0/30"])];
+            if with_first {
+                v.insert(0, pool("a", &["10.0.1.0/31"]));
+            }
+            v
+        };
+        let mut al = Allocator::new(defs(true));
+        let before: Vec<Vec<IpAddr>> = (0..5)
+            .map(|i| al.assign(&req(&format!("s{i}"))).expect("room").ips)
+            .collect();
+        // Rebuild after pool "a" is gone: keep first, then assign.
+        let mut al = Allocator::new(defs(false));
+        let reqs: Vec<Request> = (0..5)
+            .map(|i| {
+                let mut r = req(&format!("s{i}"));
+                r.current = before[i].clone();
+                r
+            })
+            .collect();
+        for r in &reqs {
+            al.keep(r);
+        }
+        let after: Vec<Vec<IpAddr>> = reqs
+            .iter()
+            .map(|r| al.assign(r).expect("room").ips)
+            .collect();
+        let moved: Vec<usize> = (0..5).filter(|i| before[*i] != after[*i]).collect();
+        assert_eq!(
+            moved,
+            vec![0, 1],
+            "only the two Services of pool a move: {after:?}"
         );
     }
 
