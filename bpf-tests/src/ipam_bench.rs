@@ -65,8 +65,8 @@ fn ours(pools: Vec<PoolDef>, current: &[Vec<IpAddr>]) -> (Duration, Vec<Vec<IpAd
     (start.elapsed(), got)
 }
 
-/// MetalLB's search: for each Service, keep its address if still in a pool, else walk the pools
-/// in order from their first address until one is not in use.
+/// MetalLB's search: every Service first keeps its address if still in a pool, then the others
+/// walk the pools in order from their first address until one is not in use.
 fn linear(pools: &[PoolDef], current: &[Vec<IpAddr>]) -> (Duration, Vec<Vec<IpAddr>>) {
     let start = Instant::now();
     let mut used: HashSet<IpAddr> = HashSet::new();
@@ -75,12 +75,15 @@ fn linear(pools: &[PoolDef], current: &[Vec<IpAddr>]) -> (Duration, Vec<Vec<IpAd
             .iter()
             .any(|p| p.ranges.iter().any(|r| r.contains(ip)))
     };
+    let kept: Vec<Option<IpAddr>> = (0..SERVICES)
+        .map(|i| {
+            let ip = current.get(i).and_then(|c| c.first()).copied()?;
+            (in_pool(ip) && used.insert(ip)).then_some(ip)
+        })
+        .collect();
     let mut got = Vec::with_capacity(SERVICES);
-    for i in 0..SERVICES {
-        if let Some(ip) = current.get(i).and_then(|c| c.first()).copied()
-            && in_pool(ip)
-            && used.insert(ip)
-        {
+    for slot in kept {
+        if let Some(ip) = slot {
             got.push(vec![ip]);
             continue;
         }
@@ -122,8 +125,11 @@ pub fn run() -> Result<IpamTimes, String> {
     }
     let (ours_replan, second) = ours(pools(true), &first);
     let (linear_replan, second_linear) = linear(&pools(true), &first);
-    if second != second_linear {
-        return Err("the allocator and the linear walk disagree on the re-plan".into());
+    if let Some(i) = (0..SERVICES).find(|i| second[*i] != second_linear[*i]) {
+        return Err(format!(
+            "the allocator and the linear walk disagree on the re-plan: Service {i} gets {:?} vs {:?}",
+            second[i], second_linear[i]
+        ));
     }
     let moved = first.iter().zip(&second).filter(|(a, b)| a != b).count();
     Ok(IpamTimes {
