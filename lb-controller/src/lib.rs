@@ -8,3 +8,4 @@
 pub mod config;
 pub mod ipam;
 pub mod plan;
+pub mod standalone;

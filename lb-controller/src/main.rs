@@ -49,8 +49,15 @@ enum Command {
         #[arg(long)]
         lb_class: Option<String>,
     },
-    /// Not built yet: run the controller (standalone or in-cluster).
-    Run,
+    /// Run the controller. With --config-dir: standalone mode (watch the directory, write
+    /// DIR/status/allocations.yaml); without: in-cluster (not built yet).
+    Run {
+        #[arg(long)]
+        config_dir: Option<PathBuf>,
+        /// Serve only Services with this spec.loadBalancerClass (default: those with none).
+        #[arg(long)]
+        lb_class: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,9 +68,43 @@ fn main() -> ExitCode {
             output,
             lb_class,
         } => plan_command(&paths, output, lb_class.as_deref()),
-        Command::Run => {
-            eprintln!("lb-controller: run is not implemented yet (validate and plan work)");
+        Command::Run {
+            config_dir: Some(dir),
+            lb_class,
+        } => run_standalone(dir, lb_class),
+        Command::Run {
+            config_dir: None, ..
+        } => {
+            eprintln!("lb-controller: in-cluster mode is not implemented yet (use --config-dir)");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_standalone(dir: PathBuf, lb_class: Option<String>) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb-controller: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(lb_controller::standalone::run(dir, lb_class)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-controller: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -104,7 +145,7 @@ fn plan_command(paths: &[PathBuf], output: Output, lb_class: Option<&str>) -> Ex
         Ok(o) => o,
         Err(code) => return code,
     };
-    let entries = plan::plan(&objects, lb_class);
+    let entries = plan::plan(&objects, lb_class, &Default::default());
     let rendered = match output {
         Output::Text => Ok(entries.iter().map(|e| format!("{e}\n")).collect()),
         Output::Json => serde_json::to_string_pretty(&entries)

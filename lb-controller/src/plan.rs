@@ -8,22 +8,22 @@ use serde::Serialize;
 use crate::{
     config::{address, manifest::Objects, types::IPAddressPool},
     ipam::{
-        allocator::{Allocator, PoolDef, Restriction},
-        service,
+        allocator::{Allocator, PoolDef, Request, Restriction},
+        service::{self, RequestError},
     },
 };
 
 /// One Service's outcome.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PlanEntry {
     /// `namespace/name`.
     pub service: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
     /// Why the Service has no addresses.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
 }
 
@@ -71,31 +71,51 @@ pub fn pool_defs(pools: &[IPAddressPool]) -> Vec<PoolDef> {
 }
 
 /// Allocates for every Service the controller serves (`lb_class` as its `--lb-class`).
-pub fn plan(objects: &Objects, lb_class: Option<&str>) -> Vec<PlanEntry> {
+/// `previous` holds addresses given earlier (standalone mode's allocations file): a Service
+/// without addresses in its status keeps those while they stay valid.
+pub fn plan(
+    objects: &Objects,
+    lb_class: Option<&str>,
+    previous: &BTreeMap<String, Vec<IpAddr>>,
+) -> Vec<PlanEntry> {
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = objects
         .namespaces
         .iter()
         .map(|ns| (ns.name_any(), ns.labels().clone()))
         .collect();
     let no_labels = BTreeMap::new();
-    let mut allocator = Allocator::new(pool_defs(&objects.pools));
-    let mut out = Vec::new();
-    for svc in objects
+    let requests: Vec<(String, Result<Request, RequestError>)> = objects
         .services
         .iter()
         .filter(|s| service::is_ours(s, lb_class))
-    {
-        let ns = svc.namespace().unwrap_or_else(|| "default".to_owned());
-        let key = format!("{ns}/{}", svc.name_any());
-        let labels = namespace_labels.get(&ns).unwrap_or(&no_labels);
-        let entry = match service::request(svc, labels) {
-            Err(e) => PlanEntry {
-                service: key,
-                ips: Vec::new(),
-                pool: None,
-                pending: Some(e.to_string()),
-            },
-            Ok(req) => match allocator.assign(&req) {
+        .map(|svc| {
+            let ns = svc.namespace().unwrap_or_else(|| "default".to_owned());
+            let labels = namespace_labels.get(&ns).unwrap_or(&no_labels);
+            let key = format!("{ns}/{}", svc.name_any());
+            let req = service::request(svc, labels).map(|mut r| {
+                if r.current.is_empty()
+                    && let Some(ips) = previous.get(&key)
+                {
+                    r.current = ips.clone();
+                }
+                r
+            });
+            (key, req)
+        })
+        .collect();
+    let mut allocator = Allocator::new(pool_defs(&objects.pools));
+    // Every Service re-takes what it holds before anyone gets a new address, so a Service that
+    // must move never takes an address a later one still holds.
+    for req in requests.iter().filter_map(|(_, r)| r.as_ref().ok()) {
+        allocator.keep(req);
+    }
+    requests
+        .into_iter()
+        .map(|(key, req)| {
+            let outcome = req
+                .map_err(|e| e.to_string())
+                .and_then(|r| allocator.assign(&r).map_err(|e| e.to_string()));
+            match outcome {
                 Ok(a) => PlanEntry {
                     service: key,
                     ips: a.ips,
@@ -106,11 +126,9 @@ pub fn plan(objects: &Objects, lb_class: Option<&str>) -> Vec<PlanEntry> {
                     service: key,
                     ips: Vec::new(),
                     pool: None,
-                    pending: Some(why.to_string()),
+                    pending: Some(why),
                 },
-            },
-        };
-        out.push(entry);
-    }
-    out
+            }
+        })
+        .collect()
 }

@@ -1,0 +1,195 @@
+//! Standalone mode: the configuration is a directory of manifests (DESIGN.md §4); the
+//! allocations go to `DIR/status/allocations.yaml`, written atomically (write, then rename).
+//!
+//! # Guarantees
+//! - A bad edit (unreadable YAML, an invalid object) never replaces a good configuration: the
+//!   allocations file keeps the last good plan, and the problem is logged and counted.
+//! - A Service keeps its addresses across restarts and unrelated changes: the previous
+//!   allocations file feeds the plan as each Service's current addresses.
+//! - The file is rewritten only when its content changes.
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{manifest, validate},
+    plan::{self, PlanEntry},
+};
+
+pub const STATUS_DIR: &str = "status";
+pub const ALLOCATIONS_FILE: &str = "allocations.yaml";
+const HEADER: &str = "# Written by lb-controller (standalone mode); agents read it. Do not edit.\n";
+
+/// The content of `status/allocations.yaml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationsFile {
+    pub allocations: Vec<PlanEntry>,
+}
+
+/// What one pass over the directory did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The configuration was valid; the file was (re)written if `changed`.
+    Applied {
+        services: usize,
+        pending: usize,
+        changed: bool,
+    },
+    /// The configuration was rejected; the previous allocations stay. One line per problem.
+    Rejected { problems: Vec<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot render the allocations: {0}")]
+    Render(String),
+}
+
+/// The controller over one configuration directory.
+pub struct Standalone {
+    dir: PathBuf,
+    lb_class: Option<String>,
+}
+
+impl Standalone {
+    pub fn new(dir: PathBuf, lb_class: Option<String>) -> Self {
+        Self { dir, lb_class }
+    }
+
+    pub fn allocations_path(&self) -> PathBuf {
+        self.dir.join(STATUS_DIR).join(ALLOCATIONS_FILE)
+    }
+
+    /// The allocations last written, if any (an unreadable file counts as none).
+    pub fn read_allocations(&self) -> AllocationsFile {
+        std::fs::read_to_string(self.allocations_path())
+            .ok()
+            .and_then(|text| serde_saphyr::from_str(&text).ok())
+            .unwrap_or_default()
+    }
+
+    /// Reads the directory, validates, plans and writes the allocations when they change.
+    pub fn reconcile(&self) -> Result<Pass, StandaloneError> {
+        let loaded = match manifest::load(std::slice::from_ref(&self.dir)) {
+            Ok(l) => l,
+            Err(e) => {
+                return Ok(Pass::Rejected {
+                    problems: vec![e.to_string()],
+                });
+            }
+        };
+        let report = validate::validate(&loaded.objects);
+        let problems: Vec<String> = loaded
+            .errors
+            .iter()
+            .chain(&report.errors)
+            .map(ToString::to_string)
+            .collect();
+        if !problems.is_empty() {
+            return Ok(Pass::Rejected { problems });
+        }
+        let old = self.read_allocations();
+        let previous: BTreeMap<String, Vec<IpAddr>> = old
+            .allocations
+            .iter()
+            .map(|e| (e.service.clone(), e.ips.clone()))
+            .collect();
+        let allocations = plan::plan(&loaded.objects, self.lb_class.as_deref(), &previous);
+        let pending = allocations.iter().filter(|e| e.pending.is_some()).count();
+        let services = allocations.len();
+        let new = AllocationsFile { allocations };
+        let changed = new != old || !self.allocations_path().exists();
+        if changed {
+            self.write(&new)?;
+        }
+        Ok(Pass::Applied {
+            services,
+            pending,
+            changed,
+        })
+    }
+
+    fn write(&self, file: &AllocationsFile) -> Result<(), StandaloneError> {
+        let yaml =
+            serde_saphyr::to_string(file).map_err(|e| StandaloneError::Render(e.to_string()))?;
+        let path = self.allocations_path();
+        let err = |source| StandaloneError::Write {
+            path: path.clone(),
+            source,
+        };
+        let status = self.dir.join(STATUS_DIR);
+        std::fs::create_dir_all(&status).map_err(err)?;
+        // Write beside the target and rename over it: readers see the old or the new file,
+        // never half of one.
+        let tmp = status.join(format!(".{ALLOCATIONS_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{HEADER}{yaml}")).map_err(err)?;
+        std::fs::rename(&tmp, &path).map_err(err)
+    }
+}
+
+fn log_pass(pass: &Result<Pass, StandaloneError>) {
+    match pass {
+        Ok(Pass::Applied {
+            services,
+            pending,
+            changed,
+        }) => tracing::info!(services, pending, changed, "configuration applied"),
+        Ok(Pass::Rejected { problems }) => {
+            for p in problems {
+                tracing::error!(problem = %p, "configuration rejected; the last good one stays");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot write the allocations"),
+    }
+}
+
+/// Whether a change at `path` can affect the configuration (the status directory cannot).
+fn relevant(dir: &Path, path: &Path) -> bool {
+    !path.starts_with(dir.join(STATUS_DIR))
+}
+
+/// Runs until SIGTERM or SIGINT: a pass at start, then one after every change in the directory
+/// (changes within 100 ms are taken together).
+pub async fn run(dir: PathBuf, lb_class: Option<String>) -> anyhow::Result<()> {
+    use notify::Watcher;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let controller = Standalone::new(dir.clone(), lb_class);
+    log_pass(&controller.reconcile());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(64);
+    let watch_dir = dir.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| relevant(&watch_dir, p))
+        {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    tracing::info!(dir = %dir.display(), "watching the configuration directory");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+                log_pass(&controller.reconcile());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
