@@ -4,6 +4,7 @@
 pub mod address;
 pub mod crds;
 pub mod manifest;
+pub mod rules;
 pub mod types;
 pub mod validate;
 

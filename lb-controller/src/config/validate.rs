@@ -12,6 +12,7 @@ use super::{
     Problem,
     address::{self, AddrRange},
     manifest::Objects,
+    rules,
     types::{BGPAdvertisement, DynamicAsn, IPAddressPool, v1beta2::BGPPeer},
 };
 
@@ -23,6 +24,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// Records an error (for the rule modules beside this one).
+    pub fn push_error(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.error(kind, name, field, reason);
+    }
+
     fn error(
         &mut self,
         kind: &str,
@@ -53,7 +65,98 @@ pub fn validate(objects: &Objects) -> Report {
     bgp_advertisements(objects, &pool_ranges, &aliases, &mut report);
     l2_advertisements(objects, &mut report);
     peers(objects, &mut report);
+    list_rules(objects, &mut report);
+    rules::peers_per_node(objects, &mut report);
+    let pool_has_v6: BTreeMap<String, bool> = pool_ranges
+        .iter()
+        .map(|(name, ranges)| (name.clone(), ranges.iter().any(|r| r.start.is_ipv6())))
+        .collect();
+    rules::ipv6_and_echo(objects, &pool_has_v6, &mut report);
+    rules::local_pref_conflicts(objects, &mut report);
     report
+}
+
+/// Selector syntax and duplicate list entries, field by field.
+fn list_rules(objects: &Objects, report: &mut Report) {
+    for p in &objects.pools {
+        let name = p.name_any();
+        if let Some(a) = &p.spec.service_allocation {
+            rules::selectors(
+                "IPAddressPool",
+                &name,
+                "spec.serviceAllocation.namespaceSelectors",
+                &a.namespace_selectors,
+                report,
+            );
+            rules::selectors(
+                "IPAddressPool",
+                &name,
+                "spec.serviceAllocation.serviceSelectors",
+                &a.service_selectors,
+                report,
+            );
+        }
+    }
+    for ad in &objects.l2_advertisements {
+        let (name, s) = (ad.name_any(), &ad.spec);
+        const K: &str = "L2Advertisement";
+        rules::selectors(
+            K,
+            &name,
+            "spec.ipAddressPoolSelectors",
+            &s.ip_address_pool_selectors,
+            report,
+        );
+        rules::selectors(K, &name, "spec.nodeSelectors", &s.node_selectors, report);
+        rules::selectors(
+            K,
+            &name,
+            "spec.serviceSelectors",
+            &s.service_selectors,
+            report,
+        );
+        rules::unique(K, &name, "spec.ipAddressPools", &s.ip_address_pools, report);
+        rules::unique(K, &name, "spec.interfaces", &s.interfaces, report);
+    }
+    for ad in &objects.bgp_advertisements {
+        let (name, s) = (ad.name_any(), &ad.spec);
+        const K: &str = "BGPAdvertisement";
+        rules::selectors(
+            K,
+            &name,
+            "spec.ipAddressPoolSelectors",
+            &s.ip_address_pool_selectors,
+            report,
+        );
+        rules::selectors(K, &name, "spec.nodeSelectors", &s.node_selectors, report);
+        rules::selectors(
+            K,
+            &name,
+            "spec.serviceSelectors",
+            &s.service_selectors,
+            report,
+        );
+        rules::unique(K, &name, "spec.ipAddressPools", &s.ip_address_pools, report);
+        rules::unique(K, &name, "spec.peers", &s.peers, report);
+        rules::unique(K, &name, "spec.communities", &s.communities, report);
+    }
+    for peer in &objects.peers {
+        let (name, s) = (peer.name_any(), &peer.spec);
+        rules::selectors(
+            "BGPPeer",
+            &name,
+            "spec.nodeSelectors",
+            &s.node_selectors,
+            report,
+        );
+        rules::timers(
+            &name,
+            s.hold_time.as_deref(),
+            s.keepalive_time.as_deref(),
+            s.connect_time.as_deref(),
+            report,
+        );
+    }
 }
 
 fn duplicates(objects: &Objects, report: &mut Report) {
@@ -650,6 +753,109 @@ stringData: {user: u}
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" must be of type kubernetes.io/basic-auth",
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" has no key \"password\"",
             ]
+        );
+    }
+
+    #[test]
+    fn selectors_must_be_well_formed_and_not_repeated() {
+        let yaml = r#"
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {name: l2}
+spec:
+  nodeSelectors:
+  - {matchLabels: {a: b}}
+  - {matchLabels: {a: b}}
+  - {matchExpressions: [{key: zone, operator: Near, values: [x]}]}
+  - {matchExpressions: [{key: zone, operator: In}]}
+  - {matchExpressions: [{key: zone, operator: Exists, values: [x]}]}
+  interfaces: [eth0, eth0]
+"#;
+        assert_eq!(
+            check(yaml).0,
+            vec![
+                "L2Advertisement/l2: spec.nodeSelectors[1]: duplicate definition of spec.nodeSelectors",
+                "L2Advertisement/l2: spec.nodeSelectors[2].matchExpressions[0]: unknown operator \"Near\"",
+                "L2Advertisement/l2: spec.nodeSelectors[3].matchExpressions[0]: In needs values",
+                "L2Advertisement/l2: spec.nodeSelectors[4].matchExpressions[0]: Exists takes no values",
+                "L2Advertisement/l2: spec.interfaces[1]: \"eth0\" is listed twice",
+            ]
+        );
+    }
+
+    fn peer_as(name: &str, my_asn: u32, extra: &str) -> String {
+        format!(
+            "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec:\n  myASN: {my_asn}\n  peerASN: 64501\n  peerAddress: 10.9.0.{}\n{extra}",
+            name.len()
+        )
+    }
+
+    fn peer(name: &str, extra: &str) -> String {
+        peer_as(name, 64500, extra)
+    }
+
+    #[test]
+    fn bgp_timers_follow_metallb() {
+        let (errors, _) = check(
+            &(peer("a", "  holdTime: 2s\n")
+                + &peer("bb", "  holdTime: 9s\n  keepaliveTime: 10s\n")
+                + &peer("ccc", "  connectTime: 1500ms\n")
+                + &peer("dddd", "  holdTime: soon\n")
+                + &peer("eeeee", "  holdTime: 1m30s\n  connectTime: 10s\n")),
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "BGPPeer/a: spec.holdTime: 2s is neither 0 nor at least 3s",
+                "BGPPeer/bb: spec.keepaliveTime: 10s is longer than the hold time 9s",
+                "BGPPeer/ccc: spec.connectTime: 1.5s is not whole seconds in 1..=65535",
+                "BGPPeer/dddd: spec.holdTime: \"soon\" is not a duration: expected number at 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn peers_that_can_share_a_node_must_agree() {
+        // Without Nodes every pair of peers can meet on some node.
+        let two = peer("a", "  routerID: 1.1.1.1\n") + &peer_as("bb", 64999, "");
+        let (errors, _) = check(&two);
+        assert_eq!(
+            errors,
+            vec![
+                "BGPPeer/bb: spec.routerID: differs from BGPPeer/a, which can run on the same node",
+                "BGPPeer/bb: spec.myASN: differs from BGPPeer/a in the same VRF on the same node",
+            ]
+        );
+        // Nodes known and selectors disjoint: no conflict.
+        let apart = peer(
+            "a",
+            "  routerID: 1.1.1.1\n  nodeSelectors: [{matchLabels: {rack: r1}}]\n",
+        ) + &peer("bb", "  nodeSelectors: [{matchLabels: {rack: r2}}]\n")
+            + "---\napiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {rack: r1}}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: n2, labels: {rack: r2}}\n";
+        assert_eq!(check(&apart).0, Vec::<String>::new());
+    }
+
+    #[test]
+    fn ipv6_to_an_echo_mode_bfd_peer_and_conflicting_local_prefs_are_rejected() {
+        let yaml = pool("v6", "[fd00::/120]")
+            + &peer("p", "  bfdProfile: echo\n")
+            + "---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {name: echo}\nspec: {echoMode: true}\n"
+            + "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: one}\nspec: {ipAddressPools: [v6], localPref: 100}\n"
+            + "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: two}\nspec: {ipAddressPools: [v6], localPref: 200}\n"
+            + "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: three}\nspec: {ipAddressPools: [v6], localPref: 300, aggregationLengthV6: 124}\n";
+        let (errors, _) = check(&yaml);
+        assert!(errors.contains(&"BGPAdvertisement/two: spec.localPref: differs from BGPAdvertisement/one for the same pool, peers and nodes".to_owned()), "{errors:?}");
+        assert!(
+            !errors
+                .iter()
+                .any(|e| e.starts_with("BGPAdvertisement/three: spec.localPref")),
+            "another aggregation length may differ: {errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "BGPAdvertisement/one: spec.ipAddressPools: advertises IPv6 to BGPPeer/p"
+            )),
+            "{errors:?}"
         );
     }
 
