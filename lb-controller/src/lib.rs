@@ -7,5 +7,6 @@
 
 pub mod config;
 pub mod ipam;
+pub mod metrics;
 pub mod plan;
 pub mod standalone;

@@ -54,6 +54,9 @@ enum Command {
     Run {
         #[arg(long)]
         config_dir: Option<PathBuf>,
+        /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
+        #[arg(long, default_value = "0.0.0.0:7472")]
+        metrics_addr: std::net::SocketAddr,
         /// Serve only Services with this spec.loadBalancerClass (default: those with none).
         #[arg(long)]
         lb_class: Option<String>,
@@ -71,7 +74,8 @@ fn main() -> ExitCode {
         Command::Run {
             config_dir: Some(dir),
             lb_class,
-        } => run_standalone(dir, lb_class),
+            metrics_addr,
+        } => run_standalone(dir, lb_class, metrics_addr),
         Command::Run {
             config_dir: None, ..
         } => {
@@ -81,7 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_standalone(dir: PathBuf, lb_class: Option<String>) -> ExitCode {
+fn run_standalone(
+    dir: PathBuf,
+    lb_class: Option<String>,
+    metrics_addr: std::net::SocketAddr,
+) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -100,7 +108,7 @@ fn run_standalone(dir: PathBuf, lb_class: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(lb_controller::standalone::run(dir, lb_class)) {
+    match runtime.block_on(lb_controller::standalone::run(dir, lb_class, metrics_addr)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb-controller: {e:#}");

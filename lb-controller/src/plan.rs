@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     config::{address, manifest::Objects, types::IPAddressPool},
     ipam::{
-        allocator::{Allocator, PoolDef, Request, Restriction},
+        allocator::{Allocator, PoolDef, PoolUsage, Request, Restriction},
         service::{self, RequestError},
     },
 };
@@ -78,6 +78,15 @@ pub fn plan(
     lb_class: Option<&str>,
     previous: &BTreeMap<String, Vec<IpAddr>>,
 ) -> Vec<PlanEntry> {
+    plan_with_usage(objects, lb_class, previous).0
+}
+
+/// [`plan`], plus how full each pool ends up.
+pub fn plan_with_usage(
+    objects: &Objects,
+    lb_class: Option<&str>,
+    previous: &BTreeMap<String, Vec<IpAddr>>,
+) -> (Vec<PlanEntry>, BTreeMap<String, PoolUsage>) {
     let namespace_labels: BTreeMap<String, BTreeMap<String, String>> = objects
         .namespaces
         .iter()
@@ -109,7 +118,7 @@ pub fn plan(
     for req in requests.iter().filter_map(|(_, r)| r.as_ref().ok()) {
         allocator.keep(req);
     }
-    requests
+    let entries = requests
         .into_iter()
         .map(|(key, req)| {
             let outcome = req
@@ -130,5 +139,6 @@ pub fn plan(
                 },
             }
         })
-        .collect()
+        .collect();
+    (entries, allocator.usage())
 }

@@ -11,6 +11,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{manifest, validate},
+    ipam::allocator::PoolUsage,
+    metrics::{self, Metrics, PoolLabel},
     plan::{self, PlanEntry},
 };
 
@@ -60,11 +63,52 @@ pub enum StandaloneError {
 pub struct Standalone {
     dir: PathBuf,
     lb_class: Option<String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Standalone {
-    pub fn new(dir: PathBuf, lb_class: Option<String>) -> Self {
-        Self { dir, lb_class }
+    pub fn new(dir: PathBuf, lb_class: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            dir,
+            lb_class,
+            metrics,
+        }
+    }
+
+    /// Records a pass in the metrics: MetalLB's "config loaded" and "stale" flags, update
+    /// counters, and per-pool usage after a plan.
+    fn count(&self, pass: &Pass, usage: Option<&BTreeMap<String, PoolUsage>>) {
+        let m = &self.metrics;
+        m.updates.inc();
+        match pass {
+            Pass::Applied { .. } => {
+                m.config_loaded.set(1);
+                m.config_stale.set(0);
+            }
+            Pass::Rejected { .. } => {
+                m.update_errors.inc();
+                m.config_stale.set(m.config_loaded.get());
+            }
+        }
+        if let Some(usage) = usage {
+            m.addresses_total.clear();
+            m.addresses_in_use.clear();
+            m.services_allocated.clear();
+            // MetalLB reports pools of 2^63 addresses and more as the largest gauge value.
+            let gauge = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+            for (pool, u) in usage {
+                let label = PoolLabel { pool: pool.clone() };
+                m.addresses_total
+                    .get_or_create(&label)
+                    .set(gauge(u.capacity));
+                m.addresses_in_use
+                    .get_or_create(&label)
+                    .set(gauge(u.in_use));
+                m.services_allocated
+                    .get_or_create(&label)
+                    .set(gauge(u.services as u128));
+            }
+        }
     }
 
     pub fn allocations_path(&self) -> PathBuf {
@@ -84,9 +128,11 @@ impl Standalone {
         let loaded = match manifest::load(std::slice::from_ref(&self.dir)) {
             Ok(l) => l,
             Err(e) => {
-                return Ok(Pass::Rejected {
+                let pass = Pass::Rejected {
                     problems: vec![e.to_string()],
-                });
+                };
+                self.count(&pass, None);
+                return Ok(pass);
             }
         };
         let report = validate::validate(&loaded.objects);
@@ -97,7 +143,9 @@ impl Standalone {
             .map(ToString::to_string)
             .collect();
         if !problems.is_empty() {
-            return Ok(Pass::Rejected { problems });
+            let pass = Pass::Rejected { problems };
+            self.count(&pass, None);
+            return Ok(pass);
         }
         let old = self.read_allocations();
         let previous: BTreeMap<String, Vec<IpAddr>> = old
@@ -105,19 +153,24 @@ impl Standalone {
             .iter()
             .map(|e| (e.service.clone(), e.ips.clone()))
             .collect();
-        let allocations = plan::plan(&loaded.objects, self.lb_class.as_deref(), &previous);
+        let (allocations, usage) =
+            plan::plan_with_usage(&loaded.objects, self.lb_class.as_deref(), &previous);
         let pending = allocations.iter().filter(|e| e.pending.is_some()).count();
         let services = allocations.len();
         let new = AllocationsFile { allocations };
         let changed = new != old || !self.allocations_path().exists();
-        if changed {
-            self.write(&new)?;
-        }
-        Ok(Pass::Applied {
+        let pass = Pass::Applied {
             services,
             pending,
             changed,
-        })
+        };
+        // Metrics first: whoever sees the new file finds them already in agreement.
+        self.count(&pass, Some(&usage));
+        if changed && let Err(e) = self.write(&new) {
+            self.metrics.update_errors.inc();
+            return Err(e);
+        }
+        Ok(pass)
     }
 
     fn write(&self, file: &AllocationsFile) -> Result<(), StandaloneError> {
@@ -161,11 +214,19 @@ fn relevant(dir: &Path, path: &Path) -> bool {
 
 /// Runs until SIGTERM or SIGINT: a pass at start, then one after every change in the directory
 /// (changes within 100 ms are taken together).
-pub async fn run(dir: PathBuf, lb_class: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    dir: PathBuf,
+    lb_class: Option<String>,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     use notify::Watcher;
     use tokio::signal::unix::{SignalKind, signal};
 
-    let controller = Standalone::new(dir.clone(), lb_class);
+    let metrics = Arc::new(Metrics::default());
+    let (listener, bound) = metrics::bind(metrics_addr).await?;
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let controller = Standalone::new(dir.clone(), lb_class, metrics);
     log_pass(&controller.reconcile());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(64);
     let watch_dir = dir.clone();

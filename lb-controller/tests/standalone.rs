@@ -16,7 +16,7 @@ impl Controller {
     fn start(dir: &Path) -> Self {
         let log = dir.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_lb-controller"))
-            .args(["run", "--config-dir"])
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
             .arg(dir)
             .stderr(std::fs::File::create(&log).expect("log file"))
             .stdout(Stdio::null())
@@ -27,6 +27,32 @@ impl Controller {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /metrics` from the controller (its address is in its log).
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.trim().to_owned())
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    /// The value of one metric line (`name{labels}` exactly as exported).
+    fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Waits until `f` holds for the allocations file; panics with the log after 10 s.
@@ -80,6 +106,16 @@ fn edits_apply_bad_edits_keep_the_last_good_plan_and_restarts_keep_addresses() {
     c.wait(&dir, "a new Service", |t| {
         t.contains("service: default/b") && t.contains("10.0.0.1")
     });
+    assert_eq!(
+        c.metric("metallb_allocator_addresses_total{pool=\"p\"}"),
+        Some(8.0)
+    );
+    assert_eq!(
+        c.metric("metallb_allocator_addresses_in_use_total{pool=\"p\"}"),
+        Some(2.0)
+    );
+    assert_eq!(c.metric("metallb_k8s_client_config_loaded_bool"), Some(1.0));
+    assert_eq!(c.metric("metallb_k8s_client_config_stale_bool"), Some(0.0));
 
     // A bad edit: the pool no longer parses. The file keeps the last good plan.
     let before = std::fs::read_to_string(dir.join("status/allocations.yaml")).expect("read");
@@ -100,12 +136,19 @@ fn edits_apply_bad_edits_keep_the_last_good_plan_and_restarts_keep_addresses() {
     }
     let after = std::fs::read_to_string(dir.join("status/allocations.yaml")).expect("read");
     assert_eq!(before, after, "a bad edit changed the allocations");
+    assert_eq!(c.metric("metallb_k8s_client_config_stale_bool"), Some(1.0));
+    assert!(
+        c.metric("metallb_k8s_client_update_errors_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
 
     // Fixed again: the pending edit (Service c) applies.
     std::fs::write(dir.join("pool.yaml"), POOL).expect("write");
     c.wait(&dir, "the fix", |t| {
         t.contains("service: default/c") && t.contains("10.0.0.2")
     });
+    assert_eq!(c.metric("metallb_k8s_client_config_stale_bool"), Some(0.0));
     drop(c);
 
     // Restart without Service a: b keeps 10.0.0.1 rather than taking the freed 10.0.0.0.

@@ -141,6 +141,14 @@ pub struct Allocation {
     pub ips: Vec<IpAddr>,
 }
 
+/// How full a pool is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub capacity: u128,
+    pub in_use: u128,
+    pub services: usize,
+}
+
 /// Why a Service has no addresses (yet).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Pending {
@@ -202,6 +210,30 @@ impl Allocator {
     /// The current allocation of a Service.
     pub fn get(&self, key: &str) -> Option<&Allocation> {
         self.allocations.get(key)
+    }
+
+    /// Capacity, addresses in use and Services served, per pool (for the metrics).
+    pub fn usage(&self) -> BTreeMap<String, PoolUsage> {
+        let mut usage: BTreeMap<String, PoolUsage> = self
+            .pools
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name.clone(),
+                    PoolUsage {
+                        capacity: p.space.capacity(),
+                        in_use: p.space.in_use(),
+                        services: 0,
+                    },
+                )
+            })
+            .collect();
+        for alloc in self.allocations.values() {
+            if let Some(u) = usage.get_mut(&alloc.pool) {
+                u.services += 1;
+            }
+        }
+        usage
     }
 
     /// Addresses in use in `pool`.

@@ -134,10 +134,37 @@ impl Space {
         None
     }
 
+    /// How many addresses the pool can give out (buggy ones excluded when avoided).
+    pub fn capacity(&self) -> u128 {
+        self.ranges
+            .iter()
+            .map(|r| {
+                let all = width(r.start, r.end);
+                if self.avoid_buggy {
+                    all - buggy_in(r)
+                } else {
+                    all
+                }
+            })
+            .sum()
+    }
+
     /// How many addresses are in use.
     pub fn in_use(&self) -> u128 {
         self.used.iter().map(|(s, e)| width(*s, *e)).sum()
     }
+}
+
+/// IPv4 addresses ending in .0 or .255 within `r`.
+fn buggy_in(r: &AddrRange) -> u128 {
+    let (IpAddr::V4(s), IpAddr::V4(e)) = (r.start, r.end) else {
+        return 0;
+    };
+    let (s, e) = (u128::from(u32::from(s)), u128::from(u32::from(e)));
+    // Addresses x <= n with x % 256 == k.
+    let upto = |n: u128, k: u128| if n < k { 0 } else { (n - k) / 256 + 1 };
+    let between = |k: u128| upto(e, k) - if s == 0 { 0 } else { upto(s - 1, k) };
+    between(0) + between(255)
 }
 
 fn width(start: IpAddr, end: IpAddr) -> u128 {
@@ -178,6 +205,13 @@ mod tests {
         s.release(ip("10.0.1.1"));
         assert_eq!(s.first_free(true), Some(ip("10.0.1.1")));
         assert_eq!(s.first_free(false), None, "no IPv6 range");
+    }
+
+    #[test]
+    fn capacity_leaves_out_avoided_addresses() {
+        assert_eq!(space(&["10.0.0.0/24", "fd00::/120"], false).capacity(), 512);
+        assert_eq!(space(&["10.0.0.0/23"], true).capacity(), 512 - 4);
+        assert_eq!(space(&["10.0.0.1-10.0.0.254"], true).capacity(), 254);
     }
 
     #[test]

@@ -1,0 +1,130 @@
+//! The controller's metrics, with MetalLB's names so existing dashboards keep working, served on
+//! `/metrics` beside `/healthz` and `/readyz` (MetalLB's port, 7472, by default).
+use std::{net::SocketAddr, sync::Arc};
+
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, service::service_fn};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    pub addresses_total: Family<PoolLabel, Gauge>,
+    pub addresses_in_use: Family<PoolLabel, Gauge>,
+    pub services_allocated: Family<PoolLabel, Gauge>,
+    pub config_loaded: Gauge,
+    pub config_stale: Gauge,
+    pub updates: Counter,
+    pub update_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            addresses_total: Family::default(),
+            addresses_in_use: Family::default(),
+            services_allocated: Family::default(),
+            config_loaded: Gauge::default(),
+            config_stale: Gauge::default(),
+            updates: Counter::default(),
+            update_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters itself, so those are registered
+        // without it; the gauges carry MetalLB's full names.
+        registry.register(
+            "metallb_allocator_addresses_total",
+            "Number of usable IP addresses, per pool",
+            m.addresses_total.clone(),
+        );
+        registry.register(
+            "metallb_allocator_addresses_in_use_total",
+            "Number of IP addresses in use, per pool",
+            m.addresses_in_use.clone(),
+        );
+        registry.register(
+            "metallb_allocator_services_allocated_total",
+            "Number of Services with addresses, per pool",
+            m.services_allocated.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_config_loaded_bool",
+            "1 if a valid configuration has been loaded",
+            m.config_loaded.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_config_stale_bool",
+            "1 if the latest configuration was rejected and an older one is in force",
+            m.config_stale.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_updates",
+            "Number of configuration updates processed",
+            m.updates.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_update_errors",
+            "Number of configuration updates that failed (the last good configuration stays)",
+            m.update_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (200, metrics.render()),
+                        "/healthz" | "/readyz" => (200, "ok\n".to_owned()),
+                        _ => (404, "not found\n".to_owned()),
+                    };
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one); returns the listener and its actual address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
