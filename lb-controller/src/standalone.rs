@@ -125,7 +125,10 @@ impl Standalone {
 
     /// Reads the directory, validates, plans and writes the allocations when they change.
     pub fn reconcile(&self) -> Result<Pass, StandaloneError> {
-        let loaded = match manifest::load(std::slice::from_ref(&self.dir)) {
+        let loaded = match manifest::load_with(
+            std::slice::from_ref(&self.dir),
+            manifest::Strictness::Lenient,
+        ) {
             Ok(l) => l,
             Err(e) => {
                 let pass = Pass::Rejected {
@@ -136,6 +139,9 @@ impl Standalone {
             }
         };
         let report = validate::validate(&loaded.objects);
+        for w in loaded.warnings.iter().chain(&report.warnings) {
+            tracing::warn!(problem = %w, "configuration warning");
+        }
         let problems: Vec<String> = loaded
             .errors
             .iter()

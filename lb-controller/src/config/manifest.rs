@@ -87,8 +87,13 @@ pub struct Loaded {
     pub warnings: Vec<Problem>,
 }
 
-/// Reads and sorts every object under `paths`.
+/// Reads and sorts every object under `paths`; unknown fields are errors.
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
+    load_with(paths, Strictness::Strict)
+}
+
+/// [`load`], with the given treatment of unknown fields.
+pub fn load_with(paths: &[PathBuf], strictness: Strictness) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
     for file in files(paths)? {
         let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
@@ -96,7 +101,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
             source,
         })?;
         for doc in documents(&file, &text)? {
-            sort(doc, &file, &mut loaded);
+            sort(doc, &file, strictness, &mut loaded);
         }
     }
     Ok(loaded)
@@ -107,20 +112,87 @@ fn str_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// Deserializes `doc` as `T`, turning a failure into a problem with the field's path.
-fn typed<T: DeserializeOwned>(doc: Value, kind: &str, name: &str) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(doc).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." {
-            "(object)".to_owned()
-        } else {
-            field
-        };
-        Problem::new(kind, name, field, e.into_inner().to_string())
-    })
+/// How unknown fields are treated (DESIGN.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strictness {
+    /// `validate` and `plan`: an unknown field is an error.
+    Strict,
+    /// A running controller: an unknown field is dropped with a warning, so a newer field
+    /// never stops a working configuration.
+    Lenient,
 }
 
-fn sort(doc: Value, file: &Path, loaded: &mut Loaded) {
-    let (objects, problems) = (&mut loaded.objects, &mut loaded.errors);
+fn field_name(path: &serde_path_to_error::Path) -> String {
+    let field = path.to_string();
+    if field == "." {
+        "(object)".to_owned()
+    } else {
+        field
+    }
+}
+
+/// Removes the value at `path` from `doc`; false when the path does not lead anywhere.
+fn remove_at(doc: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = doc;
+    for seg in parents {
+        let next = match seg {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+    }
+    match (last, at) {
+        (Segment::Map { key }, Value::Object(map)) => map.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+/// Deserializes `doc` as `T`, turning a failure into a problem with the field's path. Lenient
+/// mode drops unknown fields (each one a warning) and tries again.
+fn typed<T: DeserializeOwned>(
+    mut doc: Value,
+    kind: &str,
+    name: &str,
+    strictness: Strictness,
+    warnings: &mut Vec<Problem>,
+) -> Result<T, Problem> {
+    // Each retry removes one field, so the document's size bounds the loop.
+    loop {
+        match serde_path_to_error::deserialize(doc.clone()) {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                let reason = e.inner().to_string();
+                if strictness == Strictness::Lenient
+                    && reason.starts_with("unknown field")
+                    && remove_at(&mut doc, e.path())
+                {
+                    warnings.push(Problem::new(
+                        kind,
+                        name,
+                        field_name(e.path()),
+                        format!("{reason}; ignored"),
+                    ));
+                    continue;
+                }
+                return Err(Problem::new(kind, name, field_name(e.path()), reason));
+            }
+        }
+    }
+}
+
+fn sort(doc: Value, file: &Path, strictness: Strictness, loaded: &mut Loaded) {
+    let (objects, problems, warnings) = (
+        &mut loaded.objects,
+        &mut loaded.errors,
+        &mut loaded.warnings,
+    );
     let api_version = str_at(&doc, "/apiVersion").to_owned();
     let kind = str_at(&doc, "/kind").to_owned();
     let name = str_at(&doc, "/metadata/name").to_owned();
@@ -147,7 +219,7 @@ fn sort(doc: Value, file: &Path, loaded: &mut Loaded) {
         .unwrap_or(("", api_version.as_str()));
     macro_rules! put {
         ($list:expr) => {
-            match typed(doc, &kind, &name) {
+            match typed(doc, &kind, &name, strictness, warnings) {
                 Ok(obj) => $list.push(obj),
                 Err(p) => problems.push(p),
             }
@@ -165,11 +237,56 @@ fn sort(doc: Value, file: &Path, loaded: &mut Loaded) {
         ("", "Node") => put!(objects.nodes),
         ("", "Secret") => put!(objects.secrets),
         ("", "Service") => put!(objects.services),
-        _ => loaded.warnings.push(Problem::new(
+        _ => warnings.push(Problem::new(
             &kind,
             &name,
             "apiVersion",
             format!("{api_version} {kind} is not a kind xdplb reads; ignored"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p}\nspec:\n  addresses: [10.0.0.0/30]\n  colour: blue\n  serviceAllocation: {priority: 1, flavour: x}\n";
+
+    fn load_text(strictness: Strictness) -> Loaded {
+        let dir = std::env::temp_dir().join(format!(
+            "xdplb-manifest-{}-{strictness:?}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("pool.yaml"), POOL).expect("write");
+        let loaded = load_with(std::slice::from_ref(&dir), strictness).expect("load");
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_when_strict_and_warnings_when_lenient() {
+        let strict = load_text(Strictness::Strict);
+        assert!(strict.objects.pools.is_empty());
+        assert_eq!(strict.errors.len(), 1, "{:?}", strict.errors);
+        assert_eq!(strict.errors[0].field, "spec.colour");
+
+        let lenient = load_text(Strictness::Lenient);
+        assert!(lenient.errors.is_empty(), "{:?}", lenient.errors);
+        assert_eq!(lenient.objects.pools.len(), 1);
+        let pool = &lenient.objects.pools[0];
+        assert_eq!(pool.spec.addresses, vec!["10.0.0.0/30".to_owned()]);
+        assert_eq!(
+            pool.spec
+                .service_allocation
+                .as_ref()
+                .and_then(|a| a.priority),
+            Some(1)
+        );
+        let fields: Vec<&str> = lenient.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["spec.colour", "spec.serviceAllocation.flavour"]
+        );
     }
 }
