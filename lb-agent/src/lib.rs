@@ -6,10 +6,14 @@
 //!   ([`l2::responder`], driven over AF_PACKET by [`l2::afpacket`]), gratuitous ARP and
 //!   unsolicited NA ([`l2::announce`]), and the `xdplb0` interface that makes a VIP local on
 //!   plain hosts ([`l2::vipdev`]).
+//! - [`election`]: which node announces a VIP (MetalLB's rule), pure.
+//! - [`membership`]: which agents are alive, from heartbeats; the failure detector is pure.
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod cli;
+pub mod election;
 pub mod l2;
+pub mod membership;
 
 /// The compiled `lb-ebpf` object, embedded at build time.
 pub fn ebpf_object() -> &'static [u8] {

@@ -1,0 +1,169 @@
+//! The failure detector: a peer is alive while its heartbeats keep arriving within `timeout`.
+//!
+//! Pure: every method takes `now`; nothing here reads a clock, so tests drive it with made-up
+//! instants. A heartbeat carries `(epoch, seq)`: `epoch` is fixed per agent run (its start time)
+//! and `seq` counts up within it, so a replayed heartbeat (not newer than the last accepted
+//! one) is refused even across the sender's restarts.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+/// Default silence after which a peer is dead: with heartbeats every 50 ms, three missed ones
+/// and some jitter, detection stays well under the 200 ms p99 failover target (DESIGN.md §6).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(180);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    last_heard: Instant,
+    last: (u64, u64),
+    /// A graceful restart's "hold until": alive until then even when silent.
+    hold_until: Option<Instant>,
+}
+
+/// What [`Detector::heard`] made of a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A peer not known to be alive is alive now.
+    Joined,
+    /// An alive peer stays alive.
+    Refreshed,
+    /// Not newer than the last heartbeat accepted from that peer: ignored.
+    Replayed,
+}
+
+/// Liveness of every peer this agent hears from.
+#[derive(Clone, Debug)]
+pub struct Detector {
+    timeout: Duration,
+    peers: BTreeMap<String, Peer>,
+}
+
+impl Detector {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    fn is_alive(&self, peer: &Peer, now: Instant) -> bool {
+        now.saturating_duration_since(peer.last_heard) < self.timeout
+            || peer.hold_until.is_some_and(|t| now < t)
+    }
+
+    /// A heartbeat from `node` with `(epoch, seq)`, optionally asking to be held alive until
+    /// `hold_until` (a graceful restart).
+    pub fn heard(
+        &mut self,
+        node: &str,
+        epoch: u64,
+        seq: u64,
+        hold_until: Option<Instant>,
+        now: Instant,
+    ) -> Heard {
+        let was_alive = self.peers.get(node).is_some_and(|p| self.is_alive(p, now));
+        if let Some(p) = self.peers.get(node)
+            && (epoch, seq) <= p.last
+        {
+            return Heard::Replayed;
+        }
+        self.peers.insert(
+            node.to_owned(),
+            Peer {
+                last_heard: now,
+                last: (epoch, seq),
+                hold_until,
+            },
+        );
+        if was_alive {
+            Heard::Refreshed
+        } else {
+            Heard::Joined
+        }
+    }
+
+    /// The peers alive at `now`.
+    pub fn alive(&self, now: Instant) -> BTreeSet<String> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| self.is_alive(p, now))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The next instant at which an alive peer would be declared dead if nothing more arrives:
+    /// the one timer the driver needs.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter(|p| self.is_alive(p, now))
+            .map(|p| {
+                let silent = p.last_heard + self.timeout;
+                p.hold_until.map_or(silent, |h| silent.max(h))
+            })
+            .min()
+    }
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Self::new(DEFAULT_TIMEOUT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_silent_peer_dies_after_the_timeout_and_not_before() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        assert_eq!(d.heard("n1", 1, 1, None, t0), Heard::Joined);
+        assert_eq!(d.heard("n1", 1, 2, None, t0 + 50 * MS), Heard::Refreshed);
+        assert!(d.alive(t0 + 149 * MS).contains("n1"));
+        assert_eq!(d.next_deadline(t0 + 60 * MS), Some(t0 + 150 * MS));
+        assert!(!d.alive(t0 + 150 * MS).contains("n1"));
+        assert_eq!(d.next_deadline(t0 + 150 * MS), None);
+        assert_eq!(d.heard("n1", 1, 3, None, t0 + 200 * MS), Heard::Joined);
+    }
+
+    #[test]
+    fn replayed_heartbeats_are_refused_even_across_restarts() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        d.heard("n1", 5, 10, None, t0);
+        assert_eq!(d.heard("n1", 5, 10, None, t0 + MS), Heard::Replayed);
+        assert_eq!(d.heard("n1", 5, 9, None, t0 + MS), Heard::Replayed);
+        // The sender restarted: a newer epoch starts its sequence again.
+        assert_eq!(d.heard("n1", 6, 1, None, t0 + 2 * MS), Heard::Refreshed);
+        // A heartbeat recorded before that restart cannot bring anything back.
+        assert_eq!(d.heard("n1", 5, 11, None, t0 + 3 * MS), Heard::Replayed);
+        // A replay does not refresh: the peer still dies on time.
+        assert!(!d.alive(t0 + 102 * MS).contains("n1"));
+    }
+
+    #[test]
+    fn a_graceful_restart_holds_the_peer_alive_until_the_stated_time() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        d.heard("n1", 1, 1, Some(t0 + 5_000 * MS), t0);
+        assert!(d.alive(t0 + 4_000 * MS).contains("n1"));
+        assert_eq!(d.next_deadline(t0), Some(t0 + 5_000 * MS));
+        assert!(!d.alive(t0 + 5_000 * MS).contains("n1"));
+    }
+
+    #[test]
+    fn peers_are_independent() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        d.heard("n1", 1, 1, None, t0);
+        d.heard("n2", 1, 1, None, t0 + 80 * MS);
+        let alive = d.alive(t0 + 120 * MS);
+        assert!(!alive.contains("n1") && alive.contains("n2"));
+        assert_eq!(d.next_deadline(t0 + 10 * MS), Some(t0 + 100 * MS));
+    }
+}
