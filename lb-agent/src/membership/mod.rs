@@ -3,6 +3,9 @@
 //! Layout:
 //! - [`detector`]: the pure failure detector (time passed in).
 //!
-//! Still to come (issue 5): the heartbeat wire format with HMAC-SHA256, and the UDP driver.
+//! - [`heartbeat`]: the wire format, authenticated with HMAC-SHA256.
+//!
+//! Still to come (issue 5): the UDP driver.
 
 pub mod detector;
+pub mod heartbeat;
