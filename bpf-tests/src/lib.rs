@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod frames;
 pub mod ipam_bench;
+pub mod lab;
 pub mod netns;
 pub mod testrun;
 

@@ -1,0 +1,115 @@
+//! The lab: one L2 segment (a bridge in a namespace of its own, so the host's networking is
+//! never touched), N node namespaces and a client namespace attached to it. Tests, the bench
+//! and the demo build on it; everything is deleted on drop, also when a test panics.
+//!
+//! Addresses: the segment is 10.210.0.0/24 and fd00:210::/64; the client is .1 / ::1, node i
+//! (from 1) is .(10 + i) / ::(10 + i) on `eth0`. Router namespaces (BGP) attach the same way.
+use crate::{
+    PinDir,
+    netns::{NetNs, ip},
+};
+
+/// One host on the segment.
+pub struct Host {
+    pub ns: NetNs,
+    pub ipv4: String,
+    pub ipv6: String,
+}
+
+/// A bridge segment with a client and `n` nodes.
+pub struct Lab {
+    /// Holds the bridge `br0` and the host-side end of every veth.
+    pub segment: NetNs,
+    pub client: Host,
+    pub nodes: Vec<Host>,
+    /// Pins of the `xdp_pass` programs on the bridge ports (native XDP_TX on a veth needs a
+    /// program on the other end).
+    _pass_pins: PinDir,
+}
+
+impl Lab {
+    /// Builds the segment; `tag` keeps names unique between labs that run at once.
+    pub fn new(tag: &str, nodes: usize) -> Self {
+        let segment = NetNs::new(&crate::unique(&format!("{tag}s")));
+        segment.ip(&["link", "add", "br0", "type", "bridge"]);
+        segment.ip(&["link", "set", "br0", "up"]);
+        let pass_pins = PinDir::new(&format!("{tag}pass"));
+        let attach = |name: &str, index: usize, addr: u8| -> Host {
+            let ns = NetNs::new(&crate::unique(&format!("{tag}{name}")));
+            let port = format!("p{index}");
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &segment.name,
+            ]);
+            segment.ip(&["link", "set", &port, "master", "br0"]);
+            segment.ip(&["link", "set", &port, "up"]);
+            let (ipv4, ipv6) = (format!("10.210.0.{addr}"), format!("fd00:210::{addr:x}"));
+            ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
+            ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            Host { ns, ipv4, ipv6 }
+        };
+        let client = attach("c", 0, 1);
+        let nodes: Vec<Host> = (1..=nodes)
+            .map(|i| attach(&format!("n{i}"), i, 10 + i as u8))
+            .collect();
+        // Every bridge port runs xdp_pass, so native XDP_TX from any host arrives.
+        let dir = pass_pins.path().to_owned();
+        let ports: Vec<String> = (0..=nodes.len()).map(|i| format!("p{i}")).collect();
+        segment.within(move || {
+            let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
+                .unwrap_or_else(|e| panic!("load xdp_pass: {e}"));
+            for port in &ports {
+                dp.attach_pass(
+                    port,
+                    lb_agent::l2::datapath::XdpModes::NativeOnly,
+                    Some(&dir.join(format!("pass_{port}"))),
+                )
+                .unwrap_or_else(|e| panic!("xdp_pass on {port}: {e}"));
+            }
+        });
+        Self {
+            segment,
+            client,
+            nodes,
+            _pass_pins: pass_pins,
+        }
+    }
+
+    /// `arping` from the client on the segment: the replying MACs, one per answered request.
+    pub fn arping(&self, target: &str, count: u32) -> Vec<String> {
+        let out = self
+            .client
+            .ns
+            .exec("arping")
+            .args(["-c", &count.to_string(), "-w", "3", "-I", "eth0", target])
+            .output()
+            .expect("run arping");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split(" bytes from ").nth(1)?;
+                Some(rest.split_whitespace().next()?.to_lowercase())
+            })
+            .collect()
+    }
+
+    /// The MAC of node `i`'s `eth0` (i from 0).
+    pub fn node_mac(&self, i: usize) -> [u8; 6] {
+        self.nodes[i].ns.within(|| {
+            lb_agent::l2::iface::Interface::lookup("eth0")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .mac
+        })
+    }
+}
