@@ -13,15 +13,20 @@ pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("XDPLB_AGENT_BIN") {
         return PathBuf::from(p);
     }
+    workspace_bin("lb-agent")
+}
+
+/// A binary of this workspace from the same build as the running test.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("lb-agent");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} missing: build it first (cargo build -p lb-agent, or cargo xtask test)",
+        "{} missing: build it first (cargo build --workspace, or cargo xtask test)",
         bin.display()
     );
     bin

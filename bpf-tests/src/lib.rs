@@ -9,6 +9,7 @@
 //! - [`agent`]: the agent binary as a child process in a namespace.
 
 pub mod agent;
+pub mod apiserver;
 pub mod frames;
 pub mod ipam_bench;
 pub mod lab;

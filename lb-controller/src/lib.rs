@@ -2,9 +2,12 @@
 //!
 //! Layout:
 //! - [`config`]: the metallb.io types, reading manifests, MetalLB's validation rules.
-//!
-//! Still to come (see the issues): IPAM, `plan`, the standalone and Kubernetes sources, status.
+//! - [`ipam`]: the pure allocator; [`plan`]: a whole configuration's allocations.
+//! - [`standalone`]: a directory of manifests in, `status/allocations.yaml` out.
+//! - [`cluster`]: reflectors in, Service status and Events out, behind a leader Lease.
+//! - [`metrics`]: MetalLB's metric names, `/metrics`, `/healthz`, `/readyz`.
 
+pub mod cluster;
 pub mod config;
 pub mod ipam;
 pub mod metrics;

@@ -50,10 +50,26 @@ enum Command {
         lb_class: Option<String>,
     },
     /// Run the controller. With --config-dir: standalone mode (watch the directory, write
-    /// DIR/status/allocations.yaml); without: in-cluster (not built yet).
+    /// DIR/status/allocations.yaml); without: in-cluster (KUBECONFIG or the service account),
+    /// writing Service status behind a leader Lease.
     Run {
         #[arg(long)]
         config_dir: Option<PathBuf>,
+        /// In-cluster: the namespace of the metallb.io objects, their Secrets and the Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "metallb-system")]
+        namespace: String,
+        /// In-cluster: this replica's name in the leader Lease (default: host name and PID).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// In-cluster: how long a leader's Lease holds without renewal.
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        lease_duration: std::time::Duration,
+        /// In-cluster: a leader that cannot renew for this long stops leading.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        renew_deadline: std::time::Duration,
+        /// In-cluster: how often the Lease is read and renewed.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        retry_period: std::time::Duration,
         /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
         #[arg(long, default_value = "0.0.0.0:7472")]
         metrics_addr: std::net::SocketAddr,
@@ -75,21 +91,52 @@ fn main() -> ExitCode {
             config_dir: Some(dir),
             lb_class,
             metrics_addr,
-        } => run_standalone(dir, lb_class, metrics_addr),
+            ..
+        } => run_async(lb_controller::standalone::run(dir, lb_class, metrics_addr)),
         Command::Run {
-            config_dir: None, ..
+            config_dir: None,
+            lb_class,
+            metrics_addr,
+            namespace,
+            identity,
+            lease_duration,
+            renew_deadline,
+            retry_period,
         } => {
-            eprintln!("lb-controller: in-cluster mode is not implemented yet (use --config-dir)");
-            ExitCode::from(2)
+            if renew_deadline >= lease_duration || retry_period >= renew_deadline {
+                eprintln!(
+                    "lb-controller: need --retry-period < --renew-deadline < --lease-duration"
+                );
+                return ExitCode::from(2);
+            }
+            let identity = identity.unwrap_or_else(default_identity);
+            let opts = lb_controller::cluster::Options {
+                lb_class,
+                namespace,
+                identity,
+                timing: lb_controller::cluster::Timing {
+                    duration: lease_duration,
+                    renew_deadline,
+                    retry: retry_period,
+                },
+            };
+            run_async(async move {
+                let client = kube::Client::try_default().await?;
+                lb_controller::cluster::run(client, opts, metrics_addr).await
+            })
         }
     }
 }
 
-fn run_standalone(
-    dir: PathBuf,
-    lb_class: Option<String>,
-    metrics_addr: std::net::SocketAddr,
-) -> ExitCode {
+/// `hostname_pid`: unique among replicas, also several on one host.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "lb-controller".into());
+    format!("{host}_{}", std::process::id())
+}
+
+fn run_async(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -108,7 +155,7 @@ fn run_standalone(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(lb_controller::standalone::run(dir, lb_class, metrics_addr)) {
+    match runtime.block_on(job) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lb-controller: {e:#}");

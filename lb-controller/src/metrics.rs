@@ -1,6 +1,14 @@
 //! The controller's metrics, with MetalLB's names so existing dashboards keep working, served on
 //! `/metrics` beside `/healthz` and `/readyz` (MetalLB's port, 7472, by default).
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use crate::ipam::allocator::PoolUsage;
 
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, service::service_fn};
@@ -18,6 +26,8 @@ pub struct PoolLabel {
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
+    /// What `/readyz` answers: the in-cluster controller is ready once its caches are filled.
+    pub ready: AtomicBool,
     pub addresses_total: Family<PoolLabel, Gauge>,
     pub addresses_in_use: Family<PoolLabel, Gauge>,
     pub services_allocated: Family<PoolLabel, Gauge>,
@@ -39,6 +49,7 @@ impl Default for Metrics {
             updates: Counter::default(),
             update_errors: Counter::default(),
             registry: Registry::default(),
+            ready: AtomicBool::new(true),
         };
         // prometheus-client appends `_total` to counters itself, so those are registered
         // without it; the gauges carry MetalLB's full names.
@@ -82,6 +93,41 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A configuration was accepted.
+    pub fn config_applied(&self) {
+        self.updates.inc();
+        self.config_loaded.set(1);
+        self.config_stale.set(0);
+    }
+
+    /// A configuration was rejected: if one was loaded before, it is now stale.
+    pub fn config_rejected(&self) {
+        self.updates.inc();
+        self.update_errors.inc();
+        self.config_stale.set(self.config_loaded.get());
+    }
+
+    /// The per-pool gauges after a plan.
+    pub fn record_usage(&self, usage: &std::collections::BTreeMap<String, PoolUsage>) {
+        self.addresses_total.clear();
+        self.addresses_in_use.clear();
+        self.services_allocated.clear();
+        // MetalLB reports pools of 2^63 addresses and more as the largest gauge value.
+        let gauge = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
+        for (pool, u) in usage {
+            let label = PoolLabel { pool: pool.clone() };
+            self.addresses_total
+                .get_or_create(&label)
+                .set(gauge(u.capacity));
+            self.addresses_in_use
+                .get_or_create(&label)
+                .set(gauge(u.in_use));
+            self.services_allocated
+                .get_or_create(&label)
+                .set(gauge(u.services as u128));
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -105,7 +151,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                 async move {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (200, metrics.render()),
-                        "/healthz" | "/readyz" => (200, "ok\n".to_owned()),
+                        "/healthz" => (200, "ok\n".to_owned()),
+                        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
+                            (200, "ok\n".to_owned())
+                        }
+                        "/readyz" => (503, "not ready\n".to_owned()),
                         _ => (404, "not found\n".to_owned()),
                     };
                     Response::builder()

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{manifest, validate},
     ipam::allocator::PoolUsage,
-    metrics::{self, Metrics, PoolLabel},
+    metrics::{self, Metrics},
     plan::{self, PlanEntry},
 };
 
@@ -78,36 +78,12 @@ impl Standalone {
     /// Records a pass in the metrics: MetalLB's "config loaded" and "stale" flags, update
     /// counters, and per-pool usage after a plan.
     fn count(&self, pass: &Pass, usage: Option<&BTreeMap<String, PoolUsage>>) {
-        let m = &self.metrics;
-        m.updates.inc();
         match pass {
-            Pass::Applied { .. } => {
-                m.config_loaded.set(1);
-                m.config_stale.set(0);
-            }
-            Pass::Rejected { .. } => {
-                m.update_errors.inc();
-                m.config_stale.set(m.config_loaded.get());
-            }
+            Pass::Applied { .. } => self.metrics.config_applied(),
+            Pass::Rejected { .. } => self.metrics.config_rejected(),
         }
         if let Some(usage) = usage {
-            m.addresses_total.clear();
-            m.addresses_in_use.clear();
-            m.services_allocated.clear();
-            // MetalLB reports pools of 2^63 addresses and more as the largest gauge value.
-            let gauge = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
-            for (pool, u) in usage {
-                let label = PoolLabel { pool: pool.clone() };
-                m.addresses_total
-                    .get_or_create(&label)
-                    .set(gauge(u.capacity));
-                m.addresses_in_use
-                    .get_or_create(&label)
-                    .set(gauge(u.in_use));
-                m.services_allocated
-                    .get_or_create(&label)
-                    .set(gauge(u.services as u128));
-            }
+            self.metrics.record_usage(usage);
         }
     }
 

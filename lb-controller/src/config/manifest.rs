@@ -26,7 +26,7 @@ pub enum LoadError {
 }
 
 /// Everything the configuration is made of, in input order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub pools: Vec<IPAddressPool>,
     pub l2_advertisements: Vec<L2Advertisement>,

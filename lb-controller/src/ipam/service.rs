@@ -32,6 +32,21 @@ pub fn is_ours(svc: &Service, lb_class: Option<&str>) -> bool {
     spec.type_.as_deref() == Some("LoadBalancer") && spec.load_balancer_class.as_deref() == lb_class
 }
 
+/// The addresses in `status.loadBalancer.ingress`.
+pub fn status_ips(svc: &Service) -> Vec<std::net::IpAddr> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| {
+            ingress
+                .iter()
+                .filter_map(|i| i.ip.as_ref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The value of an annotation, preferring the current name over the legacy one.
 fn annotation<'a>(svc: &'a Service, name: &str) -> Option<&'a str> {
     let legacy = name.replacen("metallb.io/", LEGACY_PREFIX, 1);
@@ -148,18 +163,7 @@ pub fn request(
                 String::new()
             },
         });
-    let current = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| {
-            ingress
-                .iter()
-                .filter_map(|i| i.ip.as_ref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let current = status_ips(svc);
     Ok(Request {
         key: format!("{namespace}/{}", svc.name_any()),
         namespace,
