@@ -31,6 +31,10 @@ pub struct Metrics {
     pub addresses_total: Family<PoolLabel, Gauge>,
     pub addresses_in_use: Family<PoolLabel, Gauge>,
     pub services_allocated: Family<PoolLabel, Gauge>,
+    pub ipv4_addresses_total: Family<PoolLabel, Gauge>,
+    pub ipv4_addresses_in_use: Family<PoolLabel, Gauge>,
+    pub ipv6_addresses_total: Family<PoolLabel, Gauge>,
+    pub ipv6_addresses_in_use: Family<PoolLabel, Gauge>,
     pub config_loaded: Gauge,
     pub config_stale: Gauge,
     pub updates: Counter,
@@ -44,6 +48,10 @@ impl Default for Metrics {
             addresses_total: Family::default(),
             addresses_in_use: Family::default(),
             services_allocated: Family::default(),
+            ipv4_addresses_total: Family::default(),
+            ipv4_addresses_in_use: Family::default(),
+            ipv6_addresses_total: Family::default(),
+            ipv6_addresses_in_use: Family::default(),
             config_loaded: Gauge::default(),
             config_stale: Gauge::default(),
             updates: Counter::default(),
@@ -63,6 +71,30 @@ impl Default for Metrics {
             "Number of IP addresses in use, per pool",
             m.addresses_in_use.clone(),
         );
+        for (name, help, family) in [
+            (
+                "metallb_allocator_ipv4_addresses_total",
+                "Number of usable IPv4 addresses, per pool",
+                &m.ipv4_addresses_total,
+            ),
+            (
+                "metallb_allocator_ipv4_addresses_in_use_total",
+                "Number of IPv4 addresses in use, per pool",
+                &m.ipv4_addresses_in_use,
+            ),
+            (
+                "metallb_allocator_ipv6_addresses_total",
+                "Number of usable IPv6 addresses, per pool",
+                &m.ipv6_addresses_total,
+            ),
+            (
+                "metallb_allocator_ipv6_addresses_in_use_total",
+                "Number of IPv6 addresses in use, per pool",
+                &m.ipv6_addresses_in_use,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "metallb_allocator_services_allocated_total",
             "Number of Services with addresses, per pool",
@@ -109,9 +141,17 @@ impl Metrics {
 
     /// The per-pool gauges after a plan.
     pub fn record_usage(&self, usage: &std::collections::BTreeMap<String, PoolUsage>) {
-        self.addresses_total.clear();
-        self.addresses_in_use.clear();
-        self.services_allocated.clear();
+        for family in [
+            &self.addresses_total,
+            &self.addresses_in_use,
+            &self.services_allocated,
+            &self.ipv4_addresses_total,
+            &self.ipv4_addresses_in_use,
+            &self.ipv6_addresses_total,
+            &self.ipv6_addresses_in_use,
+        ] {
+            family.clear();
+        }
         // MetalLB reports pools of 2^63 addresses and more as the largest gauge value.
         let gauge = |n: u128| i64::try_from(n).unwrap_or(i64::MAX);
         for (pool, u) in usage {
@@ -125,6 +165,14 @@ impl Metrics {
             self.services_allocated
                 .get_or_create(&label)
                 .set(gauge(u.services as u128));
+            for (family, n) in [
+                (&self.ipv4_addresses_total, u.ipv4_capacity),
+                (&self.ipv4_addresses_in_use, u.ipv4_in_use),
+                (&self.ipv6_addresses_total, u.ipv6_capacity),
+                (&self.ipv6_addresses_in_use, u.ipv6_in_use),
+            ] {
+                family.get_or_create(&label).set(gauge(n));
+            }
         }
     }
 

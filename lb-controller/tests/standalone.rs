@@ -114,6 +114,14 @@ fn edits_apply_bad_edits_keep_the_last_good_plan_and_restarts_keep_addresses() {
         c.metric("metallb_allocator_addresses_in_use_total{pool=\"p\"}"),
         Some(2.0)
     );
+    assert_eq!(
+        c.metric("metallb_allocator_ipv4_addresses_in_use_total{pool=\"p\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        c.metric("metallb_allocator_ipv6_addresses_total{pool=\"p\"}"),
+        Some(0.0)
+    );
     assert_eq!(c.metric("metallb_k8s_client_config_loaded_bool"), Some(1.0));
     assert_eq!(c.metric("metallb_k8s_client_config_stale_bool"), Some(0.0));
 

@@ -146,6 +146,10 @@ pub struct Allocation {
 pub struct PoolUsage {
     pub capacity: u128,
     pub in_use: u128,
+    pub ipv4_capacity: u128,
+    pub ipv4_in_use: u128,
+    pub ipv6_capacity: u128,
+    pub ipv6_in_use: u128,
     pub services: usize,
 }
 
@@ -223,6 +227,10 @@ impl Allocator {
                     PoolUsage {
                         capacity: p.space.capacity(),
                         in_use: p.space.in_use(),
+                        ipv4_capacity: p.space.capacity_of(true),
+                        ipv4_in_use: p.space.in_use_of(true),
+                        ipv6_capacity: p.space.capacity_of(false),
+                        ipv6_in_use: p.space.in_use_of(false),
                         services: 0,
                     },
                 )

@@ -136,8 +136,19 @@ impl Space {
 
     /// How many addresses the pool can give out (buggy ones excluded when avoided).
     pub fn capacity(&self) -> u128 {
+        self.capacity_of(true) + self.capacity_of(false)
+    }
+
+    /// How many addresses are in use.
+    pub fn in_use(&self) -> u128 {
+        self.in_use_of(true) + self.in_use_of(false)
+    }
+
+    /// [`Space::capacity`] for one family.
+    pub fn capacity_of(&self, ipv4: bool) -> u128 {
         self.ranges
             .iter()
+            .filter(|r| r.start.is_ipv4() == ipv4)
             .map(|r| {
                 let all = width(r.start, r.end);
                 if self.avoid_buggy {
@@ -149,9 +160,13 @@ impl Space {
             .sum()
     }
 
-    /// How many addresses are in use.
-    pub fn in_use(&self) -> u128 {
-        self.used.iter().map(|(s, e)| width(*s, *e)).sum()
+    /// [`Space::in_use`] for one family (a run never spans both).
+    pub fn in_use_of(&self, ipv4: bool) -> u128 {
+        self.used
+            .iter()
+            .filter(|(s, _)| s.is_ipv4() == ipv4)
+            .map(|(s, e)| width(*s, *e))
+            .sum()
     }
 }
 
@@ -210,6 +225,12 @@ mod tests {
     #[test]
     fn capacity_leaves_out_avoided_addresses() {
         assert_eq!(space(&["10.0.0.0/24", "fd00::/120"], false).capacity(), 512);
+        let mut dual = space(&["10.0.0.0/24", "fd00::/126"], false);
+        assert_eq!((dual.capacity_of(true), dual.capacity_of(false)), (256, 4));
+        dual.take("fd00::1".parse().unwrap_or_else(|e| panic!("{e}")));
+        dual.take("10.0.0.7".parse().unwrap_or_else(|e| panic!("{e}")));
+        dual.take("10.0.0.8".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!((dual.in_use_of(true), dual.in_use_of(false)), (2, 1));
         assert_eq!(space(&["10.0.0.0/23"], true).capacity(), 512 - 4);
         assert_eq!(space(&["10.0.0.1-10.0.0.254"], true).capacity(), 254);
     }
