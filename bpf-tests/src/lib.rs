@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod controller_bench;
 pub mod frames;
 pub mod ipam_bench;
 pub mod lab;

@@ -115,15 +115,21 @@ pub fn plan_with_usage(
     let mut allocator = Allocator::new(pool_defs(&objects.pools));
     // Every Service re-takes what it holds before anyone gets a new address, so a Service that
     // must move never takes an address a later one still holds.
-    for req in requests.iter().filter_map(|(_, r)| r.as_ref().ok()) {
-        allocator.keep(req);
-    }
+    let kept: Vec<bool> = requests
+        .iter()
+        .map(|(_, r)| r.as_ref().is_ok_and(|r| allocator.keep(r)))
+        .collect();
     let entries = requests
         .into_iter()
-        .map(|(key, req)| {
-            let outcome = req
-                .map_err(|e| e.to_string())
-                .and_then(|r| allocator.assign(&r).map_err(|e| e.to_string()));
+        .zip(kept)
+        .map(|((key, req), kept)| {
+            // What was kept stands: nothing assigned since can take an address from it.
+            let outcome = match allocator.get(&key) {
+                Some(a) if kept => Ok(a.clone()),
+                _ => req
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| allocator.assign(&r).map_err(|e| e.to_string())),
+            };
             match outcome {
                 Ok(a) => PlanEntry {
                     service: key,

@@ -95,7 +95,9 @@ impl Standalone {
     pub fn read_allocations(&self) -> AllocationsFile {
         std::fs::read_to_string(self.allocations_path())
             .ok()
-            .and_then(|text| serde_saphyr::from_str(&text).ok())
+            .and_then(|text| {
+                serde_saphyr::from_str_with_options(&text, manifest::yaml_options()).ok()
+            })
             .unwrap_or_default()
     }
 

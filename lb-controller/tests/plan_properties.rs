@@ -101,7 +101,11 @@ fn service(i: usize, spec: &SvcSpec) -> Service {
     if let Some((p, x)) = spec.requested {
         annotations.insert(
             "metallb.io/loadBalancerIPs".into(),
-            json!(some_ip(p, x, spec.v6_primary && spec.policy % 3 == 0)),
+            json!(some_ip(
+                p,
+                x,
+                spec.v6_primary && spec.policy.is_multiple_of(3)
+            )),
         );
     }
     if let Some(k) = spec.sharing {
@@ -118,7 +122,7 @@ fn service(i: usize, spec: &SvcSpec) -> Service {
     let ingress: Vec<_> = spec
         .current
         .iter()
-        .map(|(p, x)| json!({"ip": some_ip(*p, *x, spec.v6_primary && spec.policy % 3 == 0)}))
+        .map(|(p, x)| json!({"ip": some_ip(*p, *x, spec.v6_primary && spec.policy.is_multiple_of(3))}))
         .collect();
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",

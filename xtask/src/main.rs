@@ -96,7 +96,16 @@ fn run_release_bin(root: &Path, name: &str) -> Result<()> {
     setup()?;
     cargo(
         root,
-        &["build", "--release", "-p", "lb-agent", "-p", "bpf-tests"],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "lb-agent",
+            "-p",
+            "lb-controller",
+            "-p",
+            "bpf-tests",
+        ],
     )?;
     run(Command::new(root.join("target/release").join(name)).current_dir(root))
 }

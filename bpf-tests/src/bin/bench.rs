@@ -8,6 +8,8 @@
 //! 2. An ARP request flood on a veth pair for a fixed time, answered by XDP (native) and then by
 //!    the AF_PACKET fallback: replies the client received per second, and replies per CPU-second
 //!    of the responder (agent process CPU time plus the XDP program's own run time).
+//! 3. IPAM against MetalLB's linear search, and the controller at scale (see
+//!    `bpf_tests::controller_bench`); `xdplb-bench controller` prints those rows alone.
 use std::{
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
@@ -30,6 +32,16 @@ const FLOOD: Duration = Duration::from_secs(3);
 fn main() -> Result<()> {
     if !bpf_tests::privileged("xdplb-bench") {
         bail!("the bench needs root and a bpf filesystem");
+    }
+    eprintln!(
+        "the controller at scale: {} Services over {} pools...",
+        bpf_tests::controller_bench::SERVICES,
+        bpf_tests::controller_bench::POOLS
+    );
+    let scale = bpf_tests::controller_bench::run().map_err(anyhow::Error::msg)?;
+    if std::env::args().nth(1).as_deref() == Some("controller") {
+        print_scale(&scale);
+        return Ok(());
     }
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (run-time statistics)")?;
@@ -110,6 +122,7 @@ fn main() -> Result<()> {
         ms(ipam.replan.1),
         ratio(ms(ipam.replan.1), ms(ipam.replan.0))
     );
+    print_scale(&scale);
     println!();
     println!(
         "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
@@ -121,6 +134,47 @@ fn main() -> Result<()> {
          capped by the sender; the share answered and the CPU per reply are the comparison."
     );
     Ok(())
+}
+
+/// The controller rows (also printed alone by `xdplb-bench controller`).
+fn print_scale(f: &bpf_tests::controller_bench::ScaleFigures) {
+    use bpf_tests::controller_bench::{POOLS, SERVICES};
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    println!(
+        "| controller: plan {SERVICES} Services over {POOLS} pools, v4/v6/dual (ms; {} pending) | {:.1} | parsing the YAML {:.1} | {:.2}× | < 200 ms |",
+        f.pending,
+        ms(f.plan),
+        ms(f.parse),
+        ratio(ms(f.plan), ms(f.parse))
+    );
+    println!(
+        "| controller: validate the {POOLS} pools (ms) | {:.1} | parsing the YAML {:.1} | {:.2}× | — |",
+        ms(f.validate),
+        ms(f.parse),
+        ratio(ms(f.validate), ms(f.parse))
+    );
+    println!(
+        "| controller: one Service added, on the allocator holding the plan (ms) | {:.3} | the whole pass a controller runs for it today (validate + plan) {:.1} | — | < 1 ms |",
+        ms(f.add_one),
+        ms(f.add_one_full)
+    );
+    println!(
+        "| controller: one pool edited, validate + re-plan (ms; {} Services move) | {:.1} | first plan {:.1} | {:.2}× | < 50 ms |",
+        f.moved,
+        ms(f.pool_edit),
+        ms(f.plan),
+        ratio(ms(f.pool_edit), ms(f.plan))
+    );
+    match f.rss_kb {
+        Some((full, none)) => println!(
+            "| controller RSS, `run --config-dir` with {SERVICES} Services (MiB) | {:.1} | same pools, no Services {:.1} | +{:.1} MiB | — |",
+            full as f64 / 1024.0,
+            none as f64 / 1024.0,
+            full.saturating_sub(none) as f64 / 1024.0
+        ),
+        None => println!("| controller RSS | not measured | — | — | — |"),
+    }
 }
 
 /// Nanoseconds per frame, two ways.

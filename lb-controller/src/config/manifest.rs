@@ -69,12 +69,30 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     Ok(out)
 }
 
+/// How configuration YAML is parsed.
+///
+/// serde-saphyr's default budget (1,024 documents, 250,000 nodes) guards against hostile input,
+/// but a dump of a cluster's Services is neither hostile nor that small: the limits are raised
+/// to what 100,000 Services need, and the alias limits that stop "billion laughs" stay.
+pub fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_nodes: 50_000_000,
+            max_events: 200_000_000,
+        },
+    }
+}
+
 /// The non-empty documents of one YAML text.
 pub fn documents(path: &Path, text: &str) -> Result<Vec<Value>, LoadError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| LoadError::Yaml {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
+            LoadError::Yaml {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
 }
 
@@ -262,6 +280,17 @@ mod tests {
         let loaded = load_with(std::slice::from_ref(&dir), strictness).expect("load");
         let _ = std::fs::remove_dir_all(&dir);
         loaded
+    }
+
+    #[test]
+    fn a_file_of_thousands_of_objects_is_not_refused_as_hostile() {
+        // serde-saphyr's default budget stops at 1,024 documents: a dump of a cluster's
+        // Services is bigger than that.
+        let text: String = (0..3000)
+            .map(|i| format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{i}}}\n"))
+            .collect();
+        let docs = documents(Path::new("big.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(docs.len(), 3000);
     }
 
     #[test]

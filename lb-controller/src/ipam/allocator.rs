@@ -192,18 +192,27 @@ pub struct Allocator {
     /// Addresses held under each sharing key: where a sharer looks first.
     shared: BTreeMap<String, BTreeSet<IpAddr>>,
     allocations: BTreeMap<ServiceKey, Allocation>,
+    /// Auto-assigned pools with a serviceAllocation, by name: the only ones whose eligibility
+    /// depends on the Service (usually few, so a request does not test every pool).
+    restricted: Vec<String>,
 }
 
 impl Allocator {
     pub fn new(pools: Vec<PoolDef>) -> Self {
-        let pools = pools
+        let pools: BTreeMap<String, Pool> = pools
             .into_iter()
             .map(|def| {
                 let space = Space::new(def.ranges.clone(), def.avoid_buggy_ips);
                 (def.name.clone(), Pool { def, space })
             })
             .collect();
+        let restricted = pools
+            .values()
+            .filter(|p| p.def.auto_assign && p.def.restriction.is_some())
+            .map(|p| p.def.name.clone())
+            .collect();
         Self {
+            restricted,
             pools,
             holders: BTreeMap::new(),
             shared: BTreeMap::new(),
@@ -288,7 +297,9 @@ impl Allocator {
             let pool = self.check_specific(req, &req.requested)?;
             return Ok(self.hold(req, pool, req.requested.clone()));
         }
-        let candidates: Vec<String> = match &req.pool {
+        // The first pool with room, found without cloning a name per pool tried: a Service
+        // may walk past every full pool before it (200 pools × 10,000 Services in the bench).
+        let named = match &req.pool {
             Some(name) => {
                 let pool = self
                     .pools
@@ -299,22 +310,26 @@ impl Allocator {
                 {
                     return Err(Pending::NotAdmitted(name.clone()));
                 }
-                vec![name.clone()]
+                Some(pool)
             }
-            None => self.auto_pools(req),
+            None => None,
         };
-        let wanted = req.families.wanted();
-        for name in &candidates {
-            if let Some(ips) = self.free_in(name, &wanted, req) {
-                return Ok(self.hold(req, name.clone(), ips));
-            }
-        }
-        if let Families::PreferDual { primary } = req.families {
-            for name in &candidates {
-                if let Some(ips) = self.free_in(name, &[primary], req) {
-                    return Ok(self.hold(req, name.clone(), ips));
-                }
-            }
+        let first = |families: &[Family]| {
+            let mut candidates: Box<dyn Iterator<Item = &Pool>> = match named {
+                Some(pool) => Box::new(std::iter::once(pool)),
+                None => Box::new(self.auto_pools(req)),
+            };
+            candidates.find_map(|pool| {
+                self.free_in(pool, families, req)
+                    .map(|ips| (pool.def.name.clone(), ips))
+            })
+        };
+        let found = first(&req.families.wanted()).or_else(|| match req.families {
+            Families::PreferDual { primary } => first(&[primary]),
+            _ => None,
+        });
+        if let Some((pool, ips)) = found {
+            return Ok(self.hold(req, pool, ips));
         }
         Err(Pending::Exhausted)
     }
@@ -355,11 +370,11 @@ impl Allocator {
 
     /// Pools tried for a request that names none: restricted pools that admit it by priority,
     /// then unrestricted ones by name; auto-assigned pools only.
-    fn auto_pools(&self, req: &Request) -> Vec<String> {
+    fn auto_pools<'a>(&'a self, req: &Request) -> impl Iterator<Item = &'a Pool> + 'a {
         let mut restricted: Vec<(&Pool, Option<i32>)> = self
-            .pools
-            .values()
-            .filter(|p| p.def.auto_assign)
+            .restricted
+            .iter()
+            .filter_map(|name| self.pools.get(name))
             .filter_map(|p| {
                 let r = p.def.restriction.as_ref()?;
                 r.admits(req).then_some((p, r.priority))
@@ -371,17 +386,11 @@ impl Allocator {
             .pools
             .values()
             .filter(|p| p.def.auto_assign && p.def.restriction.is_none());
-        restricted
-            .into_iter()
-            .map(|(p, _)| p)
-            .chain(plain)
-            .map(|p| p.def.name.clone())
-            .collect()
+        restricted.into_iter().map(|(p, _)| p).chain(plain)
     }
 
     /// One address of each family in `wanted` from pool `name`, sharing where the request may.
-    fn free_in(&self, name: &str, wanted: &[Family], req: &Request) -> Option<Vec<IpAddr>> {
-        let pool = self.pools.get(name)?;
+    fn free_in(&self, pool: &Pool, wanted: &[Family], req: &Request) -> Option<Vec<IpAddr>> {
         let mut ips = Vec::new();
         for family in wanted {
             let shared = req.sharing.as_ref().and_then(|sharing| {

@@ -2,7 +2,7 @@
 //! (research/metallb.md §2).
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use kube::ResourceExt;
 
 use super::allocator::{Families, Family, Request, Sharing};
@@ -74,11 +74,12 @@ fn family_named(name: &str) -> Option<Family> {
 /// The families the Service needs. With clusterIPs present they rule, as in MetalLB; without
 /// (standalone mode) `ipFamilies` / `ipFamilyPolicy` do, IPv4 single-stack by default.
 fn families(svc: &Service) -> Families {
-    let spec = svc.spec.clone().unwrap_or_default();
+    let no_spec = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&no_spec);
     let cluster: Vec<IpAddr> = spec
         .cluster_ips
-        .unwrap_or_default()
         .iter()
+        .flatten()
         .chain(spec.cluster_ip.iter())
         .filter_map(|ip| ip.parse().ok())
         .collect();
@@ -121,7 +122,8 @@ pub fn request(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
 ) -> Result<Request, RequestError> {
-    let spec = svc.spec.clone().unwrap_or_default();
+    let no_spec = ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&no_spec);
     let namespace = svc.namespace().unwrap_or_else(|| "default".to_owned());
     let annotated = annotation(svc, ANNOTATION_IPS)
         .map(|v| parse_ips(ANNOTATION_IPS, v))

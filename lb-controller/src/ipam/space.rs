@@ -46,16 +46,28 @@ pub struct Space {
     ranges: Vec<AddrRange>,
     avoid_buggy: bool,
     used: BTreeMap<IpAddr, IpAddr>,
+    /// Usable addresses and addresses in use, [IPv4, IPv6]: a full pool is skipped at once
+    /// instead of walked (a Service may try every pool before the one with room).
+    capacity: [u128; 2],
+    taken: [u128; 2],
+}
+
+fn slot(addr: IpAddr) -> usize {
+    usize::from(!addr.is_ipv4())
 }
 
 impl Space {
     /// A pool of `ranges` (in the order they are listed, which is the order they fill in).
     pub fn new(ranges: Vec<AddrRange>, avoid_buggy: bool) -> Self {
-        Self {
+        let mut space = Self {
             ranges,
             avoid_buggy,
             used: BTreeMap::new(),
-        }
+            capacity: [0; 2],
+            taken: [0; 2],
+        };
+        space.capacity = [space.count_capacity(true), space.count_capacity(false)];
+        space
     }
 
     pub fn ranges(&self) -> &[AddrRange] {
@@ -85,6 +97,9 @@ impl Space {
         if self.is_used(addr) {
             return;
         }
+        if self.contains(addr) {
+            self.taken[slot(addr)] += 1;
+        }
         let mut start = addr;
         let mut end = addr;
         if let Some(before) = prev(addr).and_then(|p| self.run_at(p)) {
@@ -104,6 +119,9 @@ impl Space {
         let Some((start, end)) = self.run_at(addr) else {
             return;
         };
+        if self.contains(addr) {
+            self.taken[slot(addr)] -= 1;
+        }
         self.used.remove(&start);
         if start < addr
             && let Some(p) = prev(addr)
@@ -119,6 +137,10 @@ impl Space {
 
     /// The first free address of the given family, in range order then address order.
     pub fn first_free(&self, ipv4: bool) -> Option<IpAddr> {
+        let family = usize::from(!ipv4);
+        if self.taken[family] >= self.capacity[family] {
+            return None;
+        }
         for range in self.ranges.iter().filter(|r| r.start.is_ipv4() == ipv4) {
             let mut candidate = Some(range.start);
             while let Some(c) = candidate.filter(|c| *c <= range.end) {
@@ -146,6 +168,10 @@ impl Space {
 
     /// [`Space::capacity`] for one family.
     pub fn capacity_of(&self, ipv4: bool) -> u128 {
+        self.capacity[usize::from(!ipv4)]
+    }
+
+    fn count_capacity(&self, ipv4: bool) -> u128 {
         self.ranges
             .iter()
             .filter(|r| r.start.is_ipv4() == ipv4)
