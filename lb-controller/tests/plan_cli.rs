@@ -54,3 +54,17 @@ fn another_load_balancer_class_is_served_only_when_asked_for() {
     let (_, out) = plan(&["--lb-class", "example.com/other"]);
     assert_eq!(out.trim(), "default/other-class: 10.0.0.0 (pool pool-a)");
 }
+
+#[test]
+fn the_standalone_example_the_demo_runs_is_valid_and_plans_as_documented() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/standalone");
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-controller"))
+        .args(["plan", example])
+        .output()
+        .expect("run lb-controller");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "default/web: 10.200.0.100,fd00:200::100 (pool demo)\ndefault/dns: 10.200.0.105 (pool demo)\n"
+    );
+}
