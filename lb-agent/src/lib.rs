@@ -11,6 +11,7 @@
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod cli;
+pub mod desired;
 pub mod election;
 pub mod l2;
 pub mod membership;
