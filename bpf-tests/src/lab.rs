@@ -88,11 +88,17 @@ impl Lab {
 
     /// `arping` from the client on the segment: the replying MACs, one per answered request.
     pub fn arping(&self, target: &str, count: u32) -> Vec<String> {
+        self.arping_within(target, count, "3")
+    }
+
+    /// One ARP request, waiting at most `deadline` seconds (arping's `-w`): a probe fine enough
+    /// to time a failover.
+    pub fn arping_within(&self, target: &str, count: u32, deadline: &str) -> Vec<String> {
         let out = self
             .client
             .ns
             .exec("arping")
-            .args(["-c", &count.to_string(), "-w", "3", "-I", "eth0", target])
+            .args(["-c", &count.to_string(), "-w", deadline, "-I", "eth0", target])
             .output()
             .expect("run arping");
         String::from_utf8_lossy(&out.stdout)

@@ -42,6 +42,9 @@ pub enum Command {
     Announce(AnnounceArgs),
     /// Print the pinned VIP maps, counters and links.
     Maps(MapsArgs),
+    /// Run as a node of a group (standalone: a configuration directory and UDP heartbeats):
+    /// announce the VIPs this node is elected for, take over when a peer dies.
+    Run(crate::run::RunArgs),
 }
 
 /// How ARP/NDP is answered.
@@ -88,6 +91,7 @@ pub struct MapsArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Announce(args) => announce(args).await,
+        Command::Run(args) => crate::run::run(args).await,
         Command::Maps(args) => {
             print!("{}", render_maps(&args.bpffs)?);
             Ok(())
@@ -105,6 +109,10 @@ fn log_level() -> u8 {
         LevelFilter::ERROR => 1,
         _ => 0,
     }
+}
+
+pub(crate) fn xdp_modes(mode: Mode) -> XdpModes {
+    modes(mode)
 }
 
 fn modes(mode: Mode) -> XdpModes {

@@ -1,0 +1,321 @@
+//! `lb-agent run` in standalone mode: the configuration directory (metallb.io objects, Nodes,
+//! Services and the controller's `status/allocations.yaml`) and the peers' heartbeats in; the
+//! VIPs this node owns into the XDP maps (and onto `xdplb0`), with gratuitous ARP / unsolicited
+//! NA on takeover, out.
+//!
+//! One loop, ticking every heartbeat interval: send a heartbeat to every other Node, renew the
+//! data-path lease, and recompute what this node announces when the alive set or the
+//! configuration changed. Heartbeats are read as they arrive. The lease is as long as the
+//! failure timeout: if this agent dies, its XDP program stops answering for its VIPs by the
+//! time the peers have declared it dead and taken them over.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use lb_common::VIP_FLAG_LEASED;
+use lb_controller::{
+    config::manifest::{self, Objects},
+    metrics::Metrics,
+    standalone::Standalone,
+};
+use tokio::net::UdpSocket;
+use tracing::{info, warn};
+
+use crate::{
+    desired::{self, Announcement},
+    l2::{
+        afpacket::PacketSocket,
+        announce,
+        datapath::Datapath,
+        iface::Interface,
+        maps::{VipEntry, VipMaps, monotonic_ns},
+        vipdev,
+    },
+    membership::{detector::Detector, heartbeat::Heartbeat},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// This node's name, as in the Node objects.
+    #[arg(long)]
+    pub node_name: String,
+    /// The standalone configuration directory (the controller writes status/ inside it).
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    /// Interface to announce on (repeat for several).
+    #[arg(long = "interface", short = 'i', required = true)]
+    pub interfaces: Vec<String>,
+    #[arg(long, default_value = lb_common::DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// XDP attach mode: native then generic (`xdp`), or one of them.
+    #[arg(long, value_enum, default_value_t = crate::cli::Mode::Xdp)]
+    pub mode: crate::cli::Mode,
+    /// The shared membership secret (default: DIR/secret).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// UDP port of the membership heartbeats (MetalLB's memberlist port).
+    #[arg(long, default_value_t = 7946)]
+    pub port: u16,
+    /// How often a heartbeat goes to every peer.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer is dead (and the data-path lease of this node's VIPs).
+    #[arg(long, default_value = "180ms", value_parser = humantime::parse_duration)]
+    pub failure_timeout: Duration,
+    /// Do not put owned VIPs on the local `xdplb0` device.
+    #[arg(long)]
+    pub no_local_vip: bool,
+}
+
+/// The configuration as last read successfully.
+struct Config {
+    objects: Objects,
+    allocations: Vec<lb_controller::plan::PlanEntry>,
+    /// Heartbeat targets: every other Node's InternalIP.
+    peers: Vec<SocketAddr>,
+}
+
+fn internal_ip(node: &Node) -> Option<IpAddr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    addrs
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+}
+
+fn read_config(args: &RunArgs) -> Result<Config, String> {
+    let loaded = manifest::load_with(
+        std::slice::from_ref(&args.config_dir),
+        manifest::Strictness::Lenient,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = loaded.errors.first() {
+        return Err(e.to_string());
+    }
+    let reader = Standalone::new(args.config_dir.clone(), None, Arc::new(Metrics::default()));
+    let allocations = reader.read_allocations().allocations;
+    let peers = loaded
+        .objects
+        .nodes
+        .iter()
+        .filter(|n| n.name_any() != args.node_name)
+        .filter_map(internal_ip)
+        .map(|ip| SocketAddr::new(ip, args.port))
+        .collect();
+    Ok(Config {
+        objects: loaded.objects,
+        allocations,
+        peers,
+    })
+}
+
+fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipEntry> {
+    announced
+        .iter()
+        .flat_map(|a| {
+            ifaces
+                .iter()
+                .filter(|i| a.interfaces.is_empty() || a.interfaces.contains(&i.name))
+                .map(|i| VipEntry {
+                    addr: a.vip,
+                    ifindex: i.index,
+                    mac: i.mac,
+                    flags: VIP_FLAG_LEASED,
+                })
+        })
+        .collect()
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    if matches!(
+        args.mode,
+        crate::cli::Mode::Afpacket | crate::cli::Mode::Auto
+    ) {
+        bail!("--mode: run answers from XDP only for now (xdp, xdp-native or xdp-generic)");
+    }
+    let secret_path = args
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| args.config_dir.join("secret"));
+    let secret = std::fs::read(&secret_path)
+        .with_context(|| format!("reading the membership secret {}", secret_path.display()))?;
+    let secret: Vec<u8> = secret.trim_ascii().to_vec();
+    if secret.len() < 16 {
+        bail!(
+            "{}: the membership secret must be at least 16 bytes",
+            secret_path.display()
+        );
+    }
+    let mut ifaces = Vec::new();
+    for name in &args.interfaces {
+        ifaces.push(Interface::lookup(name)?);
+    }
+    let mut datapath =
+        Datapath::load(&args.bpffs, 0).context("loading the XDP program (run needs XDP)")?;
+    for iface in &ifaces {
+        let how = datapath.attach_l2(&iface.name, crate::cli::xdp_modes(args.mode))?;
+        info!(iface = %iface.name, mode = %how, "XDP responder attached");
+    }
+    let mut maps = VipMaps::open_pinned(datapath.bpffs())?;
+    let lease_ns = u64::try_from(args.failure_timeout.as_nanos()).unwrap_or(u64::MAX);
+    maps.set_lease(monotonic_ns().saturating_add(lease_ns))?;
+    let sockets = ifaces
+        .iter()
+        .map(|i| Ok((i.index, PacketSocket::open(i, false)?)))
+        .collect::<Result<Vec<_>, crate::l2::L2Error>>()?;
+    let sockets = Arc::new(sockets);
+    let netlink = if args.no_local_vip {
+        None
+    } else {
+        let handle = vipdev::connect()?;
+        let index = vipdev::ensure(&handle).await?;
+        for iface in &ifaces {
+            vipdev::quiet_arp(&iface.name)?;
+        }
+        Some((handle, index))
+    };
+
+    let udp = UdpSocket::bind(("::", args.port))
+        .await
+        .or_else(|_| {
+            std::net::UdpSocket::bind(("0.0.0.0", args.port)).and_then(|s| {
+                s.set_nonblocking(true)?;
+                UdpSocket::from_std(s)
+            })
+        })
+        .with_context(|| format!("binding UDP port {}", args.port))?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut seq = 0u64;
+    let mut detector = Detector::new(args.failure_timeout);
+    let started = Instant::now();
+    let mut config: Option<Config> = None;
+    let mut config_error: Option<String> = None;
+    let mut announced: BTreeSet<Announcement> = BTreeSet::new();
+    let mut last_alive: BTreeSet<String> = BTreeSet::new();
+    let mut ticker = tokio::time::interval(args.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reload = tokio::time::interval(Duration::from_millis(500));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut buf = vec![0u8; 1500];
+    info!(node = %args.node_name, "running; waiting one failure timeout to hear the peers");
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = reload.tick() => {
+                match read_config(&args) {
+                    Ok(c) => {
+                        config_error = None;
+                        config = Some(c);
+                    }
+                    Err(e) => {
+                        if config_error.as_deref() != Some(&e) {
+                            warn!(problem = %e, "configuration rejected; the last good one stays");
+                        }
+                        config_error = Some(e);
+                    }
+                }
+            }
+            got = udp.recv_from(&mut buf) => {
+                if let Ok((n, from)) = got {
+                    match Heartbeat::decode(&buf[..n], &secret) {
+                        Ok(hb) if hb.node != args.node_name => {
+                            let now = Instant::now();
+                            let hold = (hb.hold_ms > 0)
+                                .then(|| now + Duration::from_millis(u64::from(hb.hold_ms)));
+                            detector.heard(&hb.node, hb.epoch, hb.seq, hold, now);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(%from, error = %e, "heartbeat refused"),
+                    }
+                }
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        let now = Instant::now();
+        // Heartbeats and lease first: they are what keeps this node's claims valid.
+        seq += 1;
+        let hb = Heartbeat {
+            node: args.node_name.clone(),
+            epoch,
+            seq,
+            hold_ms: 0,
+        };
+        if let (Some(c), Ok(datagram)) = (&config, hb.encode(&secret)) {
+            for peer in &c.peers {
+                let _ = udp.send_to(&datagram, peer).await;
+            }
+        }
+        maps.set_lease(monotonic_ns().saturating_add(lease_ns))?;
+        let Some(c) = &config else {
+            continue;
+        };
+        if now.duration_since(started) < args.failure_timeout {
+            continue;
+        }
+        let mut alive = detector.alive(now);
+        alive.insert(args.node_name.clone());
+        if alive != last_alive {
+            info!(alive = ?alive, "membership changed");
+            last_alive = alive.clone();
+        }
+        let next = desired::announcements(&args.node_name, &c.objects, &c.allocations, &alive);
+        if next == announced {
+            continue;
+        }
+        let gained: Vec<&Announcement> = next.difference(&announced).collect();
+        let lost: Vec<&Announcement> = announced.difference(&next).collect();
+        for a in &gained {
+            info!(vip = %a.vip, service = %a.service, "taking over");
+        }
+        for a in &lost {
+            info!(vip = %a.vip, service = %a.service, "releasing");
+        }
+        // Make before break: the maps gain the new VIPs before losing the old ones.
+        maps.apply(&entries(&next, &ifaces))?;
+        if let Some((handle, index)) = &netlink {
+            let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
+            if let Err(e) = vipdev::sync(handle, *index, &vips).await {
+                warn!(error = %e, "cannot update xdplb0");
+            }
+        }
+        let fresh: BTreeSet<Announcement> = gained.into_iter().cloned().collect();
+        let burst = entries(&fresh, &ifaces);
+        if !burst.is_empty() {
+            let sockets = sockets.clone();
+            tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                for at in announce::SCHEDULE {
+                    tokio::time::sleep_until(start + at).await;
+                    announce::send_round(&sockets, &burst);
+                }
+            });
+        }
+        announced = next;
+    }
+    info!("withdrawing");
+    maps.apply(&[])?;
+    if let Some((handle, index)) = &netlink {
+        vipdev::sync(handle, *index, &BTreeSet::new()).await?;
+        vipdev::remove_if_empty(handle).await?;
+    }
+    for iface in &ifaces {
+        Datapath::detach(&args.bpffs, &iface.name)?;
+    }
+    Datapath::unpin_all(&args.bpffs)?;
+    Ok(())
+}
