@@ -98,7 +98,15 @@ impl Lab {
             .client
             .ns
             .exec("arping")
-            .args(["-c", &count.to_string(), "-w", deadline, "-I", "eth0", target])
+            .args([
+                "-c",
+                &count.to_string(),
+                "-w",
+                deadline,
+                "-I",
+                "eth0",
+                target,
+            ])
             .output()
             .expect("run arping");
         String::from_utf8_lossy(&out.stdout)

@@ -83,6 +83,112 @@ fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
+struct Group {
+    lab: Lab,
+    dir: PathBuf,
+    names: [&'static str; 3],
+    /// MAC → node name.
+    macs: BTreeMap<String, String>,
+    agents: Vec<Option<Agent>>,
+    _pins: Vec<PinDir>,
+}
+
+impl Group {
+    /// A lab of three nodes, the controller's allocations, and an agent on every node.
+    fn start(tag: &str) -> Self {
+        let lab = Lab::new(tag, 3);
+        let dir = config_dir(&lab);
+        allocate(&dir);
+        let names = ["node-1", "node-2", "node-3"];
+        let macs = (0..3)
+            .map(|i| (mac_str(&lab.node_mac(i)), names[i].to_owned()))
+            .collect();
+        let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
+        let dir_s = dir.to_str().expect("utf-8").to_owned();
+        let agents = (0..3)
+            .map(|i| {
+                let pin = pins[i].path().to_str().expect("utf-8").to_owned();
+                let mut a = Agent::start(
+                    &lab.nodes[i].ns,
+                    &[
+                        "run",
+                        "--node-name",
+                        names[i],
+                        "--config-dir",
+                        &dir_s,
+                        "--interface",
+                        "eth0",
+                        "--bpffs",
+                        &pin,
+                        "--mode",
+                        "xdp-native",
+                    ],
+                );
+                a.wait_for_log("running;", Duration::from_secs(20));
+                Some(a)
+            })
+            .collect();
+        Self {
+            lab,
+            dir,
+            names,
+            macs,
+            agents,
+            _pins: pins,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// The nodes that answer one ARP request for `vip`.
+    fn answerers(&self, vip: &str, deadline: &str) -> BTreeSet<String> {
+        self.lab
+            .arping_within(vip, 1, deadline)
+            .iter()
+            .map(|m| {
+                self.macs
+                    .get(m)
+                    .cloned()
+                    .unwrap_or_else(|| format!("unknown {m}"))
+            })
+            .collect()
+    }
+
+    /// Waits until every VIP is answered by exactly its owner in `owners`.
+    fn converge(&self, owners: &BTreeMap<String, String>, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        for (vip, owner) in owners {
+            loop {
+                let who = self.answerers(vip, "0.2");
+                if who == BTreeSet::from([owner.clone()]) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {vip} answered by {who:?}, expected {owner}\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for a in self.agents.drain(..).flatten() {
+            a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn the_elected_node_answers_and_a_killed_owner_is_replaced_within_the_detection_time() {
     if !privileged(
@@ -90,68 +196,10 @@ fn the_elected_node_answers_and_a_killed_owner_is_replaced_within_the_detection_
     ) {
         return;
     }
-    let lab = Lab::new("fo", 3);
-    let dir = config_dir(&lab);
-    allocate(&dir);
-    let names = ["node-1", "node-2", "node-3"];
-    let macs: BTreeMap<String, String> = (0..3)
-        .map(|i| (mac_str(&lab.node_mac(i)), names[i].to_owned()))
-        .collect();
-    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("fo{i}"))).collect();
-    let dir_s = dir.to_str().expect("utf-8").to_owned();
-    let mut agents: Vec<Option<Agent>> = (0..3)
-        .map(|i| {
-            let pin = pins[i].path().to_str().expect("utf-8").to_owned();
-            let mut a = Agent::start(
-                &lab.nodes[i].ns,
-                &[
-                    "run",
-                    "--node-name",
-                    names[i],
-                    "--config-dir",
-                    &dir_s,
-                    "--interface",
-                    "eth0",
-                    "--bpffs",
-                    &pin,
-                    "--mode",
-                    "xdp-native",
-                ],
-            );
-            a.wait_for_log("running;", Duration::from_secs(20));
-            Some(a)
-        })
-        .collect();
-
-    let owners = expected(&dir, &names);
+    let mut g = Group::start("fo");
+    let owners = expected(&g.dir, &g.names);
     assert_eq!(owners.len(), SERVICES);
-    let logs = |agents: &[Option<Agent>]| -> String {
-        agents
-            .iter()
-            .flatten()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
-    // Every VIP is answered by its elected owner, and only by it.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    for (vip, owner) in &owners {
-        loop {
-            let replies = lab.arping(vip, 1);
-            let who: Vec<&str> = replies
-                .iter()
-                .filter_map(|m| macs.get(m).map(String::as_str))
-                .collect();
-            if who == [owner.as_str()] {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{vip}: answered by {who:?}, expected {owner}\n{}",
-                logs(&agents)
-            );
-        }
-    }
+    g.converge(&owners, Duration::from_secs(5), "at start");
 
     // Kill the owner of the first VIP (SIGKILL: no goodbye, its pinned XDP program stays).
     let (victim_vip, victim) = owners
@@ -159,60 +207,94 @@ fn the_elected_node_answers_and_a_killed_owner_is_replaced_within_the_detection_
         .next()
         .map(|(v, o)| (v.clone(), o.clone()))
         .expect("a VIP");
-    let index = names
+    let index = g
+        .names
         .iter()
         .position(|n| *n == victim)
         .expect("victim index");
-    let survivors: Vec<&str> = names.iter().copied().filter(|n| *n != victim).collect();
-    let after = expected(&dir, &survivors);
+    let survivors: Vec<&str> = g.names.iter().copied().filter(|n| *n != victim).collect();
+    let after = expected(&g.dir, &survivors);
+    let new_owner = after[&victim_vip].clone();
     let killed_at = Instant::now();
-    if let Some(mut a) = agents[index].take() {
+    if let Some(mut a) = g.agents[index].take() {
         let _ = a.child.kill();
         let _ = a.child.wait();
     }
-    let new_owner = after[&victim_vip].clone();
     let mut took = None;
     while killed_at.elapsed() < Duration::from_secs(5) {
-        let replies = lab.arping_within(&victim_vip, 1, "0.05");
-        let who: Vec<&str> = replies
-            .iter()
-            .filter_map(|m| macs.get(m).map(String::as_str))
-            .collect();
-        if who == [new_owner.as_str()] {
+        if g.answerers(&victim_vip, "0.05") == BTreeSet::from([new_owner.clone()]) {
             took = Some(killed_at.elapsed());
             break;
         }
     }
-    let took = took
-        .unwrap_or_else(|| panic!("{victim_vip} never moved to {new_owner}\n{}", logs(&agents)));
+    let took =
+        took.unwrap_or_else(|| panic!("{victim_vip} never moved to {new_owner}\n{}", g.logs()));
     eprintln!("{victim_vip}: {victim} killed, {new_owner} answers after {took:?}");
-    // The dead node's own program no longer answers (its lease lapsed): only one MAC replies.
-    let replies = lab.arping(&victim_vip, 3);
+    // The dead node's own program no longer answers (its lease lapsed): only one MAC replies,
+    // and the VIPs owned by survivors did not move.
+    for (vip, owner) in &owners {
+        if *owner != victim {
+            assert_eq!(&after[vip], owner, "{vip} moved needlessly");
+        }
+    }
+    let replies = g.lab.arping(&victim_vip, 3);
     let who: BTreeSet<&str> = replies
         .iter()
-        .filter_map(|m| macs.get(m).map(String::as_str))
+        .filter_map(|m| g.macs.get(m).map(String::as_str))
         .collect();
     assert_eq!(
         who,
         BTreeSet::from([new_owner.as_str()]),
         "after the takeover"
     );
-    // VIPs owned by survivors did not move.
-    for (vip, owner) in &owners {
-        if *owner != victim {
-            assert_eq!(&after[vip], owner, "{vip} moved needlessly");
-            let replies = lab.arping(vip, 1);
-            assert_eq!(
-                replies
-                    .iter()
-                    .filter_map(|m| macs.get(m))
-                    .collect::<Vec<_>>(),
-                [owner]
+    g.converge(&after, Duration::from_secs(2), "after the takeover");
+}
+
+#[test]
+fn a_partition_lets_both_sides_announce_and_healing_leaves_only_the_owner() {
+    if !privileged("a_partition_lets_both_sides_announce_and_healing_leaves_only_the_owner") {
+        return;
+    }
+    let g = Group::start("pt");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    // Cut node-1 off from the others' heartbeats (both ways); the client still reaches everyone.
+    let isolated = 0;
+    let others = [1, 2];
+    let block = |from: usize, to: usize, verb: &str| {
+        g.lab.nodes[from].ns.ip(&[
+            "route",
+            verb,
+            "blackhole",
+            &format!("{}/32", g.lab.nodes[to].ipv4),
+        ]);
+    };
+    for o in others {
+        block(isolated, o, "add");
+        block(o, isolated, "add");
+    }
+    // node-1 believes it is alone and announces every VIP; the others announce without it.
+    let alone = expected(&g.dir, &["node-1"]);
+    let rest = expected(&g.dir, &["node-2", "node-3"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (vip, owner) in &rest {
+        let want: BTreeSet<String> = [owner.clone(), alone[vip].clone()].into();
+        loop {
+            let who = g.answerers(vip, "0.2");
+            if who == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "partitioned: {vip} answered by {who:?}, expected {want:?}\n{}",
+                g.logs()
             );
         }
     }
-    for a in agents.into_iter().flatten() {
-        a.stop();
+    // Heal: the deterministic owner keeps each VIP and the other side stops.
+    for o in others {
+        block(isolated, o, "del");
+        block(o, isolated, "del");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    g.converge(&owners, Duration::from_secs(3), "after healing");
 }
