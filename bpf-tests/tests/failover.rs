@@ -248,6 +248,53 @@ fn the_elected_node_answers_and_a_killed_owner_is_replaced_within_the_detection_
         "after the takeover"
     );
     g.converge(&after, Duration::from_secs(2), "after the takeover");
+
+    // A planned stop (SIGTERM) of the new owner: it says goodbye and keeps answering until the
+    // last node has taken over, so the probe never finds the VIP unanswered.
+    let second = g.names.iter().position(|n| *n == new_owner).expect("index");
+    let last: Vec<&str> = survivors
+        .iter()
+        .copied()
+        .filter(|n| *n != new_owner)
+        .collect();
+    let last_owner = expected(&g.dir, &last)[&victim_vip].clone();
+    let stopping = g.agents[second].take().expect("agent");
+
+    let stopped_at = Instant::now();
+    let stopper = std::thread::spawn(move || {
+        let log = stopping.log.clone();
+        stopping.signal(libc::SIGTERM);
+        let mut child = stopping;
+        let status = child.child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (status.map(|s| s.success()).unwrap_or(false), text)
+    });
+    let mut unanswered = 0;
+    let mut moved = None;
+    while stopped_at.elapsed() < Duration::from_secs(5) {
+        let who = g.answerers(&victim_vip, "0.05");
+        if who.is_empty() {
+            unanswered += 1;
+        }
+        if who == BTreeSet::from([last_owner.clone()]) {
+            moved = Some(stopped_at.elapsed());
+            break;
+        }
+    }
+    let (clean, stopped_log) = stopper.join().unwrap_or((false, String::new()));
+    assert!(clean, "the stopped agent failed:\n{stopped_log}");
+    let moved =
+        moved.unwrap_or_else(|| panic!("{victim_vip} never moved to {last_owner}\n{}", g.logs()));
+    eprintln!(
+        "{victim_vip}: {new_owner} stopped, {last_owner} answers after {moved:?}, {unanswered} probes unanswered"
+    );
+    assert_eq!(
+        unanswered,
+        0,
+        "a planned stop left {victim_vip} unanswered\nstopped agent:\n{}\nothers:\n{}",
+        stopped_log,
+        g.logs()
+    );
 }
 
 #[test]

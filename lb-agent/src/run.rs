@@ -231,6 +231,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             got = udp.recv_from(&mut buf) => {
                 if let Ok((n, from)) = got {
                     match Heartbeat::decode(&buf[..n], &secret) {
+                        Ok(hb) if hb.node != args.node_name && hb.leaving => {
+                            if detector.left(&hb.node, hb.epoch, hb.seq, Instant::now()) {
+                                info!(peer = %hb.node, "peer is leaving");
+                            }
+                            // Take over now rather than at the next tick.
+                            ticker.reset_immediately();
+                        }
                         Ok(hb) if hb.node != args.node_name => {
                             let now = Instant::now();
                             let hold = (hb.hold_ms > 0)
@@ -254,6 +261,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             epoch,
             seq,
             hold_ms: 0,
+            leaving: false,
         };
         if let (Some(c), Ok(datagram)) = (&config, hb.encode(&secret)) {
             for peer in &c.peers {
@@ -306,6 +314,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             });
         }
         announced = next;
+    }
+    // Say goodbye (three times: UDP may drop one) so the peers take over at once, and keep
+    // answering until they have: make before break for a planned shutdown too.
+    if let Some(c) = &config {
+        for _ in 0..3 {
+            seq += 1;
+            let bye = Heartbeat {
+                node: args.node_name.clone(),
+                epoch,
+                seq,
+                hold_ms: 0,
+                leaving: true,
+            };
+            if let Ok(datagram) = bye.encode(&secret) {
+                for peer in &c.peers {
+                    if let Err(e) = udp.send_to(&datagram, peer).await {
+                        warn!(%peer, error = %e, "cannot say goodbye");
+                    }
+                }
+            }
+        }
+        if !announced.is_empty() {
+            maps.set_lease(monotonic_ns().saturating_add(lease_ns.saturating_mul(2)))?;
+            tokio::time::sleep(args.heartbeat_interval * 2).await;
+        }
     }
     info!("withdrawing");
     maps.apply(&[])?;

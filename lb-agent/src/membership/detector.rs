@@ -19,6 +19,8 @@ struct Peer {
     last: (u64, u64),
     /// A graceful restart's "hold until": alive until then even when silent.
     hold_until: Option<Instant>,
+    /// Said it was leaving: dead until it speaks again.
+    left: bool,
 }
 
 /// What [`Detector::heard`] made of a heartbeat.
@@ -48,8 +50,29 @@ impl Detector {
     }
 
     fn is_alive(&self, peer: &Peer, now: Instant) -> bool {
-        now.saturating_duration_since(peer.last_heard) < self.timeout
-            || peer.hold_until.is_some_and(|t| now < t)
+        !peer.left
+            && (now.saturating_duration_since(peer.last_heard) < self.timeout
+                || peer.hold_until.is_some_and(|t| now < t))
+    }
+
+    /// A (newer) heartbeat from `node` saying it is leaving: it is dead from now on, until a
+    /// later heartbeat says otherwise. A replayed one changes nothing.
+    pub fn left(&mut self, node: &str, epoch: u64, seq: u64, now: Instant) -> bool {
+        if let Some(p) = self.peers.get(node)
+            && (epoch, seq) <= p.last
+        {
+            return false;
+        }
+        self.peers.insert(
+            node.to_owned(),
+            Peer {
+                last_heard: now,
+                last: (epoch, seq),
+                hold_until: None,
+                left: true,
+            },
+        );
+        true
     }
 
     /// A heartbeat from `node` with `(epoch, seq)`, optionally asking to be held alive until
@@ -74,6 +97,7 @@ impl Detector {
                 last_heard: now,
                 last: (epoch, seq),
                 hold_until,
+                left: false,
             },
         );
         if was_alive {
@@ -165,5 +189,19 @@ mod tests {
         let alive = d.alive(t0 + 120 * MS);
         assert!(!alive.contains("n1") && alive.contains("n2"));
         assert_eq!(d.next_deadline(t0 + 10 * MS), Some(t0 + 100 * MS));
+    }
+
+    #[test]
+    fn a_leaving_peer_is_dead_at_once_and_a_replayed_goodbye_changes_nothing() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(Duration::from_millis(180));
+        d.heard("b", 1, 1, None, t0);
+        assert!(d.alive(t0).contains("b"));
+        assert!(d.left("b", 1, 2, t0));
+        assert!(!d.alive(t0).contains("b"));
+        // The same goodbye replayed after b came back must not kill it again.
+        d.heard("b", 2, 1, None, t0);
+        assert!(!d.left("b", 1, 2, t0));
+        assert!(d.alive(t0).contains("b"));
     }
 }

@@ -6,7 +6,8 @@
 //!        | name length (1) | name (1..=253, UTF-8) | HMAC-SHA256 of all the above (32)
 //! ```
 //! Integers are big-endian. `hold_ms` > 0 asks peers to hold this node alive that long (a
-//! graceful restart). Decoding checks the length before every read and the tag before trusting
+//! graceful restart). Flag bit 0 says the node is leaving (a shutdown): peers take over at
+//! once instead of waiting for the silence to last the failure timeout. Decoding checks the length before every read and the tag before trusting
 //! any field, and never panics.
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -26,7 +27,11 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Milliseconds peers should hold this node alive regardless of silence (0: none).
     pub hold_ms: u32,
+    /// The sender is shutting down: count it dead now.
+    pub leaving: bool,
 }
+
+const FLAG_LEAVING: u8 = 0x01;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatError {
@@ -62,7 +67,7 @@ impl Heartbeat {
         let mut out = Vec::with_capacity(FIXED + name.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.push(0);
+        out.push(if self.leaving { FLAG_LEAVING } else { 0 });
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -116,6 +121,7 @@ impl Heartbeat {
             epoch: be64(8)?,
             seq: be64(16)?,
             hold_ms: u32::from_be_bytes(hold),
+            leaving: body.get(5).is_some_and(|f| f & FLAG_LEAVING != 0),
         })
     }
 }
@@ -132,6 +138,7 @@ mod tests {
             epoch: 1_764_000_000_000_000_000,
             seq: 42,
             hold_ms: 0,
+            leaving: false,
         }
     }
 
@@ -198,5 +205,18 @@ mod tests {
         assert_eq!(b.encode(SECRET), Err(HeartbeatError::Name));
         b.node = "x".repeat(MAX_NAME + 1);
         assert_eq!(b.encode(SECRET), Err(HeartbeatError::Name));
+    }
+
+    #[test]
+    fn the_leaving_flag_round_trips_and_is_covered_by_the_tag() {
+        let bye = Heartbeat {
+            leaving: true,
+            ..beat()
+        };
+        let mut wire = bye.encode(SECRET).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Heartbeat::decode(&wire, SECRET), Ok(bye));
+        // Clearing the flag in flight is tampering.
+        wire[5] = 0;
+        assert_eq!(Heartbeat::decode(&wire, SECRET), Err(HeartbeatError::Auth));
     }
 }
