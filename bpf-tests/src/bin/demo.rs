@@ -1,8 +1,12 @@
-//! `cargo xtask demo`: a short tour of what xdplb does today, in a throwaway lab.
+//! `cargo xtask demo`: a short tour of what xdplb does today, in a throwaway lab: a client and
+//! three nodes on one bridge, the standalone controller handing out addresses from MetalLB's
+//! own objects, an agent per node electing the owner of each VIP and answering ARP/NDP from
+//! XDP, a real TCP request, and a node killed mid-flight.
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,12 +15,14 @@ use anyhow::{Context, Result, bail};
 use bpf_tests::{
     PinDir,
     agent::{Agent, agent_bin, workspace_bin},
-    netns::{Link, mac_str},
+    lab::Lab,
+    netns::mac_str,
 };
 use lb_controller::{metrics::Metrics, standalone::Standalone};
 
 /// The example configuration the demo runs from (relative to the workspace root).
 const EXAMPLE: &str = "deploy/examples/standalone";
+const FILES: [&str; 4] = ["pool.yaml", "services.yaml", "nodes.yaml", "secret"];
 
 fn say(title: &str, text: &str) {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -38,53 +44,106 @@ fn show(cmd: &mut Command) -> Result<String> {
     Ok(text)
 }
 
-/// Step 2: the standalone controller allocates from the example directory. Returns web's
-/// IPv4 and IPv6 addresses.
-fn controller_step() -> Result<(String, String)> {
-    let root = std::env::current_dir().context("current directory")?;
-    let example = root.join(EXAMPLE);
-    let dir = std::env::temp_dir().join(bpf_tests::unique("xdplb-demo-config"));
-    std::fs::create_dir_all(&dir).context("config directory")?;
-    for file in ["pool.yaml", "services.yaml"] {
+/// Kills the controller when the demo ends, however it ends.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An HTTP responder on port 8080 of every node, saying which node answered.
+fn serve_hello(lab: &Lab, names: &[&'static str]) -> Result<()> {
+    for (node, name) in lab.nodes.iter().zip(names) {
+        let name = *name;
+        let listener = node
+            .ns
+            .within(|| TcpListener::bind(("0.0.0.0", 8080)))
+            .context("listen on port 8080")?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut request = [0u8; 512];
+                let _ = conn.read(&mut request);
+                let body = format!("hello from {name}\n");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+    Ok(())
+}
+
+fn http_get(lab: &Lab, vip: &'static str) -> Result<String> {
+    let response = lab.client.ns.within(move || -> std::io::Result<String> {
+        let mut stream = TcpStream::connect_timeout(
+            &(
+                vip.parse::<std::net::IpAddr>()
+                    .map_err(std::io::Error::other)?,
+                8080,
+            )
+                .into(),
+            Duration::from_secs(2),
+        )?;
+        stream.write_all(format!("GET / HTTP/1.0\r\nHost: {vip}\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out)?;
+        Ok(out)
+    })?;
+    Ok(response)
+}
+
+/// Step 2: the standalone controller allocates from the example directory. Returns the
+/// running controller and web's IPv4 and IPv6 addresses.
+fn controller_step(dir: &std::path::Path) -> Result<(Controller, String, String)> {
+    let example = std::env::current_dir()
+        .context("current directory")?
+        .join(EXAMPLE);
+    std::fs::create_dir_all(dir).context("config directory")?;
+    for file in FILES {
         std::fs::copy(example.join(file), dir.join(file))
             .with_context(|| format!("copy {EXAMPLE}/{file}"))?;
     }
     say(
-        "2. The controller hands out addresses",
+        "2. The configuration: MetalLB's own objects",
         &format!(
-            "{EXAMPLE}/ holds MetalLB's own objects: an IPAddressPool\n\
-             with ten IPv4 and ten IPv6 addresses and an L2Advertisement, and two Services:\n\
-             `web` (dual-stack) and `dns` (asks for 10.200.0.105). First, lb-controller\n\
-             validate checks them with MetalLB's rules:"
+            "{EXAMPLE}/ holds an IPAddressPool (ten IPv4 and ten IPv6\n\
+             addresses), an L2Advertisement, two Services (`web`, dual-stack; `dns`, asking for\n\
+             10.210.0.105), the three Nodes with their addresses, and the group's secret.\n\
+             lb-controller validate checks them with MetalLB's rules:"
         ),
     );
-    let controller = workspace_bin("lb-controller");
-    show(Command::new(&controller).arg("validate").arg(&dir))?;
+    let bin = workspace_bin("lb-controller");
+    show(Command::new(&bin).arg("validate").arg(dir))?;
     println!(
-        "\n   Then lb-controller run --config-dir watches the directory and writes\n   \
-         status/allocations.yaml (atomically) for the agents to read:"
+        "\n   lb-controller run --config-dir watches the directory and writes\n   \
+         status/allocations.yaml (atomically) for the agents:"
     );
-    let mut child = Command::new(&controller)
-        .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start lb-controller")?;
-    let reader = Standalone::new(dir.clone(), None, Arc::new(Metrics::default()));
+    let controller = Controller(
+        Command::new(&bin)
+            .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start lb-controller")?,
+    );
+    let reader = Standalone::new(dir.to_path_buf(), None, Arc::new(Metrics::default()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !reader.allocations_path().exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
     let text = std::fs::read_to_string(reader.allocations_path())
         .context("the controller wrote no allocations")?;
     for line in text.lines() {
         println!("   | {line}");
     }
     let allocations = reader.read_allocations();
-    let _ = std::fs::remove_dir_all(&dir);
     let web = allocations
         .allocations
         .iter()
@@ -93,9 +152,22 @@ fn controller_step() -> Result<(String, String)> {
     let v4 = web.ips.iter().find(|ip| ip.is_ipv4());
     let v6 = web.ips.iter().find(|ip| ip.is_ipv6());
     match (v4, v6) {
-        (Some(v4), Some(v6)) => Ok((v4.to_string(), v6.to_string())),
+        (Some(v4), Some(v6)) => Ok((controller, v4.to_string(), v6.to_string())),
         _ => bail!("default/web did not get both families: {:?}", web.ips),
     }
+}
+
+/// Who answers one ARP request for `vip` (node names; `?` for an unknown MAC).
+fn answerers(
+    lab: &Lab,
+    macs: &BTreeMap<String, &'static str>,
+    vip: &str,
+    wait: &str,
+) -> Vec<&'static str> {
+    lab.arping_within(vip, 1, wait)
+        .iter()
+        .map(|m| macs.get(m).copied().unwrap_or("?"))
+        .collect()
 }
 
 fn main() -> Result<()> {
@@ -106,137 +178,194 @@ fn main() -> Result<()> {
         "xdplb",
         "A bare-metal LoadBalancer whose Layer 2 answers come from XDP: ARP and IPv6 neighbour\n\
          solicitations for a VIP are answered in the NIC driver, before the kernel allocates\n\
-         anything, from a BPF map the agent keeps current.",
+         anything, from a BPF map the agent keeps current. It reads MetalLB's configuration,\n\
+         and here runs without Kubernetes, as a keepalived replacement for plain hosts.",
     );
 
     say(
         "1. A lab",
-        "Two network namespaces joined by a veth pair stand for a client and a node on one L2\n\
-         segment: 10.200.0.0/24 and fd00:200::/64. (On a veth, native XDP replies only arrive if\n\
-         the other end runs an XDP program too, so the client end gets a pass-through one;\n\
-         real NICs need nothing of the sort.)",
+        "A bridge joins a client (10.210.0.1) and three nodes (10.210.0.11-13), each in its own\n\
+         network namespace: one L2 segment, 10.210.0.0/24 and fd00:210::/64. (Native XDP\n\
+         replies on a veth only arrive when the bridge end runs an XDP program too, so the\n\
+         bridge ports get a pass-through one; real NICs need nothing of the sort.)",
     );
-    let link = Link::new("demo");
-    let pass_pins = PinDir::new("demopass");
-    link.pass_on_client(&pass_pins);
-    let node_mac = mac_str(&link.node_mac());
-    println!("   node interface {} has MAC {node_mac}", link.node_if);
+    let lab = Lab::new("demo", 3);
+    let names: [&'static str; 3] = ["node-1", "node-2", "node-3"];
+    let macs: BTreeMap<String, &'static str> = (0..3)
+        .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
+        .collect();
+    for (mac, name) in &macs {
+        println!("   {name} has MAC {mac}");
+    }
 
-    let (vip4, vip6) = controller_step()?;
+    let dir = std::env::temp_dir().join(bpf_tests::unique("xdplb-demo-config"));
+    let (controller, vip4, vip6) = controller_step(&dir)?;
     // Lives as long as the demo; the namespace helpers run closures on threads of their own.
     let (vip4, vip6): (&'static str, &'static str) = (
         Box::leak(vip4.into_boxed_str()),
         Box::leak(vip6.into_boxed_str()),
     );
 
-    let pins = PinDir::new("demo");
-    let pin_dir = pins.path().to_str().context("utf-8 pin path")?.to_owned();
     say(
-        "3. Announce web's two addresses from the node",
+        "3. An agent on every node",
+        "lb-agent run --node-name node-N --config-dir DIR --interface eth0\n\
+         Each agent loads the XDP program, sends the others a heartbeat every 50 ms (UDP 7946,\n\
+         HMAC-SHA256 with the shared secret), and computes for every Service MetalLB's owner\n\
+         among the live nodes: the same answer on every node, so there is nothing to negotiate.\n\
+         The owner puts the VIPs in its XDP maps and on xdplb0, and announces them.",
+    );
+    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("demo{i}"))).collect();
+    let dir_s = dir.to_str().context("utf-8 config path")?.to_owned();
+    let mut agents: Vec<Option<Agent>> = Vec::new();
+    for (i, node) in lab.nodes.iter().enumerate() {
+        let pin = pins[i]
+            .path()
+            .to_str()
+            .context("utf-8 pin path")?
+            .to_owned();
+        let mut agent = Agent::start(
+            &node.ns,
+            &[
+                "run",
+                "--node-name",
+                names[i],
+                "--config-dir",
+                &dir_s,
+                "--interface",
+                "eth0",
+                "--bpffs",
+                &pin,
+                "--mode",
+                "xdp-native",
+            ],
+        );
+        agent.wait_for_log("running;", Duration::from_secs(20));
+        agents.push(Some(agent));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let owner = loop {
+        if let [one] = answerers(&lab, &macs, vip4, "0.2").as_slice() {
+            break *one;
+        }
+        if Instant::now() > deadline {
+            bail!("nobody answers for {vip4}");
+        }
+    };
+    for (i, agent) in agents.iter().enumerate() {
+        if let Some(a) = agent {
+            for line in a.log_text().lines().filter(|l| l.contains("taking over")) {
+                let short = line.split("INFO ").nth(1).unwrap_or(line);
+                println!("   {}: {short}", names[i]);
+            }
+        }
+    }
+    println!("   => web ({vip4}, {vip6}) is announced by {owner}");
+
+    say(
+        "4. The client asks who has web's IPv4 address (real arping)",
+        "",
+    );
+    show(
+        lab.client
+            .ns
+            .exec("arping")
+            .args(["-c", "3", "-w", "3", "-I", "eth0", vip4]),
+    )?;
+    say(
+        "5. The client solicits web's IPv6 address (real ndisc6)",
+        "",
+    );
+    show(
+        lab.client
+            .ns
+            .exec("ndisc6")
+            .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
+    )?;
+
+    say(
+        "6. The VIP really serves: an HTTP request from the client",
+        "Every node runs a small HTTP server on port 8080 that says its name; the request goes\n\
+         to the VIP, so the node that owns it answers.",
+    );
+    serve_hello(&lab, &names)?;
+    for line in http_get(&lab, vip4)?.lines() {
+        println!("   | {line}");
+    }
+
+    let index = names
+        .iter()
+        .position(|n| *n == owner)
+        .context("owner index")?;
+    say(
+        &format!("7. {owner} dies"),
         &format!(
-            "lb-agent announce --interface {} --vip {vip4},{vip6} --bpffs {pin_dir}\n\
-             Static mode, one node (the multi-node agent that follows the allocations file\n\
-             and elects an owner per VIP is the next step of the project). The agent loads the\n\
-             XDP program, pins it with its maps and link under the bpffs directory, writes the\n\
-             VIPs into the maps, puts them on the local device xdplb0 so the node accepts their\n\
-             traffic, and sends gratuitous ARP / unsolicited NA so neighbours learn the MAC.",
-            link.node_if
+            "SIGKILL to {owner}'s agent, as if the host crashed: no goodbye. Its pinned XDP\n\
+             program is still attached, but its entries are leased and the lease is no longer\n\
+             renewed, so it falls silent; the others stop hearing its heartbeats, declare it\n\
+             dead after 180 ms and the next node in MetalLB's order takes web over, with\n\
+             gratuitous ARP and unsolicited NA. The client probes with arping every ~50 ms."
         ),
     );
-    let agent = Agent::announce(
-        &link.node,
-        &link.node_if,
-        &format!("{vip4},{vip6}"),
-        pins.path(),
-        &[],
-    );
-    for line in agent.log_text().lines() {
-        println!("   | {line}");
+    let killed_at = Instant::now();
+    if let Some(mut agent) = agents[index].take() {
+        let _ = agent.child.kill();
+        let _ = agent.child.wait();
     }
-
-    say("4. The client asks who has the IPv4 VIP (real arping)", "");
+    let mut unanswered = 0;
+    let new_owner = loop {
+        let who = answerers(&lab, &macs, vip4, "0.05");
+        match who.as_slice() {
+            [one] if *one != owner => break *one,
+            [] => unanswered += 1,
+            _ => {}
+        }
+        if killed_at.elapsed() > Duration::from_secs(5) {
+            bail!("nobody took {vip4} over");
+        }
+    };
+    let took = killed_at.elapsed();
+    println!(
+        "   => {new_owner} answers for {vip4} {:.0} ms after the kill ({unanswered} probes went unanswered)",
+        took.as_secs_f64() * 1e3
+    );
     show(
-        link.client
-            .exec("arping")
-            .args(["-c", "3", "-w", "3", "-I", &link.client_if, vip4]),
-    )?;
-    say("5. The client solicits the IPv6 VIP (real ndisc6)", "");
-    show(
-        link.client
+        lab.client
+            .ns
             .exec("ndisc6")
-            .args(["-1", "-r", "3", "-w", "500", vip6, &link.client_if]),
+            .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
     )?;
-    say(
-        "6. An address that is not a VIP gets no answer from us",
-        "arping 10.200.0.55: the program passes the request to the kernel, which has no such address.",
-    );
-    let none = link.arping("10.200.0.55", 1);
-    println!("   replies: {}", none.len());
-
-    say(
-        "7. The VIP really serves: a TCP connection from the client reaches the node",
-        "The node listens on the VIP (it is on xdplb0); the client connects over the veth.",
-    );
-    let listener = link
-        .node
-        .within(move || TcpListener::bind((vip4, 8080)))
-        .context("listen on the VIP")?;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut conn, peer) = listener.accept()?;
-        let mut request = [0u8; 256];
-        let n = conn.read(&mut request)?;
-        let first = String::from_utf8_lossy(&request[..n]);
-        let body = format!("hello from the node owning {vip4}\n");
-        write!(
-            conn,
-            "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        println!(
-            "   node got {:?} from {peer}",
-            first.lines().next().unwrap_or("")
-        );
-        Ok(())
-    });
-    let response = link.client.within(move || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect((vip4, 8080))?;
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        stream.read_to_string(&mut out)?;
-        Ok(out)
-    })?;
-    let _ = server.join();
-    for line in response.lines() {
+    for line in http_get(&lab, vip4)?
+        .lines()
+        .filter(|l| l.starts_with("hello"))
+    {
         println!("   | {line}");
     }
 
+    let new_index = names
+        .iter()
+        .position(|n| *n == new_owner)
+        .context("index")?;
+    let pin_dir = pins[new_index].path().to_str().context("utf-8")?.to_owned();
     say(
-        "8. What the data path holds: lb-agent maps",
-        "Counters are per CPU in the kernel; these are the totals.",
+        &format!("8. What {new_owner}'s data path holds: lb-agent maps"),
+        "The VIPs it owns now, marked leased; the lease it renews every heartbeat; the counters.",
     );
     show(
-        link.node
+        lab.nodes[new_index]
+            .ns
             .enter(agent_bin().to_str().context("utf-8")?)
             .args(["maps", "--bpffs", &pin_dir]),
     )?;
-    say(
-        "9. The same with bpftool",
-        &format!("bpftool map dump pinned {pin_dir}/vip4"),
-    );
-    show(Command::new("bpftool").args(["map", "dump", "pinned", &format!("{pin_dir}/vip4")]))?;
 
     say(
-        "10. Withdraw",
-        "SIGTERM: the agent removes its VIPs from the maps and from xdplb0, detaches and unpins.",
+        "9. Done",
+        "SIGTERM to the other agents: each says goodbye and withdraws its VIPs. The lab, the\n\
+         pins and the configuration copy go with this process.",
     );
-    agent.stop();
-    let after = link.arping(vip4, 1);
-    println!("   arping {vip4} after withdrawal: {} replies", after.len());
-
-    say(
-        "Done",
-        "The lab is gone with this process (namespaces and pins are removed on exit).\n\
-         Next: the multi-node agent, with an owner elected per VIP and sub-second failover.",
-    );
+    for agent in agents.into_iter().flatten() {
+        agent.stop();
+    }
+    drop(controller);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
