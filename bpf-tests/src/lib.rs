@@ -11,10 +11,13 @@
 pub mod agent;
 pub mod apiserver;
 pub mod controller_bench;
+pub mod failover_bench;
 pub mod frames;
+pub mod group;
 pub mod ipam_bench;
 pub mod lab;
 pub mod netns;
+pub mod prober;
 pub mod testrun;
 
 use std::path::{Path, PathBuf};

@@ -23,10 +23,12 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 /// The nightly toolchain the eBPF crate builds with (the one rustup provides here).
 const NIGHTLY: &str = "nightly";
 /// Debian packages the tests, bench and demo run: `arping` (Thomas Habets'), `ndisc6`,
-/// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check).
+/// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check), `keepalived`
+/// (the failover baseline in the bench).
 const APT_PACKAGES: &[&str] = &[
     "arping",
     "iputils-ping",
+    "keepalived",
     "ndisc6",
     "bpftool",
     "iproute2",

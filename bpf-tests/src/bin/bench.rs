@@ -43,6 +43,14 @@ fn main() -> Result<()> {
         print_scale(&scale);
         return Ok(());
     }
+    eprintln!(
+        "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
+    );
+    let failover = Failover::measure()?;
+    if std::env::args().nth(1).as_deref() == Some("failover") {
+        failover.print();
+        return Ok(());
+    }
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("BPF_ENABLE_STATS (run-time statistics)")?;
     eprintln!("measuring program cost ({RUNS} runs per frame)...");
@@ -123,6 +131,7 @@ fn main() -> Result<()> {
         ratio(ms(ipam.replan.1), ms(ipam.replan.0))
     );
     print_scale(&scale);
+    failover.print();
     println!();
     println!(
         "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
@@ -134,6 +143,53 @@ fn main() -> Result<()> {
          capped by the sender; the share answered and the CPU per reply are the comparison."
     );
     Ok(())
+}
+
+const FAILOVER_RUNS: usize = 20;
+
+/// Failover samples: xdplb with default settings, keepalived at its fastest and its default
+/// advert interval.
+struct Failover {
+    xdplb: Vec<Duration>,
+    keepalived_fast: Result<Vec<Duration>, String>,
+    keepalived_default: Result<Vec<Duration>, String>,
+}
+
+impl Failover {
+    fn measure() -> Result<Self> {
+        use bpf_tests::failover_bench::{keepalived, xdplb};
+        Ok(Self {
+            xdplb: xdplb(FAILOVER_RUNS).map_err(anyhow::Error::msg)?,
+            keepalived_fast: keepalived(FAILOVER_RUNS, "0.01"),
+            keepalived_default: keepalived(5, "1"),
+        })
+    }
+
+    fn print(&self) {
+        use bpf_tests::prober::percentile;
+        let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        let p = |s: &[Duration], q| ms(percentile(s, q));
+        let other = |r: &Result<Vec<Duration>, String>, label: &str| match r {
+            Ok(s) => format!(
+                "keepalived {label}: p50 {:.0}, p99 {:.0} ({} runs)",
+                p(s, 50),
+                p(s, 99),
+                s.len()
+            ),
+            Err(e) => format!("keepalived {label}: not measured ({e})"),
+        };
+        println!(
+            "| L2 failover, SIGKILL of the owner → first reply from the new owner, client probing every 10 ms (ms) | p50 {:.0}, p99 {:.0} ({} runs, defaults: 50 ms heartbeats, 180 ms timeout) | {} | — | p99 < 500 ms |",
+            p(&self.xdplb, 50),
+            p(&self.xdplb, 99),
+            self.xdplb.len(),
+            other(&self.keepalived_fast, "VRRPv3 advert 10 ms")
+        );
+        println!(
+            "| L2 failover, the same, keepalived at its default | — | {} | — | — |",
+            other(&self.keepalived_default, "advert 1 s")
+        );
+    }
 }
 
 /// The controller rows (also printed alone by `xdplb-bench controller`).

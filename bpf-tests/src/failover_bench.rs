@@ -1,0 +1,191 @@
+//! Failover, measured as a client sees it: the client sends a who-has for the VIP every 10 ms;
+//! the owner's process is killed with SIGKILL; the figure is the time from the kill to the
+//! first reply from another MAC. Once for xdplb (three `lb-agent run`, default settings) and
+//! once for keepalived (VRRPv3, three routers, the given advert interval), on the same kind of
+//! lab, in the same run.
+use std::{
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    group::{Group, expected},
+    lab::Lab,
+    netns::mac_str,
+    prober::{Prober, takeover},
+};
+
+pub const PROBE: Duration = Duration::from_millis(10);
+
+fn octets(ip: &str) -> Result<[u8; 4], String> {
+    ip.parse::<std::net::Ipv4Addr>()
+        .map(|a| a.octets())
+        .map_err(|e| format!("{ip}: {e}"))
+}
+
+/// Probes for `within`; the MAC that sent every reply of the last 250 ms, if only one did.
+fn settled(lab: &Lab, vip: [u8; 4], within: Duration) -> Option<[u8; 6]> {
+    let prober = Prober::start(
+        &lab.client.ns,
+        "eth0",
+        octets(&lab.client.ipv4).ok()?,
+        vip,
+        PROBE,
+    );
+    let start = Instant::now();
+    std::thread::sleep(within);
+    let replies = prober.finish();
+    let recent: Vec<[u8; 6]> = replies
+        .iter()
+        .filter(|(at, _)| at.duration_since(start) + Duration::from_millis(250) >= within)
+        .map(|(_, m)| *m)
+        .collect();
+    let first = *recent.first()?;
+    recent.iter().all(|m| *m == first).then_some(first)
+}
+
+/// xdplb: `runs` kills of whichever node owns the first VIP, each followed by a restart.
+pub fn xdplb(runs: usize) -> Result<Vec<Duration>, String> {
+    let mut g = Group::start("fb");
+    let owners = expected(&g.dir, &g.names);
+    let (vip, _) = owners.iter().next().ok_or("no VIP allocated")?;
+    let vip = octets(vip)?;
+    let client = octets(&g.lab.client.ipv4)?;
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let owner_mac = settled(&g.lab, vip, Duration::from_secs(1))
+            .ok_or_else(|| format!("run {run}: the VIP is not answered by one node"))?;
+        let owner = g
+            .macs
+            .get(&mac_str(&owner_mac))
+            .cloned()
+            .ok_or("reply from an unknown MAC")?;
+        let index = g
+            .names
+            .iter()
+            .position(|n| *n == owner)
+            .ok_or("owner index")?;
+        let prober = Prober::start(&g.lab.client.ns, "eth0", client, vip, PROBE);
+        std::thread::sleep(Duration::from_millis(100));
+        let killed = Instant::now();
+        g.kill(index);
+        std::thread::sleep(Duration::from_millis(800));
+        let replies = prober.finish();
+        samples.push(
+            takeover(&replies, killed, owner_mac)
+                .ok_or_else(|| format!("run {run}: nobody took over from {owner}"))?,
+        );
+        g.restart(index);
+    }
+    Ok(samples)
+}
+
+/// One keepalived per node, in its own process group so a kill takes all of its processes.
+struct Keepalived {
+    child: Child,
+    files: Vec<PathBuf>,
+}
+
+impl Keepalived {
+    fn start(ns: &str, priority: u32, vip: &str, advert: &str) -> Result<Self, String> {
+        let base = std::env::temp_dir().join(crate::unique("keepalived"));
+        let conf = base.with_extension("conf");
+        let pid = base.with_extension("pid");
+        let vrrp_pid = base.with_extension("vrrp.pid");
+        let text = format!(
+            "global_defs {{\n  vrrp_version 3\n  vrrp_garp_master_delay 0\n}}\n\
+             vrrp_instance lab {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+             priority {priority}\n  advert_int {advert}\n  virtual_ipaddress {{\n    {vip}/24\n  }}\n}}\n"
+        );
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "keepalived",
+                "--dont-fork",
+                "--vrrp",
+                "--log-console",
+            ])
+            .arg(format!("--use-file={}", conf.display()))
+            .arg(format!("--pid={}", pid.display()))
+            .arg(format!("--vrrp_pid={}", vrrp_pid.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("start keepalived (installed by cargo xtask setup): {e}"))?;
+        Ok(Self {
+            child,
+            files: vec![conf, pid, vrrp_pid],
+        })
+    }
+
+    fn kill(&mut self) {
+        // SAFETY: kill(2) on the process group of our own child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.kill();
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// keepalived: `runs` kills of the master (highest priority, which preempts back after its
+/// restart), with `advert` as advert_int.
+pub fn keepalived(runs: usize, advert: &str) -> Result<Vec<Duration>, String> {
+    let interval = advert
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("advert interval {advert:?}"))?;
+    let lab = Lab::new("kb", 3);
+    let vip_s = "10.210.0.200";
+    let vip = octets(vip_s)?;
+    let client = octets(&lab.client.ipv4)?;
+    let priorities = [150, 100, 50];
+    let mut daemons: Vec<Keepalived> = lab
+        .nodes
+        .iter()
+        .zip(priorities)
+        .map(|(n, p)| Keepalived::start(&n.ns.name, p, vip_s, advert))
+        .collect::<Result<_, _>>()?;
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let master_mac = settled(&lab, vip, (interval * 5).max(Duration::from_secs(2)))
+            .ok_or_else(|| format!("keepalived run {run}: the VIP is not answered by one node"))?;
+        let index = (0..3)
+            .find(|i| mac_str(&lab.node_mac(*i)) == mac_str(&master_mac))
+            .ok_or("keepalived master is not a lab node")?;
+        let prober = Prober::start(&lab.client.ns, "eth0", client, vip, PROBE);
+        std::thread::sleep(Duration::from_millis(100));
+        let killed = Instant::now();
+        daemons[index].kill();
+        // A killed keepalived leaves the VIP on its interface, where the kernel keeps answering
+        // ARP for it; that is keepalived's behaviour, measured as is.
+        let wait = (interval * 6).max(Duration::from_millis(800));
+        std::thread::sleep(wait);
+        let replies = prober.finish();
+        samples.push(
+            takeover(&replies, killed, master_mac)
+                .ok_or_else(|| format!("keepalived run {run}: nobody took over"))?,
+        );
+        // Back to the starting point: the old master's address removed, its daemon restarted.
+        lab.nodes[index]
+            .ns
+            .ip(&["addr", "flush", "dev", "eth0", "to", &format!("{vip_s}/32")]);
+        daemons[index] =
+            Keepalived::start(&lab.nodes[index].ns.name, priorities[index], vip_s, advert)?;
+    }
+    Ok(samples)
+}

@@ -1,0 +1,213 @@
+//! A group of three real agents (`lb-agent run`) on the lab's bridge, with the real standalone
+//! controller's allocations for a few Services: what the failover tests and the failover bench
+//! start from.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_controller::config::manifest;
+
+use crate::{
+    PinDir,
+    agent::{Agent, workspace_bin},
+    lab::Lab,
+    netns::mac_str,
+    unique,
+};
+
+pub const SERVICES: usize = 6;
+
+fn config_dir(lab: &Lab) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("xdplb-failover"));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let mut yaml = String::from(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\n\
+         spec:\n  addresses: [10.210.0.100-10.210.0.150]\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\nspec: {}\n",
+    );
+    for (i, node) in lab.nodes.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
+            i + 1,
+            node.ipv4
+        ));
+    }
+    for s in 0..SERVICES {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{s}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
+        ));
+    }
+    std::fs::write(dir.join("config.yaml"), yaml).expect("write config");
+    std::fs::write(dir.join("secret"), "lab-secret-0123456789abcdef\n").expect("write secret");
+    dir
+}
+
+/// Runs the real standalone controller until it has written the allocations.
+fn allocate(dir: &Path) {
+    let mut child: Child = Command::new(workspace_bin("lb-controller"))
+        .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start lb-controller");
+    let file = dir.join("status/allocations.yaml");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "no allocations written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// VIP → owning node name, as every agent computes it, for the nodes in `alive`.
+pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
+    let objects = manifest::load(&[dir.to_path_buf()])
+        .expect("load config")
+        .objects;
+    let reader = lb_controller::standalone::Standalone::new(
+        dir.to_path_buf(),
+        None,
+        std::sync::Arc::new(lb_controller::metrics::Metrics::default()),
+    );
+    let allocations = reader.read_allocations().allocations;
+    let alive: BTreeSet<String> = alive.iter().map(|s| (*s).to_owned()).collect();
+    let owners = lb_agent::desired::owners(&objects, &allocations, &alive);
+    allocations
+        .iter()
+        .filter_map(|e| Some((e.ips.first()?.to_string(), owners.get(&e.service)?.clone())))
+        .collect()
+}
+
+pub struct Group {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    pub names: [&'static str; 3],
+    /// MAC → node name.
+    pub macs: BTreeMap<String, String>,
+    pub agents: Vec<Option<Agent>>,
+    _pins: Vec<PinDir>,
+}
+
+/// Starts the agent of node `i` and waits until it runs.
+fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir) -> Agent {
+    let dir = dir.to_str().expect("utf-8 config path");
+    let pin = pins.path().to_str().expect("utf-8 pin path");
+    let mut a = Agent::start(
+        &lab.nodes[i].ns,
+        &[
+            "run",
+            "--node-name",
+            name,
+            "--config-dir",
+            dir,
+            "--interface",
+            "eth0",
+            "--bpffs",
+            pin,
+            "--mode",
+            "xdp-native",
+        ],
+    );
+    a.wait_for_log("running;", Duration::from_secs(20));
+    a
+}
+
+impl Group {
+    /// Kills node `i`'s agent with SIGKILL (a crash: no goodbye).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut a) = self.agents[i].take() {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+    }
+
+    /// Starts node `i`'s agent again (it adopts its pinned objects).
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.agents[i] = Some(spawn(
+            &self.lab,
+            &self.dir,
+            self.names[i],
+            i,
+            &self._pins[i],
+        ));
+    }
+
+    /// A lab of three nodes, the controller's allocations, and an agent on every node.
+    pub fn start(tag: &str) -> Self {
+        let lab = Lab::new(tag, 3);
+        let dir = config_dir(&lab);
+        allocate(&dir);
+        let names = ["node-1", "node-2", "node-3"];
+        let macs = (0..3)
+            .map(|i| (mac_str(&lab.node_mac(i)), names[i].to_owned()))
+            .collect();
+        let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
+        let agents = (0..3)
+            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i])))
+            .collect();
+        Self {
+            lab,
+            dir,
+            names,
+            macs,
+            agents,
+            _pins: pins,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// The nodes that answer one ARP request for `vip`.
+    pub fn answerers(&self, vip: &str, deadline: &str) -> BTreeSet<String> {
+        self.lab
+            .arping_within(vip, 1, deadline)
+            .iter()
+            .map(|m| {
+                self.macs
+                    .get(m)
+                    .cloned()
+                    .unwrap_or_else(|| format!("unknown {m}"))
+            })
+            .collect()
+    }
+
+    /// Waits until every VIP is answered by exactly its owner in `owners`.
+    pub fn converge(&self, owners: &BTreeMap<String, String>, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        for (vip, owner) in owners {
+            loop {
+                let who = self.answerers(vip, "0.2");
+                if who == BTreeSet::from([owner.clone()]) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {vip} answered by {who:?}, expected {owner}\n{}",
+                    self.logs()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for a in self.agents.drain(..).flatten() {
+            a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
