@@ -20,19 +20,22 @@ use crate::{
 
 pub const SERVICES: usize = 6;
 
-fn config_dir(lab: &Lab) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique("xdplb-failover"));
-    std::fs::create_dir_all(&dir).expect("config dir");
-    let mut yaml = String::from(
-        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab, namespace: metallb-system}\n\
+pub const SECRET: &str = "lab-secret-0123456789abcdef";
+/// Where every agent of the group serves its metrics, inside its node's namespace.
+pub const METRICS: &str = "127.0.0.1:7472";
+
+/// The group's configuration, with `l2_spec` as the L2Advertisement's spec (flow YAML).
+fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
+    let mut yaml = format!(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: lab, namespace: metallb-system}}\n\
          spec:\n  addresses: [10.210.0.100-10.210.0.150]\n---\n\
-         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}\nspec: {}\n",
+         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: lab, namespace: metallb-system}}\nspec: {l2_spec}\n",
     );
     for (i, node) in lab.nodes.iter().enumerate() {
         yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{}\"}}]\n",
-            i + 1,
-            node.ipv4
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}, labels: {{kubernetes.io/hostname: node-{n}}}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{ip}\"}}]\n",
+            n = i + 1,
+            ip = node.ipv4
         ));
     }
     for s in 0..SERVICES {
@@ -40,8 +43,14 @@ fn config_dir(lab: &Lab) -> PathBuf {
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{s}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
         ));
     }
-    std::fs::write(dir.join("config.yaml"), yaml).expect("write config");
-    std::fs::write(dir.join("secret"), "lab-secret-0123456789abcdef\n").expect("write secret");
+    yaml
+}
+
+fn config_dir(lab: &Lab) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique("xdplb-failover"));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    std::fs::write(dir.join("config.yaml"), config_yaml(lab, "{}")).expect("write config");
+    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("write secret");
     dir
 }
 
@@ -93,26 +102,27 @@ pub struct Group {
     _pins: Vec<PinDir>,
 }
 
-/// Starts the agent of node `i` and waits until it runs.
-fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir) -> Agent {
+/// Starts the agent of node `i` (with `extra` arguments) and waits until it runs.
+fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir, extra: &[&str]) -> Agent {
     let dir = dir.to_str().expect("utf-8 config path");
     let pin = pins.path().to_str().expect("utf-8 pin path");
-    let mut a = Agent::start(
-        &lab.nodes[i].ns,
-        &[
-            "run",
-            "--node-name",
-            name,
-            "--config-dir",
-            dir,
-            "--interface",
-            "eth0",
-            "--bpffs",
-            pin,
-            "--mode",
-            "xdp-native",
-        ],
-    );
+    let mut args = vec![
+        "run",
+        "--node-name",
+        name,
+        "--config-dir",
+        dir,
+        "--interface",
+        "eth0",
+        "--bpffs",
+        pin,
+        "--mode",
+        "xdp-native",
+        "--metrics-addr",
+        METRICS,
+    ];
+    args.extend_from_slice(extra);
+    let mut a = Agent::start(&lab.nodes[i].ns, &args);
     a.wait_for_log("running;", Duration::from_secs(20));
     a
 }
@@ -129,13 +139,59 @@ impl Group {
     /// Starts node `i`'s agent again (it adopts its pinned objects).
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
+        self.start_agent(i, &[]);
+    }
+
+    /// Starts node `i`'s agent (none must be running) with `extra` arguments.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
+        assert!(self.agents[i].is_none(), "node {i}'s agent still runs");
         self.agents[i] = Some(spawn(
             &self.lab,
             &self.dir,
             self.names[i],
             i,
             &self._pins[i],
+            extra,
         ));
+    }
+
+    /// Stops node `i`'s agent with SIGTERM and waits for it; returns its log. Panics when it
+    /// does not exit cleanly.
+    pub fn stop_agent(&mut self, i: usize) -> String {
+        let Some(mut a) = self.agents[i].take() else {
+            return String::new();
+        };
+        a.signal(libc::SIGTERM);
+        let status = a.child.wait().expect("wait for the agent");
+        let log = a.log_text();
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{log}",
+            self.names[i]
+        );
+        log
+    }
+
+    /// Replaces the L2Advertisement's spec (flow YAML); the agents pick it up on their next
+    /// reload.
+    pub fn set_l2_spec(&self, spec: &str) {
+        self.write_config(&config_yaml(&self.lab, spec));
+    }
+
+    /// Replaces the configuration file with `text` (atomically, as an editor's save would).
+    pub fn write_config(&self, text: &str) {
+        let tmp = self.dir.join(".config.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.dir.join("config.yaml")).expect("rename config");
+    }
+
+    /// Node `i`'s agent's `/metrics`.
+    pub fn metrics(&self, i: usize) -> String {
+        let addr = METRICS.parse().expect("metrics address");
+        match crate::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("{}: /metrics: {other:?}\n{}", self.names[i], self.logs()),
+        }
     }
 
     /// A lab of three nodes, the controller's allocations, and an agent on every node.
@@ -149,7 +205,7 @@ impl Group {
             .collect();
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
         let agents = (0..3)
-            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i])))
+            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], &[])))
             .collect();
         Self {
             lab,

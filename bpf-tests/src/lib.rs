@@ -18,6 +18,7 @@ pub mod ipam_bench;
 pub mod lab;
 pub mod netns;
 pub mod prober;
+pub mod scrape;
 pub mod testrun;
 
 use std::path::{Path, PathBuf};

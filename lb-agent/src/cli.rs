@@ -261,7 +261,7 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
         let mut sent = 0;
         for at in announce::SCHEDULE {
             tokio::time::sleep_until(start + at).await;
-            sent += announce::send_round(&sockets, &all_entries);
+            sent += announce::send_round(&sockets, &all_entries, |_| {});
         }
         info!(frames = sent, "announcements done");
     });

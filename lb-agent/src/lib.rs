@@ -15,6 +15,7 @@ pub mod desired;
 pub mod election;
 pub mod l2;
 pub mod membership;
+pub mod metrics;
 pub mod run;
 
 /// The compiled `lb-ebpf` object, embedded at build time.

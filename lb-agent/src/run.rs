@@ -9,7 +9,7 @@
 //! failure timeout: if this agent dies, its XDP program stops answering for its VIPs by the
 //! time the peers have declared it dead and taken them over.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -25,7 +25,8 @@ use lb_controller::{
     metrics::Metrics,
     standalone::Standalone,
 };
-use tokio::net::UdpSocket;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::{net::UdpSocket, sync::mpsc};
 use tracing::{info, warn};
 
 use crate::{
@@ -38,7 +39,11 @@ use crate::{
         maps::{VipEntry, VipMaps, monotonic_ns},
         vipdev,
     },
-    membership::{detector::Detector, heartbeat::Heartbeat},
+    membership::{
+        detector::{Detector, Heard},
+        heartbeat::{Heartbeat, HeartbeatError, Phase},
+    },
+    metrics::{AgentMetrics, ModeLabel, Rejected},
 };
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +74,9 @@ pub struct RunArgs {
     /// Silence after which a peer is dead (and the data-path lease of this node's VIPs).
     #[arg(long, default_value = "180ms", value_parser = humantime::parse_duration)]
     pub failure_timeout: Duration,
+    /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
+    #[arg(long, default_value = "0.0.0.0:7472")]
+    pub metrics_addr: SocketAddr,
     /// Do not put owned VIPs on the local `xdplb0` device.
     #[arg(long)]
     pub no_local_vip: bool,
@@ -96,7 +104,10 @@ fn read_config(args: &RunArgs) -> Result<Config, String> {
         manifest::Strictness::Lenient,
     )
     .map_err(|e| e.to_string())?;
-    if let Some(e) = loaded.errors.first() {
+    // The controller's own validation: an agent never acts on a configuration the controller
+    // would refuse.
+    let report = lb_controller::config::validate::validate(&loaded.objects);
+    if let Some(e) = loaded.errors.iter().chain(&report.errors).next() {
         return Err(e.to_string());
     }
     let reader = Standalone::new(args.config_dir.clone(), None, Arc::new(Metrics::default()));
@@ -116,6 +127,28 @@ fn read_config(args: &RunArgs) -> Result<Config, String> {
     })
 }
 
+/// Watches the configuration directory, `status/` included: every agent reloads within
+/// milliseconds of the same edit, so a VIP moved by a configuration change is not left without
+/// an owner while some agents still hold the old configuration.
+fn watch(dir: &std::path::Path) -> anyhow::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
+    let (tx, rx) = mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher
+        .watch(dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((watcher, rx))
+}
+
+/// Changes within this window are read together (an editor's save, the controller's
+/// write-and-rename).
+const SETTLE: Duration = Duration::from_millis(20);
+/// A reload even without a change notification, in case one was missed.
+const RELOAD_FALLBACK: Duration = Duration::from_secs(5);
+
 fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipEntry> {
     announced
         .iter()
@@ -131,6 +164,30 @@ fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipE
                 })
         })
         .collect()
+}
+
+/// Logs a refused heartbeat at most once per reason and interval: a flood of forged datagrams
+/// is counted in full but must not flood the log.
+struct RejectLog {
+    last: [Option<Instant>; 3],
+}
+
+impl RejectLog {
+    fn should_log(&mut self, why: Rejected, now: Instant) -> bool {
+        let slot = &mut self.last[why as usize];
+        if slot.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return false;
+        }
+        *slot = Some(now);
+        true
+    }
+}
+
+fn rejected_by(e: &HeartbeatError) -> Rejected {
+    match e {
+        HeartbeatError::Auth | HeartbeatError::Key => Rejected::Auth,
+        _ => Rejected::Malformed,
+    }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -155,6 +212,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             secret_path.display()
         );
     }
+    let metrics = Arc::new(AgentMetrics::new(args.bpffs.clone()));
+    let (listener, metrics_at) = lb_controller::metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
+    tokio::spawn(lb_controller::metrics::serve(listener, metrics.clone()));
     let mut ifaces = Vec::new();
     for name in &args.interfaces {
         ifaces.push(Interface::lookup(name)?);
@@ -164,9 +226,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for iface in &ifaces {
         let how = datapath.attach_l2(&iface.name, crate::cli::xdp_modes(args.mode))?;
         info!(iface = %iface.name, mode = %how, "XDP responder attached");
+        metrics
+            .datapath
+            .get_or_create(&ModeLabel {
+                mode: how.to_string(),
+            })
+            .set(1);
     }
     let mut maps = VipMaps::open_pinned(datapath.bpffs())?;
     let lease_ns = u64::try_from(args.failure_timeout.as_nanos()).unwrap_or(u64::MAX);
+    // Entries left by a previous agent whose lease still runs are being answered right now:
+    // keep answering them (and say so to the peers) until this agent has decided. Stale ones
+    // (the lease lapsed, so the peers have taken them over) must not come back to life.
+    let adopted = maps.entries();
+    let mut phase = if !adopted.is_empty() && maps.lease()? > monotonic_ns() {
+        info!(
+            entries = adopted.len(),
+            "adopting the previous agent's VIPs until the peers are heard"
+        );
+        Phase::Active
+    } else {
+        maps.apply(&[])?;
+        Phase::Joining
+    };
     maps.set_lease(monotonic_ns().saturating_add(lease_ns))?;
     let sockets = ifaces
         .iter()
@@ -200,52 +282,96 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut seq = 0u64;
     let mut detector = Detector::new(args.failure_timeout);
     let started = Instant::now();
+    let mut ready = false;
     let mut config: Option<Config> = None;
     let mut config_error: Option<String> = None;
     let mut announced: BTreeSet<Announcement> = BTreeSet::new();
     let mut last_alive: BTreeSet<String> = BTreeSet::new();
+    let mut reject_log = RejectLog { last: [None; 3] };
     let mut ticker = tokio::time::interval(args.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reload = tokio::time::interval(Duration::from_millis(500));
+    let mut reload = tokio::time::interval(RELOAD_FALLBACK);
+    let (_watcher, mut changes) = watch(&args.config_dir)?;
+    let mut settle: Option<tokio::time::Instant> = None;
+    // VIPs lost to a configuration change, still answered until the deadline (see below).
+    let mut lingering: BTreeMap<Announcement, Instant> = BTreeMap::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut buf = vec![0u8; 1500];
-    info!(node = %args.node_name, "running; waiting one failure timeout to hear the peers");
+    info!(
+        node = %args.node_name,
+        metrics = %metrics_at,
+        "running; waiting one failure timeout to hear the peers"
+    );
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            Some(()) = changes.recv() => {
+                settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
+                continue;
+            }
+            _ = async { tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)).await }, if settle.is_some() => {
+                settle = None;
+                while changes.try_recv().is_ok() {}
+                reload.reset_immediately();
+                continue;
+            }
             _ = reload.tick() => {
                 match read_config(&args) {
                     Ok(c) => {
                         config_error = None;
                         config = Some(c);
+                        metrics.config_applied();
                     }
                     Err(e) => {
                         if config_error.as_deref() != Some(&e) {
                             warn!(problem = %e, "configuration rejected; the last good one stays");
                         }
                         config_error = Some(e);
+                        metrics.config_rejected();
                     }
                 }
             }
             got = udp.recv_from(&mut buf) => {
-                if let Ok((n, from)) = got {
-                    match Heartbeat::decode(&buf[..n], &secret) {
-                        Ok(hb) if hb.node != args.node_name && hb.leaving => {
-                            if detector.left(&hb.node, hb.epoch, hb.seq, Instant::now()) {
-                                info!(peer = %hb.node, "peer is leaving");
-                            }
-                            // Take over now rather than at the next tick.
-                            ticker.reset_immediately();
+                let Ok((n, from)) = got else { continue };
+                let now = Instant::now();
+                let hb = match Heartbeat::decode(&buf[..n], &secret) {
+                    Ok(hb) => hb,
+                    Err(e) => {
+                        let why = rejected_by(&e);
+                        metrics.rejected(why);
+                        if reject_log.should_log(why, now) {
+                            warn!(%from, error = %e, "heartbeat refused (counted in xdplb_membership_heartbeats_rejected_total; logged once per 10 s)");
                         }
-                        Ok(hb) if hb.node != args.node_name => {
-                            let now = Instant::now();
-                            let hold = (hb.hold_ms > 0)
-                                .then(|| now + Duration::from_millis(u64::from(hb.hold_ms)));
-                            detector.heard(&hb.node, hb.epoch, hb.seq, hold, now);
+                        continue;
+                    }
+                };
+                if hb.node == args.node_name {
+                    // This agent never sends to itself: a valid heartbeat in its own name is a
+                    // recording played back.
+                    metrics.rejected(Rejected::Replay);
+                    continue;
+                }
+                let hold = (hb.hold_ms > 0)
+                    .then(|| now + Duration::from_millis(u64::from(hb.hold_ms)));
+                match detector.heard(&hb.node, hb.epoch, hb.seq, hb.phase, hold, now) {
+                    Heard::Replayed => {
+                        metrics.rejected(Rejected::Replay);
+                        if reject_log.should_log(Rejected::Replay, now) {
+                            warn!(%from, peer = %hb.node, "replayed heartbeat refused");
                         }
-                        Ok(_) => {}
-                        Err(e) => warn!(%from, error = %e, "heartbeat refused"),
+                    }
+                    Heard::Changed => {
+                        metrics.heartbeats_received.inc();
+                        if hb.phase == Phase::Leaving {
+                            info!(peer = %hb.node, "peer is leaving");
+                        }
+                        // Act now (take over from a leaving peer, hand back to a ready one)
+                        // rather than at the next tick.
+                        ticker.reset_immediately();
+                    }
+                    Heard::Unchanged => {
+                        metrics.heartbeats_received.inc();
                     }
                 }
                 continue;
@@ -254,14 +380,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
         let now = Instant::now();
-        // Heartbeats and lease first: they are what keeps this node's claims valid.
+        // Heartbeats and lease first: they are what keeps this node's claims valid. Until this
+        // agent has applied its first decision it says it is joining, so the peers keep what
+        // they announce; the heartbeat after that says it is active and they let go: make
+        // before break.
         seq += 1;
         let hb = Heartbeat {
             node: args.node_name.clone(),
             epoch,
             seq,
             hold_ms: 0,
-            leaving: false,
+            phase,
         };
         if let (Some(c), Ok(datagram)) = (&config, hb.encode(&secret)) {
             for peer in &c.peers {
@@ -276,13 +405,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             continue;
         }
         let mut alive = detector.alive(now);
+        metrics.peers_alive.set(alive.len() as i64);
         alive.insert(args.node_name.clone());
-        if alive != last_alive {
+        let membership_changed = alive != last_alive;
+        if membership_changed {
+            for gone in last_alive.difference(&alive) {
+                // A silent death (not a goodbye): how long the silence lasted until now.
+                if let Some(heard) = detector.last_heard(gone) {
+                    let silence = now.saturating_duration_since(heard);
+                    if silence >= args.failure_timeout {
+                        metrics.detection.observe(silence.as_secs_f64());
+                    }
+                }
+            }
             info!(alive = ?alive, "membership changed");
             last_alive = alive.clone();
         }
-        let next = desired::announcements(&args.node_name, &c.objects, &c.allocations, &alive);
-        if next == announced {
+        let wanted = desired::announcements(&args.node_name, &c.objects, &c.allocations, &alive);
+        // A VIP lost to a configuration change (the membership is the same) stays answered for
+        // one failure timeout: the new owner may read the change a moment later than this agent,
+        // and the VIP must not be left without an answer meanwhile. Losses to a peer becoming
+        // ready are immediate: that peer announces already.
+        let expired: BTreeSet<Announcement> = lingering
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(a, _)| a.clone())
+            .collect();
+        lingering.retain(|a, until| *until > now && !wanted.contains(a));
+        if ready && !membership_changed {
+            for a in announced.difference(&wanted) {
+                if !expired.contains(a) {
+                    lingering
+                        .entry(a.clone())
+                        .or_insert(now + args.failure_timeout);
+                }
+            }
+        }
+        let mut next = wanted;
+        next.extend(lingering.keys().cloned());
+        let first = !ready;
+        ready = true;
+        phase = Phase::Active;
+        metrics.set_ready();
+        if next == announced && !first {
             continue;
         }
         let gained: Vec<&Announcement> = next.difference(&announced).collect();
@@ -293,23 +458,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         for a in &lost {
             info!(vip = %a.vip, service = %a.service, "releasing");
         }
+        if !first {
+            metrics.takeovers.inc_by(gained.len() as u64);
+        }
         // Make before break: the maps gain the new VIPs before losing the old ones.
         maps.apply(&entries(&next, &ifaces))?;
-        if let Some((handle, index)) = &netlink {
-            let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
-            if let Err(e) = vipdev::sync(handle, *index, &vips).await {
-                warn!(error = %e, "cannot update xdplb0");
-            }
+        let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
+        metrics.announced.set(vips.len() as i64);
+        if let Some((handle, index)) = &netlink
+            && let Err(e) = vipdev::sync(handle, *index, &vips).await
+        {
+            warn!(error = %e, "cannot update xdplb0");
         }
         let fresh: BTreeSet<Announcement> = gained.into_iter().cloned().collect();
         let burst = entries(&fresh, &ifaces);
         if !burst.is_empty() {
             let sockets = sockets.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let start = tokio::time::Instant::now();
                 for at in announce::SCHEDULE {
                     tokio::time::sleep_until(start + at).await;
-                    announce::send_round(&sockets, &burst);
+                    announce::send_round(&sockets, &burst, |e| {
+                        metrics.gratuitous.add(&e.addr.to_string(), 1);
+                    });
                 }
             });
         }
@@ -325,7 +497,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 epoch,
                 seq,
                 hold_ms: 0,
-                leaving: true,
+                phase: Phase::Leaving,
             };
             if let Ok(datagram) = bye.encode(&secret) {
                 for peer in &c.peers {

@@ -22,6 +22,11 @@ pub const MAP_COUNTERS: &str = "counters";
 /// flagged [`VIP_FLAG_LEASED`].
 pub const MAP_LEASE: &str = "lease";
 
+/// Per-CPU hash of [`VipStatsKey`] -> [`VipStats`]: requests and replies per VIP address
+/// (MetalLB's `metallb_layer2_*` metrics are per IP). The agent creates and removes the entries
+/// with the VIPs; the program only counts into entries that exist, so the map stays bounded.
+pub const MAP_VIP_STATS: &str = "vip_stats";
+
 /// Default bpffs directory for the pins.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/xdplb";
 /// Pinned link per interface: `link_<ifname>`.
@@ -63,6 +68,33 @@ pub struct VipValue {
     pub mac: [u8; 6],
     /// `VIP_FLAG_*` bits.
     pub flags: u16,
+}
+
+/// Key of [`MAP_VIP_STATS`]: the address, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`), so one
+/// map serves both families and one VIP on several interfaces counts once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipStatsKey {
+    pub addr: [u8; 16],
+}
+
+impl VipStatsKey {
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        let [a, b, c, d] = addr;
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+}
+
+/// Value of [`MAP_VIP_STATS`] (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// Requests for this VIP that reached the program (answered or not).
+    pub requests: u64,
+    /// Replies sent for this VIP.
+    pub responses: u64,
 }
 
 /// Slots of [`MAP_COUNTERS`].
@@ -127,8 +159,12 @@ mod pod {
     unsafe impl aya::Pod for super::Vip6Key {}
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::CounterBlock {}
+    unsafe impl aya::Pod for super::VipStatsKey {}
+    unsafe impl aya::Pod for super::VipStats {}
 }
 
 const _: () = assert!(core::mem::size_of::<Vip4Key>() == 8);
 const _: () = assert!(core::mem::size_of::<Vip6Key>() == 20);
 const _: () = assert!(core::mem::size_of::<VipValue>() == 8);
+const _: () = assert!(core::mem::size_of::<VipStatsKey>() == 16);
+const _: () = assert!(core::mem::size_of::<VipStats>() == 16);

@@ -186,8 +186,24 @@ impl Metrics {
     }
 }
 
+/// What the metrics listener serves: the exposition text and the readiness.
+pub trait Exporter: Send + Sync + 'static {
+    fn render(&self) -> String;
+    fn ready(&self) -> bool;
+}
+
+impl Exporter for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve<E: Exporter>(listener: tokio::net::TcpListener, metrics: Arc<E>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -200,9 +216,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                     let (status, body) = match req.uri().path() {
                         "/metrics" => (200, metrics.render()),
                         "/healthz" => (200, "ok\n".to_owned()),
-                        "/readyz" if metrics.ready.load(Ordering::Relaxed) => {
-                            (200, "ok\n".to_owned())
-                        }
+                        "/readyz" if metrics.ready() => (200, "ok\n".to_owned()),
                         "/readyz" => (503, "not ready\n".to_owned()),
                         _ => (404, "not found\n".to_owned()),
                     };

@@ -3,11 +3,11 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
-use lb_common::{Counter, Vip4Key};
+use lb_common::{Counter, Vip4Key, VipStatsKey};
 
 use crate::{
     hdr::{self, Arp, Eth},
-    prog::{Tally, VIP4, Verdict, ifindex, lease_valid},
+    prog::{Tally, VIP4, Verdict, count_vip, ifindex, lease_valid},
     ptr::frame_start,
 };
 
@@ -57,9 +57,12 @@ pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
     if !hdr::eq(&eth.dst, &BROADCAST) && !hdr::eq(&eth.dst, &value.mac) {
         return Verdict::Pass;
     }
+    let stats = VipStatsKey::v4(key.addr);
     if !lease_valid(&value, tally) {
+        count_vip(&stats, false);
         return Verdict::Pass;
     }
+    count_vip(&stats, true);
 
     // The reply goes to the asker's hardware address, as Linux does (arp_send_dst with sha).
     let asker_mac = arp.sha;

@@ -30,11 +30,12 @@ mod prog {
         bindings::{BPF_F_NO_PREALLOC, xdp_action},
         helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{Array, HashMap, PerCpuArray},
+        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
         programs::XdpContext,
     };
     use lb_common::{
-        COUNTER_SLOTS, Counter, CounterBlock, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipValue,
+        COUNTER_SLOTS, Counter, CounterBlock, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key,
+        VipStats, VipStatsKey, VipValue,
     };
 
     use crate::{arp, hdr, ndp, ptr::ptr_at};
@@ -49,6 +50,10 @@ mod prog {
 
     #[map(name = "counters")]
     static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(1, 0);
+
+    #[map(name = "vip_stats")]
+    static VIP_STATS: PerCpuHashMap<VipStatsKey, VipStats> =
+        PerCpuHashMap::pinned(2 * MAX_VIPS, BPF_F_NO_PREALLOC);
 
     #[map(name = "lease")]
     static LEASE: Array<u64> = Array::pinned(1, 0);
@@ -107,6 +112,21 @@ mod prog {
         } else {
             tally.add(Counter::LeaseExpired);
             false
+        }
+    }
+
+    /// Counts a request for a VIP in the map, and whether it was answered.
+    #[inline(always)]
+    pub fn count_vip(key: &VipStatsKey, answered: bool) {
+        if let Some(stats) = VIP_STATS.get_ptr_mut(key) {
+            // SAFETY: per-CPU value, written by no other run concurrently; the map has no
+            // preallocation, so the element stays valid for this run.
+            unsafe {
+                (*stats).requests += 1;
+                if answered {
+                    (*stats).responses += 1;
+                }
+            }
         }
     }
 

@@ -3,12 +3,12 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
-use lb_common::{Counter, Vip6Key};
+use lb_common::{Counter, Vip6Key, VipStatsKey};
 
 use crate::{
     csum,
     hdr::{self, Eth, IPV6_LEN, Ipv6, NaWithTlla},
-    prog::{Tally, VIP6, Verdict, ifindex, lease_valid},
+    prog::{Tally, VIP6, Verdict, count_vip, ifindex, lease_valid},
     ptr::{frame_start, ptr_at},
 };
 
@@ -154,7 +154,9 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut T
     if !to_multicast && !hdr::eq(&eth.dst, &value.mac) {
         return Verdict::Pass;
     }
+    let stats = VipStatsKey { addr: target };
     if !lease_valid(&value, tally) {
+        count_vip(&stats, false);
         return Verdict::Pass;
     }
 
@@ -163,7 +165,9 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut T
     } else {
         (ip6.src, eth.src, NA_SOLICITED_OVERRIDE)
     };
-    reply::<L3>(ctx, tally, &target, &value.mac, &dst_ip, &dst_mac, flags)
+    let verdict = reply::<L3>(ctx, tally, &target, &value.mac, &dst_ip, &dst_mac, flags);
+    count_vip(&stats, matches!(verdict, Verdict::Tx));
+    verdict
 }
 
 /// RFC 4861 §7.1.1: every option has a non-zero length, the options fill the message exactly,

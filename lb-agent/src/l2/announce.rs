@@ -25,16 +25,23 @@ pub fn frame(entry: &VipEntry) -> Vec<u8> {
     }
 }
 
-/// Sends one round of announcements for `entries` through `sockets` (matched by ifindex);
-/// returns how many frames went out.
-pub fn send_round(sockets: &[(u32, PacketSocket)], entries: &[VipEntry]) -> usize {
+/// Sends one round of announcements for `entries` through `sockets` (matched by ifindex),
+/// calling `on_sent` for each frame that went out; returns how many did.
+pub fn send_round(
+    sockets: &[(u32, PacketSocket)],
+    entries: &[VipEntry],
+    mut on_sent: impl FnMut(&VipEntry),
+) -> usize {
     let mut sent = 0;
     for entry in entries {
         let Some((_, socket)) = sockets.iter().find(|(i, _)| *i == entry.ifindex) else {
             continue;
         };
         match socket.send(&frame(entry)) {
-            Ok(()) => sent += 1,
+            Ok(()) => {
+                sent += 1;
+                on_sent(entry);
+            }
             Err(e) => tracing::warn!(vip = %entry.addr, error = %e, "announcement not sent"),
         }
     }

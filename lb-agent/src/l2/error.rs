@@ -61,6 +61,12 @@ pub enum L2Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot count the possible CPUs ({what})")]
+    Cpus {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
     #[error("netlink: {0}")]
     Netlink(String),
     #[error("cannot set sysctl `{path}`")]

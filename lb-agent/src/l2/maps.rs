@@ -5,10 +5,10 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use lb_common::{
-    COUNTER_SLOTS, Counter, CounterBlock, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, Vip4Key,
-    Vip6Key, VipValue,
+    COUNTER_SLOTS, Counter, CounterBlock, MAP_COUNTERS, MAP_LEASE, MAP_VIP_STATS, MAP_VIP4,
+    MAP_VIP6, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue,
 };
 
 use super::L2Error;
@@ -52,6 +52,26 @@ pub struct VipMaps {
     vip6: HashMap<MapData, Vip6Key, VipValue>,
     counters: PerCpuArray<MapData, CounterBlock>,
     lease: Array<MapData, u64>,
+    stats: PerCpuHashMap<MapData, VipStatsKey, VipStats>,
+}
+
+fn stats_key(addr: IpAddr) -> VipStatsKey {
+    match addr {
+        IpAddr::V4(a) => VipStatsKey::v4(a.octets()),
+        IpAddr::V6(a) => VipStatsKey { addr: a.octets() },
+    }
+}
+
+fn stats_addr(key: &VipStatsKey) -> IpAddr {
+    let v6 = Ipv6Addr::from(key.addr);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// Requests and replies for one VIP address, summed over CPUs and interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipTotals {
+    pub requests: u64,
+    pub responses: u64,
 }
 
 fn open(bpffs: &Path, name: &'static str) -> Result<Map, L2Error> {
@@ -74,6 +94,9 @@ impl VipMaps {
                 .try_into()
                 .map_err(err(MAP_COUNTERS))?,
             lease: open(bpffs, MAP_LEASE)?.try_into().map_err(err(MAP_LEASE))?,
+            stats: open(bpffs, MAP_VIP_STATS)?
+                .try_into()
+                .map_err(err(MAP_VIP_STATS))?,
         })
     }
 
@@ -177,7 +200,63 @@ impl VipMaps {
             self.remove(key.0, key.1)?;
             stats.removed += 1;
         }
+        self.sync_stats(desired)?;
         Ok(stats)
+    }
+
+    /// One zeroed statistics entry per announced address; entries of addresses no longer
+    /// announced go. Existing entries keep counting.
+    fn sync_stats(&mut self, desired: &[VipEntry]) -> Result<(), L2Error> {
+        let err = |source| L2Error::Map {
+            name: MAP_VIP_STATS,
+            source,
+        };
+        let wanted: std::collections::BTreeSet<IpAddr> = desired.iter().map(|e| e.addr).collect();
+        let present: Vec<VipStatsKey> = self.stats.keys().filter_map(Result::ok).collect();
+        let have: std::collections::BTreeSet<IpAddr> = present.iter().map(stats_addr).collect();
+        if wanted.iter().any(|a| !have.contains(a)) {
+            let cpus =
+                aya::util::nr_cpus().map_err(|(what, source)| L2Error::Cpus { what, source })?;
+            for addr in wanted.iter().filter(|a| !have.contains(a)) {
+                let zero =
+                    PerCpuValues::try_from(vec![VipStats::default(); cpus]).map_err(|source| {
+                        L2Error::Cpus {
+                            what: "per-CPU values",
+                            source,
+                        }
+                    })?;
+                // BPF_NOEXIST: never reset an entry the program is counting into.
+                match self.stats.insert(stats_key(*addr), zero, 1) {
+                    Ok(()) => {}
+                    Err(aya::maps::MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+        }
+        for key in present.iter().filter(|k| !wanted.contains(&stats_addr(k))) {
+            match self.stats.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests and replies per announced address, summed over CPUs.
+    pub fn vip_totals(&self) -> BTreeMap<IpAddr, VipTotals> {
+        self.stats
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut t = VipTotals::default();
+                for s in per_cpu.iter() {
+                    t.requests += s.requests;
+                    t.responses += s.responses;
+                }
+                (stats_addr(&key), t)
+            })
+            .collect()
     }
 
     /// Removes the given entries (others stay).

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use super::heartbeat::Phase;
+
 /// Default silence after which a peer is dead: with heartbeats every 50 ms, three missed ones
 /// and some jitter, detection stays well under the 200 ms p99 failover target (DESIGN.md §6).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(180);
@@ -19,17 +21,17 @@ struct Peer {
     last: (u64, u64),
     /// A graceful restart's "hold until": alive until then even when silent.
     hold_until: Option<Instant>,
-    /// Said it was leaving: dead until it speaks again.
-    left: bool,
+    /// Only an active peer is a candidate; a leaving one is dead until it speaks again.
+    phase: Phase,
 }
 
 /// What [`Detector::heard`] made of a heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Heard {
-    /// A peer not known to be alive is alive now.
-    Joined,
-    /// An alive peer stays alive.
-    Refreshed,
+    /// The set of alive peers changed (one joined, or said it is leaving): worth acting on now.
+    Changed,
+    /// Accepted; the alive set is what it was.
+    Unchanged,
     /// Not newer than the last heartbeat accepted from that peer: ignored.
     Replayed,
 }
@@ -50,38 +52,20 @@ impl Detector {
     }
 
     fn is_alive(&self, peer: &Peer, now: Instant) -> bool {
-        !peer.left
+        peer.phase == Phase::Active
             && (now.saturating_duration_since(peer.last_heard) < self.timeout
                 || peer.hold_until.is_some_and(|t| now < t))
     }
 
-    /// A (newer) heartbeat from `node` saying it is leaving: it is dead from now on, until a
-    /// later heartbeat says otherwise. A replayed one changes nothing.
-    pub fn left(&mut self, node: &str, epoch: u64, seq: u64, now: Instant) -> bool {
-        if let Some(p) = self.peers.get(node)
-            && (epoch, seq) <= p.last
-        {
-            return false;
-        }
-        self.peers.insert(
-            node.to_owned(),
-            Peer {
-                last_heard: now,
-                last: (epoch, seq),
-                hold_until: None,
-                left: true,
-            },
-        );
-        true
-    }
-
-    /// A heartbeat from `node` with `(epoch, seq)`, optionally asking to be held alive until
-    /// `hold_until` (a graceful restart).
+    /// A heartbeat from `node` with `(epoch, seq)` in `phase`, optionally asking to be held
+    /// alive until `hold_until` (a graceful restart). A replayed one (not newer than the last
+    /// accepted) changes nothing, so a recorded goodbye cannot kill a peer that came back.
     pub fn heard(
         &mut self,
         node: &str,
         epoch: u64,
         seq: u64,
+        phase: Phase,
         hold_until: Option<Instant>,
         now: Instant,
     ) -> Heard {
@@ -91,20 +75,24 @@ impl Detector {
         {
             return Heard::Replayed;
         }
-        self.peers.insert(
-            node.to_owned(),
-            Peer {
-                last_heard: now,
-                last: (epoch, seq),
-                hold_until,
-                left: false,
-            },
-        );
-        if was_alive {
-            Heard::Refreshed
+        let peer = Peer {
+            last_heard: now,
+            last: (epoch, seq),
+            hold_until: hold_until.filter(|_| phase == Phase::Active),
+            phase,
+        };
+        let alive = self.is_alive(&peer, now);
+        self.peers.insert(node.to_owned(), peer);
+        if alive == was_alive {
+            Heard::Unchanged
         } else {
-            Heard::Joined
+            Heard::Changed
         }
+    }
+
+    /// When the last accepted heartbeat from `node` arrived.
+    pub fn last_heard(&self, node: &str) -> Option<Instant> {
+        self.peers.get(node).map(|p| p.last_heard)
     }
 
     /// The peers alive at `now`.
@@ -146,26 +134,44 @@ mod tests {
     fn a_silent_peer_dies_after_the_timeout_and_not_before() {
         let t0 = Instant::now();
         let mut d = Detector::new(100 * MS);
-        assert_eq!(d.heard("n1", 1, 1, None, t0), Heard::Joined);
-        assert_eq!(d.heard("n1", 1, 2, None, t0 + 50 * MS), Heard::Refreshed);
+        assert_eq!(d.heard("n1", 1, 1, Phase::Active, None, t0), Heard::Changed);
+        assert_eq!(
+            d.heard("n1", 1, 2, Phase::Active, None, t0 + 50 * MS),
+            Heard::Unchanged
+        );
         assert!(d.alive(t0 + 149 * MS).contains("n1"));
         assert_eq!(d.next_deadline(t0 + 60 * MS), Some(t0 + 150 * MS));
         assert!(!d.alive(t0 + 150 * MS).contains("n1"));
         assert_eq!(d.next_deadline(t0 + 150 * MS), None);
-        assert_eq!(d.heard("n1", 1, 3, None, t0 + 200 * MS), Heard::Joined);
+        assert_eq!(
+            d.heard("n1", 1, 3, Phase::Active, None, t0 + 200 * MS),
+            Heard::Changed
+        );
     }
 
     #[test]
     fn replayed_heartbeats_are_refused_even_across_restarts() {
         let t0 = Instant::now();
         let mut d = Detector::new(100 * MS);
-        d.heard("n1", 5, 10, None, t0);
-        assert_eq!(d.heard("n1", 5, 10, None, t0 + MS), Heard::Replayed);
-        assert_eq!(d.heard("n1", 5, 9, None, t0 + MS), Heard::Replayed);
+        d.heard("n1", 5, 10, Phase::Active, None, t0);
+        assert_eq!(
+            d.heard("n1", 5, 10, Phase::Active, None, t0 + MS),
+            Heard::Replayed
+        );
+        assert_eq!(
+            d.heard("n1", 5, 9, Phase::Active, None, t0 + MS),
+            Heard::Replayed
+        );
         // The sender restarted: a newer epoch starts its sequence again.
-        assert_eq!(d.heard("n1", 6, 1, None, t0 + 2 * MS), Heard::Refreshed);
+        assert_eq!(
+            d.heard("n1", 6, 1, Phase::Active, None, t0 + 2 * MS),
+            Heard::Unchanged
+        );
         // A heartbeat recorded before that restart cannot bring anything back.
-        assert_eq!(d.heard("n1", 5, 11, None, t0 + 3 * MS), Heard::Replayed);
+        assert_eq!(
+            d.heard("n1", 5, 11, Phase::Active, None, t0 + 3 * MS),
+            Heard::Replayed
+        );
         // A replay does not refresh: the peer still dies on time.
         assert!(!d.alive(t0 + 102 * MS).contains("n1"));
     }
@@ -174,7 +180,7 @@ mod tests {
     fn a_graceful_restart_holds_the_peer_alive_until_the_stated_time() {
         let t0 = Instant::now();
         let mut d = Detector::new(100 * MS);
-        d.heard("n1", 1, 1, Some(t0 + 5_000 * MS), t0);
+        d.heard("n1", 1, 1, Phase::Active, Some(t0 + 5_000 * MS), t0);
         assert!(d.alive(t0 + 4_000 * MS).contains("n1"));
         assert_eq!(d.next_deadline(t0), Some(t0 + 5_000 * MS));
         assert!(!d.alive(t0 + 5_000 * MS).contains("n1"));
@@ -184,8 +190,8 @@ mod tests {
     fn peers_are_independent() {
         let t0 = Instant::now();
         let mut d = Detector::new(100 * MS);
-        d.heard("n1", 1, 1, None, t0);
-        d.heard("n2", 1, 1, None, t0 + 80 * MS);
+        d.heard("n1", 1, 1, Phase::Active, None, t0);
+        d.heard("n2", 1, 1, Phase::Active, None, t0 + 80 * MS);
         let alive = d.alive(t0 + 120 * MS);
         assert!(!alive.contains("n1") && alive.contains("n2"));
         assert_eq!(d.next_deadline(t0 + 10 * MS), Some(t0 + 100 * MS));
@@ -195,13 +201,62 @@ mod tests {
     fn a_leaving_peer_is_dead_at_once_and_a_replayed_goodbye_changes_nothing() {
         let t0 = Instant::now();
         let mut d = Detector::new(Duration::from_millis(180));
-        d.heard("b", 1, 1, None, t0);
+        d.heard("b", 1, 1, Phase::Active, None, t0);
         assert!(d.alive(t0).contains("b"));
-        assert!(d.left("b", 1, 2, t0));
+        assert_eq!(d.heard("b", 1, 2, Phase::Leaving, None, t0), Heard::Changed);
         assert!(!d.alive(t0).contains("b"));
         // The same goodbye replayed after b came back must not kill it again.
-        d.heard("b", 2, 1, None, t0);
-        assert!(!d.left("b", 1, 2, t0));
+        d.heard("b", 2, 1, Phase::Active, None, t0);
+        assert_eq!(
+            d.heard("b", 1, 2, Phase::Leaving, None, t0),
+            Heard::Replayed
+        );
         assert!(d.alive(t0).contains("b"));
+    }
+
+    /// Scenario table: each step is (at ms, peer, epoch, seq, phase) followed by the alive set
+    /// expected right after it. Covers joins, flaps, restarts and goodbyes in one timeline.
+    #[test]
+    fn membership_timeline() {
+        use Phase::*;
+        type Step = (u64, &'static str, u64, u64, Phase, &'static [&'static str]);
+        let steps: &[Step] = &[
+            // a and b come up: joining is not yet a candidate.
+            (0, "a", 1, 1, Joining, &[]),
+            (0, "b", 1, 1, Joining, &[]),
+            (50, "a", 1, 2, Active, &["a"]),
+            (60, "b", 1, 2, Active, &["a", "b"]),
+            // b flaps: silent past the timeout (checked below at 250), then back.
+            (200, "a", 1, 3, Active, &["a"]),
+            (260, "b", 1, 3, Active, &["a", "b"]),
+            // a crashes and restarts (new epoch): joining takes it out until it is ready.
+            (300, "a", 2, 1, Joining, &["b"]),
+            (350, "a", 2, 2, Active, &["a", "b"]),
+            // a forged-looking replay from a's old life changes nothing.
+            (360, "a", 1, 99, Leaving, &["a", "b"]),
+            // b shuts down.
+            (380, "b", 1, 4, Leaving, &["a"]),
+        ];
+        let t0 = Instant::now();
+        let mut d = Detector::new(Duration::from_millis(120));
+        for (i, &(at, peer, epoch, seq, phase, want)) in steps.iter().enumerate() {
+            let now = t0 + Duration::from_millis(at);
+            d.heard(peer, epoch, seq, phase, None, now);
+            let got: Vec<String> = d.alive(now).into_iter().collect();
+            assert_eq!(got, want, "step {i}: {peer} {phase:?} at {at} ms");
+        }
+        // Between the steps: at 250 ms b had been silent 190 ms > 120 ms.
+        let mut flap = Detector::new(Duration::from_millis(120));
+        flap.heard("b", 1, 2, Active, None, t0 + Duration::from_millis(60));
+        assert!(!flap.alive(t0 + Duration::from_millis(250)).contains("b"));
+    }
+
+    #[test]
+    fn a_hold_only_counts_for_an_active_peer() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        d.heard("n1", 1, 1, Phase::Joining, Some(t0 + 5_000 * MS), t0);
+        assert!(d.alive(t0 + MS).is_empty());
+        assert_eq!(d.next_deadline(t0), None);
     }
 }

@@ -6,9 +6,11 @@
 //!        | name length (1) | name (1..=253, UTF-8) | HMAC-SHA256 of all the above (32)
 //! ```
 //! Integers are big-endian. `hold_ms` > 0 asks peers to hold this node alive that long (a
-//! graceful restart). Flag bit 0 says the node is leaving (a shutdown): peers take over at
-//! once instead of waiting for the silence to last the failure timeout. Decoding checks the length before every read and the tag before trusting
-//! any field, and never panics.
+//! graceful restart). The flags carry the sender's [`Phase`]: bit 0 says it is leaving (a shutdown:
+//! peers take over at once instead of waiting for the silence to last the failure timeout), bit 1
+//! that it is joining (listening before it announces anything: peers keep its VIPs until it is
+//! ready, so a restart moves them back make-before-break). Decoding checks the length before
+//! every read and the tag before trusting any field, and never panics.
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -27,11 +29,44 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Milliseconds peers should hold this node alive regardless of silence (0: none).
     pub hold_ms: u32,
-    /// The sender is shutting down: count it dead now.
-    pub leaving: bool,
+    pub phase: Phase,
+}
+
+/// Where the sender is in its life, as far as the election is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Starting: alive, but announcing nothing yet. Not a candidate until it is active.
+    Joining,
+    /// A candidate for the VIPs it is eligible for.
+    #[default]
+    Active,
+    /// Shutting down: count it dead now.
+    Leaving,
 }
 
 const FLAG_LEAVING: u8 = 0x01;
+const FLAG_JOINING: u8 = 0x02;
+
+impl Phase {
+    fn flags(self) -> u8 {
+        match self {
+            Phase::Joining => FLAG_JOINING,
+            Phase::Active => 0,
+            Phase::Leaving => FLAG_LEAVING,
+        }
+    }
+
+    /// Leaving wins over joining: a node that says both is going away.
+    fn from_flags(flags: u8) -> Self {
+        if flags & FLAG_LEAVING != 0 {
+            Phase::Leaving
+        } else if flags & FLAG_JOINING != 0 {
+            Phase::Joining
+        } else {
+            Phase::Active
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeartbeatError {
@@ -67,7 +102,7 @@ impl Heartbeat {
         let mut out = Vec::with_capacity(FIXED + name.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
-        out.push(if self.leaving { FLAG_LEAVING } else { 0 });
+        out.push(self.phase.flags());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -121,7 +156,7 @@ impl Heartbeat {
             epoch: be64(8)?,
             seq: be64(16)?,
             hold_ms: u32::from_be_bytes(hold),
-            leaving: body.get(5).is_some_and(|f| f & FLAG_LEAVING != 0),
+            phase: Phase::from_flags(body.get(5).copied().unwrap_or(0)),
         })
     }
 }
@@ -138,7 +173,7 @@ mod tests {
             epoch: 1_764_000_000_000_000_000,
             seq: 42,
             hold_ms: 0,
-            leaving: false,
+            phase: Phase::Active,
         }
     }
 
@@ -208,15 +243,14 @@ mod tests {
     }
 
     #[test]
-    fn the_leaving_flag_round_trips_and_is_covered_by_the_tag() {
-        let bye = Heartbeat {
-            leaving: true,
-            ..beat()
-        };
-        let mut wire = bye.encode(SECRET).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(Heartbeat::decode(&wire, SECRET), Ok(bye));
-        // Clearing the flag in flight is tampering.
-        wire[5] = 0;
-        assert_eq!(Heartbeat::decode(&wire, SECRET), Err(HeartbeatError::Auth));
+    fn every_phase_round_trips_and_is_covered_by_the_tag() {
+        for phase in [Phase::Joining, Phase::Active, Phase::Leaving] {
+            let b = Heartbeat { phase, ..beat() };
+            let mut wire = b.encode(SECRET).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(Heartbeat::decode(&wire, SECRET), Ok(b));
+            // Changing the phase in flight is tampering.
+            wire[5] ^= FLAG_LEAVING | FLAG_JOINING;
+            assert_eq!(Heartbeat::decode(&wire, SECRET), Err(HeartbeatError::Auth));
+        }
     }
 }

@@ -1,0 +1,378 @@
+//! Membership and ownership in the lab, beyond a crash: a graceful restart, a link cut, a
+//! configuration change, a bad configuration, a wrong or missing secret and a flood of forged
+//! heartbeats. Three real agents (`lb-agent run`) on one bridge, real `arping` from the client,
+//! the agents' own `/metrics` read from inside their namespaces.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
+
+use bpf_tests::{
+    group::{Group, SECRET, expected},
+    privileged,
+    scrape::sample,
+};
+use lb_agent::membership::heartbeat::{Heartbeat, Phase};
+
+fn index_of(g: &Group, name: &str) -> usize {
+    g.names.iter().position(|n| *n == name).expect("node index")
+}
+
+/// The first VIP and its owner.
+fn first(owners: &BTreeMap<String, String>) -> (String, String) {
+    owners
+        .iter()
+        .next()
+        .map(|(v, o)| (v.clone(), o.clone()))
+        .expect("a VIP")
+}
+
+/// Probes `vip` until `until` returns true for the set of answering nodes (or `limit` passes);
+/// returns how long that took and how many probes went unanswered.
+fn probe_until(
+    g: &Group,
+    vip: &str,
+    limit: Duration,
+    until: impl Fn(&BTreeSet<String>) -> bool,
+) -> (Option<Duration>, usize) {
+    let start = Instant::now();
+    let mut unanswered = 0;
+    while start.elapsed() < limit {
+        let who = g.answerers(vip, "0.05");
+        if who.is_empty() {
+            unanswered += 1;
+        }
+        if until(&who) {
+            return (Some(start.elapsed()), unanswered);
+        }
+    }
+    (None, unanswered)
+}
+
+#[test]
+fn a_gracefully_restarted_owner_takes_its_vips_back_without_a_lost_reply() {
+    if !privileged("a_gracefully_restarted_owner_takes_its_vips_back_without_a_lost_reply") {
+        return;
+    }
+    let mut g = Group::start("rs");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let (vip, owner) = first(&owners);
+    let i = index_of(&g, &owner);
+    let others: Vec<&str> = g.names.iter().copied().filter(|n| *n != owner).collect();
+    let interim = expected(&g.dir, &others)[&vip].clone();
+    let interim_i = index_of(&g, &interim);
+    let before = g.metrics(interim_i);
+    let takeovers_before =
+        sample(&before, "xdplb_layer2_takeovers_total", &[]).expect("takeovers metric");
+
+    // Stop (goodbye: the interim owner takes over at once) and start again (joining: the interim
+    // owner keeps answering until the restarted agent is ready, then lets go), probing all along
+    // from another thread, since stopping and starting need the group.
+    let probe = std::thread::spawn({
+        let lab_vip = vip.clone();
+        let macs = g.macs.clone();
+        let client = g.lab.client.ns.name.clone();
+        move || {
+            // Probe for 3 s from the client with arping, recording who answered each probe.
+            let start = Instant::now();
+            let mut seen = Vec::new();
+            while start.elapsed() < Duration::from_secs(3) {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", &client, "arping", "-c", "1", "-w", "0.05"])
+                    .args(["-I", "eth0", &lab_vip])
+                    .output()
+                    .expect("arping");
+                let who: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split(" bytes from ").nth(1))
+                    .filter_map(|r| r.split_whitespace().next())
+                    .map(|m| macs.get(&m.to_lowercase()).cloned().unwrap_or_default())
+                    .collect();
+                seen.push(who);
+            }
+            seen
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    g.stop_agent(i);
+    std::thread::sleep(Duration::from_millis(500));
+    g.start_agent(i, &[]);
+    let seen = probe.join().expect("probe thread");
+    let unanswered = seen.iter().filter(|w| w.is_empty()).count();
+    let interim_seen = seen.iter().any(|w| w.contains(&interim));
+    eprintln!(
+        "{vip}: {} probes, {unanswered} unanswered, interim owner {interim} seen: {interim_seen}",
+        seen.len()
+    );
+    assert!(
+        interim_seen,
+        "{interim} never answered while {owner} was away\n{}",
+        g.logs()
+    );
+    assert_eq!(unanswered, 0, "probes went unanswered\n{}", g.logs());
+    g.converge(&owners, Duration::from_secs(3), "after the restart");
+
+    // The interim owner counted its takeover and announced it with gratuitous ARP.
+    let after = g.metrics(interim_i);
+    let takeovers = sample(&after, "xdplb_layer2_takeovers_total", &[]).expect("takeovers");
+    assert!(
+        takeovers > takeovers_before,
+        "takeovers {takeovers_before} -> {takeovers}"
+    );
+    let garp = sample(&after, "metallb_layer2_gratuitous_sent", &[("ip", &vip)]).unwrap_or(0.0);
+    assert!(garp >= 1.0, "no gratuitous ARP counted for {vip}:\n{after}");
+    // The owner's XDP program counted the client's requests and its replies for the VIP.
+    let m = g.metrics(i);
+    let requests = sample(&m, "metallb_layer2_requests_received", &[("ip", &vip)]);
+    let responses = sample(&m, "metallb_layer2_responses_sent", &[("ip", &vip)]);
+    assert!(
+        requests.is_some_and(|r| r >= 1.0) && responses.is_some_and(|r| r >= 1.0),
+        "per-VIP counters of {owner}: requests {requests:?}, responses {responses:?}\n{m}"
+    );
+    assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(2.0));
+}
+
+#[test]
+fn a_cut_link_moves_the_vips_and_reconnecting_gives_them_back() {
+    if !privileged("a_cut_link_moves_the_vips_and_reconnecting_gives_them_back") {
+        return;
+    }
+    let g = Group::start("ln");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let (vip, owner) = first(&owners);
+    let i = index_of(&g, &owner);
+    let others: Vec<&str> = g.names.iter().copied().filter(|n| *n != owner).collect();
+    let after = expected(&g.dir, &others);
+    // Pull the owner's cable at the switch (its bridge port p1..p3).
+    let port = format!("p{}", i + 1);
+    g.lab.segment.ip(&["link", "set", &port, "down"]);
+    let (took, _) = probe_until(&g, &vip, Duration::from_secs(5), |who| {
+        who == &BTreeSet::from([after[&vip].clone()])
+    });
+    let took = took.unwrap_or_else(|| panic!("{vip} never moved off the cut node\n{}", g.logs()));
+    eprintln!(
+        "{vip}: {owner}'s link cut, {} answers after {took:?}",
+        after[&vip]
+    );
+    // The survivors detected the silence and counted how long it lasted.
+    let m = g.metrics(index_of(&g, &after[&vip]));
+    let detections = sample(&m, "xdplb_membership_detection_seconds_count", &[]).unwrap_or(0.0);
+    assert!(detections >= 1.0, "no detection observed:\n{m}");
+    assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(1.0));
+
+    g.lab.segment.ip(&["link", "set", &port, "up"]);
+    g.converge(&owners, Duration::from_secs(5), "after reconnecting");
+}
+
+#[test]
+fn a_configuration_change_moves_a_vip_and_a_broken_one_changes_nothing() {
+    if !privileged("a_configuration_change_moves_a_vip_and_a_broken_one_changes_nothing") {
+        return;
+    }
+    let g = Group::start("cf");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let (vip, owner) = first(&owners);
+
+    // Exclude the owner from the L2Advertisement: its VIPs move, the others' stay.
+    g.set_l2_spec(&format!(
+        "{{nodeSelectors: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: NotIn, values: [{owner}]}}]}}]}}"
+    ));
+    let moved = expected(&g.dir, &g.names);
+    assert_ne!(moved[&vip], owner, "the selector did not exclude {owner}");
+    for (v, o) in &owners {
+        if *o != owner {
+            assert_eq!(&moved[v], o, "{v} should not move");
+        }
+    }
+    let (took, unanswered) = probe_until(&g, &vip, Duration::from_secs(5), |who| {
+        who == &BTreeSet::from([moved[&vip].clone()])
+    });
+    let took = took.unwrap_or_else(|| panic!("{vip} did not move\n{}", g.logs()));
+    eprintln!("{vip}: moved off {owner} after {took:?}, {unanswered} probes unanswered");
+    assert_eq!(
+        unanswered,
+        0,
+        "the move left {vip} unanswered\n{}",
+        g.logs()
+    );
+    g.converge(&moved, Duration::from_secs(3), "after the change");
+
+    // A broken edit: every agent keeps the last good configuration and says it is stale.
+    g.write_config("apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: lab}\nspec:\n  addresses: [10.210.0.300-10.210.0.1]\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for i in 0..3 {
+        loop {
+            let m = g.metrics(i);
+            if sample(&m, "metallb_k8s_client_config_stale_bool", &[]) == Some(1.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never reported stale:\n{m}",
+                g.names[i]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    g.converge(
+        &moved,
+        Duration::from_secs(1),
+        "with a broken configuration",
+    );
+    assert!(
+        g.logs()
+            .contains("configuration rejected; the last good one stays"),
+        "{}",
+        g.logs()
+    );
+}
+
+/// Sends `datagrams` to every node's heartbeat port from the client namespace.
+fn send_from_client(g: &Group, datagrams: Vec<Vec<u8>>) {
+    let targets: Vec<String> = g
+        .lab
+        .nodes
+        .iter()
+        .map(|n| format!("{}:7946", n.ipv4))
+        .collect();
+    g.lab.client.ns.within(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        // Paced (about 10,000 datagrams/s to each node) so the count is exact: an unpaced burst
+        // overflows the agents' socket buffers, which proves nothing.
+        for batch in datagrams.chunks(10) {
+            for d in batch {
+                for t in &targets {
+                    let _ = socket.send_to(d, t);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+#[test]
+fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing() {
+    if !privileged("forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing") {
+        return;
+    }
+    let mut g = Group::start("fg");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+
+    // A flood in the name of every node, saying it is leaving: signed with another secret, replayed
+    // from an earlier life (a valid signature but an old epoch), and plain garbage.
+    let mut flood = Vec::new();
+    for seq in 0..300u64 {
+        for name in g.names {
+            let bye = Heartbeat {
+                node: name.to_owned(),
+                epoch: 1,
+                seq: u64::MAX - seq,
+                hold_ms: 0,
+                phase: Phase::Leaving,
+            };
+            flood.push(bye.encode(b"not-the-lab-secret-at-all").expect("encode"));
+            flood.push(bye.encode(SECRET.as_bytes()).expect("encode"));
+            flood.push(vec![0x58; 40 + (seq as usize % 50)]);
+        }
+    }
+    let sent = flood.len() / 3;
+    let flooding = std::thread::scope(|s| {
+        let f = s.spawn(|| send_from_client(&g, flood));
+        // Ownership holds while the flood arrives.
+        let (changed, _) = probe_until(&g, &first(&owners).0, Duration::from_millis(400), |who| {
+            who != &BTreeSet::from([first(&owners).1])
+        });
+        f.join().expect("flood thread");
+        changed
+    });
+    assert_eq!(
+        flooding,
+        None,
+        "the flood changed who answers\n{}",
+        g.logs()
+    );
+    g.converge(&owners, Duration::from_secs(1), "after the flood");
+    for i in 0..3 {
+        let m = g.metrics(i);
+        for reason in ["auth", "replay", "malformed"] {
+            let n = sample(
+                &m,
+                "xdplb_membership_heartbeats_rejected_total",
+                &[("reason", reason)],
+            )
+            .unwrap_or(0.0);
+            // Everything sent to this node, less the few the kernel may drop under the burst.
+            assert!(
+                n >= sent as f64 * 0.9,
+                "{}: {n} of {sent} `{reason}` heartbeats counted\n{m}",
+                g.names[i]
+            );
+        }
+        assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(2.0));
+    }
+    let logs = g.logs();
+    let lines = logs.matches("heartbeat refused").count();
+    // One line per node and reason (auth, malformed, replay) at most.
+    assert!(lines <= 3 * 3, "the flood flooded the log: {lines} lines");
+
+    // An agent with the wrong secret: the others count its heartbeats as forged and do not
+    // count it alive, so they hold its VIPs among themselves.
+    let third = 2;
+    g.stop_agent(third);
+    let wrong = g.dir.join("wrong-secret");
+    std::fs::write(&wrong, "a-different-secret-of-enough-bytes").expect("write");
+    g.start_agent(third, &["--secret-file", wrong.to_str().expect("utf-8")]);
+    let without: Vec<&str> = g.names[..2].to_vec();
+    let held = expected(&g.dir, &without);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (vip, owner) in &held {
+        // The misconfigured node believes it is alone and may answer too; the others must.
+        loop {
+            if g.answerers(vip, "0.2").contains(owner) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vip} not held by {owner}\n{}",
+                g.logs()
+            );
+        }
+    }
+    for i in 0..2 {
+        let m = g.metrics(i);
+        assert_eq!(
+            sample(&m, "xdplb_membership_peers_alive", &[]),
+            Some(1.0),
+            "{m}"
+        );
+    }
+    // A missing secret stops the agent before it announces anything, naming the file.
+    let third_log = g.stop_agent(third);
+    assert!(!third_log.is_empty());
+    std::fs::remove_file(g.dir.join("secret")).expect("remove secret");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &g.lab.nodes[third].ns.name])
+        .arg(bpf_tests::agent::agent_bin())
+        .args([
+            "run",
+            "--node-name",
+            "node-3",
+            "--interface",
+            "eth0",
+            "--config-dir",
+        ])
+        .arg(&g.dir)
+        .output()
+        .expect("run lb-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without a secret: {stderr}");
+    assert!(
+        stderr.contains("membership secret") && stderr.contains("secret"),
+        "{stderr}"
+    );
+}

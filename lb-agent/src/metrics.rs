@@ -1,0 +1,302 @@
+//! The agent's metrics, served on `/metrics` beside `/healthz` and `/readyz`.
+//!
+//! MetalLB's speaker names where MetalLB has the metric, so existing dashboards keep working:
+//! `metallb_layer2_requests_received`, `metallb_layer2_responses_sent` and
+//! `metallb_layer2_gratuitous_sent` (label `ip`), exposed without a `_total` suffix as MetalLB's
+//! Go client does. The first two are read from the XDP program's per-CPU `vip_stats` map at
+//! scrape time, so they count what the kernel answered, not what userspace thinks it did. The
+//! rest (membership, failover, the data path) carry the `xdplb_` prefix.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use lb_controller::metrics::Exporter;
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge,
+        histogram::Histogram,
+    },
+    registry::Registry,
+};
+
+use crate::l2::maps::VipMaps;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpLabel {
+    pub ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CounterLabel {
+    pub counter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: String,
+}
+
+/// Why a heartbeat was not taken into account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a heartbeat, truncated, or of another version.
+    Malformed,
+    /// The HMAC does not verify: another secret, or altered in flight.
+    Auth,
+    /// Not newer than the last one accepted from that node.
+    Replay,
+}
+
+impl Rejected {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::Auth => "auth",
+            Rejected::Replay => "replay",
+        }
+    }
+}
+
+/// Every metric the agent exports.
+pub struct AgentMetrics {
+    registry: Registry,
+    ready: AtomicBool,
+    pub gratuitous: PerIp,
+    pub takeovers: Counter,
+    pub detection: Histogram,
+    pub peers_alive: Gauge,
+    pub heartbeats_received: Counter,
+    pub heartbeats_rejected: Family<ReasonLabel, Counter>,
+    pub announced: Gauge,
+    pub datapath: Family<ModeLabel, Gauge>,
+    pub config_loaded: Gauge,
+    pub config_stale: Gauge,
+    pub updates: Counter,
+    pub update_errors: Counter,
+}
+
+/// Reads the pinned maps on every scrape.
+#[derive(Debug)]
+struct Datapath {
+    bpffs: PathBuf,
+}
+
+impl prometheus_client::collector::Collector for Datapath {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Maps not pinned yet (or gone at shutdown): nothing to report this time.
+        let Ok(maps) = VipMaps::open_pinned(&self.bpffs) else {
+            return Ok(());
+        };
+        let totals = maps.vip_totals();
+        for (name, help, pick) in [
+            (
+                "metallb_layer2_requests_received",
+                "Number of layer2 requests received for owned IPs",
+                (|t: &crate::l2::maps::VipTotals| t.requests) as fn(&_) -> u64,
+            ),
+            (
+                "metallb_layer2_responses_sent",
+                "Number of layer2 responses sent for owned IPs",
+                |t| t.responses,
+            ),
+        ] {
+            // Declared a counter, written without `_total` like MetalLB's Go client.
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (ip, t) in &totals {
+                let label = IpLabel { ip: ip.to_string() };
+                let value = i64::try_from(pick(t)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&label)?)?;
+            }
+        }
+        if let Ok(c) = maps.counters() {
+            let mut family = encoder.encode_descriptor(
+                "xdplb_xdp_frames",
+                "Frames seen by the XDP responder, by counter (all CPUs)",
+                None,
+                MetricType::Counter,
+            )?;
+            for counter in lb_common::Counter::ALL {
+                let label = CounterLabel {
+                    counter: counter.name(),
+                };
+                let value = i64::try_from(c.get(counter)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Detection latencies: from a few heartbeat intervals up to seconds.
+const DETECTION_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+
+impl AgentMetrics {
+    /// The metrics of an agent whose maps are pinned under `bpffs`.
+    pub fn new(bpffs: PathBuf) -> Self {
+        let mut registry = Registry::default();
+        let m = AgentMetrics {
+            registry: Registry::default(),
+            ready: AtomicBool::new(false),
+            gratuitous: PerIp::default(),
+            takeovers: Counter::default(),
+            detection: Histogram::new(DETECTION_BUCKETS),
+            peers_alive: Gauge::default(),
+            heartbeats_received: Counter::default(),
+            heartbeats_rejected: Family::default(),
+            announced: Gauge::default(),
+            datapath: Family::default(),
+            config_loaded: Gauge::default(),
+            config_stale: Gauge::default(),
+            updates: Counter::default(),
+            update_errors: Counter::default(),
+        };
+        registry.register_collector(Box::new(Datapath { bpffs }));
+        registry.register(
+            "metallb_layer2_gratuitous_sent",
+            "Number of gratuitous layer2 packets sent for owned IPs as a result of failovers",
+            m.gratuitous.clone(),
+        );
+        // prometheus-client appends `_total` to the counters below itself.
+        registry.register(
+            "xdplb_layer2_takeovers",
+            "VIPs this node started announcing after it was ready (failovers and moves)",
+            m.takeovers.clone(),
+        );
+        registry.register(
+            "xdplb_membership_detection_seconds",
+            "Time from a peer's last heartbeat until this agent counted it dead",
+            m.detection.clone(),
+        );
+        registry.register(
+            "xdplb_membership_peers_alive",
+            "Peers this agent hears (itself not included)",
+            m.peers_alive.clone(),
+        );
+        registry.register(
+            "xdplb_membership_heartbeats_received",
+            "Heartbeats accepted from peers",
+            m.heartbeats_received.clone(),
+        );
+        registry.register(
+            "xdplb_membership_heartbeats_rejected",
+            "Heartbeats refused, by reason (malformed, auth, replay)",
+            m.heartbeats_rejected.clone(),
+        );
+        registry.register(
+            "xdplb_layer2_announced_vips",
+            "VIP addresses this node announces",
+            m.announced.clone(),
+        );
+        registry.register(
+            "xdplb_agent_datapath_info",
+            "1 for the responder answering on each interface: xdp-native, xdp-generic or afpacket",
+            m.datapath.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_config_loaded_bool",
+            "1 if a valid configuration has been loaded",
+            m.config_loaded.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_config_stale_bool",
+            "1 if the latest configuration was rejected and an older one is in force",
+            m.config_stale.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_updates",
+            "Number of configuration updates processed",
+            m.updates.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_update_errors",
+            "Number of configuration updates that failed (the last good configuration stays)",
+            m.update_errors.clone(),
+        );
+        AgentMetrics { registry, ..m }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, why: Rejected) {
+        self.heartbeats_rejected
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// A configuration was read and accepted.
+    pub fn config_applied(&self) {
+        self.updates.inc();
+        self.config_loaded.set(1);
+        self.config_stale.set(0);
+    }
+
+    /// A configuration was rejected: if one was loaded before, it is now stale.
+    pub fn config_rejected(&self) {
+        self.updates.inc();
+        self.update_errors.inc();
+        self.config_stale.set(self.config_loaded.get());
+    }
+}
+
+/// A counter per IP written without the `_total` suffix prometheus-client adds to its own
+/// counters, as MetalLB's Go client exposes `metallb_layer2_gratuitous_sent`.
+#[derive(Debug, Clone, Default)]
+pub struct PerIp(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl PerIp {
+    pub fn add(&self, ip: &str, n: u64) {
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(ip.to_owned()).or_default() += n;
+        }
+    }
+}
+
+impl EncodeMetric for PerIp {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let snapshot: Vec<(String, u64)> = match self.0.lock() {
+            Ok(m) => m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => Vec::new(),
+        };
+        for (ip, value) in snapshot {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(encoder.encode_family(&IpLabel { ip })?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+impl Exporter for AgentMetrics {
+    fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
