@@ -46,9 +46,10 @@ fn settled(lab: &Lab, vip: [u8; 4], within: Duration) -> Option<[u8; 6]> {
     recent.iter().all(|m| *m == first).then_some(first)
 }
 
-/// xdplb: `runs` kills of whichever node owns the first VIP, each followed by a restart.
-pub fn xdplb(runs: usize) -> Result<Vec<Duration>, String> {
-    let mut g = Group::start("fb");
+/// xdplb: `runs` kills of whichever node owns the first VIP, each followed by a restart; every
+/// agent gets `timers` (for example `--heartbeat-interval 10ms`) on top of the defaults.
+pub fn xdplb(runs: usize, timers: &[&str]) -> Result<Vec<Duration>, String> {
+    let mut g = Group::start_with("fb", timers);
     let owners = expected(&g.dir, &g.names);
     let (vip, _) = owners.iter().next().ok_or("no VIP allocated")?;
     let vip = octets(vip)?;

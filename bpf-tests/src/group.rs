@@ -99,6 +99,8 @@ pub struct Group {
     /// MAC → node name.
     pub macs: BTreeMap<String, String>,
     pub agents: Vec<Option<Agent>>,
+    /// Arguments every agent of the group gets on top of the defaults.
+    extra: Vec<String>,
     _pins: Vec<PinDir>,
 }
 
@@ -142,17 +144,26 @@ impl Group {
         self.start_agent(i, &[]);
     }
 
+    fn all_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        self.extra
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied())
+            .collect()
+    }
+
     /// Starts node `i`'s agent (none must be running) with `extra` arguments.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
         assert!(self.agents[i].is_none(), "node {i}'s agent still runs");
-        self.agents[i] = Some(spawn(
+        let agent = spawn(
             &self.lab,
             &self.dir,
             self.names[i],
             i,
             &self._pins[i],
-            extra,
-        ));
+            &self.all_args(extra),
+        );
+        self.agents[i] = Some(agent);
     }
 
     /// Stops node `i`'s agent with SIGTERM and waits for it; returns its log. Panics when it
@@ -196,6 +207,11 @@ impl Group {
 
     /// A lab of three nodes, the controller's allocations, and an agent on every node.
     pub fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    /// The same, every agent started with `extra` arguments (timers, say).
+    pub fn start_with(tag: &str, extra: &[&str]) -> Self {
         let lab = Lab::new(tag, 3);
         let dir = config_dir(&lab);
         allocate(&dir);
@@ -205,7 +221,7 @@ impl Group {
             .collect();
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
         let agents = (0..3)
-            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], &[])))
+            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], extra)))
             .collect();
         Self {
             lab,
@@ -213,6 +229,7 @@ impl Group {
             names,
             macs,
             agents,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             _pins: pins,
         }
     }
