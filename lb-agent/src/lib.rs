@@ -8,6 +8,10 @@
 //!   plain hosts ([`l2::vipdev`]).
 //! - [`election`]: which node announces a VIP (MetalLB's rule), pure.
 //! - [`membership`]: which agents are alive, from heartbeats; the failure detector is pure.
+//! - [`desired`]: what this node announces, from the configuration, the allocations and the
+//!   alive set, pure.
+//! - [`run`]: `lb-agent run`, the standalone agent loop; [`source`] reads its configuration
+//!   directory off that loop; [`metrics`] is what it exports.
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod cli;
@@ -17,6 +21,7 @@ pub mod l2;
 pub mod membership;
 pub mod metrics;
 pub mod run;
+pub mod source;
 
 /// The compiled `lb-ebpf` object, embedded at build time.
 pub fn ebpf_object() -> &'static [u8] {

@@ -17,16 +17,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt;
 use lb_common::VIP_FLAG_LEASED;
-use lb_controller::{
-    config::manifest::{self, Objects},
-    metrics::Metrics,
-    standalone::Standalone,
-};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 use crate::{
@@ -44,6 +36,7 @@ use crate::{
         heartbeat::{Heartbeat, HeartbeatError, Phase},
     },
     metrics::{AgentMetrics, ModeLabel, Rejected},
+    source::{self, Config},
 };
 
 #[derive(Debug, clap::Args)]
@@ -81,73 +74,6 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_local_vip: bool,
 }
-
-/// The configuration as last read successfully.
-struct Config {
-    objects: Objects,
-    allocations: Vec<lb_controller::plan::PlanEntry>,
-    /// Heartbeat targets: every other Node's InternalIP.
-    peers: Vec<SocketAddr>,
-}
-
-fn internal_ip(node: &Node) -> Option<IpAddr> {
-    let addrs = node.status.as_ref()?.addresses.as_ref()?;
-    addrs
-        .iter()
-        .find(|a| a.type_ == "InternalIP")
-        .and_then(|a| a.address.parse().ok())
-}
-
-fn read_config(args: &RunArgs) -> Result<Config, String> {
-    let loaded = manifest::load_with(
-        std::slice::from_ref(&args.config_dir),
-        manifest::Strictness::Lenient,
-    )
-    .map_err(|e| e.to_string())?;
-    // The controller's own validation: an agent never acts on a configuration the controller
-    // would refuse.
-    let report = lb_controller::config::validate::validate(&loaded.objects);
-    if let Some(e) = loaded.errors.iter().chain(&report.errors).next() {
-        return Err(e.to_string());
-    }
-    let reader = Standalone::new(args.config_dir.clone(), None, Arc::new(Metrics::default()));
-    let allocations = reader.read_allocations().allocations;
-    let peers = loaded
-        .objects
-        .nodes
-        .iter()
-        .filter(|n| n.name_any() != args.node_name)
-        .filter_map(internal_ip)
-        .map(|ip| SocketAddr::new(ip, args.port))
-        .collect();
-    Ok(Config {
-        objects: loaded.objects,
-        allocations,
-        peers,
-    })
-}
-
-/// Watches the configuration directory, `status/` included: every agent reloads within
-/// milliseconds of the same edit, so a VIP moved by a configuration change is not left without
-/// an owner while some agents still hold the old configuration.
-fn watch(dir: &std::path::Path) -> anyhow::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
-    let (tx, rx) = mpsc::channel::<()>(16);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher
-        .watch(dir, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
-    Ok((watcher, rx))
-}
-
-/// Changes within this window are read together (an editor's save, the controller's
-/// write-and-rename).
-const SETTLE: Duration = Duration::from_millis(20);
-/// A reload even without a change notification, in case one was missed.
-const RELOAD_FALLBACK: Duration = Duration::from_secs(5);
 
 fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipEntry> {
     announced
@@ -283,16 +209,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut detector = Detector::new(args.failure_timeout);
     let started = Instant::now();
     let mut ready = false;
-    let mut config: Option<Config> = None;
+    let mut config: Option<Arc<Config>> = None;
     let mut config_error: Option<String> = None;
     let mut announced: BTreeSet<Announcement> = BTreeSet::new();
     let mut last_alive: BTreeSet<String> = BTreeSet::new();
     let mut reject_log = RejectLog { last: [None; 3] };
     let mut ticker = tokio::time::interval(args.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reload = tokio::time::interval(RELOAD_FALLBACK);
-    let (_watcher, mut changes) = watch(&args.config_dir)?;
-    let mut settle: Option<tokio::time::Instant> = None;
+    let mut configs = source::watch(args.config_dir.clone(), args.node_name.clone(), args.port)?;
+    // Whether the configuration changed since the announcements were last computed.
+    let mut dirty = true;
     // VIPs lost to a configuration change, still answered until the deadline (see below).
     let mut lingering: BTreeMap<Announcement, Instant> = BTreeMap::new();
     let mut term = signal(SignalKind::terminate())?;
@@ -306,21 +232,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            Some(()) = changes.recv() => {
-                settle.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
-                continue;
-            }
-            _ = async { tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)).await }, if settle.is_some() => {
-                settle = None;
-                while changes.try_recv().is_ok() {}
-                reload.reset_immediately();
-                continue;
-            }
-            _ = reload.tick() => {
-                match read_config(&args) {
+            Some(update) = configs.recv() => {
+                match update {
                     Ok(c) => {
                         config_error = None;
                         config = Some(c);
+                        dirty = true;
                         metrics.config_applied();
                     }
                     Err(e) => {
@@ -329,6 +246,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         }
                         config_error = Some(e);
                         metrics.config_rejected();
+                        continue;
                     }
                 }
             }
@@ -421,6 +339,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             info!(alive = ?alive, "membership changed");
             last_alive = alive.clone();
         }
+        // Recomputed only when something it depends on changed: with thousands of Services it
+        // is not free, and the loop must stay quick to keep the heartbeats on time.
+        if ready && !dirty && !membership_changed && lingering.is_empty() {
+            continue;
+        }
+        dirty = false;
         let wanted = desired::announcements(&args.node_name, &c.objects, &c.allocations, &alive);
         // A VIP lost to a configuration change (the membership is the same) stays answered for
         // one failure timeout: the new owner may read the change a moment later than this agent,

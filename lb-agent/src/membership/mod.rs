@@ -2,10 +2,9 @@
 //!
 //! Layout:
 //! - [`detector`]: the pure failure detector (time passed in).
-//!
 //! - [`heartbeat`]: the wire format, authenticated with HMAC-SHA256.
 //!
-//! Still to come (issue 5): the UDP driver.
+//! The UDP driver is the agent loop in [`crate::run`].
 
 pub mod detector;
 pub mod heartbeat;

@@ -1,0 +1,148 @@
+//! The standalone configuration source: the metallb.io objects, Nodes and Services in DIR and
+//! the controller's `status/allocations.yaml`, read off the agent's main loop.
+//!
+//! Reading a large configuration takes long (10,000 Services parse in a few hundred
+//! milliseconds), longer than the failure timeout: done on the main loop it would silence the
+//! heartbeats and get this node declared dead. So a task of its own watches the directory
+//! (inotify, with a slow poll in case an event is missed), reads only when a file actually
+//! changed (path, inode, size, modification time), parses on a blocking thread, and hands each
+//! result to the main loop.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use lb_controller::{
+    config::manifest::{self, Objects},
+    metrics::Metrics,
+    plan::PlanEntry,
+    standalone::Standalone,
+};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// A configuration that passed validation.
+pub struct Config {
+    pub objects: Objects,
+    pub allocations: Vec<PlanEntry>,
+    /// Heartbeat targets: every other Node's InternalIP.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Changes within this window are read together (an editor's save, the controller's
+/// write-and-rename).
+const SETTLE: Duration = Duration::from_millis(20);
+/// A look at the files even without a change notification, in case one was missed.
+const POLL: Duration = Duration::from_secs(5);
+
+fn internal_ip(node: &Node) -> Option<IpAddr> {
+    let addrs = node.status.as_ref()?.addresses.as_ref()?;
+    addrs
+        .iter()
+        .find(|a| a.type_ == "InternalIP")
+        .and_then(|a| a.address.parse().ok())
+}
+
+/// Reads and validates the configuration of `node` (the controller's own validation: an agent
+/// never acts on a configuration the controller would refuse).
+pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
+    let loaded = manifest::load_with(
+        std::slice::from_ref(&dir.to_path_buf()),
+        manifest::Strictness::Lenient,
+    )
+    .map_err(|e| e.to_string())?;
+    let report = lb_controller::config::validate::validate(&loaded.objects);
+    if let Some(e) = loaded.errors.iter().chain(&report.errors).next() {
+        return Err(e.to_string());
+    }
+    let reader = Standalone::new(dir.to_path_buf(), None, Arc::new(Metrics::default()));
+    let allocations = reader.read_allocations().allocations;
+    let peers = loaded
+        .objects
+        .nodes
+        .iter()
+        .filter(|n| n.name_any() != node)
+        .filter_map(internal_ip)
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    Ok(Config {
+        objects: loaded.objects,
+        allocations,
+        peers,
+    })
+}
+
+/// What identifies the current contents of the directory without reading them.
+type Fingerprint = Vec<(PathBuf, u64, u64, Option<SystemTime>)>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for d in [
+        dir.to_path_buf(),
+        dir.join(lb_controller::standalone::STATUS_DIR),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            if let (true, Ok(meta)) = (yaml, std::fs::metadata(&path)) {
+                out.push((path, meta.ino(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Starts watching `dir`: the receiver gets the first reading at once and one more whenever
+/// the files change. `Err` carries why a reading was refused (the last good one should stay).
+pub fn watch(
+    dir: PathBuf,
+    node: String,
+    port: u16,
+) -> anyhow::Result<mpsc::Receiver<Result<Arc<Config>, String>>> {
+    let (events_tx, mut events) = mpsc::channel::<()>(16);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events_tx.try_send(());
+        }
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut last: Option<Fingerprint> = None;
+        let mut poll = tokio::time::interval(POLL);
+        loop {
+            let print = fingerprint(&dir);
+            if last.as_ref() != Some(&print) {
+                let (d, n) = (dir.clone(), node.clone());
+                let result = tokio::task::spawn_blocking(move || read(&d, &n, port))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reading the configuration: {e}")));
+                last = Some(print);
+                if tx.send(result.map(Arc::new)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                Some(()) = events.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {}
+            }
+        }
+    });
+    Ok(rx)
+}
