@@ -85,7 +85,8 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
     );
     let allocations = reader.read_allocations().allocations;
     let alive: BTreeSet<String> = alive.iter().map(|s| (*s).to_owned()).collect();
-    let owners = lb_agent::desired::owners(&objects, &allocations, &alive);
+    let inputs = lb_agent::desired::Inputs::new(&objects);
+    let owners = lb_agent::desired::owners(&inputs, &allocations, &alive);
     allocations
         .iter()
         .filter_map(|e| Some((e.ips.first()?.to_string(), owners.get(&e.service)?.clone())))

@@ -9,6 +9,7 @@
 //! - [`agent`]: the agent binary as a child process in a namespace.
 
 pub mod agent;
+pub mod agent_bench;
 pub mod apiserver;
 pub mod controller_bench;
 pub mod failover_bench;

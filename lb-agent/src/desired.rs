@@ -14,7 +14,6 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use lb_controller::{
     config::{manifest::Objects, types::L2Advertisement, validate::selector_matches},
@@ -36,6 +35,48 @@ pub struct Announcement {
     pub interfaces: BTreeSet<String>,
 }
 
+type Labels = BTreeMap<String, String>;
+
+/// What the election reads of the configuration: the pools' and nodes' labels, the
+/// L2Advertisements and the Services' labels. A small part of the objects, which an agent
+/// keeps for as long as it runs (10,000 full Service objects would be most of its memory).
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Pool name → labels.
+    pub pools: BTreeMap<String, Labels>,
+    pub l2_advertisements: Vec<L2Advertisement>,
+    /// Node name → labels.
+    pub nodes: BTreeMap<String, Labels>,
+    /// `namespace/name` → labels.
+    pub services: BTreeMap<String, Labels>,
+}
+
+impl Inputs {
+    pub fn new(objects: &Objects) -> Self {
+        Self {
+            pools: objects
+                .pools
+                .iter()
+                .map(|p| (p.name_any(), p.labels().clone()))
+                .collect(),
+            l2_advertisements: objects.l2_advertisements.clone(),
+            nodes: objects
+                .nodes
+                .iter()
+                .map(|n| (n.name_any(), n.labels().clone()))
+                .collect(),
+            services: objects
+                .services
+                .iter()
+                .map(|s| {
+                    let ns = s.namespace().unwrap_or_else(|| "default".into());
+                    (format!("{ns}/{}", s.name_any()), s.labels().clone())
+                })
+                .collect(),
+        }
+    }
+}
+
 fn selects_pool(ad: &L2Advertisement, pool: &str, pool_labels: &BTreeMap<String, String>) -> bool {
     let spec = &ad.spec;
     (spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty())
@@ -46,13 +87,13 @@ fn selects_pool(ad: &L2Advertisement, pool: &str, pool_labels: &BTreeMap<String,
             .any(|s| selector_matches(s, pool_labels))
 }
 
-fn selects_service(ad: &L2Advertisement, svc: Option<&Service>) -> bool {
+fn selects_service(ad: &L2Advertisement, labels: Option<&Labels>) -> bool {
     ad.spec.service_selectors.is_empty()
-        || svc.is_some_and(|s| {
+        || labels.is_some_and(|l| {
             ad.spec
                 .service_selectors
                 .iter()
-                .any(|sel| selector_matches(sel, s.labels()))
+                .any(|sel| selector_matches(sel, l))
         })
 }
 
@@ -77,51 +118,35 @@ fn preference(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> u32 {
 /// The owner of each allocated Service (`namespace/name` → node), for every Service that has
 /// one.
 pub fn owners(
-    objects: &Objects,
+    inputs: &Inputs,
     allocations: &[PlanEntry],
     alive: &BTreeSet<String>,
 ) -> BTreeMap<String, String> {
-    let pool_labels: BTreeMap<String, &BTreeMap<String, String>> = objects
-        .pools
-        .iter()
-        .map(|p| (p.name_any(), p.labels()))
-        .collect();
-    let services: BTreeMap<String, &Service> = objects
-        .services
-        .iter()
-        .map(|s| {
-            let ns = s.namespace().unwrap_or_else(|| "default".into());
-            (format!("{ns}/{}", s.name_any()), s)
-        })
-        .collect();
-    let no_labels = BTreeMap::new();
+    let no_labels = Labels::new();
     let mut out = BTreeMap::new();
     for entry in allocations {
         let (Some(pool), Some(first)) = (&entry.pool, entry.ips.first()) else {
             continue;
         };
-        let labels = pool_labels.get(pool).copied().unwrap_or(&no_labels);
-        let svc = services.get(&entry.service).copied();
-        let ads: Vec<&L2Advertisement> = objects
+        let labels = inputs.pools.get(pool).unwrap_or(&no_labels);
+        let svc = inputs.services.get(&entry.service);
+        let ads: Vec<&L2Advertisement> = inputs
             .l2_advertisements
             .iter()
             .filter(|ad| selects_pool(ad, pool, labels) && selects_service(ad, svc))
             .collect();
-        let candidates: Vec<Candidate> = objects
+        let candidates: Vec<Candidate> = inputs
             .nodes
             .iter()
-            .filter(|n| alive.contains(&n.name_any()))
-            .filter(|n| !n.labels().contains_key(EXCLUDE_LABEL))
-            .filter_map(|n| {
-                let chosen: Vec<_> = ads
-                    .iter()
-                    .filter(|ad| selects_node(ad, n.labels()))
-                    .collect();
+            .filter(|(name, _)| alive.contains(*name))
+            .filter(|(_, labels)| !labels.contains_key(EXCLUDE_LABEL))
+            .filter_map(|(name, labels)| {
+                let chosen: Vec<_> = ads.iter().filter(|ad| selects_node(ad, labels)).collect();
                 (!chosen.is_empty()).then(|| Candidate {
-                    node: n.name_any(),
+                    node: name.clone(),
                     preference: chosen
                         .iter()
-                        .map(|ad| preference(ad, n.labels()))
+                        .map(|ad| preference(ad, labels))
                         .max()
                         .unwrap_or(0),
                 })
@@ -137,28 +162,23 @@ pub fn owners(
 /// What `node` announces.
 pub fn announcements(
     node: &str,
-    objects: &Objects,
+    inputs: &Inputs,
     allocations: &[PlanEntry],
     alive: &BTreeSet<String>,
 ) -> BTreeSet<Announcement> {
-    let owners = owners(objects, allocations, alive);
+    let owners = owners(inputs, allocations, alive);
+    let no_labels = Labels::new();
+    let node_labels = inputs.nodes.get(node).unwrap_or(&no_labels);
     let mut out = BTreeSet::new();
     for entry in allocations {
         if owners.get(&entry.service).map(String::as_str) != Some(node) {
             continue;
         }
         let pool = entry.pool.as_deref().unwrap_or("");
-        let no_labels = BTreeMap::new();
-        let labels = objects
-            .pools
-            .iter()
-            .find(|p| p.name_any() == pool)
-            .map_or(&no_labels, |p| p.labels());
-        let me = objects.nodes.iter().find(|n| n.name_any() == node);
-        let node_labels = me.map_or(&no_labels, |n| n.labels());
+        let labels = inputs.pools.get(pool).unwrap_or(&no_labels);
         let mut interfaces = BTreeSet::new();
         let mut all = false;
-        for ad in objects
+        for ad in inputs
             .l2_advertisements
             .iter()
             .filter(|ad| selects_pool(ad, pool, labels) && selects_node(ad, node_labels))
@@ -187,8 +207,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn objects(ads: serde_json::Value, nodes: &[(&str, serde_json::Value)]) -> Objects {
-        Objects {
+    fn objects(ads: serde_json::Value, nodes: &[(&str, serde_json::Value)]) -> Inputs {
+        Inputs::new(&Objects {
             pools: vec![
                 serde_json::from_value(
                     json!({"metadata": {"name": "p", "labels": {"tier": "gold"}},
@@ -205,7 +225,7 @@ mod tests {
                 })
                 .collect(),
             ..Default::default()
-        }
+        })
     }
 
     fn alloc(service: &str, ips: &[&str]) -> PlanEntry {

@@ -5,6 +5,11 @@ use lb_agent::cli::{Cli, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Large buffers (a rendered /metrics page, the entries of 10,000 VIPs) straight from mmap,
+    // so they go back to the system when freed; glibc's adaptive threshold would otherwise
+    // move them into the heap after the first one is freed, where they stay resident.
+    // SAFETY: mallopt only tunes the allocator; called before any thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

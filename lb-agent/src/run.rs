@@ -36,7 +36,7 @@ use crate::{
         heartbeat::{Heartbeat, HeartbeatError, Phase},
     },
     metrics::{AgentMetrics, ModeLabel, Rejected},
-    source::{self, Config},
+    source::{self, Config, trim_heap},
 };
 
 #[derive(Debug, clap::Args)]
@@ -191,6 +191,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Some((handle, index))
     };
+    // xdplb0 follows the announcements from a task of its own: with thousands of VIPs a sync
+    // takes long enough to delay heartbeats. Only the latest wanted set matters.
+    let local = netlink.clone().map(|(handle, index)| {
+        let (tx, mut rx) = tokio::sync::watch::channel(BTreeSet::<IpAddr>::new());
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let vips = rx.borrow_and_update().clone();
+                if let Err(e) = vipdev::sync(&handle, index, &vips).await {
+                    warn!(error = %e, "cannot update xdplb0");
+                }
+                trim_heap();
+            }
+        });
+        tx
+    });
 
     let udp = UdpSocket::bind(("::", args.port))
         .await
@@ -345,7 +360,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             continue;
         }
         dirty = false;
-        let wanted = desired::announcements(&args.node_name, &c.objects, &c.allocations, &alive);
+        let wanted = desired::announcements(&args.node_name, &c.inputs, &c.allocations, &alive);
         // A VIP lost to a configuration change (the membership is the same) stays answered for
         // one failure timeout: the new owner may read the change a moment later than this agent,
         // and the VIP must not be left without an answer meanwhile. Losses to a peer becoming
@@ -389,10 +404,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         maps.apply(&entries(&next, &ifaces))?;
         let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
         metrics.announced.set(vips.len() as i64);
-        if let Some((handle, index)) = &netlink
-            && let Err(e) = vipdev::sync(handle, *index, &vips).await
-        {
-            warn!(error = %e, "cannot update xdplb0");
+        if let Some(local) = &local {
+            local.send_replace(vips);
         }
         let fresh: BTreeSet<Announcement> = gained.into_iter().cloned().collect();
         let burst = entries(&fresh, &ifaces);
@@ -410,6 +423,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             });
         }
         announced = next;
+        trim_heap();
     }
     // Say goodbye (three times: UDP may drop one) so the peers take over at once, and keep
     // answering until they have: make before break for a planned shutdown too.
@@ -437,6 +451,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     info!("withdrawing");
+    drop(local);
     maps.apply(&[])?;
     if let Some((handle, index)) = &netlink {
         vipdev::sync(handle, *index, &BTreeSet::new()).await?;

@@ -33,13 +33,23 @@ fn main() -> Result<()> {
     if !bpf_tests::privileged("xdplb-bench") {
         bail!("the bench needs root and a bpf filesystem");
     }
+    let only = std::env::args().nth(1);
+    eprintln!(
+        "the agent at scale: {} VIPs owned, then 1...",
+        bpf_tests::agent_bench::VIPS
+    );
+    let agent = AgentScale::measure()?;
+    if only.as_deref() == Some("agent") {
+        agent.print();
+        return Ok(());
+    }
     eprintln!(
         "the controller at scale: {} Services over {} pools...",
         bpf_tests::controller_bench::SERVICES,
         bpf_tests::controller_bench::POOLS
     );
     let scale = bpf_tests::controller_bench::run().map_err(anyhow::Error::msg)?;
-    if std::env::args().nth(1).as_deref() == Some("controller") {
+    if only.as_deref() == Some("controller") {
         print_scale(&scale);
         return Ok(());
     }
@@ -47,7 +57,7 @@ fn main() -> Result<()> {
         "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
     );
     let failover = Failover::measure()?;
-    if std::env::args().nth(1).as_deref() == Some("failover") {
+    if only.as_deref() == Some("failover") {
         failover.print();
         return Ok(());
     }
@@ -132,6 +142,7 @@ fn main() -> Result<()> {
     );
     print_scale(&scale);
     failover.print();
+    agent.print();
     println!();
     println!(
         "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
@@ -143,6 +154,50 @@ fn main() -> Result<()> {
          capped by the sender; the share answered and the CPU per reply are the comparison."
     );
     Ok(())
+}
+
+/// The agent owning 10,000 VIPs beside the same agent owning one.
+struct AgentScale {
+    many: bpf_tests::agent_bench::AgentFigures,
+    one: bpf_tests::agent_bench::AgentFigures,
+}
+
+impl AgentScale {
+    fn measure() -> Result<Self> {
+        use bpf_tests::agent_bench::{VIPS, measure};
+        Ok(Self {
+            many: measure(VIPS).map_err(anyhow::Error::msg)?,
+            one: measure(1).map_err(anyhow::Error::msg)?,
+        })
+    }
+
+    fn print(&self) {
+        let (m, o) = (&self.many, &self.one);
+        let mib = |kb: u64| kb as f64 / 1024.0;
+        println!(
+            "| agent: {} VIPs owned, start → all in the XDP map (ms) | {:.0} | {} VIP {:.0} | — | — |",
+            m.vips,
+            m.ready.as_secs_f64() * 1e3,
+            o.vips,
+            o.ready.as_secs_f64() * 1e3
+        );
+        println!(
+            "| agent: {} VIPs owned, RSS (MiB) | {:.1} | {} VIP {:.1} | {:.1}× | < 30 MiB |",
+            m.vips,
+            mib(m.rss_kb),
+            o.vips,
+            mib(o.rss_kb),
+            m.rss_kb as f64 / o.rss_kb.max(1) as f64
+        );
+        println!(
+            "| agent: {} VIPs owned, CPU at rest (% of one CPU over {:?}) | {:.2} | {} VIP {:.2} | — | — |",
+            m.vips,
+            bpf_tests::agent_bench::WINDOW,
+            m.cpu_share * 100.0,
+            o.vips,
+            o.cpu_share * 100.0
+        );
+    }
 }
 
 const FAILOVER_RUNS: usize = 20;
