@@ -77,6 +77,13 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
     })
 }
 
+/// A copy made on the calling thread, the original freed.
+fn relocate(c: Config) -> Config {
+    let copy = c.clone();
+    drop(c);
+    copy
+}
+
 /// Gives free heap pages back to the system (glibc returns only the top of a heap by itself).
 pub fn trim_heap() {
     // SAFETY: malloc_trim only releases memory that is free.
@@ -139,7 +146,7 @@ pub fn watch(
                     // Copied out of the parsing thread's heap, which can then be given back
                     // whole: kept there, the few long-lived objects would pin every page the
                     // parse touched (tens of MB with 10,000 Services).
-                    .map(|c| c.clone());
+                    .map(relocate);
                 trim_heap();
                 last = Some(print);
                 if tx.send(result.map(Arc::new)).await.is_err() {
