@@ -119,11 +119,12 @@ fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir, extra: &[&s
         "eth0",
         "--bpffs",
         pin,
-        "--mode",
-        "xdp-native",
         "--metrics-addr",
         METRICS,
     ];
+    if !extra.contains(&"--mode") {
+        args.extend_from_slice(&["--mode", "xdp-native"]);
+    }
     args.extend_from_slice(extra);
     let mut a = Agent::start(&lab.nodes[i].ns, &args);
     a.wait_for_log("running;", Duration::from_secs(20));

@@ -376,3 +376,33 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
         "{stderr}"
     );
 }
+
+#[test]
+fn an_afpacket_group_elects_and_fails_over_like_the_xdp_one() {
+    if !privileged("an_afpacket_group_elects_and_fails_over_like_the_xdp_one") {
+        return;
+    }
+    let mut g = Group::start_with("af", &["--mode", "afpacket"]);
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let m = g.metrics(0);
+    assert_eq!(
+        sample(&m, "xdplb_agent_datapath_info", &[("mode", "afpacket")]),
+        Some(1.0),
+        "{m}"
+    );
+    let (vip, owner) = first(&owners);
+    let others: Vec<&str> = g.names.iter().copied().filter(|n| *n != owner).collect();
+    let after = expected(&g.dir, &others);
+    // Without XDP there is no pinned program and no lease: the dead agent's answers stop with it.
+    g.kill(index_of(&g, &owner));
+    let (took, _) = probe_until(&g, &vip, Duration::from_secs(5), |who| {
+        who == &BTreeSet::from([after[&vip].clone()])
+    });
+    let took = took.unwrap_or_else(|| panic!("{vip} never moved\n{}", g.logs()));
+    eprintln!(
+        "{vip} (AF_PACKET): {owner} killed, {} answers after {took:?}",
+        after[&vip]
+    );
+    g.converge(&after, Duration::from_secs(2), "after the kill");
+}

@@ -17,18 +17,18 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use lb_common::VIP_FLAG_LEASED;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 use crate::{
+    cli::Mode,
     desired::{self, Announcement},
     l2::{
         afpacket::PacketSocket,
         announce,
-        datapath::Datapath,
         iface::Interface,
-        maps::{VipEntry, VipMaps, monotonic_ns},
+        maps::{VipEntry, monotonic_ns},
+        responders::{Choice, Responders},
         vipdev,
     },
     membership::{
@@ -52,9 +52,10 @@ pub struct RunArgs {
     pub interfaces: Vec<String>,
     #[arg(long, default_value = lb_common::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
-    /// XDP attach mode: native then generic (`xdp`), or one of them.
-    #[arg(long, value_enum, default_value_t = crate::cli::Mode::Xdp)]
-    pub mode: crate::cli::Mode,
+    /// How ARP/NDP is answered: XDP where it attaches and AF_PACKET elsewhere (`auto`), or
+    /// only one of them.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
     /// The shared membership secret (default: DIR/secret).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
@@ -86,7 +87,7 @@ fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipE
                     addr: a.vip,
                     ifindex: i.index,
                     mac: i.mac,
-                    flags: VIP_FLAG_LEASED,
+                    flags: 0,
                 })
         })
         .collect()
@@ -119,12 +120,6 @@ fn rejected_by(e: &HeartbeatError) -> Rejected {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    if matches!(
-        args.mode,
-        crate::cli::Mode::Afpacket | crate::cli::Mode::Auto
-    ) {
-        bail!("--mode: run answers from XDP only for now (xdp, xdp-native or xdp-generic)");
-    }
     let secret_path = args
         .secret_file
         .clone()
@@ -147,35 +142,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in &args.interfaces {
         ifaces.push(Interface::lookup(name)?);
     }
-    let mut datapath =
-        Datapath::load(&args.bpffs, 0).context("loading the XDP program (run needs XDP)")?;
-    for iface in &ifaces {
-        let how = datapath.attach_l2(&iface.name, crate::cli::xdp_modes(args.mode))?;
-        info!(iface = %iface.name, mode = %how, "XDP responder attached");
+    let choice = match args.mode {
+        Mode::Auto => Choice::Auto,
+        Mode::Afpacket => Choice::AfPacket,
+        m => Choice::Xdp(crate::cli::xdp_modes(m)),
+    };
+    let mut responders = Responders::start(&args.bpffs, &ifaces, choice)?;
+    for (_, mode) in &responders.modes {
         metrics
             .datapath
-            .get_or_create(&ModeLabel {
-                mode: how.to_string(),
-            })
+            .get_or_create(&ModeLabel { mode: mode.clone() })
             .set(1);
     }
-    let mut maps = VipMaps::open_pinned(datapath.bpffs())?;
     let lease_ns = u64::try_from(args.failure_timeout.as_nanos()).unwrap_or(u64::MAX);
     // Entries left by a previous agent whose lease still runs are being answered right now:
     // keep answering them (and say so to the peers) until this agent has decided. Stale ones
     // (the lease lapsed, so the peers have taken them over) must not come back to life.
-    let adopted = maps.entries();
-    let mut phase = if !adopted.is_empty() && maps.lease()? > monotonic_ns() {
-        info!(
-            entries = adopted.len(),
-            "adopting the previous agent's VIPs until the peers are heard"
-        );
+    let mut phase = if responders.adopted_live()? {
+        info!("adopting the previous agent's VIPs until the peers are heard");
         Phase::Active
     } else {
-        maps.apply(&[])?;
+        responders.apply(&[])?;
         Phase::Joining
     };
-    maps.set_lease(monotonic_ns().saturating_add(lease_ns))?;
+    responders.renew(monotonic_ns().saturating_add(lease_ns))?;
     let sockets = ifaces
         .iter()
         .map(|i| Ok((i.index, PacketSocket::open(i, false)?)))
@@ -330,7 +320,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let _ = udp.send_to(&datagram, peer).await;
             }
         }
-        maps.set_lease(monotonic_ns().saturating_add(lease_ns))?;
+        responders.renew(monotonic_ns().saturating_add(lease_ns))?;
         let Some(c) = &config else {
             continue;
         };
@@ -401,7 +391,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.takeovers.inc_by(gained.len() as u64);
         }
         // Make before break: the maps gain the new VIPs before losing the old ones.
-        maps.apply(&entries(&next, &ifaces))?;
+        responders.apply(&entries(&next, &ifaces))?;
         let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
         metrics.announced.set(vips.len() as i64);
         if let Some(local) = &local {
@@ -446,20 +436,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
         if !announced.is_empty() {
-            maps.set_lease(monotonic_ns().saturating_add(lease_ns.saturating_mul(2)))?;
+            responders.renew(monotonic_ns().saturating_add(lease_ns.saturating_mul(2)))?;
             tokio::time::sleep(args.heartbeat_interval * 2).await;
         }
     }
     info!("withdrawing");
     drop(local);
-    maps.apply(&[])?;
+
     if let Some((handle, index)) = &netlink {
         vipdev::sync(handle, *index, &BTreeSet::new()).await?;
         vipdev::remove_if_empty(handle).await?;
     }
-    for iface in &ifaces {
-        Datapath::detach(&args.bpffs, &iface.name)?;
-    }
-    Datapath::unpin_all(&args.bpffs)?;
+    responders.shutdown(&ifaces)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod iface;
 pub mod maps;
 pub mod responder;
+pub mod responders;
 pub mod vipdev;
 
 pub use error::L2Error;

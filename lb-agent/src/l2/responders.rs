@@ -1,0 +1,188 @@
+//! An agent's responders behind one interface: the XDP program on every interface where it
+//! attaches, the userspace AF_PACKET responder on the others (`--mode auto`), or only one of
+//! them. `apply` sends each entry to the responder of its interface.
+//!
+//! Only XDP entries carry the data-path lease: the AF_PACKET responder lives in the agent's
+//! own process, so it stops answering when the agent dies without one.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
+
+use lb_common::VIP_FLAG_LEASED;
+use tracing::{info, warn};
+
+use super::{
+    L2Error,
+    afpacket::{self, SharedCounters, Table},
+    datapath::{Datapath, XdpModes},
+    iface::Interface,
+    maps::{VipEntry, VipMaps, monotonic_ns},
+};
+
+/// Which responders to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// XDP in these modes; an interface where it cannot attach is an error.
+    Xdp(XdpModes),
+    /// XDP (native, then generic) where it attaches, AF_PACKET elsewhere.
+    Auto,
+    /// AF_PACKET everywhere.
+    AfPacket,
+}
+
+/// The responders of one agent.
+pub struct Responders {
+    bpffs: PathBuf,
+    /// The XDP program was loaded (and pinned) by or for this agent.
+    loaded: bool,
+    maps: Option<VipMaps>,
+    xdp: BTreeSet<u32>,
+    /// How each interface is answered, for logs and metrics: `xdp native`, `xdp generic`,
+    /// `afpacket`.
+    pub modes: Vec<(String, String)>,
+    table: Arc<RwLock<Table>>,
+    af_ifaces: Vec<Interface>,
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    pub af_counters: Arc<SharedCounters>,
+}
+
+impl Responders {
+    /// Loads (or adopts) the XDP program and attaches it, and starts the AF_PACKET responder
+    /// where XDP is not used.
+    pub fn start(bpffs: &Path, ifaces: &[Interface], choice: Choice) -> Result<Self, L2Error> {
+        let mut datapath = None;
+        if choice != Choice::AfPacket {
+            match Datapath::load(bpffs, 0) {
+                Ok(d) => datapath = Some(d),
+                Err(e) if choice == Choice::Auto => {
+                    warn!(error = %e, "XDP unavailable; answering from the AF_PACKET responder");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut xdp = BTreeSet::new();
+        let mut modes = Vec::new();
+        let mut af_ifaces = Vec::new();
+        for iface in ifaces {
+            let Some(d) = datapath.as_mut() else {
+                af_ifaces.push(iface.clone());
+                continue;
+            };
+            let want = match choice {
+                Choice::Xdp(m) => m,
+                _ => XdpModes::NativeThenGeneric,
+            };
+            match d.attach_l2(&iface.name, want) {
+                Ok(how) => {
+                    info!(iface = %iface.name, mode = %how, "XDP responder attached");
+                    modes.push((iface.name.clone(), how.to_string()));
+                    xdp.insert(iface.index);
+                }
+                Err(e) if choice == Choice::Auto => {
+                    warn!(iface = %iface.name, error = %e, "XDP cannot attach; using the AF_PACKET responder");
+                    af_ifaces.push(iface.clone());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let maps = match &datapath {
+            Some(d) if !xdp.is_empty() => Some(VipMaps::open_pinned(d.bpffs())?),
+            _ => None,
+        };
+        let table = Arc::new(RwLock::new(Table::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let af_counters = Arc::new(SharedCounters::default());
+        let mut threads = Vec::new();
+        for iface in &af_ifaces {
+            threads.push(afpacket::spawn_responder(
+                iface.clone(),
+                table.clone(),
+                af_counters.clone(),
+                stop.clone(),
+            )?);
+            info!(iface = %iface.name, "AF_PACKET responder running");
+            modes.push((iface.name.clone(), "afpacket".to_owned()));
+        }
+        Ok(Self {
+            bpffs: bpffs.to_owned(),
+            loaded: datapath.is_some(),
+            maps,
+            xdp,
+            modes,
+            table,
+            af_ifaces,
+            threads,
+            stop,
+            af_counters,
+        })
+    }
+
+    /// Whether the XDP maps hold entries of a previous agent whose lease still runs: they are
+    /// being answered right now.
+    pub fn adopted_live(&self) -> Result<bool, L2Error> {
+        match &self.maps {
+            Some(m) => Ok(!m.entries().is_empty() && m.lease()? > monotonic_ns()),
+            None => Ok(false),
+        }
+    }
+
+    /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
+    pub fn renew(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
+        match &mut self.maps {
+            Some(m) => m.set_lease(deadline_ns),
+            None => Ok(()),
+        }
+    }
+
+    /// Answers for exactly `entries` (make before break in the maps); XDP entries are leased.
+    pub fn apply(&mut self, entries: &[VipEntry]) -> Result<(), L2Error> {
+        let (xdp, af): (Vec<VipEntry>, Vec<VipEntry>) =
+            entries.iter().partition(|e| self.xdp.contains(&e.ifindex));
+        if let Some(m) = &mut self.maps {
+            let leased: Vec<VipEntry> = xdp
+                .into_iter()
+                .map(|e| VipEntry {
+                    flags: e.flags | VIP_FLAG_LEASED,
+                    ..e
+                })
+                .collect();
+            m.apply(&leased)?;
+        }
+        let af: Vec<VipEntry> = af
+            .into_iter()
+            .filter(|e| self.af_ifaces.iter().any(|i| i.index == e.ifindex))
+            .map(|e| VipEntry {
+                flags: e.flags & !VIP_FLAG_LEASED,
+                ..e
+            })
+            .collect();
+        let next = Table::from_entries(&af);
+        if let Ok(mut t) = self.table.write() {
+            *t = next;
+        }
+        Ok(())
+    }
+
+    /// Stops answering, detaches XDP and removes the pins.
+    pub fn shutdown(mut self, ifaces: &[Interface]) -> Result<(), L2Error> {
+        self.apply(&[])?;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for iface in ifaces.iter().filter(|i| self.xdp.contains(&i.index)) {
+            Datapath::detach(&self.bpffs, &iface.name)?;
+        }
+        if self.loaded {
+            Datapath::unpin_all(&self.bpffs)?;
+        }
+        Ok(())
+    }
+}
