@@ -54,8 +54,11 @@ fn config_dir(lab: &Lab) -> PathBuf {
     dir
 }
 
-/// Runs the real standalone controller until it has written the allocations.
+/// Runs the real standalone controller until it has written the allocations (again: it keeps
+/// what was allocated and adds what is new).
 fn allocate(dir: &Path) {
+    let file = dir.join("status/allocations.yaml");
+    let before = std::fs::read_to_string(&file).ok();
     let mut child: Child = Command::new(workspace_bin("lb-controller"))
         .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
         .arg(dir)
@@ -63,9 +66,9 @@ fn allocate(dir: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .expect("start lb-controller");
-    let file = dir.join("status/allocations.yaml");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !file.exists() {
+    // The first time: until the file exists; later: until the controller rewrote it.
+    while std::fs::read_to_string(&file).ok() == before {
         assert!(Instant::now() < deadline, "no allocations written");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -91,6 +94,23 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
         .iter()
         .filter_map(|e| Some((e.ips.first()?.to_string(), owners.get(&e.service)?.clone())))
         .collect()
+}
+
+/// The first address allocated to `service` (`namespace/name`).
+pub fn vip_of(dir: &Path, service: &str) -> String {
+    let reader = lb_controller::standalone::Standalone::new(
+        dir.to_path_buf(),
+        None,
+        std::sync::Arc::new(lb_controller::metrics::Metrics::default()),
+    );
+    reader
+        .read_allocations()
+        .allocations
+        .iter()
+        .find(|e| e.service == service)
+        .and_then(|e| e.ips.first())
+        .map(ToString::to_string)
+        .unwrap_or_else(|| panic!("{service} has no address"))
 }
 
 pub struct Group {
@@ -183,6 +203,16 @@ impl Group {
             self.names[i]
         );
         log
+    }
+
+    /// The group's configuration with `l2_spec` as the L2Advertisement's spec, as text.
+    pub fn config(&self, l2_spec: &str) -> String {
+        config_yaml(&self.lab, l2_spec)
+    }
+
+    /// Runs the controller over the current configuration (new Services get addresses).
+    pub fn allocate(&self) {
+        allocate(&self.dir);
     }
 
     /// Replaces the L2Advertisement's spec (flow YAML); the agents pick it up on their next

@@ -406,3 +406,44 @@ fn an_afpacket_group_elects_and_fails_over_like_the_xdp_one() {
     );
     g.converge(&after, Duration::from_secs(2), "after the kill");
 }
+
+/// A Service with `externalTrafficPolicy: Local` and an EndpointSlice putting its one ready
+/// endpoint on `node`, as extra documents for the group's configuration.
+fn local_web(node: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec: {{type: LoadBalancer, externalTrafficPolicy: Local, ports: [{{port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [10.244.0.9], nodeName: {node}, conditions: {{ready: true}}}}]\n"
+    )
+}
+
+#[test]
+fn an_etp_local_service_is_announced_where_its_endpoint_is_and_follows_it() {
+    if !privileged("an_etp_local_service_is_announced_where_its_endpoint_is_and_follows_it") {
+        return;
+    }
+    let g = Group::start("lo");
+    let base = g.config("{}");
+    for (i, node) in ["node-3", "node-1"].into_iter().enumerate() {
+        g.write_config(&format!("{base}{}", local_web(node)));
+        if i == 0 {
+            // web is new: the controller gives it an address (moving the endpoint later does not
+            // change the allocations).
+            g.allocate();
+        }
+        let owners = expected(&g.dir, &g.names);
+        let vip = bpf_tests::group::vip_of(&g.dir, "default/web");
+        assert_eq!(
+            owners.get(&vip).map(String::as_str),
+            Some(node),
+            "{owners:?}"
+        );
+        g.converge(
+            &BTreeMap::from([(vip.clone(), node.to_owned())]),
+            Duration::from_secs(3),
+            &format!("web's endpoint on {node}"),
+        );
+    }
+}

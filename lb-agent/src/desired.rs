@@ -14,6 +14,7 @@ use std::{
     net::IpAddr,
 };
 
+use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use kube::ResourceExt;
 use lb_controller::{
     config::{manifest::Objects, types::L2Advertisement, validate::selector_matches},
@@ -21,6 +22,9 @@ use lb_controller::{
 };
 
 use crate::election::{self, Candidate};
+
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The label that keeps a node out of every election.
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
@@ -47,8 +51,53 @@ pub struct Inputs {
     pub l2_advertisements: Vec<L2Advertisement>,
     /// Node name → labels.
     pub nodes: BTreeMap<String, Labels>,
-    /// `namespace/name` → labels.
-    pub services: BTreeMap<String, Labels>,
+    /// Nodes whose `NetworkUnavailable` condition is true: never candidates (as in MetalLB).
+    pub unavailable: BTreeSet<String>,
+    /// `namespace/name` → what the election needs of the Service.
+    pub services: BTreeMap<String, ServiceFacts>,
+}
+
+/// What the election needs of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFacts {
+    pub labels: Labels,
+    /// `externalTrafficPolicy: Local`: the nodes that hold a ready endpoint (ready, or serving
+    /// and not terminating, as MetalLB counts them). `None`: `Cluster`, any node may announce.
+    pub local_nodes: Option<BTreeSet<String>>,
+}
+
+/// The nodes holding a usable endpoint of each Service (`namespace/name`), from its
+/// EndpointSlices (label `kubernetes.io/service-name`).
+fn endpoint_nodes(slices: &[EndpointSlice]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for slice in slices {
+        let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
+            continue;
+        };
+        let ns = slice.namespace().unwrap_or_else(|| "default".into());
+        let nodes = out.entry(format!("{ns}/{service}")).or_default();
+        for ep in slice.endpoints.iter().flatten() {
+            let c = ep.conditions.as_ref();
+            // The API says an unknown readiness is to be taken as ready.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(false);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            if let (true, Some(node)) = (ready || (serving && !terminating), &ep.node_name) {
+                nodes.insert(node.clone());
+            }
+        }
+    }
+    out
+}
+
+fn network_unavailable(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+        })
 }
 
 impl Inputs {
@@ -65,14 +114,33 @@ impl Inputs {
                 .iter()
                 .map(|n| (n.name_any(), n.labels().clone()))
                 .collect(),
-            services: objects
-                .services
+            unavailable: objects
+                .nodes
                 .iter()
-                .map(|s| {
-                    let ns = s.namespace().unwrap_or_else(|| "default".into());
-                    (format!("{ns}/{}", s.name_any()), s.labels().clone())
-                })
+                .filter(|n| network_unavailable(n))
+                .map(ResourceExt::name_any)
                 .collect(),
+            services: {
+                let mut endpoints = endpoint_nodes(&objects.endpoint_slices);
+                objects
+                    .services
+                    .iter()
+                    .map(|s| {
+                        let ns = s.namespace().unwrap_or_else(|| "default".into());
+                        let key = format!("{ns}/{}", s.name_any());
+                        let local = s
+                            .spec
+                            .as_ref()
+                            .and_then(|spec| spec.external_traffic_policy.as_deref())
+                            == Some("Local");
+                        let facts = ServiceFacts {
+                            labels: s.labels().clone(),
+                            local_nodes: local.then(|| endpoints.remove(&key).unwrap_or_default()),
+                        };
+                        (key, facts)
+                    })
+                    .collect()
+            },
         }
     }
 }
@@ -88,6 +156,7 @@ fn selects_pool(ad: &L2Advertisement, pool: &str, pool_labels: &BTreeMap<String,
 }
 
 fn selects_service(ad: &L2Advertisement, labels: Option<&Labels>) -> bool {
+    // Kept apart from the traffic policy: this is the advertisement's choice.
     ad.spec.service_selectors.is_empty()
         || labels.is_some_and(|l| {
             ad.spec
@@ -133,12 +202,16 @@ pub fn owners(
         let ads: Vec<&L2Advertisement> = inputs
             .l2_advertisements
             .iter()
-            .filter(|ad| selects_pool(ad, pool, labels) && selects_service(ad, svc))
+            .filter(|ad| {
+                selects_pool(ad, pool, labels) && selects_service(ad, svc.map(|s| &s.labels))
+            })
             .collect();
+        let local = svc.and_then(|s| s.local_nodes.as_ref());
         let candidates: Vec<Candidate> = inputs
             .nodes
             .iter()
-            .filter(|(name, _)| alive.contains(*name))
+            .filter(|(name, _)| alive.contains(*name) && !inputs.unavailable.contains(*name))
+            .filter(|(name, _)| local.is_none_or(|nodes| nodes.contains(*name)))
             .filter(|(_, labels)| !labels.contains_key(EXCLUDE_LABEL))
             .filter_map(|(name, labels)| {
                 let chosen: Vec<_> = ads.iter().filter(|ad| selects_node(ad, labels)).collect();
@@ -350,5 +423,169 @@ mod tests {
             .collect();
         let owners = owners(&o, &allocs, &alive(&["a", "b", "c"]));
         assert!(owners.values().all(|n| n == "c"), "{owners:?}");
+    }
+
+    /// A Service with `externalTrafficPolicy: Local` and its EndpointSlices, read from YAML the
+    /// way a user writes them.
+    fn local_service(endpoints: serde_json::Value, unavailable: &[&str]) -> Inputs {
+        let nodes: Vec<Node> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let status = if unavailable.contains(n) {
+                    json!({"conditions": [{"type": "NetworkUnavailable", "status": "True"}]})
+                } else {
+                    json!({"conditions": [{"type": "NetworkUnavailable", "status": "False"}]})
+                };
+                serde_json::from_value(json!({"metadata": {"name": n}, "status": status}))
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        Inputs::new(&Objects {
+            pools: vec![
+                serde_json::from_value(json!({"metadata": {"name": "p"},
+                    "spec": {"addresses": ["10.0.0.0/24"]}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            l2_advertisements: vec![
+                serde_json::from_value(json!({"metadata": {"name": "l2"}, "spec": {}}))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            nodes,
+            services: vec![
+                serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "default"},
+                    "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            endpoint_slices: vec![
+                serde_json::from_value(
+                    json!({"metadata": {"name": "web-abc", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "web"}},
+                    "addressType": "IPv4", "endpoints": endpoints}),
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            ..Default::default()
+        })
+    }
+
+    /// Scenario table for `externalTrafficPolicy: Local` and node conditions: the endpoints,
+    /// the nodes alive, the nodes whose network is unavailable, and who may own the VIP.
+    #[test]
+    fn etp_local_follows_the_ready_endpoints() {
+        let ep = |node: &str, conditions: serde_json::Value| json!({"addresses": ["192.168.0.1"], "nodeName": node, "conditions": conditions});
+        type Case = (
+            &'static str,
+            serde_json::Value,
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "only node with an endpoint",
+                json!([ep("b", json!({"ready": true}))]),
+                &["a", "b", "c"],
+                &[],
+                &["b"],
+            ),
+            (
+                "endpoint moved",
+                json!([ep("c", json!({"ready": true}))]),
+                &["a", "b", "c"],
+                &[],
+                &["c"],
+            ),
+            (
+                "readiness unknown counts as ready",
+                json!([ep("a", json!({}))]),
+                &["a", "b", "c"],
+                &[],
+                &["a"],
+            ),
+            (
+                "not ready",
+                json!([ep("a", json!({"ready": false}))]),
+                &["a", "b", "c"],
+                &[],
+                &[],
+            ),
+            (
+                "serving, not terminating",
+                json!([ep(
+                    "a",
+                    json!({"ready": false, "serving": true, "terminating": false})
+                )]),
+                &["a", "b", "c"],
+                &[],
+                &["a"],
+            ),
+            (
+                "serving but terminating",
+                json!([ep(
+                    "a",
+                    json!({"ready": false, "serving": true, "terminating": true})
+                )]),
+                &["a", "b", "c"],
+                &[],
+                &[],
+            ),
+            (
+                "no endpoint anywhere",
+                json!([]),
+                &["a", "b", "c"],
+                &[],
+                &[],
+            ),
+            (
+                "the endpoint's node is dead",
+                json!([ep("b", json!({"ready": true}))]),
+                &["a", "c"],
+                &[],
+                &[],
+            ),
+            (
+                "two endpoints, one node dead",
+                json!([
+                    ep("a", json!({"ready": true})),
+                    ep("b", json!({"ready": true}))
+                ]),
+                &["a", "c"],
+                &[],
+                &["a"],
+            ),
+            (
+                "network unavailable",
+                json!([ep("b", json!({"ready": true}))]),
+                &["a", "b", "c"],
+                &["b"],
+                &[],
+            ),
+        ];
+        let allocs = vec![PlanEntry {
+            service: "default/web".into(),
+            ips: vec!["10.0.0.7".parse().unwrap_or_else(|e| panic!("{e}"))],
+            pool: Some("p".into()),
+            pending: None,
+        }];
+        for (what, endpoints, up, unavailable, may_own) in cases {
+            let inputs = local_service(endpoints, unavailable);
+            let owner = owners(&inputs, &allocs, &alive(up)).remove("default/web");
+            match owner {
+                None => assert!(
+                    may_own.is_empty(),
+                    "{what}: nobody owns, expected one of {may_own:?}"
+                ),
+                Some(o) => assert!(
+                    may_own.contains(&o.as_str()),
+                    "{what}: {o} owns, expected one of {may_own:?}"
+                ),
+            }
+            if !may_own.is_empty() {
+                assert!(
+                    owners(&inputs, &allocs, &alive(up)).contains_key("default/web"),
+                    "{what}: nobody owns"
+                );
+            }
+        }
     }
 }

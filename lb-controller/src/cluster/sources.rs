@@ -134,6 +134,7 @@ impl Sources {
             nodes: by_name(owned(&self.nodes)),
             secrets: by_name(owned(&self.secrets)),
             services,
+            endpoint_slices: Vec::new(),
         }
     }
 }

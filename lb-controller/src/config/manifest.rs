@@ -3,7 +3,10 @@
 //! object and the field; input that is not YAML at all is a [`LoadError`].
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Node, Secret, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -38,6 +41,9 @@ pub struct Objects {
     pub nodes: Vec<Node>,
     pub secrets: Vec<Secret>,
     pub services: Vec<Service>,
+    /// Read for `externalTrafficPolicy: Local` (which nodes hold a ready endpoint); the
+    /// controller does not use them.
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 /// The YAML files named by `paths`: files as given, directories' `*.yaml` / `*.yml` entries in
@@ -255,6 +261,7 @@ fn sort(doc: Value, file: &Path, strictness: Strictness, loaded: &mut Loaded) {
         ("", "Node") => put!(objects.nodes),
         ("", "Secret") => put!(objects.secrets),
         ("", "Service") => put!(objects.services),
+        ("discovery.k8s.io", "EndpointSlice") => put!(objects.endpoint_slices),
         _ => warnings.push(Problem::new(
             &kind,
             &name,
