@@ -86,6 +86,11 @@ impl Lab {
         }
     }
 
+    /// Where the bridge ports' pass-through programs are pinned.
+    pub fn pass_pins(&self) -> &std::path::Path {
+        self._pass_pins.path()
+    }
+
     /// `arping` from the client on the segment: the replying MACs, one per answered request.
     pub fn arping(&self, target: &str, count: u32) -> Vec<String> {
         self.arping_within(target, count, "3")

@@ -8,6 +8,7 @@
 //! - `test`: setup, fmt check, clippy with warnings denied, build, every test.
 //! - `bench`: the benchmark table.
 //! - `demo`: the product tour.
+//! - `lab up|status|down`: the demo's lab, left running to explore by hand.
 //! - `crds`: regenerate `deploy/crds` from the controller's types.
 use std::{
     path::{Path, PathBuf},
@@ -61,6 +62,22 @@ enum Task {
     Demo,
     /// Regenerate deploy/crds from lb-controller's types.
     Crds,
+    /// The demo's lab, left running to explore: `lab up`, `lab status`, `lab down`.
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Three nodes, a client and a bridge in network namespaces, the standalone controller and
+    /// one agent per node, from deploy/examples/standalone.
+    Up,
+    /// Show what runs and how to reach it.
+    Status,
+    /// Stop the processes and delete the namespaces, pins and files `up` created.
+    Down,
 }
 
 fn main() -> Result<()> {
@@ -70,8 +87,16 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Build => cargo(&root, &["build", "--workspace", "--release"]),
         Task::Test => test(&root),
-        Task::Bench => run_release_bin(&root, "xdplb-bench"),
-        Task::Demo => run_release_bin(&root, "xdplb-demo"),
+        Task::Bench => run_release_bin(&root, "xdplb-bench", &[]),
+        Task::Demo => run_release_bin(&root, "xdplb-demo", &[]),
+        Task::Lab { action } => {
+            let verb = match action {
+                LabAction::Up => "up",
+                LabAction::Status => "status",
+                LabAction::Down => "down",
+            };
+            run_release_bin(&root, "xdplb-lab", &[verb])
+        }
         Task::Crds => {
             let dir = root.join("deploy/crds");
             let dir = dir.to_str().context("deploy/crds path is not UTF-8")?;
@@ -94,7 +119,7 @@ fn main() -> Result<()> {
 
 /// Sets up, builds the agent and the lab binaries in release mode, and runs `name` (from
 /// `bpf-tests`: it drives the real `lb-agent` in network namespaces).
-fn run_release_bin(root: &Path, name: &str) -> Result<()> {
+fn run_release_bin(root: &Path, name: &str, args: &[&str]) -> Result<()> {
     setup()?;
     cargo(
         root,
@@ -109,7 +134,9 @@ fn run_release_bin(root: &Path, name: &str) -> Result<()> {
             "bpf-tests",
         ],
     )?;
-    run(Command::new(root.join("target/release").join(name)).current_dir(root))
+    run(Command::new(root.join("target/release").join(name))
+        .args(args)
+        .current_dir(root))
 }
 
 fn workspace_root() -> PathBuf {
