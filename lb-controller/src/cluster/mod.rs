@@ -13,7 +13,7 @@
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
 mod leader;
 pub mod lease;
-mod sources;
+pub mod sources;
 pub mod status;
 
 use std::{

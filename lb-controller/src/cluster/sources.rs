@@ -20,7 +20,7 @@ use crate::config::{
     types::{BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2},
 };
 
-type Reader<K> = reflector::Store<K>;
+pub type Reader<K> = reflector::Store<K>;
 
 pub struct Sources {
     pools: Reader<IPAddressPool>,
@@ -35,7 +35,11 @@ pub struct Sources {
     services: Reader<Service>,
 }
 
-fn watch<K>(api: Api<K>, changed: Arc<Notify>, tasks: &mut Vec<BoxFuture<'static, ()>>) -> Reader<K>
+pub fn watch<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    tasks: &mut Vec<BoxFuture<'static, ()>>,
+) -> Reader<K>
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,

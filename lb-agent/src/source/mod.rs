@@ -1,5 +1,6 @@
-//! The standalone configuration source: the metallb.io objects, Nodes and Services in DIR and
-//! the controller's `status/allocations.yaml`, read off the agent's main loop.
+//! Where the agent's configuration comes from, read off its main loop. Here the standalone
+//! source: the metallb.io objects, Nodes, Services and EndpointSlices in DIR and the
+//! controller's `status/allocations.yaml`; [`cluster`] reads the same from the API server.
 //!
 //! Reading a large configuration takes long (10,000 Services parse in a few hundred
 //! milliseconds), longer than the failure timeout: done on the main loop it would silence the
@@ -30,7 +31,12 @@ pub struct Config {
     pub allocations: Vec<PlanEntry>,
     /// Heartbeat targets: every other Node's InternalIP.
     pub peers: Vec<SocketAddr>,
+    /// The membership secret, when the source carries it (in a cluster, MetalLB's Secret);
+    /// standalone agents read theirs from a file.
+    pub secret: Option<Vec<u8>>,
 }
+
+pub mod cluster;
 
 /// Changes within this window are read together (an editor's save, the controller's
 /// write-and-rename).
@@ -38,7 +44,7 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// A look at the files even without a change notification, in case one was missed.
 const POLL: Duration = Duration::from_secs(5);
 
-fn internal_ip(node: &Node) -> Option<IpAddr> {
+pub(crate) fn internal_ip(node: &Node) -> Option<IpAddr> {
     let addrs = node.status.as_ref()?.addresses.as_ref()?;
     addrs
         .iter()
@@ -74,11 +80,12 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
         inputs,
         allocations,
         peers,
+        secret: None,
     })
 }
 
 /// A copy made on the calling thread, the original freed.
-fn relocate(c: Config) -> Config {
+pub(crate) fn relocate(c: Config) -> Config {
     let copy = c.clone();
     drop(c);
     copy

@@ -1,0 +1,130 @@
+//! The in-cluster configuration source: the same [`Config`] as the standalone one, from the API
+//! server. kube-rs reflectors follow the metallb.io kinds and Secrets in the agent's namespace
+//! and Services, Namespaces, Nodes and EndpointSlices cluster-wide (relisting by themselves
+//! after a broken watch or a 410 Gone); any change wakes a rebuild, changes within a few
+//! milliseconds taken together.
+//!
+//! [`build`] is pure: the controller's validation, each Service's addresses from its
+//! `status.loadBalancer.ingress` (what the controller wrote) with the pool that holds them, the
+//! election inputs, the peers' InternalIPs, and MetalLB's membership secret (Secret
+//! `memberlist`, key `secretkey`).
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::{Api, Client, ResourceExt};
+use lb_controller::{
+    cluster::sources::{Sources, watch as reflect},
+    config::manifest::Objects,
+    ipam::{
+        allocator::PoolDef,
+        service::{is_ours, status_ips},
+    },
+    plan::{PlanEntry, pool_defs},
+};
+use tokio::sync::{Notify, mpsc};
+
+use super::{Config, internal_ip, relocate, trim_heap};
+use crate::desired::Inputs;
+
+/// MetalLB's membership Secret and its key.
+pub const MEMBERLIST_SECRET: &str = "memberlist";
+pub const MEMBERLIST_KEY: &str = "secretkey";
+
+/// Changes within this window are read together.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// Who this agent is in the cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the metallb.io objects and the membership Secret live.
+    pub namespace: String,
+    pub node: String,
+    /// The heartbeat port on every node.
+    pub port: u16,
+    /// Serve Services of this `spec.loadBalancerClass` (`None`: those without one).
+    pub lb_class: Option<String>,
+}
+
+fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
+    let ips = status_ips(svc);
+    let first = *ips.first()?;
+    let pool = pools
+        .iter()
+        .find(|p| p.ranges.iter().any(|r| r.contains(first)))
+        .map(|p| p.name.clone());
+    let ns = svc.namespace().unwrap_or_else(|| "default".into());
+    Some(PlanEntry {
+        service: format!("{ns}/{}", svc.name_any()),
+        ips,
+        pool,
+        pending: None,
+    })
+}
+
+/// The agent's configuration from a snapshot of the cluster; `Err` names the first problem
+/// (the caller keeps the last good configuration).
+pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
+    let report = lb_controller::config::validate::validate(objects);
+    if let Some(e) = report.errors.first() {
+        return Err(e.to_string());
+    }
+    let pools = pool_defs(&objects.pools);
+    let allocations = objects
+        .services
+        .iter()
+        .filter(|s| is_ours(s, opts.lb_class.as_deref()))
+        .filter_map(|s| allocation(s, &pools))
+        .collect();
+    let peers = objects
+        .nodes
+        .iter()
+        .filter(|n| n.name_any() != opts.node)
+        .filter_map(internal_ip)
+        .map(|ip| SocketAddr::new(ip, opts.port))
+        .collect();
+    let secret = objects
+        .secrets
+        .iter()
+        .find(|s| s.name_any() == MEMBERLIST_SECRET)
+        .and_then(|s| s.data.as_ref()?.get(MEMBERLIST_KEY))
+        .map(|b| b.0.clone());
+    Ok(Config {
+        inputs: Inputs::new(objects),
+        allocations,
+        peers,
+        secret,
+    })
+}
+
+/// Starts the reflectors: the receiver gets a reading once every cache holds its first list,
+/// and one more after every change.
+pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>, String>> {
+    let changed = Arc::new(Notify::new());
+    let (sources, mut tasks) = Sources::start(&client, &opts.namespace, changed.clone());
+    let slices = reflect(
+        Api::<EndpointSlice>::all(client),
+        changed.clone(),
+        &mut tasks,
+    );
+    for task in tasks {
+        tokio::spawn(task);
+    }
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        sources.wait_ready().await;
+        let _ = slices.wait_until_ready().await;
+        loop {
+            let mut objects = sources.objects();
+            objects.endpoint_slices = slices.state().iter().map(|s| (**s).clone()).collect();
+            let result = build(&objects, &opts).map(relocate);
+            drop(objects);
+            trim_heap();
+            if tx.send(result.map(Arc::new)).await.is_err() {
+                return;
+            }
+            changed.notified().await;
+            tokio::time::sleep(SETTLE).await;
+        }
+    });
+    rx
+}
