@@ -41,12 +41,18 @@ pub struct Agent {
 impl Agent {
     /// Starts `lb-agent ARGS` in `ns` (network namespace only, so pins land in the host bpffs).
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        Self::start_env(ns, args, &[])
+    }
+
+    /// The same, with `env` added to the agent's environment.
+    pub fn start_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique("agent")));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
             .arg(agent_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

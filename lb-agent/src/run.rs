@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
@@ -45,8 +45,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub node_name: String,
     /// The standalone configuration directory (the controller writes status/ inside it).
+    /// Without it the agent runs in a cluster (in-cluster credentials, or `$KUBECONFIG`).
     #[arg(long)]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// In a cluster: where the metallb.io objects and the `memberlist` Secret live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "metallb-system")]
+    pub namespace: String,
+    /// In a cluster: serve only Services with this spec.loadBalancerClass (default: those with
+    /// none, like MetalLB).
+    #[arg(long)]
+    pub lb_class: Option<String>,
     /// Interface to announce on (repeat for several).
     #[arg(long = "interface", short = 'i', required = true)]
     pub interfaces: Vec<String>,
@@ -56,7 +64,8 @@ pub struct RunArgs {
     /// only one of them.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     pub mode: Mode,
-    /// The shared membership secret (default: DIR/secret).
+    /// The shared membership secret (default: DIR/secret; in a cluster, the `memberlist`
+    /// Secret's `secretkey`).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// UDP port of the membership heartbeats (MetalLB's memberlist port).
@@ -93,6 +102,51 @@ fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipE
         .collect()
 }
 
+/// MetalLB's `nodeAssigned` Event on each Service this node started announcing.
+async fn node_assigned(
+    recorder: kube::runtime::events::Recorder,
+    services: BTreeSet<String>,
+    node: String,
+) {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType};
+    for service in services {
+        let Some((namespace, name)) = service.split_once('/') else {
+            continue;
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "nodeAssigned".into(),
+            note: Some(format!(
+                "announcing from node {node:?} with protocol \"layer2\""
+            )),
+            action: "Announce".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(%service, error = %e, "cannot record the nodeAssigned Event");
+        }
+    }
+}
+
+/// A usable membership secret: at least 16 bytes, so the HMAC is not trivially guessed.
+fn check_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    if bytes.len() < 16 {
+        return Err(format!(
+            "the membership secret must be at least 16 bytes (it has {})",
+            bytes.len()
+        ));
+    }
+    Ok(bytes.to_vec())
+}
+
 /// Logs a refused heartbeat at most once per reason and interval: a flood of forged datagrams
 /// is counted in full but must not flood the log.
 struct RejectLog {
@@ -120,19 +174,23 @@ fn rejected_by(e: &HeartbeatError) -> Rejected {
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
+    // A file (standalone, or --secret-file) is read now and must be right; in a cluster the
+    // Secret arrives with the configuration.
     let secret_path = args
         .secret_file
         .clone()
-        .unwrap_or_else(|| args.config_dir.join("secret"));
-    let secret = std::fs::read(&secret_path)
-        .with_context(|| format!("reading the membership secret {}", secret_path.display()))?;
-    let secret: Vec<u8> = secret.trim_ascii().to_vec();
-    if secret.len() < 16 {
-        bail!(
-            "{}: the membership secret must be at least 16 bytes",
-            secret_path.display()
-        );
-    }
+        .or_else(|| args.config_dir.as_ref().map(|d| d.join("secret")));
+    let mut secret: Option<Vec<u8>> = match &secret_path {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading the membership secret {}", path.display()))?;
+            Some(
+                check_secret(bytes.trim_ascii())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let metrics = Arc::new(AgentMetrics::new(args.bpffs.clone()));
     let (listener, metrics_at) = lb_controller::metrics::bind(args.metrics_addr)
         .await
@@ -221,7 +279,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut reject_log = RejectLog { last: [None; 3] };
     let mut ticker = tokio::time::interval(args.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut configs = source::watch(args.config_dir.clone(), args.node_name.clone(), args.port)?;
+    let client = match &args.config_dir {
+        Some(_) => None,
+        None => Some(kube::Client::try_default().await.context(
+            "no --config-dir, and no Kubernetes credentials (in-cluster or $KUBECONFIG)",
+        )?),
+    };
+    // In a cluster, MetalLB's Event on every Service this node starts announcing.
+    let recorder = client.as_ref().map(|c| {
+        kube::runtime::events::Recorder::new(
+            c.clone(),
+            kube::runtime::events::Reporter {
+                controller: "xdplb-agent".into(),
+                instance: Some(args.node_name.clone()),
+            },
+        )
+    });
+    let mut configs = match (&args.config_dir, &client) {
+        (Some(dir), _) => source::watch(dir.clone(), args.node_name.clone(), args.port)?,
+        (None, None) => anyhow::bail!("neither --config-dir nor a Kubernetes client"),
+        (None, Some(client)) => source::cluster::watch(
+            client.clone(),
+            source::cluster::Options {
+                namespace: args.namespace.clone(),
+                node: args.node_name.clone(),
+                port: args.port,
+                lb_class: args.lb_class.clone(),
+            },
+        ),
+    };
+    let mut secret_problem: Option<String> = None;
     // Whether the configuration changed since the announcements were last computed.
     let mut dirty = true;
     // VIPs lost to a configuration change, still answered until the deadline (see below).
@@ -241,6 +328,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 match update {
                     Ok(c) => {
                         config_error = None;
+                        if secret_path.is_none() {
+                            let from_cluster = match &c.secret {
+                                Some(bytes) => check_secret(bytes),
+                                None => Err(format!(
+                                    "Secret {}/{} (key {}) is missing",
+                                    args.namespace,
+                                    source::cluster::MEMBERLIST_SECRET,
+                                    source::cluster::MEMBERLIST_KEY
+                                )),
+                            };
+                            match from_cluster {
+                                Ok(s) => {
+                                    secret = Some(s);
+                                    secret_problem = None;
+                                }
+                                Err(e) => {
+                                    if secret_problem.as_deref() != Some(&e) {
+                                        warn!(problem = %e, "no usable membership secret: heartbeats neither sent nor accepted");
+                                    }
+                                    secret_problem = Some(e);
+                                }
+                            }
+                        }
                         config = Some(c);
                         dirty = true;
                         metrics.config_applied();
@@ -258,7 +368,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             got = udp.recv_from(&mut buf) => {
                 let Ok((n, from)) = got else { continue };
                 let now = Instant::now();
-                let hb = match Heartbeat::decode(&buf[..n], &secret) {
+                let Some(key) = &secret else {
+                    metrics.rejected(Rejected::Auth);
+                    continue;
+                };
+                let hb = match Heartbeat::decode(&buf[..n], key) {
                     Ok(hb) => hb,
                     Err(e) => {
                         let why = rejected_by(&e);
@@ -315,7 +429,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             hold_ms: 0,
             phase,
         };
-        if let (Some(c), Ok(datagram)) = (&config, hb.encode(&secret)) {
+        if let (Some(c), Some(Ok(datagram))) = (&config, secret.as_ref().map(|k| hb.encode(k))) {
             for peer in &c.peers {
                 let _ = udp.send_to(&datagram, peer).await;
             }
@@ -390,6 +504,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if !first {
             metrics.takeovers.inc_by(gained.len() as u64);
         }
+        if let Some(recorder) = &recorder {
+            let services: BTreeSet<String> = gained.iter().map(|a| a.service.clone()).collect();
+            tokio::spawn(node_assigned(
+                recorder.clone(),
+                services,
+                args.node_name.clone(),
+            ));
+        }
         // Make before break: the maps gain the new VIPs before losing the old ones.
         responders.apply(&entries(&next, &ifaces))?;
         let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
@@ -427,7 +549,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 hold_ms: 0,
                 phase: Phase::Leaving,
             };
-            if let Ok(datagram) = bye.encode(&secret) {
+            if let Some(Ok(datagram)) = secret.as_ref().map(|k| bye.encode(k)) {
                 for peer in &c.peers {
                     if let Err(e) = udp.send_to(&datagram, peer).await {
                         warn!(%peer, error = %e, "cannot say goodbye");

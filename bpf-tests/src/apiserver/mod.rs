@@ -100,6 +100,21 @@ impl ApiServer {
 
     /// A server that sends a BOOKMARK on every watch that asks for them every `every`.
     pub fn with_bookmarks(every: Duration) -> Self {
+        Self::serve(every, None, "127.0.0.1:0")
+    }
+
+    /// A server listening on `bind` inside the network namespace `netns` (a lab's client, say),
+    /// so agents in the lab's node namespaces reach it over the segment.
+    pub fn start_in(netns: &str, bind: &str) -> Self {
+        Self::serve(
+            Duration::from_secs(1),
+            Some(format!("/run/netns/{netns}")),
+            bind,
+        )
+    }
+
+    fn serve(every: Duration, netns: Option<String>, bind: &str) -> Self {
+        let bind = bind.to_owned();
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             kill: watch::channel(0).0,
@@ -111,6 +126,14 @@ impl ApiServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = shared.clone();
         let thread = std::thread::spawn(move || {
+            if let Some(path) = &netns {
+                use std::os::fd::AsRawFd;
+                let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid namespace fd; it affects this thread and the runtime
+                // threads it creates below, which serve nothing but this server.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -120,7 +143,7 @@ impl ApiServer {
                 Err(e) => panic!("api server runtime: {e}"),
             };
             rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                let listener = match tokio::net::TcpListener::bind(bind.as_str()).await {
                     Ok(l) => l,
                     Err(e) => panic!("api server bind: {e}"),
                 };

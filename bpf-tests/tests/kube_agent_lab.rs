@@ -1,0 +1,169 @@
+//! Real agents in a cluster: three `lb-agent run` processes without `--config-dir`, in the lab's
+//! node namespaces, reading an API server (the in-process one, listening in the client
+//! namespace) through `$KUBECONFIG`. The elected node answers ARP for the address the
+//! controller wrote in the Service's status, records MetalLB's `nodeAssigned` Event, and a
+//! killed owner is replaced, with a new Event from the new owner.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use bpf_tests::{
+    PinDir, agent::Agent, apiserver::ApiServer, lab::Lab, netns::mac_str, privileged, unique,
+};
+use serde_json::json;
+
+const NS: &str = "metallb-system";
+const VIP: &str = "10.210.0.120";
+
+fn setup(api: &ApiServer, lab: &Lab) {
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                     "metadata": {"name": "lab", "namespace": NS},
+                     "spec": {"addresses": ["10.210.0.100-10.210.0.150"]}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+                     "metadata": {"name": "l2", "namespace": NS}, "spec": {}}),
+    );
+    // "kube-lab-secret-0123" in base64.
+    api.apply(json!({"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": "memberlist", "namespace": NS},
+                     "data": {"secretkey": "a3ViZS1sYWItc2VjcmV0LTAxMjM="}}));
+    for (i, host) in lab.nodes.iter().enumerate() {
+        api.apply(json!({"apiVersion": "v1", "kind": "Node",
+                         "metadata": {"name": format!("node-{}", i + 1)},
+                         "status": {"addresses": [{"type": "InternalIP", "address": host.ipv4}]}}));
+    }
+    // As the controller leaves it: an address in the status.
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "web", "namespace": "default"},
+                     "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]},
+                     "status": {"loadBalancer": {"ingress": [{"ip": VIP}]}}}));
+}
+
+/// The nodes named in `nodeAssigned` Events on default/web.
+fn assigned(api: &ApiServer) -> Vec<String> {
+    api.list("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "web" && e["reason"] == "nodeAssigned")
+        .filter_map(|e| e["note"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over() {
+    if !privileged("agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over") {
+        return;
+    }
+    let lab = Lab::new("ka", 3);
+    let api = ApiServer::start_in(&lab.client.ns.name, "10.210.0.1:0");
+    setup(&api, &lab);
+    let kubeconfig = std::env::temp_dir().join(unique("xdplb-kubeconfig"));
+    api.kubeconfig(&kubeconfig);
+    let kc = kubeconfig.to_str().expect("utf-8 path").to_owned();
+    let names = ["node-1", "node-2", "node-3"];
+    let macs: BTreeMap<String, &str> = (0..3)
+        .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
+        .collect();
+    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ka{i}"))).collect();
+    let mut agents: Vec<Option<Agent>> = (0..3)
+        .map(|i| {
+            let pin = pins[i].path().to_str().expect("utf-8").to_owned();
+            let mut a = Agent::start_env(
+                &lab.nodes[i].ns,
+                &[
+                    "run",
+                    "--node-name",
+                    names[i],
+                    "--interface",
+                    "eth0",
+                    "--bpffs",
+                    &pin,
+                    "--mode",
+                    "xdp-native",
+                    "--namespace",
+                    NS,
+                    "--metrics-addr",
+                    "127.0.0.1:7472",
+                ],
+                &[("KUBECONFIG", &kc)],
+            );
+            a.wait_for_log("running;", Duration::from_secs(20));
+            Some(a)
+        })
+        .collect();
+    let logs = |agents: &[Option<Agent>]| {
+        agents
+            .iter()
+            .flatten()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let answerers = || -> BTreeSet<String> {
+        lab.arping_within(VIP, 1, "0.2")
+            .iter()
+            .map(|m| {
+                macs.get(m)
+                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
+            })
+            .collect()
+    };
+    let single = |agents: &[Option<Agent>], what: &str, not: Option<&str>| -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let who = answerers();
+            if who.len() == 1 {
+                let one = who.into_iter().next().unwrap_or_default();
+                if Some(one.as_str()) != not {
+                    return one;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {VIP} not answered by one node\n{}",
+                logs(agents)
+            );
+        }
+    };
+    let owner = single(&agents, "at start", None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !assigned(&api)
+        .iter()
+        .any(|n| n.contains(&format!("{owner:?}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no nodeAssigned Event naming {owner}: {:?}\n{}",
+            assigned(&api),
+            logs(&agents)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The owner dies: another node answers and says so.
+    let i = names.iter().position(|n| *n == owner).expect("index");
+    if let Some(mut a) = agents[i].take() {
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+    }
+    let next = single(&agents, "after the kill", Some(&owner));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !assigned(&api)
+        .iter()
+        .any(|n| n.contains(&format!("{next:?}")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no nodeAssigned Event naming {next}: {:?}",
+            assigned(&api)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for a in agents.into_iter().flatten() {
+        a.stop();
+    }
+    let _ = std::fs::remove_file(&kubeconfig);
+}
