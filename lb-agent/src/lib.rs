@@ -12,12 +12,14 @@
 //!   alive set, pure.
 //! - [`run`]: `lb-agent run`, the standalone agent loop; [`source`] reads its configuration
 //!   directory off that loop; [`metrics`] is what it exports.
+//! - [`l2status`]: MetalLB's ServiceL2Status objects, in a cluster.
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod cli;
 pub mod desired;
 pub mod election;
 pub mod l2;
+pub mod l2status;
 pub mod membership;
 pub mod metrics;
 pub mod run;

@@ -31,6 +31,7 @@ use crate::{
         responders::{Choice, Responders},
         vipdev,
     },
+    l2status,
     membership::{
         detector::{Detector, Heard},
         heartbeat::{Heartbeat, HeartbeatError, Phase},
@@ -295,6 +296,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         )
     });
+    // In a cluster, the ServiceL2Status objects follow what this node announces.
+    let l2_status = client.as_ref().map(|c| {
+        let (tx, rx) = tokio::sync::watch::channel(l2status::Wanted::new());
+        l2status::spawn(
+            c.clone(),
+            args.namespace.clone(),
+            args.node_name.clone(),
+            rx,
+        );
+        tx
+    });
     let mut configs = match (&args.config_dir, &client) {
         (Some(dir), _) => source::watch(dir.clone(), args.node_name.clone(), args.port)?,
         (None, None) => anyhow::bail!("neither --config-dir nor a Kubernetes client"),
@@ -519,6 +531,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(local) = &local {
             local.send_replace(vips);
         }
+        if let Some(l2) = &l2_status {
+            let mut wanted = l2status::Wanted::new();
+            for a in &next {
+                let names = wanted.entry(a.service.clone()).or_default();
+                if a.interfaces.is_empty() {
+                    names.extend(ifaces.iter().map(|i| i.name.clone()));
+                } else {
+                    names.extend(a.interfaces.iter().cloned());
+                }
+            }
+            l2.send_replace(wanted);
+        }
         let fresh: BTreeSet<Announcement> = gained.into_iter().cloned().collect();
         let burst = entries(&fresh, &ifaces);
         if !burst.is_empty() {
@@ -564,6 +588,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("withdrawing");
     drop(local);
+    if let (Some(c), Some(_)) = (&client, l2_status) {
+        // This node announces nothing any more: its ServiceL2Status objects go too.
+        let api = kube::Api::namespaced(c.clone(), &args.namespace);
+        let cleared = tokio::time::timeout(
+            Duration::from_secs(2),
+            l2status::sync(&api, &args.node_name, &l2status::Wanted::new()),
+        )
+        .await;
+        if !matches!(cleared, Ok(Ok(()))) {
+            warn!("could not delete this node's ServiceL2Status objects");
+        }
+    }
 
     if let Some((handle, index)) = &netlink {
         vipdev::sync(handle, *index, &BTreeSet::new()).await?;

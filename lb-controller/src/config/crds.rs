@@ -4,7 +4,8 @@
 use kube::{CustomResourceExt, core::crd::merge_crds};
 
 use super::types::{
-    BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta1, v1beta2,
+    BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, ServiceL2Status,
+    v1beta1, v1beta2,
 };
 
 /// `(file name, YAML)` for every CRD, in a fixed order.
@@ -21,6 +22,7 @@ pub fn render() -> Result<Vec<(String, String)>, String> {
         bgp_peer,
         BFDProfile::crd(),
         Community::crd(),
+        ServiceL2Status::crd(),
     ];
     crds.into_iter()
         .map(|crd| {

@@ -343,3 +343,43 @@ pub mod v1beta2 {
         pub dual_stack_address_family: Option<bool>,
     }
 }
+
+/// Which node announces a Service at Layer 2: written by the agents, read by users
+/// (`kubectl get servicel2statuses -n metallb-system`). One object per Service and announcing
+/// node, in the agents' namespace, named `l2-…` and labelled `metallb.io/node`,
+/// `metallb.io/service-name` and `metallb.io/service-namespace`, as MetalLB's speakers do.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ServiceL2Status",
+    namespaced,
+    status = "MetalLBServiceL2Status",
+    printcolumn = r#"{"name":"Allocated Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Service Name","type":"string","jsonPath":".status.serviceName"}"#,
+    printcolumn = r#"{"name":"Service Namespace","type":"string","jsonPath":".status.serviceNamespace"}"#
+)]
+pub struct ServiceL2StatusSpec {}
+
+/// The observed state of a [`ServiceL2Status`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetalLBServiceL2Status {
+    /// The node that receives the traffic.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_namespace: String,
+    /// The interfaces that receive the traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceInfo>,
+}
+
+/// One interface of a Layer 2 announcement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct InterfaceInfo {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
