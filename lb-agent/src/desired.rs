@@ -51,7 +51,8 @@ pub struct Inputs {
     pub l2_advertisements: Vec<L2Advertisement>,
     /// Node name → labels.
     pub nodes: BTreeMap<String, Labels>,
-    /// Nodes whose `NetworkUnavailable` condition is true: never candidates (as in MetalLB).
+    /// Nodes whose `NetworkUnavailable` condition is true (as in MetalLB) or whose `Ready`
+    /// condition is not: never candidates.
     pub unavailable: BTreeSet<String>,
     /// `namespace/name` → what the election needs of the Service.
     pub services: BTreeMap<String, ServiceFacts>,
@@ -90,13 +91,18 @@ fn endpoint_nodes(slices: &[EndpointSlice]) -> BTreeMap<String, BTreeSet<String>
     out
 }
 
-fn network_unavailable(node: &Node) -> bool {
+/// A node that cannot carry traffic: its network is unavailable (MetalLB's rule), or it
+/// reports a `Ready` condition that is not true (the kubelet stopped, say). A node without
+/// conditions (a standalone host) is usable.
+fn unusable(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True")
+            cs.iter().any(|c| {
+                (c.type_ == "NetworkUnavailable" && c.status == "True")
+                    || (c.type_ == "Ready" && c.status != "True")
+            })
         })
 }
 
@@ -117,7 +123,7 @@ impl Inputs {
             unavailable: objects
                 .nodes
                 .iter()
-                .filter(|n| network_unavailable(n))
+                .filter(|n| unusable(n))
                 .map(ResourceExt::name_any)
                 .collect(),
             services: {
@@ -433,6 +439,8 @@ mod tests {
             .map(|n| {
                 let status = if unavailable.contains(n) {
                     json!({"conditions": [{"type": "NetworkUnavailable", "status": "True"}]})
+                } else if n == &"c" {
+                    json!({"conditions": [{"type": "Ready", "status": "Unknown"}]})
                 } else {
                     json!({"conditions": [{"type": "NetworkUnavailable", "status": "False"}]})
                 };
@@ -469,7 +477,8 @@ mod tests {
     }
 
     /// Scenario table for `externalTrafficPolicy: Local` and node conditions: the endpoints,
-    /// the nodes alive, the nodes whose network is unavailable, and who may own the VIP.
+    /// the nodes alive, the nodes whose network is unavailable (node c is never Ready), and who
+    /// may own the VIP.
     #[test]
     fn etp_local_follows_the_ready_endpoints() {
         let ep = |node: &str, conditions: serde_json::Value| json!({"addresses": ["192.168.0.1"], "nodeName": node, "conditions": conditions});
@@ -490,10 +499,18 @@ mod tests {
             ),
             (
                 "endpoint moved",
+                json!([ep("a", json!({"ready": true}))]),
+                &["a", "b", "c"],
+                &[],
+                &["a"],
+            ),
+            // Node c reports Ready: Unknown in every case.
+            (
+                "the endpoint's node is not Ready",
                 json!([ep("c", json!({"ready": true}))]),
                 &["a", "b", "c"],
                 &[],
-                &["c"],
+                &[],
             ),
             (
                 "readiness unknown counts as ready",
