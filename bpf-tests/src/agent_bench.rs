@@ -5,8 +5,7 @@
 //! renewal, the configuration watch) over a fixed window.
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -48,29 +47,6 @@ fn write_dir(lab: &Lab, services: usize) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Runs the real controller on `dir` until it has written the allocations.
-fn allocate(dir: &Path) -> Result<(), String> {
-    let mut child: Child = Command::new(crate::agent::workspace_bin("lb-controller"))
-        .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("start lb-controller: {e}"))?;
-    let file = dir.join("status/allocations.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !file.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    if file.exists() {
-        Ok(())
-    } else {
-        Err("the controller wrote no allocations within 60 s".into())
-    }
-}
-
 fn proc_field(pid: u32, file: &str) -> Result<String, String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| format!("{file}: {e}"))
 }
@@ -104,7 +80,7 @@ pub fn measure(services: usize) -> Result<AgentFigures, String> {
     let lab = Lab::new("ag", 1);
     let dir = write_dir(&lab, services)?;
     let result = (|| {
-        allocate(&dir)?;
+        crate::group::allocate(&dir);
         let pins = PinDir::new("agb");
         let started = Instant::now();
         let mut agent = Agent::start(

@@ -56,7 +56,7 @@ fn config_dir(lab: &Lab) -> PathBuf {
 
 /// Runs the real standalone controller until it has written the allocations (again: it keeps
 /// what was allocated and adds what is new).
-fn allocate(dir: &Path) {
+pub fn allocate(dir: &Path) {
     let file = dir.join("status/allocations.yaml");
     let before = std::fs::read_to_string(&file).ok();
     let mut child: Child = Command::new(workspace_bin("lb-controller"))

@@ -110,32 +110,32 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
         .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
         .collect();
     let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ka{i}"))).collect();
-    let mut agents: Vec<Option<Agent>> = (0..3)
-        .map(|i| {
-            let pin = pins[i].path().to_str().expect("utf-8").to_owned();
-            let mut a = Agent::start_env(
-                &lab.nodes[i].ns,
-                &[
-                    "run",
-                    "--node-name",
-                    names[i],
-                    "--interface",
-                    "eth0",
-                    "--bpffs",
-                    &pin,
-                    "--mode",
-                    "xdp-native",
-                    "--namespace",
-                    NS,
-                    "--metrics-addr",
-                    "127.0.0.1:7472",
-                ],
-                &[("KUBECONFIG", &kc)],
-            );
-            a.wait_for_log("running;", Duration::from_secs(20));
-            Some(a)
-        })
-        .collect();
+    // An agent of node i in a cluster: no --config-dir, KUBECONFIG pointing at the server.
+    let start = |i: usize| -> Agent {
+        let pin = pins[i].path().to_str().expect("utf-8").to_owned();
+        let mut a = Agent::start_env(
+            &lab.nodes[i].ns,
+            &[
+                "run",
+                "--node-name",
+                names[i],
+                "--interface",
+                "eth0",
+                "--bpffs",
+                &pin,
+                "--mode",
+                "xdp-native",
+                "--namespace",
+                NS,
+                "--metrics-addr",
+                "127.0.0.1:7472",
+            ],
+            &[("KUBECONFIG", &kc)],
+        );
+        a.wait_for_log("running;", Duration::from_secs(20));
+        a
+    };
+    let mut agents: Vec<Option<Agent>> = (0..3).map(|i| Some(start(i))).collect();
     let logs = |agents: &[Option<Agent>]| {
         agents
             .iter()
@@ -223,28 +223,7 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     wait_for_statuses(&api, &[&owner, &next], "after the kill");
     // Restarted, the dead node's agent clears what it no longer announces... or takes the
     // Service back (it is the elected owner): either way one object per announcing node.
-    let pin = pins[i].path().to_str().expect("utf-8").to_owned();
-    let mut again = Agent::start_env(
-        &lab.nodes[i].ns,
-        &[
-            "run",
-            "--node-name",
-            names[i],
-            "--interface",
-            "eth0",
-            "--bpffs",
-            &pin,
-            "--mode",
-            "xdp-native",
-            "--namespace",
-            NS,
-            "--metrics-addr",
-            "127.0.0.1:7472",
-        ],
-        &[("KUBECONFIG", &kc)],
-    );
-    again.wait_for_log("running;", Duration::from_secs(20));
-    agents[i] = Some(again);
+    agents[i] = Some(start(i));
     let back = single(&agents, "after the restart", None);
     wait_for_statuses(&api, &[&back], "after the restart");
     // A planned stop removes the stopping node's objects.

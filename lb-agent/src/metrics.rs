@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use lb_controller::metrics::Exporter;
+use lb_controller::metrics::{ConfigMetrics, Exporter};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{
@@ -80,10 +80,7 @@ pub struct AgentMetrics {
     pub heartbeats_rejected: Family<ReasonLabel, Counter>,
     pub announced: Gauge,
     pub datapath: Family<ModeLabel, Gauge>,
-    pub config_loaded: Gauge,
-    pub config_stale: Gauge,
-    pub updates: Counter,
-    pub update_errors: Counter,
+    pub config: ConfigMetrics,
 }
 
 /// Reads the pinned maps on every scrape.
@@ -156,10 +153,7 @@ impl AgentMetrics {
             heartbeats_rejected: Family::default(),
             announced: Gauge::default(),
             datapath: Family::default(),
-            config_loaded: Gauge::default(),
-            config_stale: Gauge::default(),
-            updates: Counter::default(),
-            update_errors: Counter::default(),
+            config: ConfigMetrics::default(),
         };
         registry.register_collector(Box::new(Datapath { bpffs }));
         registry.register(
@@ -203,26 +197,7 @@ impl AgentMetrics {
             "1 for the responder answering on each interface: xdp-native, xdp-generic or afpacket",
             m.datapath.clone(),
         );
-        registry.register(
-            "metallb_k8s_client_config_loaded_bool",
-            "1 if a valid configuration has been loaded",
-            m.config_loaded.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_config_stale_bool",
-            "1 if the latest configuration was rejected and an older one is in force",
-            m.config_stale.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_updates",
-            "Number of configuration updates processed",
-            m.updates.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_update_errors",
-            "Number of configuration updates that failed (the last good configuration stays)",
-            m.update_errors.clone(),
-        );
+        m.config.register(&mut registry);
         AgentMetrics { registry, ..m }
     }
 
@@ -236,20 +211,6 @@ impl AgentMetrics {
                 reason: why.label(),
             })
             .inc();
-    }
-
-    /// A configuration was read and accepted.
-    pub fn config_applied(&self) {
-        self.updates.inc();
-        self.config_loaded.set(1);
-        self.config_stale.set(0);
-    }
-
-    /// A configuration was rejected: if one was loaded before, it is now stale.
-    pub fn config_rejected(&self) {
-        self.updates.inc();
-        self.update_errors.inc();
-        self.config_stale.set(self.config_loaded.get());
     }
 }
 

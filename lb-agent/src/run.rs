@@ -365,14 +365,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         }
                         config = Some(c);
                         dirty = true;
-                        metrics.config_applied();
+                        metrics.config.applied();
                     }
                     Err(e) => {
                         if config_error.as_deref() != Some(&e) {
                             warn!(problem = %e, "configuration rejected; the last good one stays");
                         }
                         config_error = Some(e);
-                        metrics.config_rejected();
+                        metrics.config.rejected();
                         continue;
                     }
                 }

@@ -23,6 +23,56 @@ pub struct PoolLabel {
     pub pool: String,
 }
 
+/// MetalLB's `metallb_k8s_client_*` metrics: how configuration updates went. Both binaries
+/// export them.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigMetrics {
+    pub loaded: Gauge,
+    pub stale: Gauge,
+    pub updates: Counter,
+    pub update_errors: Counter,
+}
+
+impl ConfigMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "metallb_k8s_client_config_loaded_bool",
+            "1 if a valid configuration has been loaded",
+            self.loaded.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_config_stale_bool",
+            "1 if the latest configuration was rejected and an older one is in force",
+            self.stale.clone(),
+        );
+        // prometheus-client appends `_total` to counters itself.
+        registry.register(
+            "metallb_k8s_client_updates",
+            "Number of configuration updates processed",
+            self.updates.clone(),
+        );
+        registry.register(
+            "metallb_k8s_client_update_errors",
+            "Number of configuration updates that failed (the last good configuration stays)",
+            self.update_errors.clone(),
+        );
+    }
+
+    /// A configuration was accepted.
+    pub fn applied(&self) {
+        self.updates.inc();
+        self.loaded.set(1);
+        self.stale.set(0);
+    }
+
+    /// A configuration was rejected: if one was loaded before, it is now stale.
+    pub fn rejected(&self) {
+        self.updates.inc();
+        self.update_errors.inc();
+        self.stale.set(self.loaded.get());
+    }
+}
+
 /// Every metric the controller exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,10 +85,7 @@ pub struct Metrics {
     pub ipv4_addresses_in_use: Family<PoolLabel, Gauge>,
     pub ipv6_addresses_total: Family<PoolLabel, Gauge>,
     pub ipv6_addresses_in_use: Family<PoolLabel, Gauge>,
-    pub config_loaded: Gauge,
-    pub config_stale: Gauge,
-    pub updates: Counter,
-    pub update_errors: Counter,
+    pub config: ConfigMetrics,
 }
 
 impl Default for Metrics {
@@ -52,10 +99,7 @@ impl Default for Metrics {
             ipv4_addresses_in_use: Family::default(),
             ipv6_addresses_total: Family::default(),
             ipv6_addresses_in_use: Family::default(),
-            config_loaded: Gauge::default(),
-            config_stale: Gauge::default(),
-            updates: Counter::default(),
-            update_errors: Counter::default(),
+            config: ConfigMetrics::default(),
             registry: Registry::default(),
             ready: AtomicBool::new(true),
         };
@@ -100,26 +144,7 @@ impl Default for Metrics {
             "Number of Services with addresses, per pool",
             m.services_allocated.clone(),
         );
-        registry.register(
-            "metallb_k8s_client_config_loaded_bool",
-            "1 if a valid configuration has been loaded",
-            m.config_loaded.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_config_stale_bool",
-            "1 if the latest configuration was rejected and an older one is in force",
-            m.config_stale.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_updates",
-            "Number of configuration updates processed",
-            m.updates.clone(),
-        );
-        registry.register(
-            "metallb_k8s_client_update_errors",
-            "Number of configuration updates that failed (the last good configuration stays)",
-            m.update_errors.clone(),
-        );
+        m.config.register(&mut registry);
         Metrics { registry, ..m }
     }
 }
@@ -127,16 +152,12 @@ impl Default for Metrics {
 impl Metrics {
     /// A configuration was accepted.
     pub fn config_applied(&self) {
-        self.updates.inc();
-        self.config_loaded.set(1);
-        self.config_stale.set(0);
+        self.config.applied();
     }
 
     /// A configuration was rejected: if one was loaded before, it is now stale.
     pub fn config_rejected(&self) {
-        self.updates.inc();
-        self.update_errors.inc();
-        self.config_stale.set(self.config_loaded.get());
+        self.config.rejected();
     }
 
     /// The per-pool gauges after a plan.

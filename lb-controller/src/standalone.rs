@@ -151,7 +151,7 @@ impl Standalone {
         // Metrics first: whoever sees the new file finds them already in agreement.
         self.count(&pass, Some(&usage));
         if changed && let Err(e) = self.write(&new) {
-            self.metrics.update_errors.inc();
+            self.metrics.config.update_errors.inc();
             return Err(e);
         }
         Ok(pass)

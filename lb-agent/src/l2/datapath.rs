@@ -27,8 +27,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use lb_common::{
-    CounterBlock, LINK_PIN_PREFIX, MAP_COUNTERS, MAP_LEASE, MAP_VIP4, MAP_VIP6, PROG_XDP_L2,
-    PROG_XDP_PASS, Vip4Key, Vip6Key, VipValue,
+    CounterBlock, LINK_PIN_PREFIX, MAP_COUNTERS, MAP_LEASE, MAP_VIP_STATS, MAP_VIP4, MAP_VIP6,
+    PROG_XDP_L2, PROG_XDP_PASS, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue,
 };
 use tracing::{info, warn};
 
@@ -103,6 +103,11 @@ fn drop_incompatible_pins(bpffs: &Path) {
         (MAP_VIP6, size_of::<Vip6Key>(), size_of::<VipValue>()),
         (MAP_COUNTERS, 4, size_of::<CounterBlock>()),
         (MAP_LEASE, 4, 8),
+        (
+            MAP_VIP_STATS,
+            size_of::<VipStatsKey>(),
+            size_of::<VipStats>(),
+        ),
     ];
     for (name, key, value) in expected {
         let path = bpffs.join(name);
@@ -308,7 +313,14 @@ impl Datapath {
 
     /// Removes the program and map pins, for a full withdrawal once no link is left.
     pub fn unpin_all(bpffs: &Path) -> Result<(), L2Error> {
-        for name in [PROG_XDP_L2, MAP_VIP4, MAP_VIP6, MAP_COUNTERS, MAP_LEASE] {
+        for name in [
+            PROG_XDP_L2,
+            MAP_VIP4,
+            MAP_VIP6,
+            MAP_COUNTERS,
+            MAP_LEASE,
+            MAP_VIP_STATS,
+        ] {
             remove_if_exists(&bpffs.join(name))?;
         }
         Ok(())
