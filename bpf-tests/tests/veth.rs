@@ -300,6 +300,8 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
         .expect("bpftool prog show");
     assert!(String::from_utf8_lossy(&prog.stdout).contains("xdp_l2"));
 
+    // Two requests for VIP4: the per-VIP counters must show them.
+    assert_eq!(link.arping(VIP4, 2).len(), 2, "VIP4 unanswered");
     let maps = link
         .node
         .enter(bpf_tests::agent::agent_bin().to_str().expect("utf-8"))
@@ -319,6 +321,17 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
             "lb-agent maps lacks {needle:?}:\n{text}"
         );
     }
+    let row: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("per VIP"))
+        .find(|l| l.split_whitespace().next() == Some(VIP4))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    let count = |i: usize| row.get(i).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    assert!(
+        count(1) >= 2 && count(2) >= 2,
+        "per-VIP requests/replies for {VIP4}: {row:?}\n{text}"
+    );
     agent.stop();
 }
 

@@ -403,6 +403,20 @@ pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
     for c in Counter::ALL {
         writeln!(out, "  {:<20} {}", c.name(), counters.get(c))?;
     }
+    let per_vip = maps.vip_totals();
+    if !per_vip.is_empty() {
+        writeln!(out, "\nper VIP (all CPUs):")?;
+        writeln!(out, "  {:<40} {:>12} {:>12}", "VIP", "REQUESTS", "REPLIES")?;
+        for (vip, t) in &per_vip {
+            writeln!(
+                out,
+                "  {:<40} {:>12} {:>12}",
+                vip.to_string(),
+                t.requests,
+                t.responses
+            )?;
+        }
+    }
     Ok(out)
 }
 
