@@ -110,7 +110,8 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
         .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
         .collect();
     let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ka{i}"))).collect();
-    // An agent of node i in a cluster: no --config-dir, KUBECONFIG pointing at the server.
+    // An agent of node i in a cluster: no --config-dir, KUBECONFIG pointing at the server, and
+    // no --interface: it finds eth0 (up, Ethernet, addressed) as MetalLB's speaker would.
     let start = |i: usize| -> Agent {
         let pin = pins[i].path().to_str().expect("utf-8").to_owned();
         let mut a = Agent::start_env(
@@ -119,8 +120,6 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
                 "run",
                 "--node-name",
                 names[i],
-                "--interface",
-                "eth0",
                 "--bpffs",
                 &pin,
                 "--mode",
@@ -133,6 +132,11 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
             &[("KUBECONFIG", &kc)],
         );
         a.wait_for_log("running;", Duration::from_secs(20));
+        assert!(
+            a.log_text().contains(r#"interfaces=["eth0"]"#),
+            "interfaces not discovered:\n{}",
+            a.log_text()
+        );
         a
     };
     let mut agents: Vec<Option<Agent>> = (0..3).map(|i| Some(start(i))).collect();

@@ -56,8 +56,9 @@ pub struct RunArgs {
     /// none, like MetalLB).
     #[arg(long)]
     pub lb_class: Option<String>,
-    /// Interface to announce on (repeat for several).
-    #[arg(long = "interface", short = 'i', required = true)]
+    /// Interface to announce on (repeat for several). Default: every interface that is up,
+    /// Ethernet, not loopback and has a global address, as MetalLB's speaker does.
+    #[arg(long = "interface", short = 'i')]
     pub interfaces: Vec<String>,
     #[arg(long, default_value = lb_common::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
@@ -197,8 +198,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
     tokio::spawn(lb_controller::metrics::serve(listener, metrics.clone()));
+    let names = if args.interfaces.is_empty() {
+        let found = vipdev::discover(&vipdev::connect()?).await?;
+        if found.is_empty() {
+            anyhow::bail!(
+                "no interface to announce on: none is up, Ethernet and addressed; name one with --interface"
+            );
+        }
+        info!(interfaces = ?found, "announcing on the interfaces found (--interface to choose)");
+        found
+    } else {
+        args.interfaces.clone()
+    };
     let mut ifaces = Vec::new();
-    for name in &args.interfaces {
+    for name in &names {
         ifaces.push(Interface::lookup(name)?);
     }
     let choice = match args.mode {

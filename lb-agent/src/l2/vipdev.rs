@@ -169,3 +169,40 @@ pub fn quiet_arp(iface: &str) -> Result<(), L2Error> {
     }
     Ok(())
 }
+
+/// The interfaces to announce on when none is named, as MetalLB's speaker chooses them: up,
+/// Ethernet, not loopback, with an address of global scope (pod veths and bridges without
+/// addresses drop out), and never `xdplb0` itself. Sorted by name.
+pub async fn discover(handle: &Handle) -> Result<Vec<String>, L2Error> {
+    use rtnetlink::packet_route::{
+        address::AddressScope,
+        link::{LinkAttribute, LinkFlags, LinkLayerType},
+    };
+    let mut addressed = BTreeSet::new();
+    let mut addrs = handle.address().get().execute();
+    while let Some(msg) = addrs.try_next().await.map_err(nl)? {
+        if msg.header.scope == AddressScope::Universe {
+            addressed.insert(msg.header.index);
+        }
+    }
+    let mut names = Vec::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await.map_err(nl)? {
+        let h = &link.header;
+        let usable = h.flags.contains(LinkFlags::Up)
+            && !h.flags.contains(LinkFlags::Loopback)
+            && h.link_layer_type == LinkLayerType::Ether
+            && addressed.contains(&h.index);
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let (true, Some(name)) = (usable, name)
+            && name != VIP_DEVICE
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
