@@ -13,8 +13,10 @@
 //! - [`run`]: `lb-agent run`, the standalone agent loop; [`source`] reads its configuration
 //!   directory off that loop; [`metrics`] is what it exports.
 //! - [`l2status`]: MetalLB's ServiceL2Status objects, in a cluster.
+//! - [`bgp`]: the BGP speaker, from its wire codec up (in progress).
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
+pub mod bgp;
 pub mod cli;
 pub mod desired;
 pub mod election;
