@@ -68,12 +68,15 @@ pub fn allocate(dir: &Path) {
         .expect("start lb-controller");
     let deadline = Instant::now() + Duration::from_secs(10);
     // The first time: until the file exists; later: until the controller rewrote it.
-    while std::fs::read_to_string(&file).ok() == before {
-        assert!(Instant::now() < deadline, "no allocations written");
+    while std::fs::read_to_string(&file).ok() == before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        std::fs::read_to_string(&file).ok() != before,
+        "the controller wrote no allocations within 10 s"
+    );
 }
 
 /// VIP → owning node name, as every agent computes it, for the nodes in `alive`.
