@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::{BufMut, BytesMut};
 use ipnet::{IpNet, Ipv4Net};
 
-use super::message::{Family, MAX_LEN, Notification, code};
+use super::message::{Family, MAX_LEN, Notification, be16, code};
 
 /// UPDATE Message Error subcodes (RFC 4271 §6.3).
 pub mod update_error {
@@ -101,10 +101,6 @@ pub struct Codec {
 
 fn reset(subcode: u8) -> Notification {
     Notification::new(code::UPDATE_MESSAGE, subcode, [])
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
 /// Prefixes in the RFC 4271 encoding (length in bits, then just the bytes it needs).
