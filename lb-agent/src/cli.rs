@@ -3,10 +3,6 @@ use std::{
     collections::BTreeSet,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
@@ -14,14 +10,15 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::{Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, VIP_FLAG_LEASED};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::l2::{
-    afpacket::{self, PacketSocket, SharedCounters, Table},
+    afpacket::PacketSocket,
     announce,
-    datapath::{Datapath, XdpModes},
+    datapath::XdpModes,
     iface::{self, Interface},
     maps::{VipEntry, VipMaps, monotonic_ns},
+    responders::{Choice, Responders},
     vipdev,
 };
 
@@ -111,15 +108,14 @@ fn log_level() -> u8 {
     }
 }
 
-pub(crate) fn xdp_modes(mode: Mode) -> XdpModes {
-    modes(mode)
-}
-
-fn modes(mode: Mode) -> XdpModes {
+/// Which responders a `--mode` asks for.
+pub(crate) fn choice(mode: Mode) -> Choice {
     match mode {
-        Mode::XdpNative => XdpModes::NativeOnly,
-        Mode::XdpGeneric => XdpModes::GenericOnly,
-        _ => XdpModes::NativeThenGeneric,
+        Mode::Auto => Choice::Auto,
+        Mode::Afpacket => Choice::AfPacket,
+        Mode::Xdp => Choice::Xdp(XdpModes::NativeThenGeneric),
+        Mode::XdpNative => Choice::Xdp(XdpModes::NativeOnly),
+        Mode::XdpGeneric => Choice::Xdp(XdpModes::GenericOnly),
     }
 }
 
@@ -179,65 +175,20 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
         set.into_iter().collect()
     };
 
-    let mut datapath = None;
-    if args.mode != Mode::Afpacket {
-        match Datapath::load(&args.bpffs, log_level()) {
-            Ok(d) => datapath = Some(d),
-            Err(e) if args.mode == Mode::Auto => {
-                warn!(error = %e, "XDP unavailable; answering from the AF_PACKET responder")
-            }
-            Err(e) => return Err(e).context("loading the XDP program"),
-        }
+    let mut responders =
+        Responders::start(&args.bpffs, &ifaces, choice(args.mode), log_level(), false)
+            .context("starting the ARP/NDP responders")?;
+    if let Some(logger) = responders.take_logger() {
+        spawn_log_reader(logger);
     }
-    let mut xdp_ifaces = Vec::new();
-    let mut af_ifaces = Vec::new();
-    for iface in &ifaces {
-        let Some(d) = datapath.as_mut() else {
-            af_ifaces.push(iface.clone());
-            continue;
-        };
-        match d.attach_l2(&iface.name, modes(args.mode)) {
-            Ok(how) => {
-                info!(iface = %iface.name, mode = %how, "XDP responder attached");
-                xdp_ifaces.push(iface.clone());
-            }
-            Err(e) if args.mode == Mode::Auto => {
-                warn!(iface = %iface.name, error = %e, "XDP cannot attach; using the AF_PACKET responder");
-                af_ifaces.push(iface.clone());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-
-    let xdp_entries = entries_for(&xdp_ifaces, &vips);
-    let mut maps = None;
-    if let Some(d) = datapath.as_mut() {
-        let mut m = VipMaps::open_pinned(d.bpffs())?;
-        let stats = m.apply(&xdp_entries)?;
-        info!(
-            added = stats.added,
-            updated = stats.updated,
-            removed = stats.removed,
-            "VIP maps updated"
-        );
-        maps = Some(m);
-        spawn_log_reader(d);
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let af_counters = Arc::new(SharedCounters::default());
-    let af_entries = entries_for(&af_ifaces, &vips);
-    let table = Arc::new(RwLock::new(Table::from_entries(&af_entries)));
-    let mut threads = Vec::new();
-    for iface in &af_ifaces {
-        threads.push(afpacket::spawn_responder(
-            iface.clone(),
-            table.clone(),
-            af_counters.clone(),
-            stop.clone(),
-        )?);
-        info!(iface = %iface.name, "AF_PACKET responder running");
-    }
+    let entries = entries_for(&ifaces, &vips);
+    let stats = responders.apply(&entries)?;
+    info!(
+        added = stats.added,
+        updated = stats.updated,
+        removed = stats.removed,
+        "VIP maps updated"
+    );
 
     let netlink = if args.no_local_vip {
         None
@@ -255,13 +206,12 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
         .iter()
         .map(|i| Ok((i.index, PacketSocket::open(i, false)?)))
         .collect::<Result<Vec<_>, crate::l2::L2Error>>()?;
-    let all_entries: Vec<VipEntry> = xdp_entries.iter().chain(&af_entries).copied().collect();
     let announcer = tokio::spawn(async move {
         let start = tokio::time::Instant::now();
         let mut sent = 0;
         for at in announce::SCHEDULE {
             tokio::time::sleep_until(start + at).await;
-            sent += announce::send_round(&sockets, &all_entries, |_| {});
+            sent += announce::send_round(&sockets, &entries, |_| {});
         }
         info!(frames = sent, "announcements done");
     });
@@ -275,25 +225,15 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     }
     info!("withdrawing");
     announcer.abort();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(m) = maps.as_mut() {
-        m.withdraw(&xdp_entries)?;
-        for iface in &xdp_ifaces {
-            Datapath::detach(&args.bpffs, &iface.name)?;
-        }
-        if m.entries().is_empty() && !any_link_pinned(&args.bpffs) {
-            Datapath::unpin_all(&args.bpffs)?;
-        }
-    }
+    let af_counters = responders.af_counters.clone();
+    let af_used = responders.modes.iter().any(|(_, m)| m == "afpacket");
+    responders.shutdown(&ifaces)?;
     if let Some(handle) = netlink {
         let index = vipdev::ensure(&handle).await?;
         vipdev::sync(&handle, index, &BTreeSet::new()).await?;
         vipdev::remove_if_empty(&handle).await?;
     }
-    for t in threads {
-        let _ = t.join();
-    }
-    if !af_ifaces.is_empty() {
+    if af_used {
         info!(
             requests =
                 af_counters.get(Counter::ArpRequests) + af_counters.get(Counter::NdpSolicitations),
@@ -305,20 +245,8 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn any_link_pinned(bpffs: &Path) -> bool {
-    std::fs::read_dir(bpffs)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PIN_PREFIX))
-        })
-        .unwrap_or(false)
-}
-
 /// Forwards the XDP program's aya-log records to tracing for the agent's lifetime.
-fn spawn_log_reader(datapath: &mut Datapath) {
-    let Some(logger) = datapath.take_logger() else {
-        return;
-    };
+fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     tokio::spawn(async move {
         // SAFETY: the logger owns its ring buffer fd and keeps it open for as long as the
         // AsyncFd owns the logger.

@@ -28,7 +28,7 @@ use crate::{
         announce,
         iface::Interface,
         maps::{VipEntry, monotonic_ns},
-        responders::{Choice, Responders},
+        responders::Responders,
         vipdev,
     },
     l2status,
@@ -214,12 +214,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     for name in &names {
         ifaces.push(Interface::lookup(name)?);
     }
-    let choice = match args.mode {
-        Mode::Auto => Choice::Auto,
-        Mode::Afpacket => Choice::AfPacket,
-        m => Choice::Xdp(crate::cli::xdp_modes(m)),
-    };
-    let mut responders = Responders::start(&args.bpffs, &ifaces, choice)?;
+    let mut responders =
+        Responders::start(&args.bpffs, &ifaces, crate::cli::choice(args.mode), 0, true)?;
     for (_, mode) in &responders.modes {
         metrics
             .datapath

@@ -136,6 +136,16 @@ fn remove_if_exists(path: &Path) -> Result<(), L2Error> {
     }
 }
 
+/// Whether any interface's link is pinned under `bpffs` (another agent's, say).
+pub fn any_link_pinned(bpffs: &Path) -> bool {
+    fs::read_dir(bpffs)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .any(|e| e.file_name().to_string_lossy().starts_with(LINK_PIN_PREFIX))
+        })
+        .unwrap_or(false)
+}
+
 /// Pin path of the `xdp_l2` link on `ifname`.
 pub fn link_pin(bpffs: &Path, ifname: &str) -> PathBuf {
     bpffs.join(format!("{LINK_PIN_PREFIX}{ifname}"))

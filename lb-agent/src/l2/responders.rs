@@ -2,8 +2,9 @@
 //! attaches, the userspace AF_PACKET responder on the others (`--mode auto`), or only one of
 //! them. `apply` sends each entry to the responder of its interface.
 //!
-//! Only XDP entries carry the data-path lease: the AF_PACKET responder lives in the agent's
-//! own process, so it stops answering when the agent dies without one.
+//! In a group (`lb-agent run`) XDP entries carry the data-path lease; static `announce` has no
+//! lease. AF_PACKET entries never do: that responder lives in the agent's own process, so it
+//! stops answering when the agent dies without one.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -20,9 +21,9 @@ use tracing::{info, warn};
 use super::{
     L2Error,
     afpacket::{self, SharedCounters, Table},
-    datapath::{Datapath, XdpModes},
+    datapath::{Datapath, XdpModes, any_link_pinned},
     iface::Interface,
-    maps::{VipEntry, VipMaps, monotonic_ns},
+    maps::{ApplyStats, VipEntry, VipMaps, monotonic_ns},
 };
 
 /// Which responders to use.
@@ -39,8 +40,10 @@ pub enum Choice {
 /// The responders of one agent.
 pub struct Responders {
     bpffs: PathBuf,
-    /// The XDP program was loaded (and pinned) by or for this agent.
-    loaded: bool,
+    /// The loaded (or adopted) XDP program, when XDP is used at all.
+    datapath: Option<Datapath>,
+    /// Mark XDP entries leased (a group member renews the lease; static mode has none).
+    leased: bool,
     maps: Option<VipMaps>,
     xdp: BTreeSet<u32>,
     /// How each interface is answered, for logs and metrics: `xdp native`, `xdp generic`,
@@ -54,12 +57,18 @@ pub struct Responders {
 }
 
 impl Responders {
-    /// Loads (or adopts) the XDP program and attaches it, and starts the AF_PACKET responder
-    /// where XDP is not used.
-    pub fn start(bpffs: &Path, ifaces: &[Interface], choice: Choice) -> Result<Self, L2Error> {
+    /// Loads (or adopts) the XDP program at `log_level` and attaches it, and starts the
+    /// AF_PACKET responder where XDP is not used.
+    pub fn start(
+        bpffs: &Path,
+        ifaces: &[Interface],
+        choice: Choice,
+        log_level: u8,
+        leased: bool,
+    ) -> Result<Self, L2Error> {
         let mut datapath = None;
         if choice != Choice::AfPacket {
-            match Datapath::load(bpffs, 0) {
+            match Datapath::load(bpffs, log_level) {
                 Ok(d) => datapath = Some(d),
                 Err(e) if choice == Choice::Auto => {
                     warn!(error = %e, "XDP unavailable; answering from the AF_PACKET responder");
@@ -112,7 +121,8 @@ impl Responders {
         }
         Ok(Self {
             bpffs: bpffs.to_owned(),
-            loaded: datapath.is_some(),
+            datapath,
+            leased,
             maps,
             xdp,
             modes,
@@ -122,6 +132,11 @@ impl Responders {
             stop,
             af_counters,
         })
+    }
+
+    /// The XDP program's aya-log reader (once), to forward its records.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.datapath.as_mut().and_then(Datapath::take_logger)
     }
 
     /// Whether the XDP maps hold entries of a previous agent whose lease still runs: they are
@@ -141,19 +156,22 @@ impl Responders {
         }
     }
 
-    /// Answers for exactly `entries` (make before break in the maps); XDP entries are leased.
-    pub fn apply(&mut self, entries: &[VipEntry]) -> Result<(), L2Error> {
+    /// Answers for exactly `entries` (make before break in the maps); returns what changed in
+    /// the XDP maps.
+    pub fn apply(&mut self, entries: &[VipEntry]) -> Result<ApplyStats, L2Error> {
         let (xdp, af): (Vec<VipEntry>, Vec<VipEntry>) =
             entries.iter().partition(|e| self.xdp.contains(&e.ifindex));
+        let mut stats = ApplyStats::default();
         if let Some(m) = &mut self.maps {
-            let leased: Vec<VipEntry> = xdp
+            let lease = if self.leased { VIP_FLAG_LEASED } else { 0 };
+            let xdp: Vec<VipEntry> = xdp
                 .into_iter()
                 .map(|e| VipEntry {
-                    flags: e.flags | VIP_FLAG_LEASED,
+                    flags: e.flags | lease,
                     ..e
                 })
                 .collect();
-            m.apply(&leased)?;
+            stats = m.apply(&xdp)?;
         }
         let af: Vec<VipEntry> = af
             .into_iter()
@@ -167,10 +185,11 @@ impl Responders {
         if let Ok(mut t) = self.table.write() {
             *t = next;
         }
-        Ok(())
+        Ok(stats)
     }
 
-    /// Stops answering, detaches XDP and removes the pins.
+    /// Stops answering, detaches XDP from this agent's interfaces and, when nothing else is
+    /// left in them (no entry, no other link), removes the pins.
     pub fn shutdown(mut self, ifaces: &[Interface]) -> Result<(), L2Error> {
         self.apply(&[])?;
         self.stop.store(true, Ordering::Relaxed);
@@ -180,7 +199,8 @@ impl Responders {
         for iface in ifaces.iter().filter(|i| self.xdp.contains(&i.index)) {
             Datapath::detach(&self.bpffs, &iface.name)?;
         }
-        if self.loaded {
+        let empty = self.maps.as_ref().is_none_or(|m| m.entries().is_empty());
+        if self.datapath.is_some() && empty && !any_link_pinned(&self.bpffs) {
             Datapath::unpin_all(&self.bpffs)?;
         }
         Ok(())
