@@ -51,14 +51,6 @@ fn proc_field(pid: u32, file: &str) -> Result<String, String> {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|e| format!("{file}: {e}"))
 }
 
-fn rss_kb(pid: u32) -> Result<u64, String> {
-    proc_field(pid, "status")?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| "no VmRSS".into())
-}
-
 /// utime + stime of `pid`, in clock ticks.
 fn cpu_ticks(pid: u32) -> Result<u64, String> {
     let stat = proc_field(pid, "stat")?;
@@ -129,7 +121,7 @@ pub fn measure(services: usize) -> Result<AgentFigures, String> {
         std::thread::sleep(WINDOW);
         let ticks = cpu_ticks(pid)? - before;
         let elapsed = t0.elapsed();
-        let rss = rss_kb(pid)?;
+        let rss = crate::rss_kb(pid)?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let figures = AgentFigures {

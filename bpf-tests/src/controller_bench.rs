@@ -103,19 +103,13 @@ fn controller_rss(dir: &Path) -> Result<u64, String> {
     }
     // Let the pass finish and settle.
     std::thread::sleep(Duration::from_millis(300));
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).map_err(|e| e.to_string());
+    let rss = crate::rss_kb(child.id());
     let _ = child.kill();
     let _ = child.wait();
-    let status = status?;
     if !file.exists() {
         return Err("the controller wrote no allocations within 60 s".into());
     }
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| "no VmRSS".into())
+    rss
 }
 
 pub fn run() -> Result<ScaleFigures, String> {

@@ -84,12 +84,7 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
     let objects = manifest::load(&[dir.to_path_buf()])
         .expect("load config")
         .objects;
-    let reader = lb_controller::standalone::Standalone::new(
-        dir.to_path_buf(),
-        None,
-        std::sync::Arc::new(lb_controller::metrics::Metrics::default()),
-    );
-    let allocations = reader.read_allocations().allocations;
+    let allocations = allocations(dir);
     let alive: BTreeSet<String> = alive.iter().map(|s| (*s).to_owned()).collect();
     let inputs = lb_agent::desired::Inputs::new(&objects);
     let owners = lb_agent::desired::owners(&inputs, &allocations, &alive);
@@ -99,16 +94,20 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The first address allocated to `service` (`namespace/name`).
-pub fn vip_of(dir: &Path, service: &str) -> String {
-    let reader = lb_controller::standalone::Standalone::new(
+/// What the controller wrote to `dir/status/allocations.yaml`.
+fn allocations(dir: &Path) -> Vec<lb_controller::plan::PlanEntry> {
+    lb_controller::standalone::Standalone::new(
         dir.to_path_buf(),
         None,
         std::sync::Arc::new(lb_controller::metrics::Metrics::default()),
-    );
-    reader
-        .read_allocations()
-        .allocations
+    )
+    .read_allocations()
+    .allocations
+}
+
+/// The first address allocated to `service` (`namespace/name`).
+pub fn vip_of(dir: &Path, service: &str) -> String {
+    allocations(dir)
         .iter()
         .find(|e| e.service == service)
         .and_then(|e| e.ips.first())

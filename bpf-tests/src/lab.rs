@@ -114,13 +114,7 @@ impl Lab {
             ])
             .output()
             .expect("run arping");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let rest = l.split(" bytes from ").nth(1)?;
-                Some(rest.split_whitespace().next()?.to_lowercase())
-            })
-            .collect()
+        crate::netns::arping_macs(&out.stdout)
     }
 
     /// The MAC of node `i`'s `eth0` (i from 0).

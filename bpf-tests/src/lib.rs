@@ -59,6 +59,16 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// VmRSS of `pid`, in kB.
+pub fn rss_kb(pid: u32) -> Result<u64, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
 /// A pin directory under /sys/fs/bpf removed (with everything pinned in it) on drop.
 pub struct PinDir(pub PathBuf);
 

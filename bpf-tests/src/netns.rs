@@ -175,13 +175,7 @@ impl Link {
             ])
             .output()
             .expect("run arping");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let rest = l.split(" bytes from ").nth(1)?;
-                Some(rest.split_whitespace().next()?.to_lowercase())
-            })
-            .collect()
+        arping_macs(&out.stdout)
     }
 
     /// `ndisc6` from the client: the target link-layer address, if anyone answered.
@@ -197,6 +191,17 @@ impl Link {
                 .map(|m| m.trim().to_lowercase())
         })
     }
+}
+
+/// The replying MACs (lowercase) in arping's output, one per answered request.
+pub fn arping_macs(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split(" bytes from ").nth(1)?;
+            Some(rest.split_whitespace().next()?.to_lowercase())
+        })
+        .collect()
 }
 
 /// Formats a MAC as arping and ndisc6 print it (lowercase).

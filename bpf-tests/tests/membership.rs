@@ -84,11 +84,9 @@ fn a_gracefully_restarted_owner_takes_its_vips_back_without_a_lost_reply() {
                     .args(["-I", "eth0", &lab_vip])
                     .output()
                     .expect("arping");
-                let who: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .filter_map(|l| l.split(" bytes from ").nth(1))
-                    .filter_map(|r| r.split_whitespace().next())
-                    .map(|m| macs.get(&m.to_lowercase()).cloned().unwrap_or_default())
+                let who: BTreeSet<String> = bpf_tests::netns::arping_macs(&out.stdout)
+                    .iter()
+                    .map(|m| macs.get(m).cloned().unwrap_or_default())
                     .collect();
                 seen.push(who);
             }

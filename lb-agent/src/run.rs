@@ -104,6 +104,46 @@ fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipE
         .collect()
 }
 
+/// This agent's heartbeats: one epoch per run, numbered within it.
+struct Beats {
+    node: String,
+    epoch: u64,
+    seq: u64,
+}
+
+impl Beats {
+    fn next(&mut self, phase: Phase) -> Heartbeat {
+        self.seq += 1;
+        Heartbeat {
+            node: self.node.clone(),
+            epoch: self.epoch,
+            seq: self.seq,
+            hold_ms: 0,
+            phase,
+        }
+    }
+}
+
+/// Signs `hb` with `secret` (nothing is sent without one) and sends it to every peer; returns
+/// the peers it could not be sent to.
+async fn broadcast(
+    udp: &UdpSocket,
+    peers: &[SocketAddr],
+    secret: Option<&[u8]>,
+    hb: &Heartbeat,
+) -> Vec<(SocketAddr, std::io::Error)> {
+    let mut failed = Vec::new();
+    let Some(Ok(datagram)) = secret.map(|k| hb.encode(k)) else {
+        return failed;
+    };
+    for peer in peers {
+        if let Err(e) = udp.send_to(&datagram, peer).await {
+            failed.push((*peer, e));
+        }
+    }
+    failed
+}
+
 /// MetalLB's `nodeAssigned` Event on each Service this node started announcing.
 async fn node_assigned(
     recorder: kube::runtime::events::Recorder,
@@ -274,11 +314,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
         })
         .with_context(|| format!("binding UDP port {}", args.port))?;
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let mut seq = 0u64;
+    let mut beats = Beats {
+        node: args.node_name.clone(),
+        epoch: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+        seq: 0,
+    };
     let mut detector = Detector::new(args.failure_timeout);
     let started = Instant::now();
     let mut ready = false;
@@ -442,18 +485,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         // agent has applied its first decision it says it is joining, so the peers keep what
         // they announce; the heartbeat after that says it is active and they let go: make
         // before break.
-        seq += 1;
-        let hb = Heartbeat {
-            node: args.node_name.clone(),
-            epoch,
-            seq,
-            hold_ms: 0,
-            phase,
-        };
-        if let (Some(c), Some(Ok(datagram))) = (&config, secret.as_ref().map(|k| hb.encode(k))) {
-            for peer in &c.peers {
-                let _ = udp.send_to(&datagram, peer).await;
-            }
+        if let Some(c) = &config {
+            // A lost datagram is what the failure timeout is for: nothing to report here.
+            let _ = broadcast(&udp, &c.peers, secret.as_deref(), &beats.next(phase)).await;
         }
         responders.renew(monotonic_ns().saturating_add(lease_ns))?;
         let Some(c) = &config else {
@@ -574,20 +608,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // answering until they have: make before break for a planned shutdown too.
     if let Some(c) = &config {
         for _ in 0..3 {
-            seq += 1;
-            let bye = Heartbeat {
-                node: args.node_name.clone(),
-                epoch,
-                seq,
-                hold_ms: 0,
-                phase: Phase::Leaving,
-            };
-            if let Some(Ok(datagram)) = secret.as_ref().map(|k| bye.encode(k)) {
-                for peer in &c.peers {
-                    if let Err(e) = udp.send_to(&datagram, peer).await {
-                        warn!(%peer, error = %e, "cannot say goodbye");
-                    }
-                }
+            let bye = beats.next(Phase::Leaving);
+            for (peer, e) in broadcast(&udp, &c.peers, secret.as_deref(), &bye).await {
+                warn!(%peer, error = %e, "cannot say goodbye");
             }
         }
         if !announced.is_empty() {

@@ -8,7 +8,7 @@
 //! `status.loadBalancer.ingress` (what the controller wrote) with the pool that holds them, the
 //! election inputs, the peers' InternalIPs, and MetalLB's membership secret (Secret
 //! `memberlist`, key `secretkey`).
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Api, Client, ResourceExt};
@@ -23,7 +23,7 @@ use lb_controller::{
 };
 use tokio::sync::{Notify, mpsc};
 
-use super::{Config, internal_ip, relocate, trim_heap};
+use super::{Config, peers, relocate, trim_heap};
 use crate::desired::Inputs;
 
 /// MetalLB's membership Secret and its key.
@@ -75,13 +75,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         .filter(|s| is_ours(s, opts.lb_class.as_deref()))
         .filter_map(|s| allocation(s, &pools))
         .collect();
-    let peers = objects
-        .nodes
-        .iter()
-        .filter(|n| n.name_any() != opts.node)
-        .filter_map(internal_ip)
-        .map(|ip| SocketAddr::new(ip, opts.port))
-        .collect();
+    let peers = peers(&objects.nodes, &opts.node, opts.port);
     let secret = objects
         .secrets
         .iter()

@@ -44,12 +44,22 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// A look at the files even without a change notification, in case one was missed.
 const POLL: Duration = Duration::from_secs(5);
 
-pub(crate) fn internal_ip(node: &Node) -> Option<IpAddr> {
+fn internal_ip(node: &Node) -> Option<IpAddr> {
     let addrs = node.status.as_ref()?.addresses.as_ref()?;
     addrs
         .iter()
         .find(|a| a.type_ == "InternalIP")
         .and_then(|a| a.address.parse().ok())
+}
+
+/// Heartbeat targets: the InternalIP of every Node but `me`, at `port`.
+pub(crate) fn peers(nodes: &[Node], me: &str, port: u16) -> Vec<SocketAddr> {
+    nodes
+        .iter()
+        .filter(|n| n.name_any() != me)
+        .filter_map(internal_ip)
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
 }
 
 /// Reads and validates the configuration of `node` (the controller's own validation: an agent
@@ -66,14 +76,7 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
     }
     let reader = Standalone::new(dir.to_path_buf(), None, Arc::new(Metrics::default()));
     let allocations = reader.read_allocations().allocations;
-    let peers = loaded
-        .objects
-        .nodes
-        .iter()
-        .filter(|n| n.name_any() != node)
-        .filter_map(internal_ip)
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
+    let peers = peers(&loaded.objects.nodes, node, port);
     let inputs = Inputs::new(&loaded.objects);
     drop(loaded);
     Ok(Config {
