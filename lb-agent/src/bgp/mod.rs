@@ -6,8 +6,12 @@
 //!   ROUTE-REFRESH; malformed input becomes the NOTIFICATION RFC 4271 prescribes.
 //! - [`update`]: UPDATE bodies: routes, path attributes, MP-BGP, with RFC 7606 error handling.
 //!
-//! Still to come (issue 6): the session FSM, the
-//! policy from BGPPeer/BGPAdvertisement, BFD, and the TCP edge.
+//! - [`rib_out`]: what a peer should hold from us, and the packed UPDATEs that get it there.
+//! - [`session`]: one session's state machine (RFC 4271 §8), time passed in.
+//!
+//! Still to come (issue 6): the policy from BGPPeer/BGPAdvertisement, BFD, and the TCP edge.
 
 pub mod message;
+pub mod rib_out;
+pub mod session;
 pub mod update;

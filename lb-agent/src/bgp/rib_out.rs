@@ -1,0 +1,393 @@
+//! The Adj-RIB-Out of one session: what the peer should hold from us, what it holds now, and
+//! the UPDATE bodies that take it from one to the other, packed many prefixes to a message.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use bytes::BytesMut;
+use ipnet::IpNet;
+
+use super::message::{Family, HEADER_LEN, MAX_LEN};
+use super::update::{self, AsSegment, Attributes, Codec, MpReach, Origin, Update};
+
+/// What one advertisement attaches to a prefix (BGPAdvertisement localPref, communities).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteAttrs {
+    /// Sent to iBGP peers only (RFC 4271 §5.1.5).
+    pub local_pref: Option<u32>,
+    /// Sorted, without repeats.
+    pub communities: BTreeSet<u32>,
+    pub large_communities: BTreeSet<[u32; 3]>,
+}
+
+impl RouteAttrs {
+    /// Two advertisements covering the same prefix: the communities add up and the higher
+    /// LOCAL_PREF wins, as MetalLB merges them.
+    pub fn merge(&mut self, other: &RouteAttrs) {
+        self.local_pref = self.local_pref.max(other.local_pref);
+        self.communities.extend(other.communities.iter().copied());
+        self.large_communities
+            .extend(other.large_communities.iter().copied());
+    }
+}
+
+pub type Routes = BTreeMap<IpNet, RouteAttrs>;
+
+/// What the session negotiated and knows about itself that shapes the UPDATEs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub local_as: u32,
+    pub ibgp: bool,
+    pub codec: Codec,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Our address for IPv4 routes (the session's own when it runs over IPv4).
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Our global IPv6 address for IPv6 routes, and the link-local one when known.
+    pub next_hop_v6: Option<(Ipv6Addr, Option<Ipv6Addr>)>,
+}
+
+impl Context {
+    /// Whether this session can carry `net` now: the family was negotiated and we have a next
+    /// hop of that family. Others wait ("pending" in the metrics).
+    pub fn carries(&self, net: &IpNet) -> bool {
+        match net {
+            IpNet::V4(_) => self.ipv4 && self.next_hop_v4.is_some(),
+            IpNet::V6(_) => self.ipv6 && self.next_hop_v6.is_some(),
+        }
+    }
+
+    fn attributes(&self, r: &RouteAttrs) -> Attributes {
+        Attributes {
+            origin: Some(Origin::Igp),
+            // We originate: eBGP peers see our AS, iBGP peers an empty path (RFC 4271 §5.1.2).
+            as_path: if self.ibgp {
+                Vec::new()
+            } else {
+                vec![AsSegment::Sequence(vec![self.local_as])]
+            },
+            local_pref: if self.ibgp { r.local_pref } else { None },
+            communities: r.communities.iter().copied().collect(),
+            large_communities: r.large_communities.iter().copied().collect(),
+            ..Attributes::default()
+        }
+    }
+}
+
+/// Room for an UPDATE body within one message, with one byte spare for an MP attribute that
+/// grows to the extended length form.
+const BODY_ROOM: usize = MAX_LEN - HEADER_LEN - 1;
+
+fn prefix_len(net: &IpNet) -> usize {
+    1 + usize::from(net.prefix_len()).div_ceil(8)
+}
+
+fn body(u: &Update, codec: Codec) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    // The chunking below keeps every body within MAX_LEN, so this cannot fail; were it
+    // ever to, dropping the message is the safe failure (the peer keeps the old state).
+    if update::encode(u, codec, &mut out).is_err() {
+        return Vec::new();
+    }
+    out.to_vec()
+}
+
+/// Splits `nets` into runs whose encoded prefixes fit in `room` bytes each.
+fn chunks(nets: &[IpNet], room: usize) -> Vec<&[IpNet]> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, n) in nets.iter().enumerate() {
+        let l = prefix_len(n);
+        if used + l > room && i > start {
+            out.push(&nets[start..i]);
+            start = i;
+            used = 0;
+        }
+        used += l;
+    }
+    if start < nets.len() {
+        out.push(&nets[start..]);
+    }
+    out
+}
+
+/// The UPDATE bodies that withdraw what `sent` has and `desired` lacks and announce what is
+/// new or changed, then the new `sent`. Prefixes the session cannot carry are left out.
+pub fn updates(sent: &Routes, desired: &Routes, ctx: &Context) -> (Vec<Vec<u8>>, Routes) {
+    let now: Routes = desired
+        .iter()
+        .filter(|(n, _)| ctx.carries(n))
+        .map(|(n, a)| (*n, a.clone()))
+        .collect();
+    let gone: Vec<IpNet> = sent
+        .keys()
+        .filter(|n| !now.contains_key(n))
+        .copied()
+        .collect();
+    let mut by_attrs: BTreeMap<&RouteAttrs, Vec<IpNet>> = BTreeMap::new();
+    for (n, a) in &now {
+        if sent.get(n) != Some(a) {
+            by_attrs.entry(a).or_default().push(*n);
+        }
+    }
+    let mut out = withdrawals(&gone, ctx);
+    for (attrs, nets) in by_attrs {
+        out.extend(announcements(attrs, &nets, ctx));
+    }
+    (out, now)
+}
+
+fn withdrawals(gone: &[IpNet], ctx: &Context) -> Vec<Vec<u8>> {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = gone.iter().partition(|n| matches!(n, IpNet::V4(_)));
+    let mut out = Vec::new();
+    for run in chunks(&v4, BODY_ROOM - 4) {
+        let u = Update {
+            withdrawn: run
+                .iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(*n),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
+            ..Update::default()
+        };
+        out.push(body(&u, ctx.codec));
+    }
+    // MP_UNREACH: 4 bytes of attribute header, 3 of AFI/SAFI.
+    for run in chunks(&v6, BODY_ROOM - 4 - 7) {
+        let u = Update {
+            attributes: Attributes {
+                mp_unreach: Some((Family::IPV6_UNICAST, run.to_vec())),
+                ..Attributes::default()
+            },
+            ..Update::default()
+        };
+        out.push(body(&u, ctx.codec));
+    }
+    out
+}
+
+fn announcements(attrs: &RouteAttrs, nets: &[IpNet], ctx: &Context) -> Vec<Vec<u8>> {
+    let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
+    let mut out = Vec::new();
+    let base = ctx.attributes(attrs);
+    if let Some(nh) = ctx.next_hop_v4.filter(|_| !v4.is_empty()) {
+        let mut a = base.clone();
+        a.next_hop = Some(nh);
+        let empty = body(
+            &Update {
+                attributes: a.clone(),
+                ..Update::default()
+            },
+            ctx.codec,
+        );
+        for run in chunks(&v4, BODY_ROOM.saturating_sub(empty.len())) {
+            let u = Update {
+                attributes: a.clone(),
+                nlri: run
+                    .iter()
+                    .filter_map(|n| match n {
+                        IpNet::V4(n) => Some(*n),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect(),
+                ..Update::default()
+            };
+            out.push(body(&u, ctx.codec));
+        }
+    }
+    if let Some((global, local)) = ctx.next_hop_v6.filter(|_| !v6.is_empty()) {
+        let mut next_hops = vec![IpAddr::V6(global)];
+        next_hops.extend(local.map(IpAddr::V6));
+        let reach = |nlri: Vec<IpNet>| {
+            let mut a = base.clone();
+            a.mp_reach = Some(MpReach {
+                family: Family::IPV6_UNICAST,
+                next_hops: next_hops.clone(),
+                nlri,
+            });
+            Update {
+                attributes: a,
+                ..Update::default()
+            }
+        };
+        let empty = body(&reach(Vec::new()), ctx.codec);
+        for run in chunks(&v6, BODY_ROOM.saturating_sub(empty.len())) {
+            out.push(body(&reach(run.to_vec()), ctx.codec));
+        }
+    }
+    out
+}
+
+/// The End-of-RIB marker for `family` (RFC 4724 §2): an UPDATE with nothing in it for IPv4,
+/// an empty MP_UNREACH_NLRI for the others.
+pub fn end_of_rib(family: Family, codec: Codec) -> Vec<u8> {
+    let u = if family == Family::IPV4_UNICAST {
+        Update::default()
+    } else {
+        Update {
+            attributes: Attributes {
+                mp_unreach: Some((family, Vec::new())),
+                ..Attributes::default()
+            },
+            ..Update::default()
+        }
+    };
+    body(&u, codec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::update::{Received, decode};
+
+    const CODEC: Codec = Codec {
+        four_octet_as: true,
+    };
+
+    fn ctx(ibgp: bool) -> Context {
+        Context {
+            local_as: 64512,
+            ibgp,
+            codec: CODEC,
+            ipv4: true,
+            ipv6: true,
+            next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            next_hop_v6: Some(("2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST), None)),
+        }
+    }
+
+    fn attrs(lp: Option<u32>, communities: &[u32]) -> RouteAttrs {
+        RouteAttrs {
+            local_pref: lp,
+            communities: communities.iter().copied().collect(),
+            large_communities: BTreeSet::new(),
+        }
+    }
+
+    fn routes(n: u32, a: &RouteAttrs) -> Routes {
+        (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::from(0x0a00_0000 + i);
+                (
+                    IpNet::new(IpAddr::V4(ip), 32).unwrap_or_default(),
+                    a.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn decoded(bodies: &[Vec<u8>]) -> Vec<Update> {
+        bodies
+            .iter()
+            .map(|b| match decode(b, CODEC) {
+                Ok(Received::Update(u)) => u,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ten_thousand_prefixes_pack_into_few_full_messages() {
+        let want = routes(10_000, &attrs(None, &[65000 << 16 | 100]));
+        let (bodies, sent) = updates(&Routes::new(), &want, &ctx(false));
+        assert_eq!(sent, want);
+        // 5 bytes per /32: about 800 per message.
+        assert!(bodies.len() <= 13, "{} messages", bodies.len());
+        assert!(bodies.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
+        let got: BTreeSet<IpNet> = decoded(&bodies)
+            .iter()
+            .flat_map(|u| u.nlri.iter().map(|n| IpNet::V4(*n)))
+            .collect();
+        assert_eq!(got.len(), 10_000);
+        let again = updates(&sent, &want, &ctx(false));
+        assert!(again.0.is_empty(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn changes_send_only_the_difference() {
+        let a = attrs(Some(200), &[1]);
+        let before = routes(3, &a);
+        let mut after = before.clone();
+        let first = *before.keys().next().unwrap_or(&IpNet::default());
+        after.remove(&first);
+        let v6: IpNet = "2001:db8:1::5/128".parse().unwrap_or_default();
+        after.insert(v6, a.clone());
+        let (bodies, sent) = updates(&before, &after, &ctx(true));
+        assert_eq!(sent, after);
+        let u = decoded(&bodies);
+        assert_eq!(u.len(), 2, "{u:?}");
+        assert_eq!(
+            u[0].withdrawn,
+            vec![first.to_string().parse().unwrap_or_default()]
+        );
+        let reach = u[1].attributes.mp_reach.as_ref().map(|m| m.nlri.clone());
+        assert_eq!(reach, Some(vec![v6]));
+        assert_eq!(
+            u[1].attributes.local_pref,
+            Some(200),
+            "iBGP carries LOCAL_PREF"
+        );
+        assert!(u[1].attributes.as_path.is_empty(), "iBGP: empty AS_PATH");
+    }
+
+    #[test]
+    fn ebgp_gets_our_as_and_no_local_pref() {
+        let want = routes(1, &attrs(Some(300), &[]));
+        let (bodies, _) = updates(&Routes::new(), &want, &ctx(false));
+        let u = decoded(&bodies);
+        assert_eq!(u[0].attributes.local_pref, None);
+        assert_eq!(
+            u[0].attributes.as_path,
+            vec![AsSegment::Sequence(vec![64512])]
+        );
+        assert_eq!(u[0].attributes.next_hop, Some(Ipv4Addr::new(192, 0, 2, 1)));
+    }
+
+    #[test]
+    fn prefixes_without_a_family_or_next_hop_wait() {
+        let v6: IpNet = "2001:db8:1::5/128".parse().unwrap_or_default();
+        let mut want = routes(1, &RouteAttrs::default());
+        want.insert(v6, RouteAttrs::default());
+        let mut c = ctx(false);
+        c.next_hop_v6 = None;
+        let (_, sent) = updates(&Routes::new(), &want, &c);
+        assert!(!sent.contains_key(&v6));
+        c = ctx(false);
+        c.ipv6 = false;
+        assert!(!updates(&Routes::new(), &want, &c).1.contains_key(&v6));
+    }
+
+    #[test]
+    fn many_ipv6_withdrawals_fit() {
+        let a = RouteAttrs::default();
+        let want: Routes = (0..2000u128)
+            .map(|i| {
+                let ip = Ipv6Addr::from(0x2001_0db8_u128 << 96 | i);
+                (
+                    IpNet::new(IpAddr::V6(ip), 128).unwrap_or_default(),
+                    a.clone(),
+                )
+            })
+            .collect();
+        let (bodies, sent) = updates(&Routes::new(), &want, &ctx(false));
+        assert!(bodies.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
+        let (gone, empty) = updates(&sent, &Routes::new(), &ctx(false));
+        assert!(empty.is_empty());
+        assert!(gone.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
+        let n: usize = decoded(&gone)
+            .iter()
+            .filter_map(|u| u.attributes.mp_unreach.as_ref().map(|m| m.1.len()))
+            .sum();
+        assert_eq!(n, 2000);
+    }
+
+    #[test]
+    fn end_of_rib_markers() {
+        assert_eq!(end_of_rib(Family::IPV4_UNICAST, CODEC), vec![0, 0, 0, 0]);
+        let u = decoded(&[end_of_rib(Family::IPV6_UNICAST, CODEC)]);
+        assert_eq!(
+            u[0].attributes.mp_unreach,
+            Some((Family::IPV6_UNICAST, Vec::new()))
+        );
+    }
+}

@@ -1,0 +1,1295 @@
+//! One BGP session as a state machine (RFC 4271 §8), with time passed in: events in, actions
+//! out. The TCP connections are the edge's; here they are numbered. A session may have two at
+//! once (ours and the peer's) until collision resolution (§6.8) keeps one.
+//!
+//! The session also holds its Adj-RIB-Out, so that Established sends the routes and the
+//! End-of-RIB markers (RFC 4724), and a route change sends only the difference.
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use super::message::{
+    AS_TRANS, Capability, Family, GracefulFamily, Message, Notification, Open, code, open_error,
+};
+use super::rib_out::{self, Context, Routes};
+use super::update::{self, Codec, Received};
+
+/// Cease subcodes (RFC 4486, RFC 9384).
+pub mod cease {
+    pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
+    pub const PEER_DECONFIGURED: u8 = 3;
+    pub const CONNECTION_COLLISION: u8 = 7;
+    pub const BFD_DOWN: u8 = 10;
+}
+
+/// FSM error subcodes (RFC 6608): an unexpected message in OpenSent, OpenConfirm, Established.
+pub mod fsm_error {
+    pub const IN_OPEN_SENT: u8 = 1;
+    pub const IN_OPEN_CONFIRM: u8 = 2;
+    pub const IN_ESTABLISHED: u8 = 3;
+}
+
+/// The hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
+const LARGE_HOLD: Duration = Duration::from_secs(240);
+/// The first reconnect waits this long; each failure doubles it up to `connect_time`.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// The peer AS we accept (BGPPeer peerASN or dynamicASN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerAs {
+    Fixed(u32),
+    /// Any AS equal to ours.
+    Internal,
+    /// Any AS other than ours.
+    External,
+}
+
+/// The session's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Settings {
+    pub local_as: u32,
+    pub peer_as: PeerAs,
+    pub router_id: Ipv4Addr,
+    /// Proposed hold time in seconds; 0 turns keepalives and the hold timer off.
+    pub hold_time: u16,
+    /// Keepalive interval in seconds; default a third of the negotiated hold time.
+    pub keepalive: Option<u16>,
+    /// The longest wait between connection attempts.
+    pub connect_time: Duration,
+    /// Only accept the peer's connections, never open one.
+    pub passive: bool,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Offer graceful restart (RFC 4724) with this restart time in seconds.
+    pub graceful_restart: Option<u16>,
+}
+
+impl Settings {
+    fn open(&self) -> Open {
+        let mut capabilities = Vec::new();
+        if self.ipv4 {
+            capabilities.push(Capability::Multiprotocol(Family::IPV4_UNICAST));
+        }
+        if self.ipv6 {
+            capabilities.push(Capability::Multiprotocol(Family::IPV6_UNICAST));
+        }
+        capabilities.push(Capability::RouteRefresh);
+        capabilities.push(Capability::FourOctetAs(self.local_as));
+        if let Some(time) = self.graceful_restart {
+            capabilities.push(Capability::GracefulRestart {
+                restarting: false,
+                time: time.min(0x0fff),
+                // Forwarding survives an agent restart: the kernel and the Services do not
+                // depend on the agent, so the router may keep using our routes.
+                families: self
+                    .families()
+                    .into_iter()
+                    .map(|family| GracefulFamily {
+                        family,
+                        forwarding: true,
+                    })
+                    .collect(),
+            });
+        }
+        Open {
+            my_as: u16::try_from(self.local_as).unwrap_or(AS_TRANS),
+            hold_time: self.hold_time,
+            router_id: u32::from(self.router_id),
+            capabilities,
+        }
+    }
+
+    fn families(&self) -> Vec<Family> {
+        let mut f = Vec::new();
+        if self.ipv4 {
+            f.push(Family::IPV4_UNICAST);
+        }
+        if self.ipv6 {
+            f.push(Family::IPV6_UNICAST);
+        }
+        f
+    }
+}
+
+/// What both OPENs agreed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub peer_as: u32,
+    pub peer_id: Ipv4Addr,
+    pub hold_time: u16,
+    pub keepalive: u16,
+    pub four_octet_as: bool,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub route_refresh: bool,
+    /// The peer keeps our routes across our restarts (it sent the capability).
+    pub peer_graceful_restart: bool,
+}
+
+/// A TCP connection, numbered by the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// We connected to the peer.
+    Outbound,
+    /// The peer connected to us.
+    Inbound,
+}
+
+/// Our addresses on a connection, for next hops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Global, and link-local when known.
+    pub next_hop_v6: Option<(Ipv6Addr, Option<Ipv6Addr>)>,
+}
+
+/// Why the session is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The BGPPeer no longer applies to this node.
+    Deconfigured,
+    /// The agent stops for good.
+    Shutdown,
+    /// The agent restarts: close without a NOTIFICATION where graceful restart was agreed,
+    /// so the peer keeps forwarding to us meanwhile.
+    Restart,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An outbound connection came up, or the peer's was accepted.
+    Connected(ConnId, Direction, Local),
+    ConnectFailed(ConnId),
+    /// The peer closed or reset the connection.
+    Closed(ConnId),
+    Received(ConnId, Message),
+    /// The bytes did not decode: this NOTIFICATION goes back.
+    Malformed(ConnId, Notification),
+    /// BFD declared the path down (RFC 5882): the session goes down at once.
+    BfdDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to the peer under this number.
+    Connect(ConnId),
+    Send(ConnId, Message),
+    /// Close after what was sent before it.
+    Close(ConnId),
+    Up(Negotiated),
+    Down(String),
+    /// Worth a log line: a refused OPEN, a NOTIFICATION, a treat-as-withdraw.
+    Note(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+#[derive(Clone, Debug)]
+struct Conn {
+    id: ConnId,
+    direction: Direction,
+    state: State,
+    local: Local,
+    hold_deadline: Option<Instant>,
+    keepalive_at: Option<Instant>,
+    negotiated: Option<Negotiated>,
+}
+
+/// A BGP session to one peer.
+#[derive(Debug)]
+pub struct Session {
+    settings: Settings,
+    running: bool,
+    conns: Vec<Conn>,
+    next_id: u64,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    desired: Routes,
+    sent: Routes,
+}
+
+impl Session {
+    pub fn new(settings: Settings) -> Self {
+        Session {
+            settings,
+            running: false,
+            conns: Vec::new(),
+            next_id: 0,
+            retry_at: None,
+            backoff: FIRST_RETRY,
+            desired: Routes::new(),
+            sent: Routes::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// What the session negotiated, while it is Established.
+    pub fn established(&self) -> Option<&Negotiated> {
+        self.conns
+            .iter()
+            .find(|c| c.state == State::Established)
+            .and_then(|c| c.negotiated.as_ref())
+    }
+
+    /// The routes the peer holds from us now.
+    pub fn advertised(&self) -> &Routes {
+        &self.sent
+    }
+
+    pub fn desired(&self) -> &Routes {
+        &self.desired
+    }
+
+    /// Whether the session accepts a connection from the peer now.
+    pub fn accepts(&self) -> bool {
+        self.running
+    }
+
+    /// The next instant [`Session::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let conns = self
+            .conns
+            .iter()
+            .flat_map(|c| [c.hold_deadline, c.keepalive_at])
+            .flatten();
+        conns.chain(self.retry_at).min()
+    }
+
+    fn new_conn(&mut self, direction: Direction, state: State) -> ConnId {
+        self.next_id += 1;
+        let id = ConnId(self.next_id);
+        self.conns.push(Conn {
+            id,
+            direction,
+            state,
+            local: Local::default(),
+            hold_deadline: None,
+            keepalive_at: None,
+            negotiated: None,
+        });
+        id
+    }
+
+    /// Starts connecting (or, passive, waiting for the peer).
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.running = true;
+        self.backoff = FIRST_RETRY;
+        self.retry_at = (!self.settings.passive).then_some(now);
+        self.tick(now)
+    }
+
+    pub fn stop(&mut self, why: Stop) -> Vec<Action> {
+        self.running = false;
+        self.retry_at = None;
+        let mut out = Vec::new();
+        let graceful = why == Stop::Restart
+            && self.settings.graceful_restart.is_some()
+            && self.established().is_some_and(|n| n.peer_graceful_restart);
+        let subcode = match why {
+            Stop::Deconfigured => cease::PEER_DECONFIGURED,
+            Stop::Shutdown | Stop::Restart => cease::ADMINISTRATIVE_SHUTDOWN,
+        };
+        for c in std::mem::take(&mut self.conns) {
+            if c.state != State::Connecting && !graceful {
+                out.push(Action::Send(
+                    c.id,
+                    Message::Notification(Notification::new(code::CEASE, subcode, [])),
+                ));
+            }
+            out.push(Action::Close(c.id));
+            if c.state == State::Established {
+                out.push(Action::Down(format!("stopped ({why:?})")));
+            }
+        }
+        self.sent.clear();
+        out
+    }
+
+    /// Replaces the routes to advertise; sends the difference when Established.
+    pub fn set_routes(&mut self, routes: Routes) -> Vec<Action> {
+        self.desired = routes;
+        self.sync_routes()
+    }
+
+    fn context(&self, c: &Conn) -> Option<Context> {
+        let n = c.negotiated.as_ref()?;
+        Some(Context {
+            local_as: self.settings.local_as,
+            ibgp: n.peer_as == self.settings.local_as,
+            codec: Codec {
+                four_octet_as: n.four_octet_as,
+            },
+            ipv4: n.ipv4,
+            ipv6: n.ipv6,
+            next_hop_v4: c.local.next_hop_v4,
+            next_hop_v6: c.local.next_hop_v6,
+        })
+    }
+
+    fn sync_routes(&mut self) -> Vec<Action> {
+        let Some(c) = self.conns.iter().find(|c| c.state == State::Established) else {
+            return Vec::new();
+        };
+        let Some(ctx) = self.context(c) else {
+            return Vec::new();
+        };
+        let id = c.id;
+        let (bodies, sent) = rib_out::updates(&self.sent, &self.desired, &ctx);
+        self.sent = sent;
+        bodies
+            .into_iter()
+            .map(|b| Action::Send(id, Message::Update(b)))
+            .collect()
+    }
+
+    /// Whether `net` waits for a family or next hop the session does not have.
+    pub fn pending(&self) -> usize {
+        self.desired.len() - self.sent.len().min(self.desired.len())
+    }
+
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Connected(id, direction, local) => {
+                self.connected(id, direction, local, now, &mut out)
+            }
+            Event::ConnectFailed(id) | Event::Closed(id) => {
+                self.drop_conn(id, "the connection closed", &mut out);
+                self.schedule_retry(now);
+            }
+            Event::Malformed(id, n) => {
+                out.push(Action::Note(format!("malformed message: sending {n}")));
+                self.fail(id, n, &mut out);
+                self.schedule_retry(now);
+            }
+            Event::Received(id, msg) => {
+                self.received(id, msg, now, &mut out);
+                self.schedule_retry(now);
+            }
+            Event::BfdDown => {
+                let ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|c| c.state != State::Connecting)
+                    .map(|c| c.id)
+                    .collect();
+                for id in ids {
+                    let n = Notification::new(code::CEASE, cease::BFD_DOWN, []);
+                    self.fail(id, n, &mut out);
+                }
+                self.schedule_retry(now);
+            }
+        }
+        out
+    }
+
+    /// Runs the timers due at `now`.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.running && self.conns.is_empty() && self.retry_at.is_some_and(|t| t <= now) {
+            self.retry_at = None;
+            let id = self.new_conn(Direction::Outbound, State::Connecting);
+            out.push(Action::Connect(id));
+        }
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|c| c.hold_deadline.is_some_and(|t| t <= now))
+            .map(|c| c.id)
+            .collect();
+        for id in expired {
+            let n = Notification::new(code::HOLD_TIMER_EXPIRED, 0, []);
+            self.fail(id, n, &mut out);
+        }
+        for c in &mut self.conns {
+            let Some(at) = c.keepalive_at.filter(|t| *t <= now) else {
+                continue;
+            };
+            out.push(Action::Send(c.id, Message::Keepalive));
+            let every = Duration::from_secs(u64::from(
+                c.negotiated.as_ref().map_or(1, |n| n.keepalive.max(1)),
+            ));
+            // Skip missed ticks rather than sending a burst after a stall.
+            let mut next = at + every;
+            while next <= now {
+                next += every;
+            }
+            c.keepalive_at = Some(next);
+        }
+        self.schedule_retry(now);
+        out
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        if self.running
+            && !self.settings.passive
+            && self.conns.is_empty()
+            && self.retry_at.is_none()
+        {
+            self.retry_at = Some(now + self.backoff);
+            self.backoff = (self.backoff * 2).min(self.settings.connect_time.max(FIRST_RETRY));
+        }
+    }
+
+    fn connected(
+        &mut self,
+        id: ConnId,
+        direction: Direction,
+        local: Local,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.running {
+            out.push(Action::Close(id));
+            return;
+        }
+        let known = self.conns.iter().any(|c| c.id == id);
+        if direction == Direction::Inbound && !known {
+            // The edge numbers accepted connections from a range of its own.
+            self.conns.push(Conn {
+                id,
+                direction,
+                state: State::Connecting,
+                local,
+                hold_deadline: None,
+                keepalive_at: None,
+                negotiated: None,
+            });
+        }
+        let open = self.settings.open();
+        let Some(c) = self.conns.iter_mut().find(|c| c.id == id) else {
+            // A connection we gave up on (stopped, or replaced) came up late.
+            out.push(Action::Close(id));
+            return;
+        };
+        c.state = State::OpenSent;
+        c.local = local;
+        c.hold_deadline = Some(now + LARGE_HOLD);
+        out.push(Action::Send(id, Message::Open(open)));
+    }
+
+    /// Sends `n` on `id`, closes it, and reports the session down if it was up.
+    fn fail(&mut self, id: ConnId, n: Notification, out: &mut Vec<Action>) {
+        let why = n.to_string();
+        out.push(Action::Send(id, Message::Notification(n)));
+        self.drop_conn(id, &why, out);
+    }
+
+    fn drop_conn(&mut self, id: ConnId, why: &str, out: &mut Vec<Action>) {
+        let Some(at) = self.conns.iter().position(|c| c.id == id) else {
+            return;
+        };
+        let c = self.conns.remove(at);
+        out.push(Action::Close(id));
+        if c.state == State::Established {
+            self.sent.clear();
+            out.push(Action::Down(why.to_string()));
+        }
+    }
+
+    fn received(&mut self, id: ConnId, msg: Message, now: Instant, out: &mut Vec<Action>) {
+        let Some(state) = self.conns.iter().find(|c| c.id == id).map(|c| c.state) else {
+            return;
+        };
+        if let Message::Notification(n) = &msg {
+            out.push(Action::Note(format!("the peer sent {n}")));
+            self.drop_conn(id, &format!("the peer sent {n}"), out);
+            return;
+        }
+        let unexpected = |sub| Notification::new(code::FSM, sub, []);
+        match (state, msg) {
+            (State::OpenSent, Message::Open(open)) => self.open_received(id, open, now, out),
+            (State::OpenSent, _) => self.fail(id, unexpected(fsm_error::IN_OPEN_SENT), out),
+            (State::OpenConfirm, Message::Keepalive) => {
+                self.refresh_hold(id, now);
+                self.establish(id, out);
+            }
+            (State::OpenConfirm, _) => self.fail(id, unexpected(fsm_error::IN_OPEN_CONFIRM), out),
+            (State::Established, Message::Keepalive) => self.refresh_hold(id, now),
+            (State::Established, Message::Update(body)) => {
+                self.refresh_hold(id, now);
+                let codec = self.established().map_or(
+                    Codec {
+                        four_octet_as: false,
+                    },
+                    |n| Codec {
+                        four_octet_as: n.four_octet_as,
+                    },
+                );
+                match update::decode(&body, codec) {
+                    // We only originate routes; what the peer sends is checked, not kept.
+                    Ok(Received::Update(_)) => {}
+                    Ok(Received::TreatAsWithdraw { why, .. }) => {
+                        out.push(Action::Note(format!("treat-as-withdraw: {why}")));
+                    }
+                    Err(n) => self.fail(id, n, out),
+                }
+            }
+            (State::Established, Message::RouteRefresh { family, .. }) => {
+                self.refresh_hold(id, now);
+                self.sent.retain(|net, _| match net {
+                    ipnet::IpNet::V4(_) => family != Family::IPV4_UNICAST,
+                    ipnet::IpNet::V6(_) => family != Family::IPV6_UNICAST,
+                });
+                out.extend(self.sync_routes());
+                self.end_of_rib(id, &[family], out);
+            }
+            (State::Established, _) => self.fail(id, unexpected(fsm_error::IN_ESTABLISHED), out),
+            (State::Connecting, _) => {}
+        }
+    }
+
+    fn refresh_hold(&mut self, id: ConnId, now: Instant) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+            let hold = c.negotiated.as_ref().map_or(0, |n| n.hold_time);
+            c.hold_deadline = (hold > 0).then(|| now + Duration::from_secs(u64::from(hold)));
+        }
+    }
+
+    fn open_received(&mut self, id: ConnId, open: Open, now: Instant, out: &mut Vec<Action>) {
+        let s = &self.settings;
+        let peer_as = open.asn();
+        let as_ok = match s.peer_as {
+            PeerAs::Fixed(want) => peer_as == want,
+            PeerAs::Internal => peer_as == s.local_as,
+            PeerAs::External => peer_as != s.local_as,
+        };
+        if !as_ok {
+            out.push(Action::Note(format!(
+                "the peer's OPEN says AS {peer_as}, expected {:?}",
+                s.peer_as
+            )));
+            let n = Notification::new(
+                code::OPEN_MESSAGE,
+                open_error::BAD_PEER_AS,
+                open.my_as.to_be_bytes(),
+            );
+            self.fail(id, n, out);
+            return;
+        }
+        // RFC 6286: on iBGP the identifiers must differ.
+        if peer_as == s.local_as && open.router_id == u32::from(s.router_id) {
+            let n = Notification::new(
+                code::OPEN_MESSAGE,
+                open_error::BAD_BGP_IDENTIFIER,
+                open.router_id.to_be_bytes(),
+            );
+            self.fail(id, n, out);
+            return;
+        }
+        let n = negotiate(s, &open);
+        if !self.resolve_collision(id, &open, n.peer_id, out) {
+            return;
+        }
+        let Some(c) = self.conns.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        c.state = State::OpenConfirm;
+        c.hold_deadline =
+            (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(n.hold_time)));
+        c.keepalive_at =
+            (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(n.keepalive)));
+        c.negotiated = Some(n);
+        out.push(Action::Send(id, Message::Keepalive));
+    }
+
+    /// RFC 4271 §6.8: with two connections to the same peer, keep the one opened by the side
+    /// with the higher BGP Identifier. Returns whether `id` survives.
+    fn resolve_collision(
+        &mut self,
+        id: ConnId,
+        open: &Open,
+        peer_id: Ipv4Addr,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(direction) = self.conns.iter().find(|c| c.id == id).map(|c| c.direction) else {
+            return false;
+        };
+        let collision = || Notification::new(code::CEASE, cease::CONNECTION_COLLISION, []);
+        let others: Vec<(ConnId, State)> = self
+            .conns
+            .iter()
+            .filter(|c| c.id != id)
+            .map(|c| (c.id, c.state))
+            .collect();
+        for (other, state) in others {
+            match state {
+                State::Established => {
+                    // A peer that reconnects with graceful restart has restarted: the old
+                    // connection is dead (RFC 4724 §4.2). Otherwise the new one yields.
+                    let restarted = open
+                        .capabilities
+                        .iter()
+                        .any(|c| matches!(c, Capability::GracefulRestart { .. }));
+                    if restarted {
+                        self.drop_conn(other, "the peer restarted", out);
+                    } else {
+                        self.fail(id, collision(), out);
+                        return false;
+                    }
+                }
+                State::OpenConfirm => {
+                    let keep = if u32::from(self.settings.router_id) > u32::from(peer_id) {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    };
+                    if direction == keep {
+                        self.fail(other, collision(), out);
+                    } else {
+                        self.fail(id, collision(), out);
+                        return false;
+                    }
+                }
+                // Our own attempt still connecting: no longer needed.
+                State::Connecting => self.drop_conn(other, "superseded", out),
+                // Resolved when that one's OPEN arrives.
+                State::OpenSent => {}
+            }
+        }
+        true
+    }
+
+    fn establish(&mut self, id: ConnId, out: &mut Vec<Action>) {
+        let Some(c) = self.conns.iter_mut().find(|c| c.id == id) else {
+            return;
+        };
+        c.state = State::Established;
+        let Some(n) = c.negotiated.clone() else {
+            return;
+        };
+        self.backoff = FIRST_RETRY;
+        self.sent.clear();
+        out.push(Action::Up(n.clone()));
+        out.extend(self.sync_routes());
+        let mut families = Vec::new();
+        if n.ipv4 {
+            families.push(Family::IPV4_UNICAST);
+        }
+        if n.ipv6 {
+            families.push(Family::IPV6_UNICAST);
+        }
+        self.end_of_rib(id, &families, out);
+    }
+
+    fn end_of_rib(&self, id: ConnId, families: &[Family], out: &mut Vec<Action>) {
+        let codec = self.established().map_or(
+            Codec {
+                four_octet_as: false,
+            },
+            |n| Codec {
+                four_octet_as: n.four_octet_as,
+            },
+        );
+        for f in families {
+            out.push(Action::Send(
+                id,
+                Message::Update(rib_out::end_of_rib(*f, codec)),
+            ));
+        }
+    }
+}
+
+/// The session parameters both OPENs allow (RFC 4271 §4.2, RFC 4760 §8, RFC 6793).
+fn negotiate(s: &Settings, open: &Open) -> Negotiated {
+    let peer_mp: Vec<Family> = open
+        .capabilities
+        .iter()
+        .filter_map(|c| match c {
+            Capability::Multiprotocol(f) => Some(*f),
+            _ => None,
+        })
+        .collect();
+    // A peer that sends no multiprotocol capability speaks IPv4 unicast only.
+    let peer_has = |f: Family| {
+        if peer_mp.is_empty() {
+            f == Family::IPV4_UNICAST
+        } else {
+            peer_mp.contains(&f)
+        }
+    };
+    let has = |want: fn(&Capability) -> bool| open.capabilities.iter().any(want);
+    let hold_time = s.hold_time.min(open.hold_time);
+    let keepalive = if hold_time == 0 {
+        0
+    } else {
+        s.keepalive
+            .unwrap_or(hold_time / 3)
+            .min(hold_time / 3)
+            .max(1)
+    };
+    Negotiated {
+        peer_as: open.asn(),
+        peer_id: Ipv4Addr::from(open.router_id),
+        hold_time,
+        keepalive,
+        four_octet_as: has(|c| matches!(c, Capability::FourOctetAs(_))),
+        ipv4: s.ipv4 && peer_has(Family::IPV4_UNICAST),
+        ipv6: s.ipv6 && peer_has(Family::IPV6_UNICAST),
+        route_refresh: has(|c| matches!(c, Capability::RouteRefresh)),
+        peer_graceful_restart: has(|c| matches!(c, Capability::GracefulRestart { .. })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnet::IpNet;
+
+    use crate::bgp::rib_out::RouteAttrs;
+
+    const PEER_AS: u32 = 65001;
+
+    fn settings() -> Settings {
+        Settings {
+            local_as: 64512,
+            peer_as: PeerAs::Fixed(PEER_AS),
+            router_id: Ipv4Addr::new(10, 0, 0, 5),
+            hold_time: 90,
+            keepalive: None,
+            connect_time: Duration::from_secs(30),
+            passive: false,
+            ipv4: true,
+            ipv6: true,
+            graceful_restart: Some(120),
+        }
+    }
+
+    fn local() -> Local {
+        Local {
+            next_hop_v4: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            next_hop_v6: None,
+        }
+    }
+
+    fn peer_open(asn: u32, id: [u8; 4], hold: u16, extra: Vec<Capability>) -> Message {
+        let mut capabilities = vec![
+            Capability::Multiprotocol(Family::IPV4_UNICAST),
+            Capability::FourOctetAs(asn),
+            Capability::RouteRefresh,
+        ];
+        capabilities.extend(extra);
+        Message::Open(Open {
+            my_as: u16::try_from(asn).unwrap_or(AS_TRANS),
+            hold_time: hold,
+            router_id: u32::from(Ipv4Addr::from(id)),
+            capabilities,
+        })
+    }
+
+    fn sent(actions: &[Action]) -> Vec<(ConnId, &Message)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(id, m) => Some((*id, m)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn notifications(actions: &[Action]) -> Vec<(ConnId, u8, u8)> {
+        sent(actions)
+            .into_iter()
+            .filter_map(|(id, m)| match m {
+                Message::Notification(n) => Some((id, n.code, n.subcode)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn is_down(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Down(_)))
+    }
+
+    fn routes(n: u32) -> Routes {
+        (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::from(0xc633_6400 + i);
+                (IpNet::from(std::net::IpAddr::V4(ip)), RouteAttrs::default())
+            })
+            .collect()
+    }
+
+    /// Drives a session to Established over its first outbound connection.
+    fn established(t0: Instant) -> (Session, ConnId) {
+        let mut s = Session::new(settings());
+        s.set_routes(routes(3));
+        let a = s.start(t0);
+        assert_eq!(a, vec![Action::Connect(ConnId(1))]);
+        let id = ConnId(1);
+        let a = s.handle(Event::Connected(id, Direction::Outbound, local()), t0);
+        assert!(matches!(sent(&a)[..], [(_, Message::Open(_))]), "{a:?}");
+        let a = s.handle(
+            Event::Received(id, peer_open(PEER_AS, [10, 0, 0, 1], 30, vec![])),
+            t0,
+        );
+        assert_eq!(sent(&a), vec![(id, &Message::Keepalive)]);
+        let a = s.handle(Event::Received(id, Message::Keepalive), t0);
+        assert!(matches!(a.first(), Some(Action::Up(n)) if n.hold_time == 30 && n.keepalive == 10));
+        (s, id)
+    }
+
+    #[test]
+    fn established_sends_routes_then_end_of_rib() {
+        let t0 = Instant::now();
+        let mut s = Session::new(settings());
+        s.set_routes(routes(3));
+        s.start(t0);
+        let id = ConnId(1);
+        s.handle(Event::Connected(id, Direction::Outbound, local()), t0);
+        s.handle(
+            Event::Received(id, peer_open(PEER_AS, [10, 0, 0, 1], 30, vec![])),
+            t0,
+        );
+        let a = s.handle(Event::Received(id, Message::Keepalive), t0);
+        let updates: Vec<&Message> = sent(&a).into_iter().map(|(_, m)| m).collect();
+        // One UPDATE with the three routes, then the IPv4 End-of-RIB (the peer offered no IPv6).
+        assert_eq!(updates.len(), 2, "{a:?}");
+        assert_eq!(updates[1], &Message::Update(vec![0, 0, 0, 0]));
+        assert_eq!(s.advertised().len(), 3);
+        assert_eq!(s.established().map(|n| n.ipv6), Some(false));
+        // A change sends only the difference.
+        let a = s.set_routes(routes(4));
+        assert_eq!(sent(&a).len(), 1);
+        assert_eq!(s.advertised().len(), 4);
+    }
+
+    #[test]
+    fn keepalives_follow_the_negotiated_interval_and_hold_expiry_resets() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        let a = s.tick(t0 + Duration::from_secs(10));
+        assert_eq!(sent(&a), vec![(id, &Message::Keepalive)]);
+        // Something from the peer at 20 s pushes the hold timer to 50 s.
+        s.handle(
+            Event::Received(id, Message::Keepalive),
+            t0 + Duration::from_secs(20),
+        );
+        let a = s.tick(t0 + Duration::from_secs(49));
+        assert!(notifications(&a).is_empty());
+        let a = s.tick(t0 + Duration::from_secs(50));
+        assert_eq!(notifications(&a), vec![(id, code::HOLD_TIMER_EXPIRED, 0)]);
+        assert!(is_down(&a));
+        assert!(a.contains(&Action::Close(id)));
+        assert!(s.advertised().is_empty());
+        // And it reconnects after the first backoff.
+        let a = s.tick(t0 + Duration::from_secs(51));
+        assert_eq!(a, vec![Action::Connect(ConnId(2))]);
+    }
+
+    #[test]
+    fn hold_time_zero_means_no_keepalives() {
+        let t0 = Instant::now();
+        let mut s = Session::new(settings());
+        s.start(t0);
+        s.handle(
+            Event::Connected(ConnId(1), Direction::Outbound, local()),
+            t0,
+        );
+        s.handle(
+            Event::Received(ConnId(1), peer_open(PEER_AS, [1, 1, 1, 1], 0, vec![])),
+            t0,
+        );
+        s.handle(Event::Received(ConnId(1), Message::Keepalive), t0);
+        assert_eq!(s.established().map(|n| n.hold_time), Some(0));
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn reconnects_back_off_up_to_the_connect_time() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Settings {
+            connect_time: Duration::from_secs(5),
+            ..settings()
+        });
+        let mut now = t0;
+        let mut waits = Vec::new();
+        let mut actions = s.start(now);
+        for _ in 0..6 {
+            let Some(Action::Connect(id)) = actions.first().cloned() else {
+                panic!("{actions:?}");
+            };
+            s.handle(Event::ConnectFailed(id), now);
+            let next = s.next_deadline().unwrap_or(now);
+            waits.push((next - now).as_secs());
+            now = next;
+            actions = s.tick(now);
+        }
+        assert_eq!(waits, vec![1, 2, 4, 5, 5, 5]);
+    }
+
+    #[test]
+    fn passive_sessions_wait_for_the_peer() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Settings {
+            passive: true,
+            ..settings()
+        });
+        assert!(s.start(t0).is_empty());
+        assert_eq!(s.next_deadline(), None);
+        let id = ConnId(1 << 32);
+        let a = s.handle(Event::Connected(id, Direction::Inbound, local()), t0);
+        assert!(matches!(sent(&a)[..], [(i, Message::Open(_))] if i == id));
+        s.handle(
+            Event::Received(id, peer_open(PEER_AS, [1, 1, 1, 1], 90, vec![])),
+            t0,
+        );
+        let a = s.handle(Event::Received(id, Message::Keepalive), t0);
+        assert!(matches!(a.first(), Some(Action::Up(_))));
+        let a = s.handle(Event::Closed(id), t0);
+        assert!(is_down(&a));
+        assert!(
+            s.tick(t0 + Duration::from_secs(60)).is_empty(),
+            "never connects"
+        );
+    }
+
+    #[test]
+    fn collision_keeps_the_connection_of_the_higher_identifier() {
+        for (peer_id, keep) in [
+            ([10, 0, 0, 1], Direction::Outbound),
+            ([10, 0, 0, 9], Direction::Inbound),
+        ] {
+            let t0 = Instant::now();
+            let mut s = Session::new(settings());
+            s.start(t0);
+            let (ours, theirs) = (ConnId(1), ConnId(1 << 32));
+            s.handle(Event::Connected(ours, Direction::Outbound, local()), t0);
+            s.handle(Event::Connected(theirs, Direction::Inbound, local()), t0);
+            let a = s.handle(
+                Event::Received(ours, peer_open(PEER_AS, peer_id, 90, vec![])),
+                t0,
+            );
+            assert!(
+                notifications(&a).is_empty(),
+                "the other is still in OpenSent"
+            );
+            let a = s.handle(
+                Event::Received(theirs, peer_open(PEER_AS, peer_id, 90, vec![])),
+                t0,
+            );
+            let loser = if keep == Direction::Outbound {
+                theirs
+            } else {
+                ours
+            };
+            let winner = if keep == Direction::Outbound {
+                ours
+            } else {
+                theirs
+            };
+            assert_eq!(
+                notifications(&a),
+                vec![(loser, code::CEASE, cease::CONNECTION_COLLISION)],
+                "peer id {peer_id:?}"
+            );
+            assert!(a.contains(&Action::Close(loser)));
+            let a = s.handle(Event::Received(winner, Message::Keepalive), t0);
+            assert!(matches!(a.first(), Some(Action::Up(_))), "{a:?}");
+            // A late message on the closed connection changes nothing.
+            assert!(
+                s.handle(Event::Received(loser, Message::Keepalive), t0)
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_connection_while_established_yields_unless_the_peer_restarted() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        let late = ConnId(1 << 32);
+        s.handle(Event::Connected(late, Direction::Inbound, local()), t0);
+        let a = s.handle(
+            Event::Received(late, peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![])),
+            t0,
+        );
+        assert_eq!(
+            notifications(&a),
+            vec![(late, code::CEASE, cease::CONNECTION_COLLISION)]
+        );
+        assert!(s.established().is_some());
+        // With graceful restart the peer says it restarted: the old session is gone.
+        let again = ConnId((1 << 32) + 1);
+        s.handle(Event::Connected(again, Direction::Inbound, local()), t0);
+        let gr = Capability::GracefulRestart {
+            restarting: true,
+            time: 120,
+            families: vec![],
+        };
+        let a = s.handle(
+            Event::Received(again, peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![gr])),
+            t0,
+        );
+        assert!(a.contains(&Action::Close(id)));
+        assert!(is_down(&a));
+        let a = s.handle(Event::Received(again, Message::Keepalive), t0);
+        assert!(matches!(a.first(), Some(Action::Up(_))));
+        assert_eq!(
+            s.advertised().len(),
+            3,
+            "routes sent again on the new connection"
+        );
+    }
+
+    #[test]
+    fn open_checks() {
+        let t0 = Instant::now();
+        type Case = (Settings, Message, Option<(u8, u8)>);
+        let cases: Vec<Case> = vec![
+            (
+                settings(),
+                peer_open(65002, [1, 1, 1, 1], 90, vec![]),
+                Some((code::OPEN_MESSAGE, open_error::BAD_PEER_AS)),
+            ),
+            (
+                Settings {
+                    peer_as: PeerAs::Internal,
+                    ..settings()
+                },
+                peer_open(64512, [10, 0, 0, 5], 90, vec![]),
+                Some((code::OPEN_MESSAGE, open_error::BAD_BGP_IDENTIFIER)),
+            ),
+            (
+                Settings {
+                    peer_as: PeerAs::Internal,
+                    ..settings()
+                },
+                peer_open(64512, [10, 0, 0, 6], 90, vec![]),
+                None,
+            ),
+            (
+                Settings {
+                    peer_as: PeerAs::External,
+                    ..settings()
+                },
+                peer_open(64512, [10, 0, 0, 6], 90, vec![]),
+                Some((code::OPEN_MESSAGE, open_error::BAD_PEER_AS)),
+            ),
+            (
+                Settings {
+                    peer_as: PeerAs::External,
+                    ..settings()
+                },
+                peer_open(4_200_000_000, [10, 0, 0, 6], 90, vec![]),
+                None,
+            ),
+            // A capability we do not know is ignored (RFC 5492).
+            (
+                settings(),
+                peer_open(
+                    PEER_AS,
+                    [1, 1, 1, 1],
+                    90,
+                    vec![Capability::Other {
+                        code: 73,
+                        value: b"fqdn".to_vec(),
+                    }],
+                ),
+                None,
+            ),
+        ];
+        for (settings, open, want) in cases {
+            let mut s = Session::new(settings);
+            s.start(t0);
+            s.handle(
+                Event::Connected(ConnId(1), Direction::Outbound, local()),
+                t0,
+            );
+            let a = s.handle(Event::Received(ConnId(1), open.clone()), t0);
+            let got = notifications(&a).first().map(|(_, c, s)| (*c, *s));
+            assert_eq!(got, want, "{open:?}");
+        }
+    }
+
+    #[test]
+    fn unexpected_messages_get_the_fsm_error_of_the_state() {
+        let t0 = Instant::now();
+        let update = Message::Update(vec![0, 0, 0, 0]);
+        let open = peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![]);
+        // OpenSent: anything but OPEN.
+        for m in [Message::Keepalive, update.clone()] {
+            let mut s = Session::new(settings());
+            s.start(t0);
+            s.handle(
+                Event::Connected(ConnId(1), Direction::Outbound, local()),
+                t0,
+            );
+            let a = s.handle(Event::Received(ConnId(1), m), t0);
+            assert_eq!(
+                notifications(&a),
+                vec![(ConnId(1), code::FSM, fsm_error::IN_OPEN_SENT)]
+            );
+        }
+        // OpenConfirm: anything but KEEPALIVE.
+        for m in [open.clone(), update] {
+            let mut s = Session::new(settings());
+            s.start(t0);
+            s.handle(
+                Event::Connected(ConnId(1), Direction::Outbound, local()),
+                t0,
+            );
+            s.handle(Event::Received(ConnId(1), open.clone()), t0);
+            let a = s.handle(Event::Received(ConnId(1), m), t0);
+            assert_eq!(
+                notifications(&a),
+                vec![(ConnId(1), code::FSM, fsm_error::IN_OPEN_CONFIRM)]
+            );
+        }
+        // Established: a second OPEN.
+        let (mut s, id) = established(t0);
+        let a = s.handle(Event::Received(id, open), t0);
+        assert_eq!(
+            notifications(&a),
+            vec![(id, code::FSM, fsm_error::IN_ESTABLISHED)]
+        );
+        assert!(is_down(&a));
+    }
+
+    #[test]
+    fn a_notification_in_any_state_closes_without_reply() {
+        let t0 = Instant::now();
+        let n = Message::Notification(Notification::new(code::CEASE, 2, []));
+        let open = peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![]);
+        for steps in 0..3 {
+            let mut s = Session::new(settings());
+            s.start(t0);
+            s.handle(
+                Event::Connected(ConnId(1), Direction::Outbound, local()),
+                t0,
+            );
+            if steps >= 1 {
+                s.handle(Event::Received(ConnId(1), open.clone()), t0);
+            }
+            if steps >= 2 {
+                s.handle(Event::Received(ConnId(1), Message::Keepalive), t0);
+            }
+            let a = s.handle(Event::Received(ConnId(1), n.clone()), t0);
+            assert!(notifications(&a).is_empty());
+            assert!(a.contains(&Action::Close(ConnId(1))));
+            assert_eq!(is_down(&a), steps == 2, "step {steps}: {a:?}");
+            assert!(s.next_deadline().is_some(), "a retry is scheduled");
+        }
+    }
+
+    #[test]
+    fn malformed_updates_reset_with_their_notification() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        // Withdrawn-routes length running past the message.
+        let a = s.handle(Event::Received(id, Message::Update(vec![0, 9, 0, 0])), t0);
+        assert_eq!(notifications(&a), vec![(id, code::UPDATE_MESSAGE, 1)]);
+        assert!(is_down(&a));
+    }
+
+    #[test]
+    fn route_refresh_resends_the_family() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        let a = s.handle(
+            Event::Received(
+                id,
+                Message::RouteRefresh {
+                    family: Family::IPV4_UNICAST,
+                    subtype: 0,
+                },
+            ),
+            t0,
+        );
+        // The three routes in one UPDATE, and End-of-RIB.
+        assert_eq!(sent(&a).len(), 2, "{a:?}");
+    }
+
+    #[test]
+    fn stopping_closes_gracefully_only_for_a_restart_with_graceful_restart() {
+        let t0 = Instant::now();
+        let gr = Capability::GracefulRestart {
+            restarting: false,
+            time: 120,
+            families: vec![],
+        };
+        for (why, peer_gr, want) in [
+            (Stop::Restart, true, vec![]),
+            (
+                Stop::Restart,
+                false,
+                vec![(ConnId(1), code::CEASE, cease::ADMINISTRATIVE_SHUTDOWN)],
+            ),
+            (
+                Stop::Shutdown,
+                true,
+                vec![(ConnId(1), code::CEASE, cease::ADMINISTRATIVE_SHUTDOWN)],
+            ),
+            (
+                Stop::Deconfigured,
+                true,
+                vec![(ConnId(1), code::CEASE, cease::PEER_DECONFIGURED)],
+            ),
+        ] {
+            let mut s = Session::new(settings());
+            s.start(t0);
+            s.handle(
+                Event::Connected(ConnId(1), Direction::Outbound, local()),
+                t0,
+            );
+            let extra = if peer_gr { vec![gr.clone()] } else { vec![] };
+            s.handle(
+                Event::Received(ConnId(1), peer_open(PEER_AS, [1, 1, 1, 1], 90, extra)),
+                t0,
+            );
+            s.handle(Event::Received(ConnId(1), Message::Keepalive), t0);
+            let a = s.stop(why);
+            assert_eq!(notifications(&a), want, "{why:?} peer gr {peer_gr}");
+            assert!(a.contains(&Action::Close(ConnId(1))));
+            assert!(is_down(&a));
+            assert!(
+                s.tick(t0 + Duration::from_secs(100)).is_empty(),
+                "stays stopped"
+            );
+        }
+    }
+
+    #[test]
+    fn bfd_down_takes_the_session_down_at_once() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        let a = s.handle(Event::BfdDown, t0);
+        assert_eq!(notifications(&a), vec![(id, code::CEASE, cease::BFD_DOWN)]);
+        assert!(is_down(&a));
+    }
+
+    #[test]
+    fn our_open_offers_what_the_settings_say() {
+        let o = settings().open();
+        assert_eq!(o.asn(), 64512);
+        assert!(
+            o.capabilities
+                .contains(&Capability::Multiprotocol(Family::IPV6_UNICAST))
+        );
+        let big = Settings {
+            local_as: 4_200_000_000,
+            graceful_restart: None,
+            ..settings()
+        };
+        let o = big.open();
+        assert_eq!(o.my_as, AS_TRANS);
+        assert_eq!(o.asn(), 4_200_000_000);
+        assert!(
+            !o.capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::GracefulRestart { .. }))
+        );
+    }
+}
