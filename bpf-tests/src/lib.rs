@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod controller_bench;
 pub mod failover_bench;
 pub mod frames;
+pub mod frr;
 pub mod group;
 pub mod ipam_bench;
 pub mod lab;

@@ -25,6 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::bgp::speaker::BgpMetrics;
 use crate::l2::maps::VipMaps;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,6 +82,7 @@ pub struct AgentMetrics {
     pub announced: Gauge,
     pub datapath: Family<ModeLabel, Gauge>,
     pub config: ConfigMetrics,
+    pub bgp: BgpMetrics,
 }
 
 /// Reads the pinned maps on every scrape.
@@ -154,6 +156,7 @@ impl AgentMetrics {
             announced: Gauge::default(),
             datapath: Family::default(),
             config: ConfigMetrics::default(),
+            bgp: BgpMetrics::default(),
         };
         registry.register_collector(Box::new(Datapath { bpffs }));
         registry.register(
@@ -198,6 +201,7 @@ impl AgentMetrics {
             m.datapath.clone(),
         );
         m.config.register(&mut registry);
+        m.bgp.register(&mut registry);
         AgentMetrics { registry, ..m }
     }
 

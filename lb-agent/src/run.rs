@@ -21,6 +21,7 @@ use tokio::net::UdpSocket;
 use tracing::{info, warn};
 
 use crate::{
+    bgp,
     cli::Mode,
     desired::{self, Announcement},
     l2::{
@@ -82,6 +83,9 @@ pub struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
     #[arg(long, default_value = "0.0.0.0:7472")]
     pub metrics_addr: SocketAddr,
+    /// TCP port to accept BGP peers' connections on (sessions are also opened from here).
+    #[arg(long, default_value_t = 179)]
+    pub bgp_port: u16,
     /// Do not put owned VIPs on the local `xdplb0` device.
     #[arg(long)]
     pub no_local_vip: bool,
@@ -377,6 +381,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut dirty = true;
     // VIPs lost to a configuration change, still answered until the deadline (see below).
     let mut lingering: BTreeMap<Announcement, Instant> = BTreeMap::new();
+    let speaker = bgp::speaker::Speaker::spawn(
+        metrics.bgp.clone(),
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.bgp_port)),
+    );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut buf = vec![0u8; 1500];
@@ -415,6 +423,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                                 }
                             }
                         }
+                        speaker.apply(c.bgp.clone());
                         config = Some(c);
                         dirty = true;
                         metrics.config.applied();
@@ -618,6 +627,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::time::sleep(args.heartbeat_interval * 2).await;
         }
     }
+    // Where graceful restart was agreed the routers keep our routes while we restart; other
+    // sessions end with a Cease.
+    speaker.stop(bgp::session::Stop::Restart).await;
     info!("withdrawing");
     drop(local);
     if let (Some(c), Some(_)) = (&client, l2_status) {

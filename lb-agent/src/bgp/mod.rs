@@ -12,6 +12,9 @@
 //! Still to come (issue 6): the policy from BGPPeer/BGPAdvertisement, BFD, and the TCP edge.
 
 pub mod message;
+pub mod policy;
 pub mod rib_out;
 pub mod session;
+pub mod socket;
+pub mod speaker;
 pub mod update;

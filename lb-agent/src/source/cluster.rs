@@ -8,6 +8,7 @@
 //! `status.loadBalancer.ingress` (what the controller wrote) with the pool that holds them, the
 //! election inputs, the peers' InternalIPs, and MetalLB's membership secret (Secret
 //! `memberlist`, key `secretkey`).
+use crate::bgp::policy::{BgpInputs, plan};
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -69,7 +70,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         return Err(e.to_string());
     }
     let pools = pool_defs(&objects.pools);
-    let allocations = objects
+    let allocations: Vec<PlanEntry> = objects
         .services
         .iter()
         .filter(|s| is_ours(s, opts.lb_class.as_deref()))
@@ -82,11 +83,14 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         .find(|s| s.name_any() == MEMBERLIST_SECRET)
         .and_then(|s| s.data.as_ref()?.get(MEMBERLIST_KEY))
         .map(|b| b.0.clone());
+    let inputs = Inputs::new(objects);
+    let bgp = plan(&opts.node, &BgpInputs::new(objects), &inputs, &allocations);
     Ok(Config {
-        inputs: Inputs::new(objects),
+        inputs,
         allocations,
         peers,
         secret,
+        bgp,
     })
 }
 

@@ -22,6 +22,7 @@ use lb_controller::{config::manifest, metrics::Metrics, plan::PlanEntry, standal
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::bgp::policy::{BgpInputs, Plan, plan};
 use crate::desired::Inputs;
 
 /// A configuration that passed validation.
@@ -34,6 +35,8 @@ pub struct Config {
     /// The membership secret, when the source carries it (in a cluster, MetalLB's Secret);
     /// standalone agents read theirs from a file.
     pub secret: Option<Vec<u8>>,
+    /// This node's BGP sessions and what each advertises.
+    pub bgp: Plan,
 }
 
 pub mod cluster;
@@ -78,12 +81,19 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
     let allocations = reader.read_allocations().allocations;
     let peers = peers(&loaded.objects.nodes, node, port);
     let inputs = Inputs::new(&loaded.objects);
+    let bgp = plan(
+        node,
+        &BgpInputs::new(&loaded.objects),
+        &inputs,
+        &allocations,
+    );
     drop(loaded);
     Ok(Config {
         inputs,
         allocations,
         peers,
         secret: None,
+        bgp,
     })
 }
 

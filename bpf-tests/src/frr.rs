@@ -1,0 +1,132 @@
+//! A real FRR (zebra + bgpd, optionally bfdd) running in a namespace as the BGP router of a
+//! test, in a pathspace of its own (`-N`), so several coexist and none touches the host's.
+//! Stopped by the PIDs in its pid files on drop.
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::{netns::NetNs, unique};
+
+pub struct Frr {
+    /// The pathspace: sockets and pid files in /var/run/frr/NAME.
+    pub name: String,
+    run_dir: PathBuf,
+    conf_dir: PathBuf,
+}
+
+impl Frr {
+    /// Starts zebra and bgpd (and bfdd with `bfd`) in `ns` with `config` (frr.conf text).
+    pub fn start(ns: &NetNs, config: &str, bfd: bool) -> Self {
+        let name = unique("frr");
+        let run_dir = PathBuf::from("/var/run/frr").join(&name);
+        std::fs::create_dir_all(&run_dir).expect("frr run dir");
+        crate::netns::run(Command::new("chown").args(["frr:frr"]).arg(&run_dir));
+        let conf_dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&conf_dir).expect("frr conf dir");
+        let conf = conf_dir.join("frr.conf");
+        std::fs::write(&conf, config).expect("write frr.conf");
+        // bgpd runs as user frr and must read it.
+        crate::netns::run(Command::new("chmod").arg("755").arg(&conf_dir));
+        crate::netns::run(Command::new("chmod").arg("644").arg(&conf));
+        let me = Frr {
+            name,
+            run_dir,
+            conf_dir,
+        };
+        let mut daemons = vec!["zebra", "bgpd"];
+        if bfd {
+            daemons.push("bfdd");
+        }
+        for d in daemons {
+            let out = ns
+                .exec(&format!("/usr/lib/frr/{d}"))
+                .args(["-N", &me.name, "-d", "-f"])
+                .arg(&conf)
+                .output()
+                .expect("start an FRR daemon");
+            assert!(
+                out.status.success(),
+                "{d}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        me
+    }
+
+    /// `vtysh -c CMD` against this instance.
+    pub fn vtysh(&self, cmd: &str) -> String {
+        let out = Command::new("vtysh")
+            .args(["-N", &self.name, "-c", cmd])
+            .output()
+            .expect("run vtysh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A `... json` command's output, parsed (`Null` when it is not JSON).
+    pub fn json(&self, cmd: &str) -> serde_json::Value {
+        serde_json::from_str(&self.vtysh(cmd)).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The state of the session with `neighbor` ("Established", "Active", ...).
+    pub fn peer_state(&self, neighbor: &str) -> String {
+        let v = self.json(&format!("show bgp neighbors {neighbor} json"));
+        v[neighbor]["bgpState"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// Waits until `check` returns `Some`, at most `within`; panics with `what` and the
+    /// router's view otherwise.
+    pub fn wait<T>(
+        &self,
+        within: Duration,
+        what: &str,
+        mut check: impl FnMut(&Frr) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "FRR: {what} not within {within:?}\n{}\n{}",
+                    self.vtysh("show bgp summary"),
+                    self.vtysh("show bgp ipv4 unicast")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Frr {
+    fn drop(&mut self) {
+        let pids = self.pids();
+        for pid in &pids {
+            // SAFETY: plain kill(2) on a PID this instance wrote.
+            unsafe { libc::kill(*pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        // SAFETY: signal 0 only checks that the process exists.
+        while pids.iter().any(|p| unsafe { libc::kill(*p, 0) } == 0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in &pids {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        let _ = std::fs::remove_dir_all(&self.conf_dir);
+    }
+}

@@ -1,0 +1,336 @@
+//! BGP against real routers: three agents (`lb-agent run`) in the lab's node namespaces peer
+//! with FRR (zebra + bgpd) in the client namespace. FRR's RIB and the client's kernel routes
+//! are what is checked: the VIPs with the nodes as next hops (3-way ECMP), communities, large
+//! communities and the AS path, IPv6 VIPs over MP-BGP on the IPv4 sessions,
+//! `externalTrafficPolicy: Local`, withdrawal when a Service goes, TCP MD5 passwords right and
+//! wrong.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bpf_tests::{
+    PinDir,
+    agent::Agent,
+    frr::Frr,
+    group::{METRICS, SECRET, allocate},
+    lab::Lab,
+    privileged,
+    scrape::sample,
+    unique,
+};
+use serde_json::Value;
+
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+/// FRR as AS 65000 on the client (10.210.0.1), the three nodes as eBGP neighbours in AS 64512,
+/// IPv4 and IPv6 unicast on the IPv4 sessions, ECMP over up to 8 paths.
+fn frr_conf(lab: &Lab, password: Option<&str>) -> String {
+    let mut c = String::from(
+        "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
+         no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \
+         neighbor NODES timers connect 1\n",
+    );
+    if let Some(pw) = password {
+        c.push_str(&format!(" neighbor NODES password {pw}\n"));
+    }
+    for n in &lab.nodes {
+        c.push_str(&format!(" neighbor {} peer-group NODES\n", n.ipv4));
+    }
+    c.push_str(
+        " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n \
+         address-family ipv6 unicast\n  neighbor NODES activate\n  maximum-paths 8\n exit-address-family\n!\n",
+    );
+    c
+}
+
+/// Nodes (with both addresses), an IPv4 and an IPv6 pool advertised to the router with
+/// communities, and `peers` (BGPPeer documents).
+fn config(lab: &Lab, peers: &str, services: &[&str]) -> String {
+    let mut y = String::from(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: v4, namespace: metallb-system}\n\
+         spec: {addresses: [198.51.100.0/24]}\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: v6, namespace: metallb-system}\n\
+         spec: {addresses: [\"2001:db8:5::/120\"]}\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: ad, namespace: metallb-system}\n\
+         spec: {communities: [\"65000:100\", \"large:65000:1:2\"], localPref: 250}\n",
+    );
+    y.push_str(peers);
+    for (i, n) in lab.nodes.iter().enumerate() {
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{k}, labels: {{kubernetes.io/hostname: node-{k}}}}}\n\
+             status: {{addresses: [{{type: InternalIP, address: \"{}\"}}, {{type: InternalIP, address: \"{}\"}}]}}\n",
+            n.ipv4,
+            n.ipv6,
+            k = i + 1
+        ));
+    }
+    for s in services {
+        let spec = match *s {
+            "web6" => {
+                "{type: LoadBalancer, ipFamilies: [IPv6], ipFamilyPolicy: SingleStack, ports: [{port: 80}]}"
+            }
+            "local" => "{type: LoadBalancer, externalTrafficPolicy: Local, ports: [{port: 80}]}",
+            _ => "{type: LoadBalancer, ports: [{port: 80}]}",
+        };
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {s}, namespace: default}}\nspec: {spec}\n"
+        ));
+    }
+    if services.contains(&"local") {
+        y.push_str(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}\n\
+             addressType: IPv4\nendpoints: [{addresses: [10.1.0.2], nodeName: node-2, conditions: {ready: true}}]\n",
+        );
+    }
+    y
+}
+
+fn peer(name: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
+         spec: {{myASN: 64512, peerASN: 65000, peerAddress: 10.210.0.1, holdTime: 9s, dualStackAddressFamily: true{extra}}}\n"
+    )
+}
+
+struct Bgp {
+    // Dropped in this order: agents, then FRR, then the namespaces.
+    agents: Vec<Agent>,
+    frr: Frr,
+    dir: PathBuf,
+    _pins: Vec<PinDir>,
+    lab: Lab,
+}
+
+impl Bgp {
+    fn start(tag: &str, peers: &str, services: &[&str], password: Option<&str>) -> Self {
+        let lab = Lab::new(tag, 3);
+        let dir = std::env::temp_dir().join(unique("xdplb-bgp"));
+        std::fs::create_dir_all(&dir).expect("config dir");
+        std::fs::write(dir.join("config.yaml"), config(&lab, peers, services)).expect("config");
+        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("secret");
+        allocate(&dir);
+        let frr = Frr::start(&lab.client.ns, &frr_conf(&lab, password), false);
+        let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
+        let agents = (0..3)
+            .map(|i| start_agent(&lab, &dir, i, &pins[i]))
+            .collect();
+        Bgp {
+            agents,
+            frr,
+            dir,
+            _pins: pins,
+            lab,
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+
+    fn established(&self, nodes: &[usize]) {
+        for &i in nodes {
+            let ip = self.lab.nodes[i].ipv4.clone();
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.frr
+                    .wait(Duration::from_secs(15), &format!("{ip} Established"), |f| {
+                        (f.peer_state(&ip) == "Established").then_some(())
+                    })
+            }));
+            if let Err(e) = ok {
+                eprintln!("{}", self.logs());
+                std::panic::resume_unwind(e);
+            }
+        }
+    }
+
+    fn vip(&self, service: &str) -> String {
+        bpf_tests::group::vip_of(&self.dir, &format!("default/{service}"))
+    }
+
+    fn metrics(&self, i: usize) -> String {
+        let addr = METRICS.parse().expect("metrics address");
+        match bpf_tests::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("/metrics: {other:?}"),
+        }
+    }
+}
+
+fn start_agent(lab: &Lab, dir: &Path, i: usize, pins: &PinDir) -> Agent {
+    let args = [
+        "run",
+        "--node-name",
+        NODES[i],
+        "--config-dir",
+        dir.to_str().expect("utf-8"),
+        "--interface",
+        "eth0",
+        "--bpffs",
+        pins.path().to_str().expect("utf-8"),
+        "--metrics-addr",
+        METRICS,
+    ];
+    let mut a = Agent::start(&lab.nodes[i].ns, &args);
+    a.wait_for_log("running;", Duration::from_secs(20));
+    a
+}
+
+/// FRR's paths for `prefix` in `family` (`ipv4` / `ipv6`).
+fn paths(frr: &Frr, family: &str, prefix: &str) -> Vec<Value> {
+    let v = frr.json(&format!("show bgp {family} unicast {prefix} json"));
+    v["paths"].as_array().cloned().unwrap_or_default()
+}
+
+fn next_hops(paths: &[Value]) -> Vec<String> {
+    let mut out: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p["nexthops"][0]["ip"].as_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
+fn kernel_nexthops(lab: &Lab, v6: bool, prefix: &str) -> usize {
+    let mut cmd = lab.client.ns.exec("ip");
+    if v6 {
+        cmd.arg("-6");
+    }
+    let out = cmd
+        .args(["route", "show", prefix])
+        .output()
+        .expect("ip route");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().filter(|l| l.contains("nexthop via")).count()
+}
+
+#[test]
+fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
+    if !privileged("frr_holds_every_vip_from_every_node_with_the_advertised_attributes") {
+        return;
+    }
+    let services = ["web", "web6", "local"];
+    let bgp = Bgp::start("bgpa", &peer("router", ""), &services, None);
+    bgp.established(&[0, 1, 2]);
+    let (web, web6, local) = (bgp.vip("web"), bgp.vip("web6"), bgp.vip("local"));
+    let nodes_v4: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv4.clone()).collect();
+    let nodes_v6: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv6.clone()).collect();
+
+    let p = bgp
+        .frr
+        .wait(Duration::from_secs(10), "3 paths for web", |f| {
+            let p = paths(f, "ipv4", &format!("{web}/32"));
+            (p.len() == 3).then_some(p)
+        });
+    assert_eq!(next_hops(&p), nodes_v4);
+    for path in &p {
+        assert_eq!(path["aspath"]["string"], "64512", "{path}");
+        assert_eq!(path["community"]["string"], "65000:100", "{path}");
+        assert_eq!(path["largeCommunity"]["string"], "65000:1:2", "{path}");
+        assert!(
+            path.get("locPrf").is_none(),
+            "LOCAL_PREF is for iBGP only: {path}"
+        );
+    }
+    // zebra installed one route with three next hops: ECMP over the nodes.
+    let ecmp = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            kernel_nexthops(&bgp.lab, false, &web)
+        })
+        .find(|n| *n == 3);
+    assert_eq!(ecmp, Some(3), "client kernel routes for {web}");
+
+    // The IPv6 VIP over MP-BGP on the IPv4 sessions, next hop the nodes' IPv6 addresses.
+    let p6 = bgp
+        .frr
+        .wait(Duration::from_secs(10), "3 paths for web6", |f| {
+            let p = paths(f, "ipv6", &format!("{web6}/128"));
+            (p.len() == 3).then_some(p)
+        });
+    assert_eq!(next_hops(&p6), nodes_v6);
+    let ecmp6 = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            kernel_nexthops(&bgp.lab, true, &web6)
+        })
+        .find(|n| *n == 3);
+    assert_eq!(ecmp6, Some(3), "client kernel routes for {web6}");
+
+    // externalTrafficPolicy: Local: only node-2 holds an endpoint.
+    let pl = paths(&bgp.frr, "ipv4", &format!("{local}/32"));
+    assert_eq!(next_hops(&pl), vec![nodes_v4[1].clone()], "{pl:?}");
+
+    let m = bgp.metrics(0);
+    let label = [("peer", "10.210.0.1:179")];
+    assert_eq!(
+        sample(&m, "metallb_bgp_session_up", &label),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "metallb_bgp_announced_prefixes_total", &label),
+        Some(2.0),
+        "node-1 announces web and web6"
+    );
+    assert!(sample(&m, "metallb_bgp_updates_total", &label).is_some_and(|n| n >= 2.0));
+
+    // The Service goes: every node withdraws it; the others stay.
+    std::fs::write(
+        bgp.dir.join("config.yaml"),
+        config(&bgp.lab, &peer("router", ""), &["web6", "local"]),
+    )
+    .expect("config");
+    allocate(&bgp.dir);
+    bgp.frr.wait(Duration::from_secs(10), "web withdrawn", |f| {
+        paths(f, "ipv4", &format!("{web}/32"))
+            .is_empty()
+            .then_some(())
+    });
+    assert_eq!(paths(&bgp.frr, "ipv6", &format!("{web6}/128")).len(), 3);
+    // The sessions stayed up through the change.
+    let m = bgp.metrics(0);
+    assert_eq!(sample(&m, "metallb_bgp_session_up", &label), Some(1.0));
+    let log = bgp.logs();
+    assert!(!log.contains("down:"), "no session went down:\n{log}");
+}
+
+#[test]
+fn md5_passwords_must_match() {
+    if !privileged("md5_passwords_must_match") {
+        return;
+    }
+    // node-1 and node-3 know the password (one inline, one from a Secret); node-2 has another.
+    let peers = format!(
+        "{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bgp-pw, namespace: metallb-system}}\n\
+         type: kubernetes.io/basic-auth\nstringData: {{password: s3cret}}\n",
+        peer(
+            "right",
+            ", password: s3cret, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]"
+        ),
+        peer(
+            "secret",
+            ", passwordSecret: {name: bgp-pw}, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]"
+        ),
+        peer(
+            "wrong",
+            ", password: other, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-2}}]"
+        ),
+    );
+    let bgp = Bgp::start("bgpm", &peers, &["web"], Some("s3cret"));
+    bgp.established(&[0, 2]);
+    std::thread::sleep(Duration::from_secs(3));
+    let wrong = bgp.lab.nodes[1].ipv4.clone();
+    assert_ne!(bgp.frr.peer_state(&wrong), "Established", "{}", bgp.logs());
+    let web = bgp.vip("web");
+    let p = paths(&bgp.frr, "ipv4", &format!("{web}/32"));
+    assert_eq!(
+        next_hops(&p),
+        vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[2].ipv4.clone()]
+    );
+}

@@ -1,0 +1,554 @@
+//! What this node says over BGP, from the metallb.io objects (MetalLB's semantics): a session
+//! to every BGPPeer whose `nodeSelectors` select the node, and on each the addresses of the
+//! pools a BGPAdvertisement selects for this node and that peer, aggregated to the
+//! advertisement's length, with its communities and (iBGP) LOCAL_PREF. Every eligible node
+//! advertises every address, so the router spreads traffic over them (ECMP); with
+//! `externalTrafficPolicy: Local` only nodes holding a ready endpoint do.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use lb_controller::{
+    config::{
+        manifest::Objects,
+        rules::duration,
+        types::{BGPAdvertisement, DynamicAsn, v1beta2::BGPPeer},
+        validate::selector_matches,
+    },
+    plan::PlanEntry,
+};
+
+use super::rib_out::{RouteAttrs, Routes};
+use super::session::{PeerAs, Settings};
+use crate::desired::{EXCLUDE_LABEL, Inputs};
+
+/// MetalLB's defaults.
+const HOLD_TIME: u16 = 90;
+const CONNECT_TIME: Duration = Duration::from_secs(30);
+const BGP_PORT: u16 = 179;
+/// How long a router keeps our routes while the agent restarts, when graceful restart is on.
+const RESTART_TIME: u16 = 120;
+
+/// One session this node runs, and what it advertises on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPlan {
+    pub address: IpAddr,
+    pub port: u16,
+    pub source: Option<IpAddr>,
+    /// TCP MD5 (RFC 2385) key.
+    pub password: Option<String>,
+    /// eBGP to a peer more than one hop away: TTL 255 instead of 1.
+    pub multihop: bool,
+    pub settings: Settings,
+    /// Next hop for the other family than the session's: this node's address of that family.
+    pub node_v4: Option<Ipv4Addr>,
+    pub node_v6: Option<Ipv6Addr>,
+    pub routes: Routes,
+}
+
+impl PeerPlan {
+    /// Whether going from `self` to `other` needs a new session (anything but the routes).
+    pub fn same_session(&self, other: &PeerPlan) -> bool {
+        let strip = |p: &PeerPlan| PeerPlan {
+            routes: Routes::new(),
+            ..p.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// `namespace/name` of the BGPPeer → its plan.
+pub type Plan = BTreeMap<String, PeerPlan>;
+
+/// What the BGP side keeps of the objects (a small part, like [`Inputs`] for Layer 2).
+#[derive(Clone, Debug, Default)]
+pub struct BgpInputs {
+    pub peers: Vec<BGPPeer>,
+    pub advertisements: Vec<BGPAdvertisement>,
+    /// Community alias → value.
+    pub aliases: BTreeMap<String, String>,
+    /// `namespace/name` of a basic-auth Secret → its password.
+    pub passwords: BTreeMap<String, String>,
+    /// Node name → its InternalIP addresses.
+    pub node_addresses: BTreeMap<String, Vec<IpAddr>>,
+}
+
+fn addresses(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
+}
+
+impl BgpInputs {
+    pub fn new(objects: &Objects) -> Self {
+        let passwords = objects
+            .secrets
+            .iter()
+            .filter_map(|s| {
+                let key = format!(
+                    "{}/{}",
+                    s.namespace().unwrap_or_else(|| "default".into()),
+                    s.name_any()
+                );
+                let from_data = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("password"))
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok());
+                let from_string = s
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get("password").cloned());
+                Some((key, from_data.or(from_string)?))
+            })
+            .collect();
+        BgpInputs {
+            peers: objects.peers.clone(),
+            advertisements: objects.bgp_advertisements.clone(),
+            aliases: objects
+                .communities
+                .iter()
+                .flat_map(|c| c.spec.communities.iter())
+                .map(|a| (a.name.clone(), a.value.clone()))
+                .collect(),
+            passwords,
+            node_addresses: objects
+                .nodes
+                .iter()
+                .map(|n| (n.name_any(), addresses(n)))
+                .collect(),
+        }
+    }
+}
+
+fn key(peer: &BGPPeer) -> String {
+    format!(
+        "{}/{}",
+        peer.namespace().unwrap_or_else(|| "default".into()),
+        peer.name_any()
+    )
+}
+
+fn seconds(text: Option<&str>) -> Option<u16> {
+    let d = duration(text?).ok()?;
+    Some(u16::try_from(d.as_secs()).unwrap_or(u16::MAX))
+}
+
+/// A community value or alias as a standard (`Ok(Left)`) or large (`Right`) community.
+fn community(text: &str, aliases: &BTreeMap<String, String>) -> Option<Result<u32, [u32; 3]>> {
+    let value = aliases.get(text).map_or(text, String::as_str);
+    if let Some(large) = value.strip_prefix("large:") {
+        let parts: Vec<u32> = large.split(':').filter_map(|p| p.parse().ok()).collect();
+        return match parts[..] {
+            [a, b, c] => Some(Err([a, b, c])),
+            _ => None,
+        };
+    }
+    let (a, b) = value.split_once(':')?;
+    let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+    Some(Ok(u32::from(a) << 16 | u32::from(b)))
+}
+
+fn attrs(ad: &BGPAdvertisement, aliases: &BTreeMap<String, String>) -> RouteAttrs {
+    let mut a = RouteAttrs {
+        local_pref: ad.spec.local_pref.filter(|lp| *lp != 0),
+        ..RouteAttrs::default()
+    };
+    // Validation has refused unknown aliases and bad values; none reach here.
+    for c in ad
+        .spec
+        .communities
+        .iter()
+        .filter_map(|c| community(c, aliases))
+    {
+        match c {
+            Ok(std) => {
+                a.communities.insert(std);
+            }
+            Err(large) => {
+                a.large_communities.insert(large);
+            }
+        }
+    }
+    a
+}
+
+fn settings(peer: &BGPPeer, node_ips: &[IpAddr], node: &str) -> Option<Settings> {
+    let s = &peer.spec;
+    let address: IpAddr = s.peer_address.as_deref()?.parse().ok()?;
+    let hold = seconds(s.hold_time.as_deref());
+    let keepalive = seconds(s.keepalive_time.as_deref());
+    // MetalLB: only one given, the other follows (hold = 3 × keepalive).
+    let hold_time = hold.unwrap_or_else(|| keepalive.map_or(HOLD_TIME, |k| k.saturating_mul(3)));
+    let router_id = s
+        .router_id
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .or_else(|| {
+            node_ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+        })
+        // An IPv6-only node still needs a 32-bit identifier: one derived from its name.
+        .unwrap_or_else(|| {
+            let h = node.bytes().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
+            Ipv4Addr::from(h | 1)
+        });
+    let both = s.dual_stack_address_family == Some(true) && s.disable_mp != Some(true);
+    Some(Settings {
+        local_as: s.my_asn,
+        peer_as: match (s.peer_asn, s.dynamic_asn) {
+            (Some(asn), _) => PeerAs::Fixed(asn),
+            (None, Some(DynamicAsn::Internal)) => PeerAs::Internal,
+            (None, _) => PeerAs::External,
+        },
+        router_id,
+        hold_time,
+        keepalive,
+        connect_time: seconds(s.connect_time.as_deref())
+            .map_or(CONNECT_TIME, |c| Duration::from_secs(u64::from(c))),
+        passive: false,
+        ipv4: address.is_ipv4() || both,
+        ipv6: address.is_ipv6() || both,
+        graceful_restart: (s.enable_graceful_restart == Some(true)).then_some(RESTART_TIME),
+    })
+}
+
+fn selects_pool(
+    ad: &BGPAdvertisement,
+    pool: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let s = &ad.spec;
+    let empty = BTreeMap::new();
+    (s.ip_address_pools.is_empty() && s.ip_address_pool_selectors.is_empty())
+        || s.ip_address_pools.iter().any(|p| p == pool)
+        || s.ip_address_pool_selectors
+            .iter()
+            .any(|sel| selector_matches(sel, labels.unwrap_or(&empty)))
+}
+
+fn selects_all(
+    selectors: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector],
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selectors.is_empty() || selectors.iter().any(|s| selector_matches(s, labels))
+}
+
+/// The sessions `node` runs and the routes each carries.
+pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEntry]) -> Plan {
+    let empty = BTreeMap::new();
+    let labels = inputs.nodes.get(node).unwrap_or(&empty);
+    let node_ips = bgp.node_addresses.get(node).cloned().unwrap_or_default();
+    // An excluded or unusable node keeps its sessions but advertises nothing, so traffic
+    // leaves it without the sessions flapping.
+    let advertises = !labels.contains_key(EXCLUDE_LABEL) && !inputs.unavailable.contains(node);
+    let mut out = Plan::new();
+    for peer in &bgp.peers {
+        if !selects_all(&peer.spec.node_selectors, labels) {
+            continue;
+        }
+        let Some(settings) = settings(peer, &node_ips, node) else {
+            continue;
+        };
+        let Some(address) = peer
+            .spec
+            .peer_address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+        else {
+            continue;
+        };
+        let ns = peer.namespace().unwrap_or_else(|| "default".into());
+        let password = peer.spec.password.clone().or_else(|| {
+            let r = peer.spec.password_secret.as_ref()?;
+            let secret_ns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+            bgp.passwords
+                .get(&format!("{secret_ns}/{}", r.name.as_deref()?))
+                .cloned()
+        });
+        let mut routes = Routes::new();
+        if advertises {
+            for entry in allocations {
+                let Some(pool) = &entry.pool else {
+                    continue;
+                };
+                let svc = inputs.services.get(&entry.service);
+                if let Some(local) = svc.and_then(|s| s.local_nodes.as_ref())
+                    && !local.contains(node)
+                {
+                    continue;
+                }
+                let svc_labels = svc.map_or(&empty, |s| &s.labels);
+                for ad in &bgp.advertisements {
+                    let s = &ad.spec;
+                    if !selects_pool(ad, pool, inputs.pools.get(pool))
+                        || !selects_all(&s.node_selectors, labels)
+                        || !selects_all(&s.service_selectors, svc_labels)
+                        || !(s.peers.is_empty() || s.peers.iter().any(|p| *p == peer.name_any()))
+                    {
+                        continue;
+                    }
+                    let a = attrs(ad, &bgp.aliases);
+                    for ip in &entry.ips {
+                        let len = match ip {
+                            IpAddr::V4(_) => s.aggregation_length.unwrap_or(32),
+                            IpAddr::V6(_) => s.aggregation_length_v6.unwrap_or(128),
+                        };
+                        let Ok(net) = IpNet::new(*ip, u8::try_from(len).unwrap_or(0)) else {
+                            continue;
+                        };
+                        routes.entry(net.trunc()).or_default().merge(&a);
+                    }
+                }
+            }
+        }
+        out.insert(
+            key(peer),
+            PeerPlan {
+                address,
+                port: peer
+                    .spec
+                    .peer_port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(BGP_PORT),
+                source: peer
+                    .spec
+                    .source_address
+                    .as_deref()
+                    .and_then(|a| a.parse().ok()),
+                password,
+                multihop: peer.spec.ebgp_multi_hop == Some(true),
+                settings,
+                node_v4: node_ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                }),
+                node_v6: node_ips.iter().find_map(|ip| match ip {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                }),
+                routes,
+            },
+        );
+    }
+    out
+}
+
+/// Every prefix in every plan, for `lb-agent` logs and ServiceBGPStatus-like reporting.
+pub fn prefixes(plan: &Plan) -> BTreeSet<IpNet> {
+    plan.values()
+        .flat_map(|p| p.routes.keys().copied())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_controller::config::manifest;
+
+    const CONFIG: &str = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: pool, namespace: metallb-system}
+spec: {addresses: [192.0.2.0/24, "2001:db8:5::/64"]}
+---
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: other, namespace: metallb-system}
+spec: {addresses: [198.51.100.0/24]}
+---
+apiVersion: metallb.io/v1beta1
+kind: Community
+metadata: {name: c, namespace: metallb-system}
+spec: {communities: [{name: no-advertise, value: "65535:65282"}]}
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: ad, namespace: metallb-system}
+spec:
+  ipAddressPools: [pool]
+  communities: [no-advertise, "64512:7", "large:64512:1:2"]
+  localPref: 150
+---
+apiVersion: metallb.io/v1beta1
+kind: BGPAdvertisement
+metadata: {name: agg, namespace: metallb-system}
+spec:
+  ipAddressPools: [other]
+  aggregationLength: 24
+  peers: [ibgp]
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: router, namespace: metallb-system}
+spec: {myASN: 64512, peerASN: 65000, peerAddress: 10.0.0.1, holdTime: 9s, passwordSecret: {name: pw}}
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: ibgp, namespace: metallb-system}
+spec: {myASN: 64512, peerASN: 64512, peerAddress: 10.0.0.2, dualStackAddressFamily: true}
+---
+apiVersion: metallb.io/v1beta2
+kind: BGPPeer
+metadata: {name: rack2, namespace: metallb-system}
+spec:
+  myASN: 64512
+  peerASN: 65000
+  peerAddress: 10.0.0.3
+  routerID: 1.2.3.4
+  nodeSelectors: [{matchLabels: {rack: "2"}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: pw, namespace: metallb-system}
+type: kubernetes.io/basic-auth
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {rack: "1"}}
+status: {addresses: [{type: InternalIP, address: 10.0.0.11}, {type: InternalIP, address: "fd00::11"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {rack: "1"}}
+status: {addresses: [{type: InternalIP, address: 10.0.0.12}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {type: LoadBalancer}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: local, namespace: default}
+spec: {type: LoadBalancer, externalTrafficPolicy: Local}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: local-1, namespace: default, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}]
+"#;
+
+    fn objects() -> Objects {
+        let dir = std::env::temp_dir().join(format!("xdplb-policy-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, CONFIG).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = manifest::load_with(&[file], manifest::Strictness::Strict)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+        let report = lb_controller::config::validate::validate(&loaded.objects);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        loaded.objects
+    }
+
+    fn alloc(service: &str, pool: &str, ips: &[&str]) -> PlanEntry {
+        PlanEntry {
+            service: service.into(),
+            ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            pool: Some(pool.into()),
+            pending: None,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn sessions_and_routes_follow_metallb() {
+        let o = objects();
+        let (bgp, inputs) = (BgpInputs::new(&o), Inputs::new(&o));
+        let allocations = vec![
+            alloc("default/web", "pool", &["192.0.2.10", "2001:db8:5::10"]),
+            alloc("default/local", "pool", &["192.0.2.11"]),
+            alloc("default/agg", "other", &["198.51.100.7"]),
+        ];
+        let p = plan("node-1", &bgp, &inputs, &allocations);
+        assert_eq!(
+            p.keys().collect::<Vec<_>>(),
+            vec!["metallb-system/ibgp", "metallb-system/router"],
+            "rack2 selects other nodes"
+        );
+        let router = &p["metallb-system/router"];
+        assert_eq!(router.password.as_deref(), Some("s3cret"));
+        assert_eq!(router.settings.hold_time, 9);
+        assert_eq!(router.settings.router_id, Ipv4Addr::new(10, 0, 0, 11));
+        assert!(router.settings.ipv4 && !router.settings.ipv6);
+        assert_eq!(
+            router.node_v6,
+            Some("fd00::11".parse().unwrap_or(Ipv6Addr::LOCALHOST))
+        );
+        // `local` has its endpoint on node-2 only; `agg` goes to ibgp only.
+        assert_eq!(
+            router.routes.keys().copied().collect::<Vec<_>>(),
+            vec![net("192.0.2.10/32"), net("2001:db8:5::10/128")]
+        );
+        let a = &router.routes[&net("192.0.2.10/32")];
+        assert_eq!(a.local_pref, Some(150));
+        assert_eq!(
+            a.communities.iter().copied().collect::<Vec<_>>(),
+            vec![64512 << 16 | 7, 0xffff_ff02]
+        );
+        assert_eq!(
+            a.large_communities.iter().collect::<Vec<_>>(),
+            vec![&[64512, 1, 2]]
+        );
+        let ibgp = &p["metallb-system/ibgp"];
+        assert!(ibgp.settings.ipv4 && ibgp.settings.ipv6);
+        assert_eq!(ibgp.settings.peer_as, PeerAs::Fixed(64512));
+        assert_eq!(ibgp.settings.router_id, Ipv4Addr::new(10, 0, 0, 11));
+        assert!(
+            ibgp.routes.contains_key(&net("198.51.100.0/24")),
+            "aggregated"
+        );
+
+        let p2 = plan("node-2", &bgp, &inputs, &allocations);
+        assert!(
+            p2["metallb-system/router"]
+                .routes
+                .contains_key(&net("192.0.2.11/32"))
+        );
+        // Only the routes differ between the nodes' router sessions' routes, not the
+        // session parameters that matter for a reset.
+        assert!(
+            !p2["metallb-system/router"].same_session(router),
+            "router id differs"
+        );
+        let mut moved = router.clone();
+        moved.routes.clear();
+        assert!(moved.same_session(router));
+    }
+
+    #[test]
+    fn excluded_nodes_keep_sessions_but_advertise_nothing() {
+        let mut o = objects();
+        for n in &mut o.nodes {
+            n.labels_mut().insert(EXCLUDE_LABEL.into(), String::new());
+        }
+        let (bgp, inputs) = (BgpInputs::new(&o), Inputs::new(&o));
+        let p = plan(
+            "node-1",
+            &bgp,
+            &inputs,
+            &[alloc("default/web", "pool", &["192.0.2.10"])],
+        );
+        assert_eq!(p.len(), 2);
+        assert!(p.values().all(|pp| pp.routes.is_empty()));
+    }
+}

@@ -1,0 +1,541 @@
+//! The BGP speaker's I/O: one task per peer drives its [`Session`] with TCP connections,
+//! timers and the plan's routes; a listener on port 179 hands the peers' own connections to
+//! their tasks. A new plan changes only what changed: routes go out as UPDATEs on the running
+//! session, and only a peer whose session parameters changed is reset.
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::message::{self, Message};
+use super::policy::{PeerPlan, Plan};
+use super::rib_out::Routes;
+use super::session::{Action, ConnId, Direction, Event, Local, Session, Stop};
+use super::socket;
+
+/// MetalLB's BGP metrics (label `peer`, `address:port`).
+#[derive(Clone, Default)]
+pub struct BgpMetrics {
+    pub session_up: Family<PeerLabel, Gauge>,
+    pub updates: Family<PeerLabel, Counter>,
+    pub announced: Family<PeerLabel, Gauge>,
+    pub pending: Family<PeerLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+impl BgpMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "metallb_bgp_session_up",
+            "BGP session state (1 is up, 0 is down)",
+            self.session_up.clone(),
+        );
+        // prometheus-client appends `_total`: MetalLB's `metallb_bgp_updates_total`.
+        registry.register(
+            "metallb_bgp_updates",
+            "Number of BGP UPDATE messages sent",
+            self.updates.clone(),
+        );
+        registry.register(
+            "metallb_bgp_announced_prefixes_total",
+            "Number of prefixes currently being advertised on the BGP session",
+            self.announced.clone(),
+        );
+        registry.register(
+            "metallb_bgp_pending_prefixes_total",
+            "Number of prefixes that should be advertised on the BGP session",
+            self.pending.clone(),
+        );
+    }
+
+    fn forget(&self, label: &PeerLabel) {
+        self.session_up.remove(label);
+        self.updates.remove(label);
+        self.announced.remove(label);
+        self.pending.remove(label);
+    }
+}
+
+/// How long a connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping session may take to send its last words.
+const FLUSH: Duration = Duration::from_millis(500);
+/// Accepted connections are numbered from here, apart from the session's own.
+const INBOUND_IDS: u64 = 1 << 32;
+
+enum Cmd {
+    Routes(Routes),
+    Inbound(TcpStream),
+    Stop(Stop),
+}
+
+struct PeerTask {
+    plan: PeerPlan,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    task: JoinHandle<()>,
+}
+
+/// The running speaker; dropping it aborts the sessions without a word, [`Speaker::stop`]
+/// ends them properly.
+pub struct Speaker {
+    plans: watch::Sender<Plan>,
+    stop: Option<tokio::sync::oneshot::Sender<Stop>>,
+    task: JoinHandle<()>,
+}
+
+impl Speaker {
+    /// Starts with no peers; listens on `listen` (normally port 179) once there are some.
+    pub fn spawn(metrics: BgpMetrics, listen: SocketAddr) -> Speaker {
+        let (plans, rx) = watch::channel(Plan::new());
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(manage(rx, stop_rx, metrics, listen));
+        Speaker {
+            plans,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn apply(&self, plan: Plan) {
+        self.plans.send_if_modified(|old| {
+            let changed = *old != plan;
+            *old = plan;
+            changed
+        });
+    }
+
+    /// Ends every session (`Restart`: silently where graceful restart was agreed) and waits.
+    pub async fn stop(mut self, why: Stop) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(why);
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn label(plan: &PeerPlan) -> PeerLabel {
+    PeerLabel {
+        peer: SocketAddr::new(plan.address, plan.port).to_string(),
+    }
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // One listener for both families.
+        sock.set_only_v6(false)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(64)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn manage(
+    mut plans: watch::Receiver<Plan>,
+    mut stop: tokio::sync::oneshot::Receiver<Stop>,
+    metrics: BgpMetrics,
+    listen: SocketAddr,
+) {
+    let mut peers: BTreeMap<String, PeerTask> = BTreeMap::new();
+    let mut listening: Option<TcpListener> = None;
+    let mut keys: HashMap<IpAddr, String> = HashMap::new();
+    loop {
+        tokio::select! {
+            changed = plans.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let plan = plans.borrow_and_update().clone();
+                if listening.is_none() && !plan.is_empty() {
+                    match listener(listen) {
+                        Ok(l) => listening = Some(l),
+                        // Sessions still come up from our side.
+                        Err(e) => tracing::warn!("BGP: cannot listen on {listen}: {e}; connecting out only"),
+                    }
+                }
+                if let Some(l) = &listening {
+                    sync_keys(l, &plan, &mut keys);
+                }
+                reconcile(&mut peers, plan, &metrics);
+            }
+            accepted = async { listening.as_ref()?.accept().await.ok() }, if listening.is_some() => {
+                let Some((stream, from)) = accepted else { continue };
+                let from_ip = canonical(from.ip());
+                match peers.values().find(|p| p.plan.address == from_ip) {
+                    Some(p) => { let _ = p.cmds.send(Cmd::Inbound(stream)); }
+                    None => tracing::debug!("BGP: connection from {from} refused: not a configured peer"),
+                }
+            }
+            why = &mut stop => {
+                let why = why.unwrap_or(Stop::Shutdown);
+                for (_, p) in std::mem::take(&mut peers) {
+                    let _ = p.cmds.send(Cmd::Stop(why));
+                    let _ = tokio::time::timeout(FLUSH * 2, p.task).await;
+                    metrics.forget(&label(&p.plan));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// An IPv4 peer connecting to the dual-stack listener shows up as `::ffff:a.b.c.d`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The listener must know each peer's MD5 key, or the kernel drops the peer's SYNs.
+fn sync_keys(l: &TcpListener, plan: &Plan, keys: &mut HashMap<IpAddr, String>) {
+    let want: HashMap<IpAddr, String> = plan
+        .values()
+        .filter_map(|p| Some((p.address, p.password.clone()?)))
+        .collect();
+    for (ip, _) in keys.iter().filter(|(ip, _)| !want.contains_key(ip)) {
+        let _ = socket::set_md5(l, listen_form(*ip), b"");
+    }
+    for (ip, key) in &want {
+        if keys.get(ip) != Some(key)
+            && let Err(e) = socket::set_md5(l, listen_form(*ip), key.as_bytes())
+        {
+            tracing::warn!("BGP: cannot set the TCP MD5 password for {ip} on the listener: {e}");
+        }
+    }
+    *keys = want;
+}
+
+/// The address form the dual-stack listener sees an IPv4 peer under.
+fn listen_form(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+        v6 => v6,
+    }
+}
+
+fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMetrics) {
+    let gone: Vec<String> = peers
+        .keys()
+        .filter(|k| !plan.get(*k).is_some_and(|p| peers[*k].plan.same_session(p)))
+        .cloned()
+        .collect();
+    for k in gone {
+        if let Some(p) = peers.remove(&k) {
+            if plan.contains_key(&k) {
+                tracing::info!("BGP peer {k}: session parameters changed, resetting");
+            } else {
+                tracing::info!("BGP peer {k}: removed");
+            }
+            let _ = p.cmds.send(Cmd::Stop(Stop::Deconfigured));
+            metrics.forget(&label(&p.plan));
+        }
+    }
+    for (k, p) in plan {
+        match peers.get_mut(&k) {
+            Some(running) => {
+                if running.plan.routes != p.routes {
+                    let _ = running.cmds.send(Cmd::Routes(p.routes.clone()));
+                }
+                running.plan = p;
+            }
+            None => {
+                let (cmds, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(peer_task(k.clone(), p.clone(), rx, metrics.clone()));
+                peers.insert(
+                    k,
+                    PeerTask {
+                        plan: p,
+                        cmds,
+                        task,
+                    },
+                );
+            }
+        }
+    }
+}
+
+enum ConnEvent {
+    Opened(ConnId, TcpStream),
+    Failed(ConnId, String),
+    Message(ConnId, Message),
+    Malformed(ConnId, message::Notification),
+    Closed(ConnId),
+}
+
+struct Conn {
+    writer: mpsc::UnboundedSender<BytesMut>,
+    reader: JoinHandle<()>,
+    written: JoinHandle<()>,
+}
+
+struct Peer {
+    key: String,
+    plan: PeerPlan,
+    session: Session,
+    conns: HashMap<ConnId, Conn>,
+    /// Writers of closed connections still sending their last messages.
+    closing: Vec<JoinHandle<()>>,
+    events: mpsc::UnboundedSender<ConnEvent>,
+    metrics: BgpMetrics,
+    label: PeerLabel,
+}
+
+async fn peer_task(
+    key: String,
+    plan: PeerPlan,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    metrics: BgpMetrics,
+) {
+    let (events, mut ev_rx) = mpsc::unbounded_channel();
+    let mut session = Session::new(plan.settings.clone());
+    session.set_routes(plan.routes.clone());
+    let mut p = Peer {
+        label: label(&plan),
+        key,
+        plan,
+        session,
+        conns: HashMap::new(),
+        closing: Vec::new(),
+        events,
+        metrics,
+    };
+    let mut next_inbound = INBOUND_IDS;
+    let actions = p.session.start(Instant::now());
+    p.run(actions);
+    loop {
+        let deadline = p
+            .session
+            .next_deadline()
+            .map(tokio::time::Instant::from_std);
+        let actions = tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Routes(r)) => p.session.set_routes(r),
+                Some(Cmd::Inbound(stream)) => {
+                    next_inbound += 1;
+                    let id = ConnId(next_inbound);
+                    if p.session.accepts() {
+                        let local = p.attach(id, stream);
+                        p.session.handle(Event::Connected(id, Direction::Inbound, local), Instant::now())
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Some(Cmd::Stop(why)) => {
+                    let actions = p.session.stop(why);
+                    p.run(actions);
+                    p.flush().await;
+                    return;
+                }
+                None => {
+                    let actions = p.session.stop(Stop::Shutdown);
+                    p.run(actions);
+                    p.flush().await;
+                    return;
+                }
+            },
+            Some(ev) = ev_rx.recv() => {
+                let now = Instant::now();
+                match ev {
+                    ConnEvent::Opened(id, stream) => {
+                        let local = p.attach(id, stream);
+                        p.session.handle(Event::Connected(id, Direction::Outbound, local), now)
+                    }
+                    ConnEvent::Failed(id, why) => {
+                        tracing::debug!("BGP peer {}: connect: {why}", p.key);
+                        p.session.handle(Event::ConnectFailed(id), now)
+                    }
+                    ConnEvent::Message(id, m) => p.session.handle(Event::Received(id, m), now),
+                    ConnEvent::Malformed(id, n) => p.session.handle(Event::Malformed(id, n), now),
+                    ConnEvent::Closed(id) => p.session.handle(Event::Closed(id), now),
+                }
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => p.session.tick(Instant::now()),
+        };
+        p.run(actions);
+    }
+}
+
+impl Peer {
+    fn run(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Connect(id) => {
+                    let (plan, events) = (self.plan.clone(), self.events.clone());
+                    tokio::spawn(async move {
+                        let ev = match connect(&plan).await {
+                            Ok(s) => ConnEvent::Opened(id, s),
+                            Err(e) => ConnEvent::Failed(id, e.to_string()),
+                        };
+                        let _ = events.send(ev);
+                    });
+                }
+                Action::Send(id, msg) => {
+                    let mut buf = BytesMut::new();
+                    if let Err(e) = message::encode(&msg, &mut buf) {
+                        tracing::error!("BGP peer {}: cannot encode a message: {e}", self.key);
+                        continue;
+                    }
+                    if matches!(msg, Message::Update(_)) {
+                        self.metrics.updates.get_or_create(&self.label).inc();
+                    }
+                    if let Some(c) = self.conns.get(&id) {
+                        let _ = c.writer.send(buf);
+                    }
+                }
+                Action::Close(id) => {
+                    if let Some(c) = self.conns.remove(&id) {
+                        // The writer sends what is queued, then shuts the connection down.
+                        c.reader.abort();
+                        self.closing.push(c.written);
+                    }
+                }
+                Action::Up(n) => tracing::info!(
+                    "BGP peer {} ({}): established, AS {}, router id {}, hold {} s, IPv4 {}, IPv6 {}",
+                    self.key,
+                    self.label.peer,
+                    n.peer_as,
+                    n.peer_id,
+                    n.hold_time,
+                    n.ipv4,
+                    n.ipv6
+                ),
+                Action::Down(why) => {
+                    tracing::warn!("BGP peer {} ({}): down: {why}", self.key, self.label.peer)
+                }
+                Action::Note(what) => tracing::info!("BGP peer {}: {what}", self.key),
+            }
+        }
+        self.closing.retain(|w| !w.is_finished());
+        let m = &self.metrics;
+        let up = self.session.established().is_some();
+        m.session_up.get_or_create(&self.label).set(i64::from(up));
+        let announced = self.session.advertised().len();
+        m.announced
+            .get_or_create(&self.label)
+            .set(i64::try_from(announced).unwrap_or(i64::MAX));
+        m.pending
+            .get_or_create(&self.label)
+            .set(i64::try_from(self.session.pending()).unwrap_or(i64::MAX));
+    }
+
+    /// Starts the reader and writer of a connection; returns our next hops on it.
+    fn attach(&mut self, id: ConnId, stream: TcpStream) -> Local {
+        let _ = stream.set_nodelay(true);
+        let local_ip = stream.local_addr().map(|a| canonical(a.ip())).ok();
+        let (mut rd, mut wr) = stream.into_split();
+        let (writer, mut queue) = mpsc::unbounded_channel::<BytesMut>();
+        let written = tokio::spawn(async move {
+            while let Some(buf) = queue.recv().await {
+                if wr.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let events = self.events.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(message::MAX_LEN * 2);
+            loop {
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = events.send(ConnEvent::Closed(id));
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+                loop {
+                    match message::decode(&buf) {
+                        Ok(Some((m, n))) => {
+                            let _ = buf.split_to(n);
+                            let _ = events.send(ConnEvent::Message(id, m));
+                        }
+                        Ok(None) => break,
+                        Err(n) => {
+                            let _ = events.send(ConnEvent::Malformed(id, n));
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        self.conns.insert(
+            id,
+            Conn {
+                writer,
+                reader,
+                written,
+            },
+        );
+        let v6_global = |ip: Ipv6Addr| (!ip.is_unicast_link_local()).then_some((ip, None));
+        Local {
+            next_hop_v4: match local_ip {
+                Some(IpAddr::V4(v4)) => Some(v4),
+                _ => self.plan.node_v4,
+            },
+            next_hop_v6: match local_ip {
+                Some(IpAddr::V6(v6)) => v6_global(v6),
+                _ => self.plan.node_v6.map(|v6| (v6, None)),
+            },
+        }
+    }
+
+    /// Lets the writers send the last messages (a NOTIFICATION) before the task ends.
+    async fn flush(&mut self) {
+        for (_, c) in self.conns.drain() {
+            c.reader.abort();
+            self.closing.push(c.written);
+        }
+        let writers = std::mem::take(&mut self.closing);
+        let _ = tokio::time::timeout(FLUSH, futures::future::join_all(writers)).await;
+        self.metrics.forget(&self.label);
+    }
+}
+
+async fn connect(plan: &PeerPlan) -> std::io::Result<TcpStream> {
+    let peer = SocketAddr::new(plan.address, plan.port);
+    let sock = if peer.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(pw) = &plan.password {
+        socket::set_md5(&sock, plan.address, pw.as_bytes())?;
+    }
+    let ebgp = match plan.settings.peer_as {
+        super::session::PeerAs::Fixed(asn) => asn != plan.settings.local_as,
+        super::session::PeerAs::Internal => false,
+        super::session::PeerAs::External => true,
+    };
+    // Directly connected eBGP uses TTL 1 (RFC 4271 §5.1.3 practice); multihop and iBGP 255.
+    let ttl = if ebgp && !plan.multihop { 1 } else { 255 };
+    socket::set_ttl(&sock, peer.is_ipv6(), ttl)?;
+    if let Some(src) = plan.source {
+        sock.bind(SocketAddr::new(src, 0))?;
+    }
+    tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(peer))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
