@@ -15,6 +15,7 @@ pub mod controller_bench;
 pub mod failover_bench;
 pub mod frames;
 pub mod frr;
+pub mod gobgp;
 pub mod group;
 pub mod ipam_bench;
 pub mod lab;

@@ -6,13 +6,14 @@
 //! wrong.
 use std::{
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bpf_tests::{
     PinDir,
     agent::Agent,
     frr::Frr,
+    gobgp::{self, GoBgp},
     group::{METRICS, SECRET, allocate},
     lab::Lab,
     privileged,
@@ -94,33 +95,34 @@ fn peer(name: &str, extra: &str) -> String {
     )
 }
 
-struct Bgp {
-    // Dropped in this order: agents, then FRR, then the namespaces.
+/// Three agents and a router `R` (FRR or GoBGP) in the lab's client namespace.
+struct Bgp<R> {
+    // Dropped in this order: agents, then the router, then the namespaces.
     agents: Vec<Agent>,
-    frr: Frr,
+    router: R,
     dir: PathBuf,
-    _pins: Vec<PinDir>,
+    pins: Vec<PinDir>,
     lab: Lab,
 }
 
-impl Bgp {
-    fn start(tag: &str, peers: &str, services: &[&str], password: Option<&str>) -> Self {
+impl<R> Bgp<R> {
+    fn start(tag: &str, peers: &str, services: &[&str], router: impl FnOnce(&Lab) -> R) -> Self {
         let lab = Lab::new(tag, 3);
         let dir = std::env::temp_dir().join(unique("xdplb-bgp"));
         std::fs::create_dir_all(&dir).expect("config dir");
         std::fs::write(dir.join("config.yaml"), config(&lab, peers, services)).expect("config");
         std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("secret");
         allocate(&dir);
-        let frr = Frr::start(&lab.client.ns, &frr_conf(&lab, password), false);
+        let router = router(&lab);
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
         let agents = (0..3)
             .map(|i| start_agent(&lab, &dir, i, &pins[i]))
             .collect();
         Bgp {
             agents,
-            frr,
+            router,
             dir,
-            _pins: pins,
+            pins,
             lab,
         }
     }
@@ -133,18 +135,18 @@ impl Bgp {
             .join("\n----\n")
     }
 
-    fn established(&self, nodes: &[usize]) {
+    /// Waits until `up` says each of `nodes` has its session Established.
+    fn established(&self, nodes: &[usize], up: impl Fn(&R, &str) -> bool) {
         for &i in nodes {
-            let ip = self.lab.nodes[i].ipv4.clone();
-            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.frr
-                    .wait(Duration::from_secs(15), &format!("{ip} Established"), |f| {
-                        (f.peer_state(&ip) == "Established").then_some(())
-                    })
-            }));
-            if let Err(e) = ok {
-                eprintln!("{}", self.logs());
-                std::panic::resume_unwind(e);
+            let ip = &self.lab.nodes[i].ipv4;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !up(&self.router, ip) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{ip}: no session within 15 s\n{}",
+                    self.logs()
+                );
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -160,6 +162,10 @@ impl Bgp {
             other => panic!("/metrics: {other:?}"),
         }
     }
+}
+
+fn frr_up(f: &Frr, ip: &str) -> bool {
+    f.peer_state(ip) == "Established"
 }
 
 fn start_agent(lab: &Lab, dir: &Path, i: usize, pins: &PinDir) -> Agent {
@@ -215,14 +221,16 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
         return;
     }
     let services = ["web", "web6", "local"];
-    let bgp = Bgp::start("bgpa", &peer("router", ""), &services, None);
-    bgp.established(&[0, 1, 2]);
+    let bgp = Bgp::start("bgpa", &peer("router", ""), &services, |lab| {
+        Frr::start(&lab.client.ns, &frr_conf(lab, None), false)
+    });
+    bgp.established(&[0, 1, 2], frr_up);
     let (web, web6, local) = (bgp.vip("web"), bgp.vip("web6"), bgp.vip("local"));
     let nodes_v4: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv4.clone()).collect();
     let nodes_v6: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv6.clone()).collect();
 
     let p = bgp
-        .frr
+        .router
         .wait(Duration::from_secs(10), "3 paths for web", |f| {
             let p = paths(f, "ipv4", &format!("{web}/32"));
             (p.len() == 3).then_some(p)
@@ -248,7 +256,7 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
 
     // The IPv6 VIP over MP-BGP on the IPv4 sessions, next hop the nodes' IPv6 addresses.
     let p6 = bgp
-        .frr
+        .router
         .wait(Duration::from_secs(10), "3 paths for web6", |f| {
             let p = paths(f, "ipv6", &format!("{web6}/128"));
             (p.len() == 3).then_some(p)
@@ -263,7 +271,7 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
     assert_eq!(ecmp6, Some(3), "client kernel routes for {web6}");
 
     // externalTrafficPolicy: Local: only node-2 holds an endpoint.
-    let pl = paths(&bgp.frr, "ipv4", &format!("{local}/32"));
+    let pl = paths(&bgp.router, "ipv4", &format!("{local}/32"));
     assert_eq!(next_hops(&pl), vec![nodes_v4[1].clone()], "{pl:?}");
 
     let m = bgp.metrics(0);
@@ -287,12 +295,13 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
     )
     .expect("config");
     allocate(&bgp.dir);
-    bgp.frr.wait(Duration::from_secs(10), "web withdrawn", |f| {
-        paths(f, "ipv4", &format!("{web}/32"))
-            .is_empty()
-            .then_some(())
-    });
-    assert_eq!(paths(&bgp.frr, "ipv6", &format!("{web6}/128")).len(), 3);
+    bgp.router
+        .wait(Duration::from_secs(10), "web withdrawn", |f| {
+            paths(f, "ipv4", &format!("{web}/32"))
+                .is_empty()
+                .then_some(())
+        });
+    assert_eq!(paths(&bgp.router, "ipv6", &format!("{web6}/128")).len(), 3);
     // The sessions stayed up through the change.
     let m = bgp.metrics(0);
     assert_eq!(sample(&m, "metallb_bgp_session_up", &label), Some(1.0));
@@ -322,15 +331,157 @@ fn md5_passwords_must_match() {
             ", password: other, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-2}}]"
         ),
     );
-    let bgp = Bgp::start("bgpm", &peers, &["web"], Some("s3cret"));
-    bgp.established(&[0, 2]);
+    let bgp = Bgp::start("bgpm", &peers, &["web"], |lab| {
+        Frr::start(&lab.client.ns, &frr_conf(lab, Some("s3cret")), false)
+    });
+    bgp.established(&[0, 2], frr_up);
     std::thread::sleep(Duration::from_secs(3));
     let wrong = bgp.lab.nodes[1].ipv4.clone();
-    assert_ne!(bgp.frr.peer_state(&wrong), "Established", "{}", bgp.logs());
+    assert_ne!(
+        bgp.router.peer_state(&wrong),
+        "Established",
+        "{}",
+        bgp.logs()
+    );
     let web = bgp.vip("web");
-    let p = paths(&bgp.frr, "ipv4", &format!("{web}/32"));
+    let p = paths(&bgp.router, "ipv4", &format!("{web}/32"));
     assert_eq!(
         next_hops(&p),
         vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[2].ipv4.clone()]
     );
+}
+
+/// GoBGP as an iBGP route reflector-like collector in AS 64512: LOCAL_PREF reaches it.
+fn gobgp_conf(lab: &Lab) -> String {
+    let mut c = String::from("[global.config]\n  as = 64512\n  router-id = \"10.210.0.1\"\n");
+    for n in &lab.nodes {
+        c.push_str(&format!(
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 64512\n\
+             [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n\
+             [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv6-unicast\"\n",
+            n.ipv4
+        ));
+    }
+    c
+}
+
+#[test]
+fn gobgp_gets_local_pref_and_ipv6_over_ibgp() {
+    if !privileged("gobgp_gets_local_pref_and_ipv6_over_ibgp") {
+        return;
+    }
+    let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: ibgp, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, peerASN: 64512, peerAddress: 10.210.0.1, dualStackAddressFamily: true}\n";
+    let bgp = Bgp::start("bgpg", peers, &["web", "web6"], |lab| {
+        GoBgp::start(&lab.client.ns, &gobgp_conf(lab))
+    });
+    bgp.established(&[0, 1, 2], |g: &GoBgp, ip| {
+        g.state(ip) == gobgp::ESTABLISHED
+    });
+    let web = bgp.vip("web");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let paths = loop {
+        let rib = bgp.router.rib("ipv4");
+        let p = rib
+            .get(&format!("{web}/32"))
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        if p.len() == 3 || Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        paths.len(),
+        3,
+        "{:?}\n{}",
+        bgp.router.rib("ipv4"),
+        bgp.router.log()
+    );
+    for p in &paths {
+        let attrs = p["attrs"].as_array().cloned().unwrap_or_default();
+        let of = |t: u64| {
+            attrs
+                .iter()
+                .find(|a| a["type"].as_u64() == Some(t))
+                .cloned()
+        };
+        assert_eq!(
+            of(5).map(|a| a["value"].clone()),
+            Some(Value::from(250)),
+            "{p}"
+        );
+        let path = of(2).map(|a| a["as_paths"].clone()).unwrap_or(Value::Null);
+        assert!(
+            path.as_array().is_none_or(|a| a.is_empty()),
+            "iBGP: empty AS path: {p}"
+        );
+        assert_eq!(
+            of(8).map(|a| a["communities"].clone()),
+            Some(Value::from(vec![65000u64 << 16 | 100])),
+            "{p}"
+        );
+        assert!(of(32).is_some(), "large community: {p}");
+    }
+    let web6 = bgp.vip("web6");
+    let rib6 = bgp.router.rib("ipv6");
+    let p6 = rib6
+        .get(&format!("{web6}/128"))
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default();
+    assert_eq!(p6.len(), 3, "{rib6:?}");
+}
+
+#[test]
+fn graceful_restart_keeps_the_routes_while_an_agent_restarts() {
+    if !privileged("graceful_restart_keeps_the_routes_while_an_agent_restarts") {
+        return;
+    }
+    let mut bgp = Bgp::start(
+        "bgpr",
+        &peer("router", ", enableGracefulRestart: true"),
+        &["web"],
+        |lab| {
+            let conf = frr_conf(lab, None).replace(
+                " no bgp ebgp-requires-policy\n",
+                " no bgp ebgp-requires-policy\n bgp graceful-restart\n",
+            );
+            Frr::start(&lab.client.ns, &conf, false)
+        },
+    );
+    bgp.established(&[0, 1, 2], frr_up);
+    let web = format!("{}/32", bgp.vip("web"));
+    bgp.router.wait(Duration::from_secs(10), "3 paths", |f| {
+        (paths(f, "ipv4", &web).len() == 3).then_some(())
+    });
+    // SIGTERM: the agent closes its sessions without a NOTIFICATION.
+    let a = bgp.agents.remove(0);
+    a.signal(libc::SIGTERM);
+    let mut a = a;
+    let _ = a.child.wait();
+    let node1 = bgp.lab.nodes[0].ipv4.clone();
+    bgp.router
+        .wait(Duration::from_secs(10), "node-1 down", |f| {
+            (!frr_up(f, &node1)).then_some(())
+        });
+    // While it is away FRR keeps node-1's path, marked stale.
+    for _ in 0..10 {
+        let p = paths(&bgp.router, "ipv4", &web);
+        assert_eq!(p.len(), 3, "{p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = paths(&bgp.router, "ipv4", &web);
+    assert!(
+        p.iter().any(|p| p["stale"] == Value::Bool(true)),
+        "node-1's path is stale: {p:?}"
+    );
+    let pins = &bgp.pins[0];
+    let again = start_agent(&bgp.lab, &bgp.dir, 0, pins);
+    bgp.agents.insert(0, again);
+    bgp.established(&[0], frr_up);
+    bgp.router
+        .wait(Duration::from_secs(10), "fresh paths", |f| {
+            let p = paths(f, "ipv4", &web);
+            (p.len() == 3 && p.iter().all(|p| p.get("stale").is_none())).then_some(())
+        });
 }
