@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod agent_bench;
 pub mod apiserver;
+pub mod bgp_bench;
 pub mod controller_bench;
 pub mod failover_bench;
 pub mod frames;

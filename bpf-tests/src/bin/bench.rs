@@ -35,6 +35,15 @@ fn main() -> Result<()> {
     }
     let only = std::env::args().nth(1);
     eprintln!(
+        "BGP: FRR learning {} routes, from xdplb then from gobgpd...",
+        bpf_tests::bgp_bench::ROUTES
+    );
+    let bgp = bpf_tests::bgp_bench::run().map_err(anyhow::Error::msg)?;
+    if only.as_deref() == Some("bgp") {
+        bgp.print();
+        return Ok(());
+    }
+    eprintln!(
         "the agent at scale: {} VIPs owned, then 1...",
         bpf_tests::agent_bench::VIPS
     );
@@ -143,6 +152,7 @@ fn main() -> Result<()> {
     print_scale(&scale);
     failover.print();
     agent.print();
+    bgp.print();
     println!();
     println!(
         "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
