@@ -16,6 +16,7 @@
 //! - [`bgp`]: the BGP speaker, from its wire codec up (in progress).
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
+pub mod bfd;
 pub mod bgp;
 pub mod cli;
 pub mod desired;

@@ -1,0 +1,8 @@
+//! BFD (RFC 5880, single hop RFC 5881, multihop RFC 5883) for the BGP sessions: a BFD
+//! session per peer with a `bfdProfile`; when it goes down, so does the BGP session, at once.
+//!
+//! - [`packet`]: the Control packet.
+//! - [`session`]: one session's state machine, time passed in.
+
+pub mod packet;
+pub mod session;
