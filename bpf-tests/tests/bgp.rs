@@ -485,3 +485,80 @@ fn graceful_restart_keeps_the_routes_while_an_agent_restarts() {
             (p.len() == 3 && p.iter().all(|p| p.get("stale").is_none())).then_some(())
         });
 }
+
+#[test]
+fn bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time() {
+    if !privileged("bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time") {
+        return;
+    }
+    let peers = format!(
+        "---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {{name: fast, namespace: metallb-system}}\n\
+         spec: {{receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}\n{}",
+        peer("router", ", bfdProfile: fast")
+    );
+    let bgp = Bgp::start("bgpf", &peers, &["web"], |lab| {
+        // The bfd block goes after `router bgp`: bgpd stops reading at its closing `exit`.
+        let conf = frr_conf(lab, None).replace(
+            " neighbor NODES remote-as 64512\n",
+            " neighbor NODES remote-as 64512\n neighbor NODES bfd profile fast\n",
+        ) + "bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n  detect-multiplier 3\n !\n!\n";
+        Frr::start(&lab.client.ns, &conf, true)
+    });
+    bgp.established(&[0, 1, 2], frr_up);
+    let bfd_up = |f: &Frr| -> usize {
+        f.json("show bfd peers json")
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|p| p["status"] == "up").count())
+    };
+    bgp.router
+        .wait(Duration::from_secs(15), "3 BFD sessions up", |f| {
+            (bfd_up(f) == 3).then_some(())
+        });
+    let web = format!("{}/32", bgp.vip("web"));
+    bgp.router.wait(Duration::from_secs(10), "3 paths", |f| {
+        (paths(f, "ipv4", &web).len() == 3).then_some(())
+    });
+    let m = bgp.metrics(0);
+    let label = [("peer", "10.210.0.1")];
+    assert_eq!(
+        sample(&m, "metallb_bfd_session_up", &label),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(sample(&m, "metallb_bfd_control_packet_input", &label).is_some_and(|n| n > 0.0));
+
+    // Cut node-1 off the segment: BGP alone would notice after its 9 s hold time.
+    bgp.lab.segment.ip(&["link", "set", "p1", "down"]);
+    let cut = Instant::now();
+    bgp.router
+        .wait(Duration::from_secs(3), "node-1 out of ECMP", |f| {
+            (paths(f, "ipv4", &web).len() == 2).then_some(())
+        });
+    eprintln!("node-1 left ECMP {:?} after the cut", cut.elapsed());
+    assert_eq!(kernel_nexthops_eventually(&bgp.lab, &web, 2), 2);
+
+    // Back: BFD, then BGP, come up again.
+    bgp.lab.segment.ip(&["link", "set", "p1", "up"]);
+    bgp.router
+        .wait(Duration::from_secs(20), "node-1 back", |f| {
+            (paths(f, "ipv4", &web).len() == 3).then_some(())
+        });
+    let m = bgp.metrics(0);
+    assert!(
+        sample(&m, "metallb_bfd_session_down_events", &label).is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+}
+
+fn kernel_nexthops_eventually(lab: &Lab, prefix: &str, want: usize) -> usize {
+    let ip = prefix.split('/').next().unwrap_or(prefix);
+    let mut n = 0;
+    for _ in 0..30 {
+        n = kernel_nexthops(lab, false, ip);
+        if n == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n
+}

@@ -25,10 +25,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::bfd::service::BfdMetrics;
 use crate::bgp::speaker::BgpMetrics;
 use crate::l2::maps::VipMaps;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct IpLabel {
     pub ip: String,
 }
@@ -83,6 +84,7 @@ pub struct AgentMetrics {
     pub datapath: Family<ModeLabel, Gauge>,
     pub config: ConfigMetrics,
     pub bgp: BgpMetrics,
+    pub bfd: BfdMetrics,
 }
 
 /// Reads the pinned maps on every scrape.
@@ -157,6 +159,7 @@ impl AgentMetrics {
             datapath: Family::default(),
             config: ConfigMetrics::default(),
             bgp: BgpMetrics::default(),
+            bfd: BfdMetrics::default(),
         };
         registry.register_collector(Box::new(Datapath { bpffs }));
         registry.register(
@@ -202,6 +205,7 @@ impl AgentMetrics {
         );
         m.config.register(&mut registry);
         m.bgp.register(&mut registry);
+        m.bfd.register(&mut registry);
         AgentMetrics { registry, ..m }
     }
 
@@ -218,31 +222,48 @@ impl AgentMetrics {
     }
 }
 
-/// A counter per IP written without the `_total` suffix prometheus-client adds to its own
-/// counters, as MetalLB's Go client exposes `metallb_layer2_gratuitous_sent`.
-#[derive(Debug, Clone, Default)]
-pub struct PerIp(Arc<Mutex<BTreeMap<String, u64>>>);
+/// Counters per label set written without the `_total` suffix prometheus-client adds to its
+/// own, as MetalLB's Go client exposes `metallb_layer2_gratuitous_sent` and its FRR mode the
+/// `metallb_bfd_*` counters.
+#[derive(Debug, Clone)]
+pub struct Counts<L>(Arc<Mutex<BTreeMap<L, u64>>>);
 
-impl PerIp {
-    pub fn add(&self, ip: &str, n: u64) {
+impl<L> Default for Counts<L> {
+    fn default() -> Self {
+        Counts(Arc::default())
+    }
+}
+
+impl<L: Ord + Clone> Counts<L> {
+    pub fn add(&self, label: &L, n: u64) {
         if let Ok(mut m) = self.0.lock() {
-            *m.entry(ip.to_owned()).or_default() += n;
+            *m.entry(label.clone()).or_default() += n;
+        }
+    }
+
+    pub fn remove(&self, label: &L) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(label);
         }
     }
 }
 
-impl EncodeMetric for PerIp {
+pub type PerIp = Counts<IpLabel>;
+
+impl<L: Ord + Clone + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> EncodeMetric
+    for Counts<L>
+{
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let snapshot: Vec<(String, u64)> = match self.0.lock() {
+        let snapshot: Vec<(L, u64)> = match self.0.lock() {
             Ok(m) => m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             Err(_) => Vec::new(),
         };
-        for (ip, value) in snapshot {
+        for (label, value) in snapshot {
             let value = i64::try_from(value).unwrap_or(i64::MAX);
-            ConstGauge::new(value).encode(encoder.encode_family(&IpLabel { ip })?)?;
+            ConstGauge::new(value).encode(encoder.encode_family(&label)?)?;
         }
         Ok(())
     }
@@ -250,6 +271,13 @@ impl EncodeMetric for PerIp {
     fn metric_type(&self) -> MetricType {
         MetricType::Counter
     }
+}
+
+/// The label of the BGP and BFD metrics: the peer (`address:port` for BGP, as MetalLB's native
+/// speaker; the address for BFD, as its FRR mode).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
 }
 
 impl Exporter for AgentMetrics {

@@ -383,6 +383,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut lingering: BTreeMap<Announcement, Instant> = BTreeMap::new();
     let speaker = bgp::speaker::Speaker::spawn(
         metrics.bgp.clone(),
+        metrics.bfd.clone(),
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.bgp_port)),
     );
     let mut term = signal(SignalKind::terminate())?;
@@ -605,7 +606,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 for at in announce::SCHEDULE {
                     tokio::time::sleep_until(start + at).await;
                     announce::send_round(&sockets, &burst, |e| {
-                        metrics.gratuitous.add(&e.addr.to_string(), 1);
+                        metrics.gratuitous.add(
+                            &crate::metrics::IpLabel {
+                                ip: e.addr.to_string(),
+                            },
+                            1,
+                        );
                     });
                 }
             });

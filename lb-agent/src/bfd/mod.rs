@@ -3,6 +3,8 @@
 //!
 //! - [`packet`]: the Control packet.
 //! - [`session`]: one session's state machine, time passed in.
+//! - [`service`]: the UDP sockets and the task that runs every session.
 
 pub mod packet;
+pub mod service;
 pub mod session;

@@ -15,7 +15,7 @@ use lb_controller::{
     config::{
         manifest::Objects,
         rules::duration,
-        types::{BGPAdvertisement, DynamicAsn, v1beta2::BGPPeer},
+        types::{BFDProfileSpec, BGPAdvertisement, DynamicAsn, v1beta2::BGPPeer},
         validate::selector_matches,
     },
     plan::PlanEntry,
@@ -46,6 +46,8 @@ pub struct PeerPlan {
     /// Next hop for the other family than the session's: this node's address of that family.
     pub node_v4: Option<Ipv4Addr>,
     pub node_v6: Option<Ipv6Addr>,
+    /// The BFD session that guards this one (BGPPeer `bfdProfile`).
+    pub bfd: Option<crate::bfd::service::Request>,
     pub routes: Routes,
 }
 
@@ -74,6 +76,8 @@ pub struct BgpInputs {
     pub passwords: BTreeMap<String, String>,
     /// Node name → its InternalIP addresses.
     pub node_addresses: BTreeMap<String, Vec<IpAddr>>,
+    /// BFDProfile name → its timers.
+    pub bfd_profiles: BTreeMap<String, BFDProfileSpec>,
 }
 
 fn addresses(node: &Node) -> Vec<IpAddr> {
@@ -124,6 +128,11 @@ impl BgpInputs {
                 .nodes
                 .iter()
                 .map(|n| (n.name_any(), addresses(n)))
+                .collect(),
+            bfd_profiles: objects
+                .bfd_profiles
+                .iter()
+                .map(|p| (p.name_any(), p.spec.clone()))
                 .collect(),
         }
     }
@@ -278,6 +287,18 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                 .get(&format!("{secret_ns}/{}", r.name.as_deref()?))
                 .cloned()
         });
+        let source: Option<IpAddr> = peer
+            .spec
+            .source_address
+            .as_deref()
+            .and_then(|a| a.parse().ok());
+        let multihop = peer.spec.ebgp_multi_hop == Some(true);
+        let bfd = peer
+            .spec
+            .bfd_profile
+            .as_ref()
+            .and_then(|name| bgp.bfd_profiles.get(name))
+            .map(|p| bfd_request(p, address, source, multihop));
         let mut routes = Routes::new();
         if advertises {
             for entry in allocations {
@@ -323,13 +344,9 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                     .peer_port
                     .and_then(|p| u16::try_from(p).ok())
                     .unwrap_or(BGP_PORT),
-                source: peer
-                    .spec
-                    .source_address
-                    .as_deref()
-                    .and_then(|a| a.parse().ok()),
+                source,
                 password,
-                multihop: peer.spec.ebgp_multi_hop == Some(true),
+                multihop,
                 settings,
                 node_v4: node_ips.iter().find_map(|ip| match ip {
                     IpAddr::V4(v4) => Some(*v4),
@@ -339,11 +356,41 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                     IpAddr::V6(v6) => Some(*v6),
                     IpAddr::V4(_) => None,
                 }),
+                bfd,
                 routes,
             },
         );
     }
     out
+}
+
+/// A BFDProfile as a BFD session request (MetalLB's defaults: 300 ms, 300 ms, 3; multihop
+/// packets must arrive with a TTL of at least 254 unless `minimumTtl` says otherwise).
+fn bfd_request(
+    p: &BFDProfileSpec,
+    peer: IpAddr,
+    local: Option<IpAddr>,
+    multihop: bool,
+) -> crate::bfd::service::Request {
+    let ms = |v: Option<u32>| Duration::from_millis(u64::from(v.unwrap_or(300)));
+    crate::bfd::service::Request {
+        peer,
+        local,
+        multihop,
+        settings: crate::bfd::session::Settings {
+            desired_min_tx: ms(p.transmit_interval),
+            required_min_rx: ms(p.receive_interval),
+            detect_mult: p
+                .detect_multiplier
+                .and_then(|m| u8::try_from(m).ok())
+                .unwrap_or(3),
+            passive: p.passive_mode == Some(true),
+        },
+        min_ttl: p
+            .minimum_ttl
+            .and_then(|t| u8::try_from(t).ok())
+            .unwrap_or(254),
+    }
 }
 
 /// Every prefix in every plan, for `lb-agent` logs and ServiceBGPStatus-like reporting.

@@ -19,6 +19,9 @@ use super::policy::{PeerPlan, Plan};
 use super::rib_out::Routes;
 use super::session::{Action, ConnId, Direction, Event, Local, Session, Stop};
 use super::socket;
+use crate::bfd::packet::State as BfdState;
+use crate::bfd::service::{Bfd, BfdMetrics};
+use crate::metrics::PeerLabel;
 
 /// MetalLB's BGP metrics (label `peer`, `address:port`).
 #[derive(Clone, Default)]
@@ -27,11 +30,6 @@ pub struct BgpMetrics {
     pub updates: Family<PeerLabel, Counter>,
     pub announced: Family<PeerLabel, Gauge>,
     pub pending: Family<PeerLabel, Gauge>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct PeerLabel {
-    pub peer: String,
 }
 
 impl BgpMetrics {
@@ -96,10 +94,11 @@ pub struct Speaker {
 
 impl Speaker {
     /// Starts with no peers; listens on `listen` (normally port 179) once there are some.
-    pub fn spawn(metrics: BgpMetrics, listen: SocketAddr) -> Speaker {
+    pub fn spawn(metrics: BgpMetrics, bfd: BfdMetrics, listen: SocketAddr) -> Speaker {
         let (plans, rx) = watch::channel(Plan::new());
         let (stop, stop_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(manage(rx, stop_rx, metrics, listen));
+        let bfd = Bfd::spawn(bfd);
+        let task = tokio::spawn(manage(rx, stop_rx, metrics, bfd, listen));
         Speaker {
             plans,
             stop: Some(stop),
@@ -151,6 +150,7 @@ async fn manage(
     mut plans: watch::Receiver<Plan>,
     mut stop: tokio::sync::oneshot::Receiver<Stop>,
     metrics: BgpMetrics,
+    bfd: Bfd,
     listen: SocketAddr,
 ) {
     let mut peers: BTreeMap<String, PeerTask> = BTreeMap::new();
@@ -173,7 +173,7 @@ async fn manage(
                 if let Some(l) = &listening {
                     sync_keys(l, &plan, &mut keys);
                 }
-                reconcile(&mut peers, plan, &metrics);
+                reconcile(&mut peers, plan, &metrics, &bfd);
             }
             accepted = async { listening.as_ref()?.accept().await.ok() }, if listening.is_some() => {
                 let Some((stream, from)) = accepted else { continue };
@@ -231,7 +231,7 @@ fn listen_form(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMetrics) {
+fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMetrics, bfd: &Bfd) {
     let gone: Vec<String> = peers
         .keys()
         .filter(|k| !plan.get(*k).is_some_and(|p| peers[*k].plan.same_session(p)))
@@ -258,7 +258,13 @@ fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMe
             }
             None => {
                 let (cmds, rx) = mpsc::unbounded_channel();
-                let task = tokio::spawn(peer_task(k.clone(), p.clone(), rx, metrics.clone()));
+                let task = tokio::spawn(peer_task(
+                    k.clone(),
+                    p.clone(),
+                    rx,
+                    metrics.clone(),
+                    bfd.clone(),
+                ));
                 peers.insert(
                     k,
                     PeerTask {
@@ -303,8 +309,15 @@ async fn peer_task(
     plan: PeerPlan,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     metrics: BgpMetrics,
+    bfd: Bfd,
 ) {
     let (events, mut ev_rx) = mpsc::unbounded_channel();
+    // The BFD session lives as long as this task; its going down takes the BGP session down.
+    let mut lease = match plan.bfd {
+        Some(r) => bfd.lease(r).await,
+        None => None,
+    };
+    let mut bfd_up = false;
     let mut session = Session::new(plan.settings.clone());
     session.set_routes(plan.routes.clone());
     let mut p = Peer {
@@ -367,6 +380,26 @@ async fn peer_task(
                     ConnEvent::Closed(id) => p.session.handle(Event::Closed(id), now),
                 }
             }
+            changed = async {
+                match &mut lease {
+                    Some(l) => l.state.changed().await.map(|_| *l.state.borrow_and_update()),
+                    None => std::future::pending().await,
+                }
+            } => match changed {
+                Ok(state) => {
+                    let was_up = std::mem::replace(&mut bfd_up, state == BfdState::Up);
+                    if was_up && !bfd_up {
+                        tracing::warn!("BGP peer {}: BFD down", p.key);
+                        p.session.handle(Event::BfdDown, Instant::now())
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Err(_) => {
+                    lease = None;
+                    Vec::new()
+                }
+            },
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
