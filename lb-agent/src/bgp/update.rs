@@ -31,6 +31,7 @@ const AGGREGATOR: u8 = 7;
 const COMMUNITIES: u8 = 8;
 const MP_REACH: u8 = 14;
 const MP_UNREACH: u8 = 15;
+const AS4_PATH: u8 = 17;
 const LARGE_COMMUNITIES: u8 = 32;
 
 const OPTIONAL: u8 = 0x80;
@@ -166,6 +167,7 @@ pub fn decode(body: &[u8], codec: Codec) -> Result<Received, Notification> {
         decode_prefixes(nlri_bytes, false).ok_or(reset(update_error::INVALID_NETWORK_FIELD))?;
 
     let mut a = Attributes::default();
+    let mut as4: Option<Vec<AsSegment>> = None;
     let mut seen = [false; 256];
     let mut malformed: Option<String> = None;
     let mut rest = attrs;
@@ -231,6 +233,9 @@ pub fn decode(body: &[u8], codec: Codec) -> Result<Received, Notification> {
             },
             // §7.6, §7.7: they do not affect route selection: discard when malformed.
             ATOMIC_AGGREGATE | AGGREGATOR => {}
+            // RFC 6793 §6: a malformed AS4_PATH is discarded; on a 4-octet session it has no
+            // business being there and is ignored.
+            AS4_PATH if !codec.four_octet_as => as4 = decode_as_path(value, true),
             COMMUNITIES => {
                 if value.is_empty() || value.len() % 4 != 0 {
                     malformed.get_or_insert_with(|| "malformed COMMUNITIES".into());
@@ -274,6 +279,9 @@ pub fn decode(body: &[u8], codec: Codec) -> Result<Received, Notification> {
             _ => {}
         }
     }
+    if let Some(as4) = as4 {
+        a.as_path = merge_as4(std::mem::take(&mut a.as_path), as4);
+    }
     // §3 (d): mandatory attributes missing where routes are announced.
     let announces = !nlri.is_empty() || a.mp_reach.as_ref().is_some_and(|m| !m.nlri.is_empty());
     if malformed.is_none() && announces {
@@ -306,6 +314,70 @@ pub fn decode(body: &[u8], codec: Codec) -> Result<Received, Notification> {
             nlri: v4_only(nlri),
         })),
     }
+}
+
+fn encode_as_path(path: &[AsSegment], four: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    for seg in path {
+        let (kind, asns) = match seg {
+            AsSegment::Set(s) => (1, s),
+            AsSegment::Sequence(s) => (2, s),
+        };
+        // A segment holds at most 255 AS numbers; longer ones continue in the next.
+        for chunk in asns.chunks(255) {
+            v.push(kind);
+            v.push(chunk.len() as u8);
+            for asn in chunk {
+                if four {
+                    v.extend_from_slice(&asn.to_be_bytes());
+                } else {
+                    let two = u16::try_from(*asn).unwrap_or(super::message::AS_TRANS);
+                    v.extend_from_slice(&two.to_be_bytes());
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The path length as RFC 4271 counts it: each AS of a sequence, each set as one.
+fn path_len(path: &[AsSegment]) -> usize {
+    path.iter()
+        .map(|s| match s {
+            AsSegment::Set(_) => 1,
+            AsSegment::Sequence(v) => v.len(),
+        })
+        .sum()
+}
+
+/// RFC 6793 §4.2.3: the real path from a 2-octet session's AS_PATH and AS4_PATH: the
+/// leading ASes of AS_PATH that AS4_PATH does not cover, then AS4_PATH. An AS4_PATH longer
+/// than AS_PATH is ignored.
+fn merge_as4(as_path: Vec<AsSegment>, as4: Vec<AsSegment>) -> Vec<AsSegment> {
+    let (n, m) = (path_len(&as_path), path_len(&as4));
+    if n < m {
+        return as_path;
+    }
+    let mut keep = n - m;
+    let mut out = Vec::new();
+    for seg in as_path {
+        if keep == 0 {
+            break;
+        }
+        match seg {
+            AsSegment::Set(v) => {
+                out.push(AsSegment::Set(v));
+                keep -= 1;
+            }
+            AsSegment::Sequence(v) => {
+                let take = keep.min(v.len());
+                out.push(AsSegment::Sequence(v[..take].to_vec()));
+                keep -= take;
+            }
+        }
+    }
+    out.extend(as4);
+    out
 }
 
 fn decode_as_path(mut b: &[u8], four: bool) -> Option<Vec<AsSegment>> {
@@ -405,27 +477,25 @@ pub fn encode(
         attribute(TRANSITIVE, ORIGIN, &[v], &mut attrs);
     }
     if a.origin.is_some() || !a.as_path.is_empty() {
-        let mut v = Vec::new();
-        for seg in &a.as_path {
-            let (kind, asns) = match seg {
-                AsSegment::Set(s) => (1, s),
-                AsSegment::Sequence(s) => (2, s),
-            };
-            // A segment holds at most 255 AS numbers; longer ones continue in the next.
-            for chunk in asns.chunks(255) {
-                v.push(kind);
-                v.push(chunk.len() as u8);
-                for asn in chunk {
-                    if codec.four_octet_as {
-                        v.extend_from_slice(&asn.to_be_bytes());
-                    } else {
-                        let two = u16::try_from(*asn).unwrap_or(super::message::AS_TRANS);
-                        v.extend_from_slice(&two.to_be_bytes());
-                    }
-                }
-            }
+        attribute(
+            TRANSITIVE,
+            AS_PATH,
+            &encode_as_path(&a.as_path, codec.four_octet_as),
+            &mut attrs,
+        );
+        // RFC 6793 §4.2.2: a peer without 4-octet AS numbers sees AS_TRANS in AS_PATH and
+        // the real path in AS4_PATH, which it passes on.
+        let wide = |s: &AsSegment| match s {
+            AsSegment::Set(v) | AsSegment::Sequence(v) => v.iter().any(|n| *n > 0xffff),
+        };
+        if !codec.four_octet_as && a.as_path.iter().any(wide) {
+            attribute(
+                OPTIONAL | TRANSITIVE,
+                AS4_PATH,
+                &encode_as_path(&a.as_path, true),
+                &mut attrs,
+            );
         }
-        attribute(TRANSITIVE, AS_PATH, &v, &mut attrs);
     }
     if let Some(nh) = a.next_hop {
         attribute(TRANSITIVE, NEXT_HOP, &nh.octets(), &mut attrs);
@@ -553,7 +623,48 @@ mod tests {
         let Ok(Received::Update(u)) = got else {
             panic!("{got:?}")
         };
-        assert_eq!(u.attributes.as_path, vec![AsSegment::Sequence(vec![23456])]);
+        // AS4_PATH carries the real AS, and a 2-octet decoder puts it back.
+        assert_eq!(
+            u.attributes.as_path,
+            vec![AsSegment::Sequence(vec![4_200_000_001])]
+        );
+        let raw = body(&announce(), two);
+        assert!(
+            raw.windows(2)
+                .any(|w| w == [OPTIONAL | TRANSITIVE, AS4_PATH]),
+            "AS4_PATH present"
+        );
+        // Without AS4_PATH the 2-octet path shows AS_TRANS.
+        let mut small = announce();
+        small.attributes.as_path = vec![AsSegment::Sequence(vec![65001])];
+        let raw = body(&small, two);
+        assert!(
+            !raw.windows(2)
+                .any(|w| w == [OPTIONAL | TRANSITIVE, AS4_PATH])
+        );
+    }
+
+    #[test]
+    fn as4_path_merges_as_rfc_6793_says() {
+        use AsSegment::{Sequence, Set};
+        let trans = u32::from(crate::bgp::message::AS_TRANS);
+        // A 2-octet speaker prepended 65001 in front of a path from 4-octet land.
+        let as_path = vec![Sequence(vec![65001, trans, trans]), Set(vec![trans])];
+        let as4 = vec![
+            Sequence(vec![4_200_000_001, 4_200_000_002]),
+            Set(vec![4_200_000_003]),
+        ];
+        assert_eq!(
+            merge_as4(as_path.clone(), as4),
+            vec![
+                Sequence(vec![65001]),
+                Sequence(vec![4_200_000_001, 4_200_000_002]),
+                Set(vec![4_200_000_003])
+            ]
+        );
+        // Longer than AS_PATH: ignored.
+        let long = vec![Sequence(vec![1, 2, 3, 4, 5])];
+        assert_eq!(merge_as4(as_path.clone(), long), as_path);
     }
 
     type Check = Box<dyn Fn(&Result<Received, Notification>) -> bool>;
