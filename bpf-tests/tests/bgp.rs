@@ -16,6 +16,7 @@ use bpf_tests::{
     gobgp::{self, GoBgp},
     group::{METRICS, SECRET, allocate},
     lab::Lab,
+    netns::NetNs,
     privileged,
     scrape::sample,
     unique,
@@ -561,4 +562,137 @@ fn kernel_nexthops_eventually(lab: &Lab, prefix: &str, want: usize) -> usize {
         std::thread::sleep(Duration::from_millis(100));
     }
     n
+}
+
+/// A router one hop beyond the client: `far` (10.211.0.2) behind the client (10.211.0.1),
+/// which forwards; the nodes reach it through the client.
+fn far_router(lab: &Lab) -> NetNs {
+    let far = NetNs::new(&unique("bgpfar"));
+    bpf_tests::netns::ip(&[
+        "link",
+        "add",
+        "eth1",
+        "netns",
+        &lab.client.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &far.name,
+    ]);
+    lab.client
+        .ns
+        .ip(&["addr", "add", "10.211.0.1/24", "dev", "eth1"]);
+    lab.client.ns.ip(&["link", "set", "eth1", "up"]);
+    far.ip(&["addr", "add", "10.211.0.2/24", "dev", "eth0"]);
+    far.ip(&["link", "set", "eth0", "up"]);
+    far.ip(&["route", "add", "default", "via", "10.211.0.1"]);
+    let out = lab
+        .client
+        .ns
+        .exec("sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .expect("sysctl");
+    assert!(out.status.success(), "ip_forward in the client namespace");
+    for n in &lab.nodes {
+        n.ns.ip(&["route", "add", "10.211.0.0/24", "via", "10.210.0.1"]);
+    }
+    far
+}
+
+#[test]
+fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
+    if !privileged("ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not") {
+        return;
+    }
+    let far_peer = |name: &str, extra: &str| {
+        format!(
+            "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {{name: {name}, namespace: metallb-system}}\n\
+             spec: {{myASN: 64512, peerASN: 65000, peerAddress: 10.211.0.2{extra}}}\n"
+        )
+    };
+    let peers = far_peer(
+        "multihop",
+        ", ebgpMultiHop: true, nodeSelectors: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node-1, node-2]}]}]",
+    ) + &far_peer(
+        "single",
+        ", nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]",
+    );
+    // (FRR, its namespace): FRR is dropped first.
+    let bgp = Bgp::start("bgph", &peers, &["web"], |lab| {
+        let far = far_router(lab);
+        let conf = frr_conf(lab, None)
+            .replace("bgp router-id 10.210.0.1", "bgp router-id 10.211.0.2")
+            .replace(
+                " neighbor NODES remote-as 64512\n",
+                " neighbor NODES remote-as 64512\n neighbor NODES ebgp-multihop 2\n",
+            );
+        (Frr::start(&far, &conf, false), far)
+    });
+    bgp.established(&[0, 1], |(f, _): &(Frr, NetNs), ip| frr_up(f, ip));
+    let frr = &bgp.router.0;
+    let web = format!("{}/32", bgp.vip("web"));
+    frr.wait(Duration::from_secs(10), "2 paths at the far router", |f| {
+        (paths(f, "ipv4", &web).len() == 2).then_some(())
+    });
+    // node-3 sends with TTL 1 (and answers FRR's own connections with TTL 1): no session.
+    std::thread::sleep(Duration::from_secs(3));
+    let node3 = bgp.lab.nodes[2].ipv4.clone();
+    assert_ne!(frr.peer_state(&node3), "Established", "{}", bgp.logs());
+    assert_eq!(
+        next_hops(&paths(frr, "ipv4", &web)),
+        vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[1].ipv4.clone()]
+    );
+}
+
+#[test]
+fn an_ipv6_session_carries_both_families() {
+    if !privileged("an_ipv6_session_carries_both_families") {
+        return;
+    }
+    let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: v6, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, peerASN: 65000, peerAddress: \"fd00:210::1\", dualStackAddressFamily: true}\n";
+    let bgp = Bgp::start("bgp6", peers, &["web", "web6"], |lab| {
+        let mut conf = frr_conf(lab, None);
+        for n in &lab.nodes {
+            conf = conf.replace(
+                &format!(" neighbor {} peer-group NODES\n", n.ipv4),
+                &format!(" neighbor {} peer-group NODES\n", n.ipv6),
+            );
+        }
+        let conf = conf.replace(
+            " address-family ipv4 unicast\n",
+            " address-family ipv4 unicast\n  neighbor NODES activate\n",
+        );
+        Frr::start(&lab.client.ns, &conf, false)
+    });
+    let v6: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv6.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !v6.iter().all(|ip| frr_up(&bgp.router, ip)) {
+        assert!(Instant::now() < deadline, "IPv6 sessions: {}", bgp.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (web, web6) = (bgp.vip("web"), bgp.vip("web6"));
+    let p6 = bgp
+        .router
+        .wait(Duration::from_secs(10), "web6 from 3 nodes", |f| {
+            let p = paths(f, "ipv6", &format!("{web6}/128"));
+            (p.len() == 3).then_some(p)
+        });
+    assert_eq!(next_hops(&p6), v6);
+    let p4 = bgp
+        .router
+        .wait(Duration::from_secs(10), "web from 3 nodes", |f| {
+            let p = paths(f, "ipv4", &format!("{web}/32"));
+            (p.len() == 3).then_some(p)
+        });
+    let v4: Vec<String> = bgp.lab.nodes.iter().map(|n| n.ipv4.clone()).collect();
+    assert_eq!(
+        next_hops(&p4),
+        v4,
+        "IPv4 routes carry the nodes' IPv4 next hops"
+    );
 }

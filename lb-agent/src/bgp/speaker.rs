@@ -344,7 +344,11 @@ async fn peer_task(
                 Some(Cmd::Inbound(stream)) => {
                     next_inbound += 1;
                     let id = ConnId(next_inbound);
-                    if p.session.accepts() {
+                    // The same TTL as our own connections: a single-hop eBGP peer's connection
+                    // arriving across a router gets no answer.
+                    let v6 = stream.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().to_canonical().is_ipv6());
+                    let ttl_set = socket::set_ttl(&stream, v6, ttl(&p.plan));
+                    if p.session.accepts() && ttl_set.is_ok() {
                         let local = p.attach(id, stream);
                         p.session.handle(Event::Connected(id, Direction::Inbound, local), Instant::now())
                     } else {
@@ -547,6 +551,17 @@ impl Peer {
     }
 }
 
+/// Directly connected eBGP sends with TTL 1, so a session cannot form across a router unless
+/// `ebgpMultiHop` says so; multihop and iBGP use 255.
+fn ttl(plan: &PeerPlan) -> u8 {
+    let ebgp = match plan.settings.peer_as {
+        super::session::PeerAs::Fixed(asn) => asn != plan.settings.local_as,
+        super::session::PeerAs::Internal => false,
+        super::session::PeerAs::External => true,
+    };
+    if ebgp && !plan.multihop { 1 } else { 255 }
+}
+
 async fn connect(plan: &PeerPlan) -> std::io::Result<TcpStream> {
     let peer = SocketAddr::new(plan.address, plan.port);
     let sock = if peer.is_ipv4() {
@@ -557,14 +572,7 @@ async fn connect(plan: &PeerPlan) -> std::io::Result<TcpStream> {
     if let Some(pw) = &plan.password {
         socket::set_md5(&sock, plan.address, pw.as_bytes())?;
     }
-    let ebgp = match plan.settings.peer_as {
-        super::session::PeerAs::Fixed(asn) => asn != plan.settings.local_as,
-        super::session::PeerAs::Internal => false,
-        super::session::PeerAs::External => true,
-    };
-    // Directly connected eBGP uses TTL 1 (RFC 4271 §5.1.3 practice); multihop and iBGP 255.
-    let ttl = if ebgp && !plan.multihop { 1 } else { 255 };
-    socket::set_ttl(&sock, peer.is_ipv6(), ttl)?;
+    socket::set_ttl(&sock, peer.is_ipv6(), ttl(plan))?;
     if let Some(src) = plan.source {
         sock.bind(SocketAddr::new(src, 0))?;
     }
