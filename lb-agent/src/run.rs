@@ -555,6 +555,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready = true;
         phase = Phase::Active;
         metrics.set_ready();
+        // xdplb0 holds what this node owns at Layer 2 and what it advertises over BGP.
+        let mut local_ips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
+        local_ips.extend(c.bgp_ips.iter().copied());
+        if let Some(local) = &local {
+            local.send_if_modified(|current| {
+                let changed = *current != local_ips;
+                *current = std::mem::take(&mut local_ips);
+                changed
+            });
+        }
         if next == announced && !first {
             continue;
         }
@@ -579,11 +589,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         // Make before break: the maps gain the new VIPs before losing the old ones.
         responders.apply(&entries(&next, &ifaces))?;
-        let vips: BTreeSet<IpAddr> = next.iter().map(|a| a.vip).collect();
-        metrics.announced.set(vips.len() as i64);
-        if let Some(local) = &local {
-            local.send_replace(vips);
-        }
+        metrics.announced.set(next.len() as i64);
         if let Some(l2) = &l2_status {
             let mut wanted = l2status::Wanted::new();
             for a in &next {

@@ -393,10 +393,21 @@ fn bfd_request(
     }
 }
 
-/// Every prefix in every plan, for `lb-agent` logs and ServiceBGPStatus-like reporting.
-pub fn prefixes(plan: &Plan) -> BTreeSet<IpNet> {
-    plan.values()
+/// The allocated addresses this node advertises on some session: it must accept their
+/// traffic (standalone, they go on `xdplb0`; in a cluster kube-proxy takes them).
+pub fn advertised_ips(plan: &Plan, allocations: &[PlanEntry]) -> BTreeSet<IpAddr> {
+    let nets: BTreeSet<IpNet> = plan
+        .values()
         .flat_map(|p| p.routes.keys().copied())
+        .collect();
+    let aggregated: Vec<&IpNet> = nets
+        .iter()
+        .filter(|n| n.prefix_len() != n.max_prefix_len())
+        .collect();
+    allocations
+        .iter()
+        .flat_map(|e| e.ips.iter().copied())
+        .filter(|ip| nets.contains(&IpNet::from(*ip)) || aggregated.iter().any(|n| n.contains(ip)))
         .collect()
 }
 
@@ -565,6 +576,15 @@ endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}
             "aggregated"
         );
 
+        let ips: Vec<String> = advertised_ips(&p, &allocations)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ips,
+            vec!["192.0.2.10", "198.51.100.7", "2001:db8:5::10"],
+            "the aggregated one included, the Local one (endpoint elsewhere) not"
+        );
         let p2 = plan("node-2", &bgp, &inputs, &allocations);
         assert!(
             p2["metallb-system/router"]

@@ -9,6 +9,7 @@
 //! changed (path, inode, size, modification time), parses on a blocking thread, and hands each
 //! result to the main loop.
 use std::{
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -22,7 +23,7 @@ use lb_controller::{config::manifest, metrics::Metrics, plan::PlanEntry, standal
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::bgp::policy::{BgpInputs, Plan, plan};
+use crate::bgp::policy::{BgpInputs, Plan, advertised_ips, plan};
 use crate::desired::Inputs;
 
 /// A configuration that passed validation.
@@ -37,6 +38,8 @@ pub struct Config {
     pub secret: Option<Vec<u8>>,
     /// This node's BGP sessions and what each advertises.
     pub bgp: Plan,
+    /// The addresses among them this node must accept traffic for.
+    pub bgp_ips: BTreeSet<IpAddr>,
 }
 
 pub mod cluster;
@@ -89,6 +92,7 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
     );
     drop(loaded);
     Ok(Config {
+        bgp_ips: advertised_ips(&bgp, &allocations),
         inputs,
         allocations,
         peers,
