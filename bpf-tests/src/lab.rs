@@ -117,6 +117,54 @@ impl Lab {
         crate::netns::arping_macs(&out.stdout)
     }
 
+    /// A host one routed hop beyond the client, which forwards for it: 10.211.0.2 and
+    /// fd00:211::2 behind the client's 10.211.0.1 / fd00:211::1, and the nodes reach it
+    /// through the client. With BGP the client is the router and this host a client out in
+    /// the network.
+    pub fn routed_host(&self, tag: &str) -> Host {
+        let ns = NetNs::new(&crate::unique(tag));
+        ip(&[
+            "link",
+            "add",
+            "eth1",
+            "netns",
+            &self.client.ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns.name,
+        ]);
+        let c = &self.client.ns;
+        c.ip(&["addr", "add", "10.211.0.1/24", "dev", "eth1"]);
+        c.ip(&["addr", "add", "fd00:211::1/64", "dev", "eth1", "nodad"]);
+        c.ip(&["link", "set", "eth1", "up"]);
+        ns.ip(&["addr", "add", "10.211.0.2/24", "dev", "eth0"]);
+        ns.ip(&["addr", "add", "fd00:211::2/64", "dev", "eth0", "nodad"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", "10.211.0.1"]);
+        ns.ip(&["-6", "route", "add", "default", "via", "fd00:211::1"]);
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let out = c
+                .exec("sysctl")
+                .args(["-qw", key])
+                .output()
+                .expect("run sysctl");
+            assert!(out.status.success(), "{key} in the client namespace");
+        }
+        for n in &self.nodes {
+            n.ns.ip(&["route", "add", "10.211.0.0/24", "via", "10.210.0.1"]);
+            n.ns.ip(&["-6", "route", "add", "fd00:211::/64", "via", "fd00:210::1"]);
+        }
+        Host {
+            ns,
+            ipv4: "10.211.0.2".into(),
+            ipv6: "fd00:211::2".into(),
+        }
+    }
+
     /// The MAC of node `i`'s `eth0` (i from 0).
     pub fn node_mac(&self, i: usize) -> [u8; 6] {
         self.nodes[i].ns.within(|| {

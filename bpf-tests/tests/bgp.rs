@@ -564,45 +564,6 @@ fn kernel_nexthops_eventually(lab: &Lab, prefix: &str, want: usize) -> usize {
     n
 }
 
-/// A router one hop beyond the client: `far` (10.211.0.2) behind the client (10.211.0.1),
-/// which forwards; the nodes reach it through the client.
-fn far_router(lab: &Lab) -> NetNs {
-    let far = NetNs::new(&unique("bgpfar"));
-    bpf_tests::netns::ip(&[
-        "link",
-        "add",
-        "eth1",
-        "netns",
-        &lab.client.ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &far.name,
-    ]);
-    lab.client
-        .ns
-        .ip(&["addr", "add", "10.211.0.1/24", "dev", "eth1"]);
-    lab.client.ns.ip(&["link", "set", "eth1", "up"]);
-    far.ip(&["addr", "add", "10.211.0.2/24", "dev", "eth0"]);
-    far.ip(&["link", "set", "eth0", "up"]);
-    far.ip(&["route", "add", "default", "via", "10.211.0.1"]);
-    let out = lab
-        .client
-        .ns
-        .exec("sysctl")
-        .args(["-qw", "net.ipv4.ip_forward=1"])
-        .output()
-        .expect("sysctl");
-    assert!(out.status.success(), "ip_forward in the client namespace");
-    for n in &lab.nodes {
-        n.ns.ip(&["route", "add", "10.211.0.0/24", "via", "10.210.0.1"]);
-    }
-    far
-}
-
 #[test]
 fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
     if !privileged("ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not") {
@@ -623,7 +584,7 @@ fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
     );
     // (FRR, its namespace): FRR is dropped first.
     let bgp = Bgp::start("bgph", &peers, &["web"], |lab| {
-        let far = far_router(lab);
+        let far = lab.routed_host("bgpfar").ns;
         let conf = frr_conf(lab, None)
             .replace("bgp router-id 10.210.0.1", "bgp router-id 10.211.0.2")
             .replace(

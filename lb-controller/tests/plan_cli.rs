@@ -65,6 +65,8 @@ fn the_standalone_example_the_demo_runs_is_valid_and_plans_as_documented() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "default/web: 10.210.0.100,fd00:210::100 (pool demo)\ndefault/dns: 10.210.0.105 (pool demo)\n"
+        "default/api: 198.51.100.10 (pool routed)\n\
+         default/web: 10.210.0.100,fd00:210::100 (pool demo)\n\
+         default/dns: 10.210.0.105 (pool demo)\n"
     );
 }
