@@ -1,7 +1,9 @@
 //! `cargo xtask demo`: a short tour of what xdplb does today, in a throwaway lab: a client and
 //! three nodes on one bridge, the standalone controller handing out addresses from MetalLB's
 //! own objects, an agent per node electing the owner of each VIP and answering ARP/NDP from
-//! XDP, a real TCP request, and a node killed mid-flight.
+//! XDP, a real TCP request, and a node killed mid-flight; then Layer 3: the agents' BGP
+//! speaker advertising a routed pool to FRR, ECMP over the nodes, and BFD taking a failed
+//! node out of the router's ECMP.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -15,14 +17,21 @@ use anyhow::{Context, Result, bail};
 use bpf_tests::{
     PinDir,
     agent::{Agent, agent_bin, workspace_bin},
+    frr::Frr,
     lab::Lab,
-    netns::mac_str,
+    netns::{NetNs, mac_str},
 };
 use lb_controller::{metrics::Metrics, standalone::Standalone};
 
 /// The example configuration the demo runs from (relative to the workspace root).
 const EXAMPLE: &str = "deploy/examples/standalone";
-const FILES: [&str; 4] = ["pool.yaml", "services.yaml", "nodes.yaml", "secret"];
+const FILES: [&str; 5] = [
+    "pool.yaml",
+    "services.yaml",
+    "nodes.yaml",
+    "bgp.yaml",
+    "secret",
+];
 
 fn say(title: &str, text: &str) {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -79,8 +88,8 @@ fn serve_hello(lab: &Lab, names: &[&'static str]) -> Result<()> {
     Ok(())
 }
 
-fn http_get(lab: &Lab, vip: &'static str) -> Result<String> {
-    let response = lab.client.ns.within(move || -> std::io::Result<String> {
+fn http_get(from: &NetNs, vip: &'static str) -> Result<String> {
+    let response = from.within(move || -> std::io::Result<String> {
         let mut stream = TcpStream::connect_timeout(
             &(
                 vip.parse::<std::net::IpAddr>()
@@ -96,6 +105,45 @@ fn http_get(lab: &Lab, vip: &'static str) -> Result<String> {
         Ok(out)
     })?;
     Ok(response)
+}
+
+/// The router: FRR in the client's namespace, AS 65000, every node a neighbour with BFD, ECMP
+/// over up to 8 paths.
+fn router_conf(lab: &Lab) -> String {
+    let mut c = String::from(
+        "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
+         no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \
+         neighbor NODES timers connect 1\n neighbor NODES bfd profile fast\n",
+    );
+    for n in &lab.nodes {
+        c.push_str(&format!(" neighbor {} peer-group NODES\n", n.ipv4));
+    }
+    // bgpd stops reading at the bfd block's closing `exit`: it comes last.
+    c.push_str(
+        " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n\
+         bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n",
+    );
+    c
+}
+
+/// FRR's paths for `vip`/32.
+fn paths(frr: &Frr, vip: &str) -> Vec<serde_json::Value> {
+    frr.json(&format!("show bgp ipv4 unicast {vip}/32 json"))["paths"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits until FRR has `n` paths for `vip`, at most `within`.
+fn wait_paths(frr: &Frr, vip: &str, n: usize, within: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    while paths(frr, vip).len() != n {
+        if start.elapsed() > within {
+            bail!("the router does not have {n} paths for {vip} after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(start.elapsed())
 }
 
 /// Step 2: the standalone controller allocates from the example directory. Returns the
@@ -187,9 +235,21 @@ fn main() -> Result<()> {
         "A bridge joins a client (10.210.0.1) and three nodes (10.210.0.11-13), each in its own\n\
          network namespace: one L2 segment, 10.210.0.0/24 and fd00:210::/64. (Native XDP\n\
          replies on a veth only arrive when the bridge end runs an XDP program too, so the\n\
-         bridge ports get a pass-through one; real NICs need nothing of the sort.)",
+         bridge ports get a pass-through one; real NICs need nothing of the sort.)\n\
+         The client is also a router: real FRR (AS 65000, with BFD) peers with the nodes, and\n\
+         routes for a host one hop beyond it (10.211.0.2), out in the network.",
     );
     let lab = Lab::new("demo", 3);
+    // Dropped before the lab: the router's daemons, then the host behind it.
+    let outside = lab.routed_host("demoout");
+    let router = Frr::start(&lab.client.ns, &router_conf(&lab), true);
+    // Spread flows over the ECMP paths by ports too, not only by addresses.
+    show(
+        lab.client
+            .ns
+            .exec("sysctl")
+            .args(["-w", "net.ipv4.fib_multipath_hash_policy=1"]),
+    )?;
     let names: [&'static str; 3] = ["node-1", "node-2", "node-3"];
     let macs: BTreeMap<String, &'static str> = (0..3)
         .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
@@ -288,16 +348,79 @@ fn main() -> Result<()> {
          to the VIP, so the node that owns it answers.",
     );
     serve_hello(&lab, &names)?;
-    for line in http_get(&lab, vip4)?.lines() {
+    for line in http_get(&lab.client.ns, vip4)?.lines() {
         println!("   | {line}");
     }
+
+    let api: &'static str =
+        Box::leak(bpf_tests::group::vip_of(&dir, "default/api").into_boxed_str());
+    say(
+        "7. Layer 3: a routed pool over BGP",
+        &format!(
+            "bgp.yaml adds a pool (198.51.100.10-19) advertised by BGP to the router, a BGPPeer\n\
+             with a BFD profile (100 ms, x3), and the Service `api`, which got {api}. Each agent\n\
+             runs its own BGP speaker (no FRR on the nodes): all three advertise {api}/32 with\n\
+             themselves as next hop, and the router spreads the traffic over them (ECMP).",
+        ),
+    );
+    wait_paths(&router, api, 3, Duration::from_secs(20))?;
+    show(Command::new("vtysh").args(["-N", &router.name, "-c", "show bgp summary"]))?;
+    show(Command::new("vtysh").args([
+        "-N",
+        &router.name,
+        "-c",
+        &format!("show bgp ipv4 unicast {api}/32"),
+    ]))?;
+    println!("   The router's kernel route (installed by FRR's zebra):");
+    show(lab.client.ns.exec("ip").args(["route", "show", api]))?;
+    println!("   Twelve HTTP requests from 10.211.0.2, beyond the router, to {api}:8080:");
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..12 {
+        let reply = http_get(&outside.ns, api)?;
+        if let Some(line) = reply.lines().find(|l| l.starts_with("hello")) {
+            *served.entry(line.to_owned()).or_default() += 1;
+        }
+    }
+    for (line, n) in &served {
+        println!("   | {line}  x{n}");
+    }
+
+    // A node that does not own web at Layer 2, so the next steps' story stays the same.
+    let cut = (0..3)
+        .find(|i| names[*i] != owner)
+        .context("a node other than the owner")?;
+    say(
+        &format!("8. {}'s link fails", names[cut]),
+        &format!(
+            "Its bridge port goes down, as when a cable or a switch port fails. BGP alone would\n\
+             notice after its 9 s hold time; BFD notices after 3 missed packets (300 ms), the\n\
+             agent and the router both tear the session down, and the router drops the node\n\
+             from ECMP."
+        ),
+    );
+    let port = format!("p{}", cut + 1);
+    lab.segment.ip(&["link", "set", &port, "down"]);
+    let gone = wait_paths(&router, api, 2, Duration::from_secs(10))?;
+    println!(
+        "   => the router has 2 paths for {api} {:.0} ms after the cut",
+        gone.as_secs_f64() * 1e3
+    );
+    show(lab.client.ns.exec("ip").args(["route", "show", api]))?;
+    lab.segment.ip(&["link", "set", &port, "up"]);
+    let back = wait_paths(&router, api, 3, Duration::from_secs(30))?;
+    println!(
+        "   The link comes back: BFD, then BGP, come up again; 3 paths after {:.1} s.",
+        back.as_secs_f64()
+    );
+    // The membership sees the node again before the next step.
+    std::thread::sleep(Duration::from_millis(500));
 
     let index = names
         .iter()
         .position(|n| *n == owner)
         .context("owner index")?;
     say(
-        &format!("7. {owner} dies"),
+        &format!("9. {owner} dies"),
         &format!(
             "SIGKILL to {owner}'s agent, as if the host crashed: no goodbye. Its pinned XDP\n\
              program is still attached, but its entries are leased and the lease is no longer\n\
@@ -334,7 +457,7 @@ fn main() -> Result<()> {
             .exec("ndisc6")
             .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
     )?;
-    for line in http_get(&lab, vip4)?
+    for line in http_get(&lab.client.ns, vip4)?
         .lines()
         .filter(|l| l.starts_with("hello"))
     {
@@ -347,7 +470,7 @@ fn main() -> Result<()> {
         .context("index")?;
     let pin_dir = pins[new_index].path().to_str().context("utf-8")?.to_owned();
     say(
-        &format!("8. What {new_owner}'s data path holds: lb-agent maps"),
+        &format!("10. What {new_owner}'s data path holds: lb-agent maps"),
         "The VIPs it owns now, marked leased; the lease it renews every heartbeat; the counters.",
     );
     show(
@@ -358,7 +481,7 @@ fn main() -> Result<()> {
     )?;
 
     say(
-        "9. Done",
+        "11. Done",
         "SIGTERM to the other agents: each says goodbye and withdraws its VIPs. The lab, the\n\
          pins and the configuration copy go with this process.",
     );
