@@ -391,12 +391,10 @@ fn main() -> Result<()> {
         .context("a node other than the owner")?;
     say(
         &format!("8. {}'s link fails", names[cut]),
-        &format!(
-            "Its bridge port goes down, as when a cable or a switch port fails. BGP alone would\n\
-             notice after its 9 s hold time; BFD notices after 3 missed packets (300 ms), the\n\
-             agent and the router both tear the session down, and the router drops the node\n\
-             from ECMP."
-        ),
+        "Its bridge port goes down, as when a cable or a switch port fails. BGP alone would\n\
+         notice after its 9 s hold time; BFD notices after 3 missed packets (300 ms), the\n\
+         agent and the router both tear the session down, and the router drops the node\n\
+         from ECMP.",
     );
     let port = format!("p{}", cut + 1);
     lab.segment.ip(&["link", "set", &port, "down"]);
