@@ -19,6 +19,21 @@ pub struct Frr {
 impl Frr {
     /// Starts zebra and bgpd (and bfdd with `bfd`) in `ns` with `config` (frr.conf text).
     pub fn start(ns: &NetNs, config: &str, bfd: bool) -> Self {
+        let mut daemons: Vec<(&str, &[&str])> = vec![("zebra", &[]), ("bgpd", &[])];
+        if bfd {
+            daemons.push(("bfdd", &[]));
+        }
+        Self::launch(ns, config, &daemons)
+    }
+
+    /// bgpd alone (`-Z`: no zebra, nothing installed in the kernel), listening on `listen`
+    /// only, so several can share a namespace: the lightest BGP peer that reports what it
+    /// received.
+    pub fn bgpd_only(ns: &NetNs, config: &str, listen: &str) -> Self {
+        Self::launch(ns, config, &[("bgpd", &["-Z", "-l", listen])])
+    }
+
+    fn launch(ns: &NetNs, config: &str, daemons: &[(&str, &[&str])]) -> Self {
         let name = unique("frr");
         let run_dir = PathBuf::from("/var/run/frr").join(&name);
         std::fs::create_dir_all(&run_dir).expect("frr run dir");
@@ -35,15 +50,12 @@ impl Frr {
             run_dir,
             conf_dir,
         };
-        let mut daemons = vec!["zebra", "bgpd"];
-        if bfd {
-            daemons.push("bfdd");
-        }
-        for d in daemons {
+        for (d, extra) in daemons {
             let out = ns
                 .exec(&format!("/usr/lib/frr/{d}"))
                 .args(["-N", &me.name, "-d", "-f"])
                 .arg(&conf)
+                .args(*extra)
                 .output()
                 .expect("start an FRR daemon");
             assert!(
@@ -62,6 +74,21 @@ impl Frr {
             .output()
             .expect("run vtysh");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `lines` in configuration mode (`configure terminal` first).
+    pub fn configure(&self, lines: &[&str]) {
+        let mut cmd = Command::new("vtysh");
+        cmd.args(["-N", &self.name, "-c", "configure terminal"]);
+        for l in lines {
+            cmd.args(["-c", l]);
+        }
+        let out = cmd.output().expect("run vtysh");
+        assert!(
+            out.status.success(),
+            "vtysh {lines:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A `... json` command's output, parsed (`Null` when it is not JSON).
