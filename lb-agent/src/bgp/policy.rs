@@ -6,6 +6,7 @@
 //! `externalTrafficPolicy: Local` only nodes holding a ready endpoint do.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -48,14 +49,15 @@ pub struct PeerPlan {
     pub node_v6: Option<Ipv6Addr>,
     /// The BFD session that guards this one (BGPPeer `bfdProfile`).
     pub bfd: Option<crate::bfd::service::Request>,
-    pub routes: Routes,
+    /// Shared between peers that carry the same routes (the common case).
+    pub routes: Arc<Routes>,
 }
 
 impl PeerPlan {
     /// Whether going from `self` to `other` needs a new session (anything but the routes).
     pub fn same_session(&self, other: &PeerPlan) -> bool {
         let strip = |p: &PeerPlan| PeerPlan {
-            routes: Routes::new(),
+            routes: Arc::default(),
             ..p.clone()
         };
         strip(self) == strip(other)
@@ -264,6 +266,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
     // leaves it without the sessions flapping.
     let advertises = !labels.contains_key(EXCLUDE_LABEL) && !inputs.unavailable.contains(node);
     let mut out = Plan::new();
+    let mut distinct: Vec<Arc<Routes>> = Vec::new();
     for peer in &bgp.peers {
         if !selects_all(&peer.spec.node_selectors, labels) {
             continue;
@@ -357,7 +360,14 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                     IpAddr::V4(_) => None,
                 }),
                 bfd,
-                routes,
+                routes: match distinct.iter().find(|r| ***r == routes) {
+                    Some(same) => Arc::clone(same),
+                    None => {
+                        let r = Arc::new(routes);
+                        distinct.push(Arc::clone(&r));
+                        r
+                    }
+                },
             },
         );
     }
@@ -598,7 +608,7 @@ endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}
             "router id differs"
         );
         let mut moved = router.clone();
-        moved.routes.clear();
+        moved.routes = Arc::default();
         assert!(moved.same_session(router));
     }
 

@@ -2,6 +2,7 @@
 //! the UPDATE bodies that take it from one to the other, packed many prefixes to a message.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use ipnet::IpNet;
@@ -111,20 +112,28 @@ fn chunks(nets: &[IpNet], room: usize) -> Vec<&[IpNet]> {
 }
 
 /// The UPDATE bodies that withdraw what `sent` has and `desired` lacks and announce what is
-/// new or changed, then the new `sent`. Prefixes the session cannot carry are left out.
-pub fn updates(sent: &Routes, desired: &Routes, ctx: &Context) -> (Vec<Vec<u8>>, Routes) {
-    let now: Routes = desired
-        .iter()
-        .filter(|(n, _)| ctx.carries(n))
-        .map(|(n, a)| (*n, a.clone()))
-        .collect();
+/// new or changed, then the new `sent`. Prefixes the session cannot carry are left out. When
+/// the session carries them all, the new `sent` is `desired` itself, shared, not a copy:
+/// with many peers and 10,000 routes, copies are most of an agent's memory.
+pub fn updates(sent: &Routes, desired: &Arc<Routes>, ctx: &Context) -> (Vec<Vec<u8>>, Arc<Routes>) {
+    let now: Arc<Routes> = if desired.keys().all(|n| ctx.carries(n)) {
+        Arc::clone(desired)
+    } else {
+        Arc::new(
+            desired
+                .iter()
+                .filter(|(n, _)| ctx.carries(n))
+                .map(|(n, a)| (*n, a.clone()))
+                .collect(),
+        )
+    };
     let gone: Vec<IpNet> = sent
         .keys()
         .filter(|n| !now.contains_key(n))
         .copied()
         .collect();
     let mut by_attrs: BTreeMap<&RouteAttrs, Vec<IpNet>> = BTreeMap::new();
-    for (n, a) in &now {
+    for (n, a) in now.iter() {
         if sent.get(n) != Some(a) {
             by_attrs.entry(a).or_default().push(*n);
         }
@@ -289,8 +298,10 @@ mod tests {
     #[test]
     fn ten_thousand_prefixes_pack_into_few_full_messages() {
         let want = routes(10_000, &attrs(None, &[65000 << 16 | 100]));
+        let want = Arc::new(want);
         let (bodies, sent) = updates(&Routes::new(), &want, &ctx(false));
         assert_eq!(sent, want);
+        assert!(Arc::ptr_eq(&sent, &want), "shared, not copied");
         // 5 bytes per /32: about 800 per message.
         assert!(bodies.len() <= 13, "{} messages", bodies.len());
         assert!(bodies.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
@@ -312,6 +323,7 @@ mod tests {
         after.remove(&first);
         let v6: IpNet = "2001:db8:1::5/128".parse().unwrap_or_default();
         after.insert(v6, a.clone());
+        let after = Arc::new(after);
         let (bodies, sent) = updates(&before, &after, &ctx(true));
         assert_eq!(sent, after);
         let u = decoded(&bodies);
@@ -333,7 +345,7 @@ mod tests {
     #[test]
     fn ebgp_gets_our_as_and_no_local_pref() {
         let want = routes(1, &attrs(Some(300), &[]));
-        let (bodies, _) = updates(&Routes::new(), &want, &ctx(false));
+        let (bodies, _) = updates(&Routes::new(), &Arc::new(want), &ctx(false));
         let u = decoded(&bodies);
         assert_eq!(u[0].attributes.local_pref, None);
         assert_eq!(
@@ -348,6 +360,7 @@ mod tests {
         let v6: IpNet = "2001:db8:1::5/128".parse().unwrap_or_default();
         let mut want = routes(1, &RouteAttrs::default());
         want.insert(v6, RouteAttrs::default());
+        let want = Arc::new(want);
         let mut c = ctx(false);
         c.next_hop_v6 = None;
         let (_, sent) = updates(&Routes::new(), &want, &c);
@@ -369,9 +382,9 @@ mod tests {
                 )
             })
             .collect();
-        let (bodies, sent) = updates(&Routes::new(), &want, &ctx(false));
+        let (bodies, sent) = updates(&Routes::new(), &Arc::new(want), &ctx(false));
         assert!(bodies.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
-        let (gone, empty) = updates(&sent, &Routes::new(), &ctx(false));
+        let (gone, empty) = updates(&sent, &Arc::default(), &ctx(false));
         assert!(empty.is_empty());
         assert!(gone.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
         let n: usize = decoded(&gone)

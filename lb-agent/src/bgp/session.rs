@@ -5,6 +5,7 @@
 //! The session also holds its Adj-RIB-Out, so that Established sends the routes and the
 //! End-of-RIB markers (RFC 4724), and a route change sends only the difference.
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message::{
@@ -212,8 +213,8 @@ pub struct Session {
     next_id: u64,
     retry_at: Option<Instant>,
     backoff: Duration,
-    desired: Routes,
-    sent: Routes,
+    desired: Arc<Routes>,
+    sent: Arc<Routes>,
 }
 
 impl Session {
@@ -225,8 +226,8 @@ impl Session {
             next_id: 0,
             retry_at: None,
             backoff: FIRST_RETRY,
-            desired: Routes::new(),
-            sent: Routes::new(),
+            desired: Arc::default(),
+            sent: Arc::default(),
         }
     }
 
@@ -312,12 +313,12 @@ impl Session {
                 out.push(Action::Down(format!("stopped ({why:?})")));
             }
         }
-        self.sent.clear();
+        self.sent = Arc::default();
         out
     }
 
     /// Replaces the routes to advertise; sends the difference when Established.
-    pub fn set_routes(&mut self, routes: Routes) -> Vec<Action> {
+    pub fn set_routes(&mut self, routes: Arc<Routes>) -> Vec<Action> {
         self.desired = routes;
         self.sync_routes()
     }
@@ -493,7 +494,7 @@ impl Session {
         let c = self.conns.remove(at);
         out.push(Action::Close(id));
         if c.state == State::Established {
-            self.sent.clear();
+            self.sent = Arc::default();
             out.push(Action::Down(why.to_string()));
         }
     }
@@ -538,7 +539,7 @@ impl Session {
             }
             (State::Established, Message::RouteRefresh { family, .. }) => {
                 self.refresh_hold(id, now);
-                self.sent.retain(|net, _| match net {
+                Arc::make_mut(&mut self.sent).retain(|net, _| match net {
                     ipnet::IpNet::V4(_) => family != Family::IPV4_UNICAST,
                     ipnet::IpNet::V6(_) => family != Family::IPV6_UNICAST,
                 });
@@ -670,7 +671,7 @@ impl Session {
             return;
         };
         self.backoff = FIRST_RETRY;
-        self.sent.clear();
+        self.sent = Arc::default();
         out.push(Action::Up(n.clone()));
         out.extend(self.sync_routes());
         let mut families = Vec::new();
@@ -824,7 +825,7 @@ mod tests {
     /// Drives a session to Established over its first outbound connection.
     fn established(t0: Instant) -> (Session, ConnId) {
         let mut s = Session::new(settings());
-        s.set_routes(routes(3));
+        s.set_routes(Arc::new(routes(3)));
         let a = s.start(t0);
         assert_eq!(a, vec![Action::Connect(ConnId(1))]);
         let id = ConnId(1);
@@ -844,7 +845,7 @@ mod tests {
     fn established_sends_routes_then_end_of_rib() {
         let t0 = Instant::now();
         let mut s = Session::new(settings());
-        s.set_routes(routes(3));
+        s.set_routes(Arc::new(routes(3)));
         s.start(t0);
         let id = ConnId(1);
         s.handle(Event::Connected(id, Direction::Outbound, local()), t0);
@@ -860,7 +861,7 @@ mod tests {
         assert_eq!(s.advertised().len(), 3);
         assert_eq!(s.established().map(|n| n.ipv6), Some(false));
         // A change sends only the difference.
-        let a = s.set_routes(routes(4));
+        let a = s.set_routes(Arc::new(routes(4)));
         assert_eq!(sent(&a).len(), 1);
         assert_eq!(s.advertised().len(), 4);
     }

@@ -4,6 +4,7 @@
 //! session, and only a peer whose session parameters changed is reset.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -73,7 +74,7 @@ const FLUSH: Duration = Duration::from_millis(500);
 const INBOUND_IDS: u64 = 1 << 32;
 
 enum Cmd {
-    Routes(Routes),
+    Routes(Arc<Routes>),
     Inbound(TcpStream),
     Stop(Stop),
 }
@@ -251,7 +252,8 @@ fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMe
     for (k, p) in plan {
         match peers.get_mut(&k) {
             Some(running) => {
-                if running.plan.routes != p.routes {
+                if !Arc::ptr_eq(&running.plan.routes, &p.routes) && running.plan.routes != p.routes
+                {
                     let _ = running.cmds.send(Cmd::Routes(p.routes.clone()));
                 }
                 running.plan = p;
