@@ -565,8 +565,10 @@ fn kernel_nexthops_eventually(lab: &Lab, prefix: &str, want: usize) -> usize {
 }
 
 #[test]
-fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
-    if !privileged("ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not") {
+fn ebgp_multihop_with_multihop_bfd_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
+    if !privileged(
+        "ebgp_multihop_with_multihop_bfd_reaches_a_router_behind_a_hop_and_single_hop_does_not",
+    ) {
         return;
     }
     let far_peer = |name: &str, extra: &str| {
@@ -575,13 +577,17 @@ fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
              spec: {{myASN: 64512, peerASN: 65000, peerAddress: 10.211.0.2{extra}}}\n"
         )
     };
-    let peers = far_peer(
-        "multihop",
-        ", ebgpMultiHop: true, nodeSelectors: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node-1, node-2]}]}]",
-    ) + &far_peer(
-        "single",
-        ", nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]",
-    );
+    let profile = "---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {name: fast, namespace: metallb-system}\n\
+                   spec: {receiveInterval: 100, transmitInterval: 100}\n";
+    let peers = profile.to_owned()
+        + &far_peer(
+            "multihop",
+            ", ebgpMultiHop: true, bfdProfile: fast, nodeSelectors: [{matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [node-1, node-2]}]}]",
+        )
+        + &far_peer(
+            "single",
+            ", nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-3}}]",
+        );
     // (FRR, its namespace): FRR is dropped first.
     let bgp = Bgp::start("bgph", &peers, &["web"], |lab| {
         let far = lab.routed_host("bgpfar").ns;
@@ -589,9 +595,10 @@ fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
             .replace("bgp router-id 10.210.0.1", "bgp router-id 10.211.0.2")
             .replace(
                 " neighbor NODES remote-as 64512\n",
-                " neighbor NODES remote-as 64512\n neighbor NODES ebgp-multihop 2\n",
-            );
-        (Frr::start(&far, &conf, false), far)
+                " neighbor NODES remote-as 64512\n neighbor NODES ebgp-multihop 2\n neighbor NODES bfd profile fast\n",
+            )
+            + "bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n";
+        (Frr::start(&far, &conf, true), far)
     });
     bgp.established(&[0, 1], |(f, _): &(Frr, NetNs), ip| frr_up(f, ip));
     let frr = &bgp.router.0;
@@ -599,13 +606,28 @@ fn ebgp_multihop_reaches_a_router_behind_a_hop_and_single_hop_does_not() {
     frr.wait(Duration::from_secs(10), "2 paths at the far router", |f| {
         (paths(f, "ipv4", &web).len() == 2).then_some(())
     });
+    // Multihop BFD (UDP 4784, TTL checked against minimumTtl 254) is up with both.
+    let multihop_up = |f: &Frr| -> usize {
+        f.json("show bfd peers json").as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|p| p["status"] == "up" && p["multihop"] == true)
+                .count()
+        })
+    };
+    frr.wait(Duration::from_secs(15), "2 multihop BFD sessions up", |f| {
+        (multihop_up(f) == 2).then_some(())
+    });
     // node-3 sends with TTL 1 (and answers FRR's own connections with TTL 1): no session.
     std::thread::sleep(Duration::from_secs(3));
     let node3 = bgp.lab.nodes[2].ipv4.clone();
     assert_ne!(frr.peer_state(&node3), "Established", "{}", bgp.logs());
     assert_eq!(
         next_hops(&paths(frr, "ipv4", &web)),
-        vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[1].ipv4.clone()]
+        vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[1].ipv4.clone()],
+        "{}\n{}\n{}",
+        frr.vtysh("show bfd peers"),
+        frr.vtysh("show bfd peers counters"),
+        bgp.logs()
     );
 }
 

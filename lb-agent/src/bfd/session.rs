@@ -216,6 +216,14 @@ impl Session {
         if self.next_tx.is_none() || changed {
             self.next_tx = Some(now);
         }
+        // A peer that now accepts packets faster (RequiredMinRxInterval lowered, as when it
+        // comes Up) must not wait for a packet scheduled at the old, slower rate: its
+        // detection time would run out first.
+        let longest =
+            Duration::from_micros(u64::from(micros(self.desired_tx).max(self.remote_min_rx)));
+        if self.next_tx.is_some_and(|t| t > now + longest) {
+            self.next_tx = Some(now + self.interval());
+        }
         out.extend(self.tick(now));
         out
     }
@@ -399,6 +407,33 @@ mod tests {
         );
         assert!(seen.iter().any(|d| *d < Duration::from_millis(80)));
         assert!(seen.iter().any(|d| *d > Duration::from_millis(95)));
+    }
+
+    #[test]
+    fn a_peer_lowering_its_receive_interval_gets_packets_at_the_new_rate() {
+        let t0 = Instant::now();
+        let (mut a, b) = up_pair(t0);
+        // The peer asked for 1 s between packets, then (coming Up) for 50 ms.
+        let mut slow = b.packet(false, false);
+        slow.required_min_rx = 1_000_000;
+        a.receive(&slow, t0);
+        // The packet already due goes out, the next one at the slow rate.
+        let due = a.next_tx.unwrap_or(t0);
+        assert_eq!(sent(&a.tick(due)).len(), 1);
+        let scheduled = a.next_tx.unwrap_or(t0);
+        assert!(
+            scheduled > due + Duration::from_millis(700),
+            "{:?}",
+            scheduled - due
+        );
+        let later = due + Duration::from_millis(10);
+        a.receive(&b.packet(false, false), later);
+        let next = a.next_tx.unwrap_or(t0);
+        assert!(
+            next <= later + Duration::from_millis(50),
+            "{:?}",
+            next - later
+        );
     }
 
     #[test]
