@@ -311,17 +311,18 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
 }
 
 #[test]
-fn md5_passwords_must_match() {
-    if !privileged("md5_passwords_must_match") {
+fn md5_passwords_must_match_and_source_address_is_used() {
+    if !privileged("md5_passwords_must_match_and_source_address_is_used") {
         return;
     }
     // node-1 and node-3 know the password (one inline, one from a Secret); node-2 has another.
+    // node-1 speaks from a second address of its own (sourceAddress), the one FRR knows.
     let peers = format!(
         "{}{}{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: bgp-pw, namespace: metallb-system}}\n\
          type: kubernetes.io/basic-auth\nstringData: {{password: s3cret}}\n",
         peer(
             "right",
-            ", password: s3cret, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]"
+            ", password: s3cret, sourceAddress: 10.210.0.21, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]"
         ),
         peer(
             "secret",
@@ -333,9 +334,17 @@ fn md5_passwords_must_match() {
         ),
     );
     let bgp = Bgp::start("bgpm", &peers, &["web"], |lab| {
-        Frr::start(&lab.client.ns, &frr_conf(lab, Some("s3cret")), false)
+        lab.nodes[0]
+            .ns
+            .ip(&["addr", "add", "10.210.0.21/24", "dev", "eth0"]);
+        let conf = frr_conf(lab, Some("s3cret")).replace(
+            " neighbor 10.210.0.11 peer-group NODES\n",
+            " neighbor 10.210.0.21 peer-group NODES\n",
+        );
+        Frr::start(&lab.client.ns, &conf, false)
     });
-    bgp.established(&[0, 2], frr_up);
+    bgp.established(&[2], frr_up);
+    bgp.established(&[0], |f: &Frr, _| frr_up(f, "10.210.0.21"));
     std::thread::sleep(Duration::from_secs(3));
     let wrong = bgp.lab.nodes[1].ipv4.clone();
     assert_ne!(
@@ -348,16 +357,21 @@ fn md5_passwords_must_match() {
     let p = paths(&bgp.router, "ipv4", &format!("{web}/32"));
     assert_eq!(
         next_hops(&p),
-        vec![bgp.lab.nodes[0].ipv4.clone(), bgp.lab.nodes[2].ipv4.clone()]
+        vec!["10.210.0.13".to_owned(), "10.210.0.21".to_owned()],
+        "node-1's next hop is its session's address"
     );
 }
 
-/// GoBGP as an iBGP route reflector-like collector in AS 64512: LOCAL_PREF reaches it.
+/// GoBGP as an iBGP collector in AS 64512 (LOCAL_PREF reaches it), listening on port 1790
+/// and never connecting itself: the sessions exist only if the agents use `peerPort`.
 fn gobgp_conf(lab: &Lab) -> String {
-    let mut c = String::from("[global.config]\n  as = 64512\n  router-id = \"10.210.0.1\"\n");
+    let mut c = String::from(
+        "[global.config]\n  as = 64512\n  router-id = \"10.210.0.1\"\n  port = 1790\n",
+    );
     for n in &lab.nodes {
         c.push_str(&format!(
             "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 64512\n\
+             [neighbors.transport.config]\n    passive-mode = true\n\
              [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n\
              [[neighbors.afi-safis]]\n  [neighbors.afi-safis.config]\n    afi-safi-name = \"ipv6-unicast\"\n",
             n.ipv4
@@ -367,12 +381,12 @@ fn gobgp_conf(lab: &Lab) -> String {
 }
 
 #[test]
-fn gobgp_gets_local_pref_and_ipv6_over_ibgp() {
-    if !privileged("gobgp_gets_local_pref_and_ipv6_over_ibgp") {
+fn gobgp_on_another_port_gets_local_pref_and_ipv6_over_ibgp() {
+    if !privileged("gobgp_on_another_port_gets_local_pref_and_ipv6_over_ibgp") {
         return;
     }
     let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: ibgp, namespace: metallb-system}\n\
-                 spec: {myASN: 64512, peerASN: 64512, peerAddress: 10.210.0.1, dualStackAddressFamily: true}\n";
+                 spec: {myASN: 64512, peerASN: 64512, peerAddress: 10.210.0.1, peerPort: 1790, dualStackAddressFamily: true}\n";
     let bgp = Bgp::start("bgpg", peers, &["web", "web6"], |lab| {
         GoBgp::start(&lab.client.ns, &gobgp_conf(lab))
     });
