@@ -32,6 +32,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Where [`Agent::run_node`] serves metrics, inside the node's namespace.
+pub const METRICS: &str = "127.0.0.1:7472";
+
 /// A running agent; killed (SIGKILL) on drop if still running.
 pub struct Agent {
     pub child: Child,
@@ -39,6 +42,29 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts `lb-agent run` for `node` in `ns` on `eth0`, from the standalone configuration
+    /// `dir`, pinning under `pins`, metrics on [`METRICS`] inside the namespace, with
+    /// `extra` arguments after those.
+    pub fn run_node(ns: &NetNs, node: &str, dir: &Path, pins: &Path, extra: &[&str]) -> Self {
+        let dir = dir.to_str().expect("utf-8 config path");
+        let pins = pins.to_str().expect("utf-8 pin path");
+        let mut args = vec![
+            "run",
+            "--node-name",
+            node,
+            "--config-dir",
+            dir,
+            "--interface",
+            "eth0",
+            "--bpffs",
+            pins,
+            "--metrics-addr",
+            METRICS,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(ns, &args)
+    }
+
     /// Starts `lb-agent ARGS` in `ns` (network namespace only, so pins land in the host bpffs).
     pub fn start(ns: &NetNs, args: &[&str]) -> Self {
         Self::start_env(ns, args, &[])

@@ -75,23 +75,12 @@ pub fn measure(services: usize) -> Result<AgentFigures, String> {
         crate::group::allocate(&dir);
         let pins = PinDir::new("agb");
         let started = Instant::now();
-        let mut agent = Agent::start(
+        let mut agent = Agent::run_node(
             &lab.nodes[0].ns,
-            &[
-                "run",
-                "--node-name",
-                "node-1",
-                "--config-dir",
-                dir.to_str().ok_or("utf-8 path")?,
-                "--interface",
-                "eth0",
-                "--bpffs",
-                pins.path().to_str().ok_or("utf-8 path")?,
-                "--mode",
-                "xdp-native",
-                "--metrics-addr",
-                "127.0.0.1:7472",
-            ],
+            "node-1",
+            &dir,
+            pins.path(),
+            &["--mode", "xdp-native"],
         );
         let addr = "127.0.0.1:7472".parse().map_err(|_| "address")?;
         let deadline = started + Duration::from_secs(120);

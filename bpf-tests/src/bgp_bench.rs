@@ -187,25 +187,16 @@ fn config_dir(yaml: &str) -> Result<std::path::PathBuf, String> {
 }
 
 fn start_agent(lab: &Lab, dir: &std::path::Path, pins: &PinDir) -> Result<Agent, String> {
-    Ok(Agent::start(
+    Ok(Agent::run_node(
         &lab.nodes[0].ns,
-        &[
-            "run",
-            "--node-name",
-            "node-1",
-            "--config-dir",
-            dir.to_str().ok_or("utf-8 path")?,
-            "--interface",
-            "eth0",
-            "--bpffs",
-            pins.path().to_str().ok_or("utf-8 path")?,
-            "--metrics-addr",
-            METRICS,
-        ],
+        "node-1",
+        dir,
+        pins.path(),
+        &[],
     ))
 }
 
-const METRICS: &str = "127.0.0.1:7472";
+use crate::agent::METRICS;
 
 pub fn run() -> Result<BgpFigures, String> {
     let lab = Lab::new("bgb", 1);

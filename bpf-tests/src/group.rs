@@ -22,7 +22,7 @@ pub const SERVICES: usize = 6;
 
 pub const SECRET: &str = "lab-secret-0123456789abcdef";
 /// Where every agent of the group serves its metrics, inside its node's namespace.
-pub const METRICS: &str = "127.0.0.1:7472";
+pub const METRICS: &str = crate::agent::METRICS;
 
 /// The group's configuration, with `l2_spec` as the L2Advertisement's spec (flow YAML).
 fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
@@ -129,26 +129,12 @@ pub struct Group {
 
 /// Starts the agent of node `i` (with `extra` arguments) and waits until it runs.
 fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir, extra: &[&str]) -> Agent {
-    let dir = dir.to_str().expect("utf-8 config path");
-    let pin = pins.path().to_str().expect("utf-8 pin path");
-    let mut args = vec![
-        "run",
-        "--node-name",
-        name,
-        "--config-dir",
-        dir,
-        "--interface",
-        "eth0",
-        "--bpffs",
-        pin,
-        "--metrics-addr",
-        METRICS,
-    ];
+    let mut args = Vec::new();
     if !extra.contains(&"--mode") {
         args.extend_from_slice(&["--mode", "xdp-native"]);
     }
     args.extend_from_slice(extra);
-    let mut a = Agent::start(&lab.nodes[i].ns, &args);
+    let mut a = Agent::run_node(&lab.nodes[i].ns, name, dir, pins.path(), &args);
     a.wait_for_log("running;", Duration::from_secs(20));
     a
 }

@@ -170,20 +170,7 @@ fn frr_up(f: &Frr, ip: &str) -> bool {
 }
 
 fn start_agent(lab: &Lab, dir: &Path, i: usize, pins: &PinDir) -> Agent {
-    let args = [
-        "run",
-        "--node-name",
-        NODES[i],
-        "--config-dir",
-        dir.to_str().expect("utf-8"),
-        "--interface",
-        "eth0",
-        "--bpffs",
-        pins.path().to_str().expect("utf-8"),
-        "--metrics-addr",
-        METRICS,
-    ];
-    let mut a = Agent::start(&lab.nodes[i].ns, &args);
+    let mut a = Agent::run_node(&lab.nodes[i].ns, NODES[i], dir, pins.path(), &[]);
     a.wait_for_log("running;", Duration::from_secs(20));
     a
 }
@@ -247,13 +234,11 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
         );
     }
     // zebra installed one route with three next hops: ECMP over the nodes.
-    let ecmp = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            kernel_nexthops(&bgp.lab, false, &web)
-        })
-        .find(|n| *n == 3);
-    assert_eq!(ecmp, Some(3), "client kernel routes for {web}");
+    assert_eq!(
+        kernel_nexthops_eventually(&bgp.lab, false, &web, 3),
+        3,
+        "client kernel routes for {web}"
+    );
 
     // The IPv6 VIP over MP-BGP on the IPv4 sessions, next hop the nodes' IPv6 addresses.
     let p6 = bgp
@@ -263,13 +248,11 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
             (p.len() == 3).then_some(p)
         });
     assert_eq!(next_hops(&p6), nodes_v6);
-    let ecmp6 = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            kernel_nexthops(&bgp.lab, true, &web6)
-        })
-        .find(|n| *n == 3);
-    assert_eq!(ecmp6, Some(3), "client kernel routes for {web6}");
+    assert_eq!(
+        kernel_nexthops_eventually(&bgp.lab, true, &web6, 3),
+        3,
+        "client kernel routes for {web6}"
+    );
 
     // externalTrafficPolicy: Local: only node-2 holds an endpoint.
     let pl = paths(&bgp.router, "ipv4", &format!("{local}/32"));
@@ -550,7 +533,7 @@ fn bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time() {
             (paths(f, "ipv4", &web).len() == 2).then_some(())
         });
     eprintln!("node-1 left ECMP {:?} after the cut", cut.elapsed());
-    assert_eq!(kernel_nexthops_eventually(&bgp.lab, &web, 2), 2);
+    assert_eq!(kernel_nexthops_eventually(&bgp.lab, false, &web, 2), 2);
 
     // Back: BFD, then BGP, come up again.
     bgp.lab.segment.ip(&["link", "set", "p1", "up"]);
@@ -565,11 +548,13 @@ fn bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time() {
     );
 }
 
-fn kernel_nexthops_eventually(lab: &Lab, prefix: &str, want: usize) -> usize {
+/// The client's kernel route's next hops for `prefix`, once it has `want` of them or after
+/// 3 s.
+fn kernel_nexthops_eventually(lab: &Lab, v6: bool, prefix: &str, want: usize) -> usize {
     let ip = prefix.split('/').next().unwrap_or(prefix);
     let mut n = 0;
     for _ in 0..30 {
-        n = kernel_nexthops(lab, false, ip);
+        n = kernel_nexthops(lab, v6, ip);
         if n == want {
             break;
         }

@@ -92,6 +92,16 @@ fn body(u: &Update, codec: Codec) -> Vec<u8> {
     out.to_vec()
 }
 
+/// The IPv4 ones of `nets` (the runs below hold one family each).
+fn ipv4(nets: &[IpNet]) -> Vec<ipnet::Ipv4Net> {
+    nets.iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
 /// Splits `nets` into runs whose encoded prefixes fit in `room` bytes each.
 fn chunks(nets: &[IpNet], room: usize) -> Vec<&[IpNet]> {
     let mut out = Vec::new();
@@ -150,13 +160,7 @@ fn withdrawals(gone: &[IpNet], ctx: &Context) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for run in chunks(&v4, BODY_ROOM - 4) {
         let u = Update {
-            withdrawn: run
-                .iter()
-                .filter_map(|n| match n {
-                    IpNet::V4(n) => Some(*n),
-                    IpNet::V6(_) => None,
-                })
-                .collect(),
+            withdrawn: ipv4(run),
             ..Update::default()
         };
         out.push(body(&u, ctx.codec));
@@ -192,13 +196,7 @@ fn announcements(attrs: &RouteAttrs, nets: &[IpNet], ctx: &Context) -> Vec<Vec<u
         for run in chunks(&v4, BODY_ROOM.saturating_sub(empty.len())) {
             let u = Update {
                 attributes: a.clone(),
-                nlri: run
-                    .iter()
-                    .filter_map(|n| match n {
-                        IpNet::V4(n) => Some(*n),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect(),
+                nlri: ipv4(run),
                 ..Update::default()
             };
             out.push(body(&u, ctx.codec));
