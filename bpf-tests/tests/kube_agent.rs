@@ -187,3 +187,121 @@ async fn the_cluster_source_reads_what_the_agent_needs_and_follows_changes() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fixed.allocations.len(), 1);
 }
+
+/// In a cluster the BGP side is read like the rest: a BGPPeer with its password in a Secret
+/// and a BGPAdvertisement give this node a session and, per Service, the peers it goes to
+/// (what its ServiceBGPStatus objects say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use lb_agent::statuses;
+    use lb_controller::config::types::ServiceBGPStatus;
+
+    let api = ApiServer::start();
+    setup(&api);
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+                     "metadata": {"name": "tor-md5", "namespace": NS},
+                     "data": {"password": "czNjcmV0"}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+                     "metadata": {"name": "tor", "namespace": NS},
+                     "spec": {"myASN": 64512, "peerASN": 65000, "peerAddress": "10.1.0.254",
+                              "passwordSecret": {"name": "tor-md5"}}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+                     "metadata": {"name": "bgp", "namespace": NS}, "spec": {}}),
+    );
+    let mut rx = cluster::watch(api.client(), options());
+    let c = next_until(&mut rx, "a reading with the BGPPeer", |r| {
+        r.as_ref().is_ok_and(|c| !c.bgp.is_empty())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tor = &c.bgp["metallb-system/tor"];
+    assert_eq!(tor.password.as_deref(), Some("s3cret"), "from the Secret");
+    assert_eq!(
+        tor.routes
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec!["10.30.0.3/32"]
+    );
+    let want: statuses::Wanted =
+        BTreeMap::from([("default/web".to_owned(), BTreeSet::from(["tor".to_owned()]))]);
+    assert_eq!(c.bgp_services, want);
+
+    // The objects: one per Service and node, the status saying the peers.
+    let objects: kube::Api<ServiceBGPStatus> = kube::Api::namespaced(api.client(), NS);
+    let view = || -> Vec<(String, String, Vec<String>)> {
+        let mut v: Vec<_> = api
+            .list("metallb.io/v1beta1", "ServiceBGPStatus")
+            .iter()
+            .map(|o| {
+                let s = &o["status"];
+                assert_eq!(
+                    o["metadata"]["labels"]["metallb.io/service-name"],
+                    s["serviceName"]
+                );
+                assert!(
+                    o["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("bgp-"))
+                );
+                let peers = s["peers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    s["node"].as_str().unwrap_or("").to_owned(),
+                    format!(
+                        "{}/{}",
+                        s["serviceNamespace"].as_str().unwrap_or(""),
+                        s["serviceName"].as_str().unwrap_or("")
+                    ),
+                    peers,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for node in ["node-1", "node-2"] {
+        statuses::sync(&objects, node, &c.bgp_services)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let tor_only = vec!["tor".to_owned()];
+    assert_eq!(
+        view(),
+        vec![
+            ("node-1".into(), "default/web".into(), tor_only.clone()),
+            ("node-2".into(), "default/web".into(), tor_only.clone()),
+        ]
+    );
+    // A second peer: node-1's object is updated in place.
+    let mut two = c.bgp_services.clone();
+    two.entry("default/web".into())
+        .or_default()
+        .insert("spine".into());
+    statuses::sync(&objects, "node-1", &two)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(api.list("metallb.io/v1beta1", "ServiceBGPStatus").len(), 2);
+    assert_eq!(view()[0].2, vec!["spine".to_owned(), "tor".to_owned()]);
+    // node-1 advertises nothing any more: its object goes, node-2's stays.
+    statuses::sync(&objects, "node-1", &statuses::Wanted::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        view(),
+        vec![("node-2".into(), "default/web".into(), tor_only)]
+    );
+}

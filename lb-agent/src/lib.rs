@@ -12,8 +12,8 @@
 //!   alive set, pure.
 //! - [`run`]: `lb-agent run`, the standalone agent loop; [`source`] reads its configuration
 //!   directory off that loop; [`metrics`] is what it exports.
-//! - [`l2status`]: MetalLB's ServiceL2Status objects, in a cluster.
-//! - [`bgp`]: the BGP speaker, from its wire codec up (in progress).
+//! - [`statuses`]: MetalLB's ServiceL2Status and ServiceBGPStatus objects, in a cluster.
+//! - [`bgp`]: the BGP speaker, from its wire codec up; [`bfd`] guards its sessions.
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod bfd;
@@ -22,11 +22,11 @@ pub mod cli;
 pub mod desired;
 pub mod election;
 pub mod l2;
-pub mod l2status;
 pub mod membership;
 pub mod metrics;
 pub mod run;
 pub mod source;
+pub mod statuses;
 
 /// The compiled `lb-ebpf` object, embedded at build time.
 pub fn ebpf_object() -> &'static [u8] {

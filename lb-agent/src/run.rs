@@ -17,7 +17,8 @@ use std::{
 };
 
 use anyhow::Context;
-use tokio::net::UdpSocket;
+use lb_controller::config::types::{ServiceBGPStatus, ServiceL2Status};
+use tokio::{net::UdpSocket, sync::watch};
 use tracing::{info, warn};
 
 use crate::{
@@ -32,13 +33,13 @@ use crate::{
         responders::Responders,
         vipdev,
     },
-    l2status,
     membership::{
         detector::{Detector, Heard},
         heartbeat::{Heartbeat, HeartbeatError, Phase},
     },
     metrics::{AgentMetrics, ModeLabel, Rejected},
     source::{self, Config, trim_heap},
+    statuses::{self, StatusKind},
 };
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +154,7 @@ async fn node_assigned(
     recorder: kube::runtime::events::Recorder,
     services: BTreeSet<String>,
     node: String,
+    protocol: &'static str,
 ) {
     use k8s_openapi::api::core::v1::ObjectReference;
     use kube::runtime::events::{Event, EventType};
@@ -171,7 +173,7 @@ async fn node_assigned(
             type_: EventType::Normal,
             reason: "nodeAssigned".into(),
             note: Some(format!(
-                "announcing from node {node:?} with protocol \"layer2\""
+                "announcing from node {node:?} with protocol {protocol:?}"
             )),
             action: "Announce".into(),
             secondary: None,
@@ -183,6 +185,22 @@ async fn node_assigned(
 }
 
 /// A usable membership secret: at least 16 bytes, so the HMAC is not trivially guessed.
+/// Deletes this node's status objects of kind `K`, giving up after 2 s.
+async fn clear_statuses<K: StatusKind>(client: &kube::Client, namespace: &str, node: &str) {
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
+    let cleared = tokio::time::timeout(
+        Duration::from_secs(2),
+        statuses::sync(&api, node, &statuses::Wanted::new()),
+    )
+    .await;
+    if !matches!(cleared, Ok(Ok(()))) {
+        warn!(
+            kind = K::KIND,
+            "could not delete this node's status objects"
+        );
+    }
+}
+
 fn check_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.len() < 16 {
         return Err(format!(
@@ -352,17 +370,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         )
     });
-    // In a cluster, the ServiceL2Status objects follow what this node announces.
-    let l2_status = client.as_ref().map(|c| {
-        let (tx, rx) = tokio::sync::watch::channel(l2status::Wanted::new());
-        l2status::spawn(
-            c.clone(),
-            args.namespace.clone(),
-            args.node_name.clone(),
-            rx,
-        );
-        tx
-    });
+    // In a cluster, the ServiceL2Status and ServiceBGPStatus objects follow what this node
+    // announces.
+    let status_task =
+        |kind: fn(kube::Client, String, String, watch::Receiver<statuses::Wanted>)| {
+            client.as_ref().map(|c| {
+                let (tx, rx) = watch::channel(statuses::Wanted::new());
+                kind(
+                    c.clone(),
+                    args.namespace.clone(),
+                    args.node_name.clone(),
+                    rx,
+                );
+                tx
+            })
+        };
+    let l2_status = status_task(statuses::spawn::<ServiceL2Status>);
+    let bgp_status = status_task(statuses::spawn::<ServiceBGPStatus>);
+    let mut bgp_assigned: BTreeSet<String> = BTreeSet::new();
     let mut configs = match (&args.config_dir, &client) {
         (Some(dir), _) => source::watch(dir.clone(), args.node_name.clone(), args.port)?,
         (None, None) => anyhow::bail!("neither --config-dir nor a Kubernetes client"),
@@ -425,6 +450,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             }
                         }
                         speaker.apply(c.bgp.clone());
+                        if let Some(tx) = &bgp_status {
+                            tx.send_if_modified(|w| {
+                                let changed = *w != c.bgp_services;
+                                w.clone_from(&c.bgp_services);
+                                changed
+                            });
+                        }
+                        if let Some(recorder) = &recorder {
+                            let now: BTreeSet<String> = c.bgp_services.keys().cloned().collect();
+                            let fresh: BTreeSet<String> =
+                                now.difference(&bgp_assigned).cloned().collect();
+                            if !fresh.is_empty() {
+                                tokio::spawn(node_assigned(
+                                    recorder.clone(),
+                                    fresh,
+                                    args.node_name.clone(),
+                                    "bgp",
+                                ));
+                            }
+                            bgp_assigned = now;
+                        }
                         config = Some(c);
                         dirty = true;
                         metrics.config.applied();
@@ -585,13 +631,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 recorder.clone(),
                 services,
                 args.node_name.clone(),
+                "layer2",
             ));
         }
         // Make before break: the maps gain the new VIPs before losing the old ones.
         responders.apply(&entries(&next, &ifaces))?;
         metrics.announced.set(next.len() as i64);
         if let Some(l2) = &l2_status {
-            let mut wanted = l2status::Wanted::new();
+            let mut wanted = statuses::Wanted::new();
             for a in &next {
                 let names = wanted.entry(a.service.clone()).or_default();
                 if a.interfaces.is_empty() {
@@ -644,17 +691,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     speaker.stop(bgp::session::Stop::Restart).await;
     info!("withdrawing");
     drop(local);
-    if let (Some(c), Some(_)) = (&client, l2_status) {
-        // This node announces nothing any more: its ServiceL2Status objects go too.
-        let api = kube::Api::namespaced(c.clone(), &args.namespace);
-        let cleared = tokio::time::timeout(
-            Duration::from_secs(2),
-            l2status::sync(&api, &args.node_name, &l2status::Wanted::new()),
-        )
-        .await;
-        if !matches!(cleared, Ok(Ok(()))) {
-            warn!("could not delete this node's ServiceL2Status objects");
-        }
+    if let Some(c) = &client {
+        // This node announces nothing any more: its status objects go too.
+        drop((l2_status, bgp_status));
+        clear_statuses::<ServiceL2Status>(c, &args.namespace, &args.node_name).await;
+        clear_statuses::<ServiceBGPStatus>(c, &args.namespace, &args.node_name).await;
     }
 
     if let Some((handle, index)) = &netlink {

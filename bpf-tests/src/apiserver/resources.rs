@@ -112,6 +112,14 @@ pub const RESOURCES: &[Resource] = &[
         true,
         true,
     ),
+    res(
+        "metallb.io",
+        &["v1beta1"],
+        "servicebgpstatuses",
+        "ServiceBGPStatus",
+        true,
+        true,
+    ),
 ];
 
 impl Resource {

@@ -9,7 +9,10 @@
 //! - [`rib_out`]: what a peer should hold from us, and the packed UPDATEs that get it there.
 //! - [`session`]: one session's state machine (RFC 4271 §8), time passed in.
 //!
-//! Still to come (issue 6): the policy from BGPPeer/BGPAdvertisement, BFD, and the TCP edge.
+//! - [`policy`]: what this node advertises to whom, from the metallb.io objects (pure).
+//! - [`speaker`]: the TCP edge: a task per peer, the listener, MD5 and TTL ([`socket`]).
+//!
+//! Not yet: unnumbered peering (BGPPeer `interface`), VRFs, `localASN`.
 
 pub mod message;
 pub mod policy;

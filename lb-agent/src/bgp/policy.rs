@@ -403,6 +403,32 @@ fn bfd_request(
     }
 }
 
+/// Each Service this node advertises (`namespace/name`) → the BGPPeers (by name) it goes to,
+/// for MetalLB's ServiceBGPStatus objects.
+pub fn service_peers(plan: &Plan, allocations: &[PlanEntry]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (key, p) in plan {
+        let name = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+        let aggregated: Vec<&IpNet> = p
+            .routes
+            .keys()
+            .filter(|n| n.prefix_len() != n.max_prefix_len())
+            .collect();
+        for e in allocations {
+            let carried = e.ips.iter().any(|ip| {
+                p.routes.contains_key(&IpNet::from(*ip))
+                    || aggregated.iter().any(|n| n.contains(ip))
+            });
+            if carried {
+                out.entry(e.service.clone())
+                    .or_default()
+                    .insert(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// The allocated addresses this node advertises on some session: it must accept their
 /// traffic (standalone, they go on `xdplb0`; in a cluster kube-proxy takes them).
 pub fn advertised_ips(plan: &Plan, allocations: &[PlanEntry]) -> BTreeSet<IpAddr> {
@@ -595,6 +621,14 @@ endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}
             vec!["192.0.2.10", "198.51.100.7", "2001:db8:5::10"],
             "the aggregated one included, the Local one (endpoint elsewhere) not"
         );
+        let peers = service_peers(&p, &allocations);
+        let names = |s: &str| peers.get(s).map(|p| p.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(
+            names("default/web"),
+            Some(vec!["ibgp".into(), "router".into()])
+        );
+        assert_eq!(names("default/agg"), Some(vec!["ibgp".into()]));
+        assert_eq!(names("default/local"), None, "its endpoint is on node-2");
         let p2 = plan("node-2", &bgp, &inputs, &allocations);
         assert!(
             p2["metallb-system/router"]

@@ -8,7 +8,7 @@
 //! `status.loadBalancer.ingress` (what the controller wrote) with the pool that holds them, the
 //! election inputs, the peers' InternalIPs, and MetalLB's membership secret (Secret
 //! `memberlist`, key `secretkey`).
-use crate::bgp::policy::{BgpInputs, advertised_ips, plan};
+use crate::bgp::policy::{BgpInputs, advertised_ips, plan, service_peers};
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -87,6 +87,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
     let bgp = plan(&opts.node, &BgpInputs::new(objects), &inputs, &allocations);
     Ok(Config {
         bgp_ips: advertised_ips(&bgp, &allocations),
+        bgp_services: service_peers(&bgp, &allocations),
         inputs,
         allocations,
         peers,

@@ -40,6 +40,9 @@ pub struct Config {
     pub bgp: Plan,
     /// The addresses among them this node must accept traffic for.
     pub bgp_ips: BTreeSet<IpAddr>,
+    /// In a cluster: `namespace/name` of each Service this node advertises → the BGPPeers
+    /// (ServiceBGPStatus). Empty standalone, where nothing reads it.
+    pub bgp_services: crate::statuses::Wanted,
 }
 
 pub mod cluster;
@@ -93,6 +96,7 @@ pub fn read(dir: &Path, node: &str, port: u16) -> Result<Config, String> {
     drop(loaded);
     Ok(Config {
         bgp_ips: advertised_ips(&bgp, &allocations),
+        bgp_services: Default::default(),
         inputs,
         allocations,
         peers,

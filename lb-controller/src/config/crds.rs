@@ -4,8 +4,8 @@
 use kube::{CustomResourceExt, core::crd::merge_crds};
 
 use super::types::{
-    BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, ServiceL2Status,
-    v1beta1, v1beta2,
+    BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, ServiceBGPStatus,
+    ServiceL2Status, v1beta1, v1beta2,
 };
 
 /// `(file name, YAML)` for every CRD, in a fixed order.
@@ -23,6 +23,7 @@ pub fn render() -> Result<Vec<(String, String)>, String> {
         BFDProfile::crd(),
         Community::crd(),
         ServiceL2Status::crd(),
+        ServiceBGPStatus::crd(),
     ];
     crds.into_iter()
         .map(|crd| {

@@ -383,3 +383,35 @@ pub struct InterfaceInfo {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
 }
+
+/// Which BGP peers a node advertises a Service to: written by the agents, one object per
+/// Service and advertising node (`kubectl get servicebgpstatuses -n metallb-system`), named
+/// `bgp-…` and labelled like [`ServiceL2Status`], as MetalLB's speakers do.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ServiceBGPStatus",
+    namespaced,
+    status = "MetalLBServiceBGPStatus",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Service Name","type":"string","jsonPath":".status.serviceName"}"#,
+    printcolumn = r#"{"name":"Service Namespace","type":"string","jsonPath":".status.serviceNamespace"}"#
+)]
+pub struct ServiceBGPStatusSpec {}
+
+/// The observed state of a [`ServiceBGPStatus`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetalLBServiceBGPStatus {
+    /// The node that advertises the Service.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_namespace: String,
+    /// The BGPPeers the Service is advertised to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+}
