@@ -461,7 +461,7 @@ impl Harness {
         testrun::run(fd, frame, 1, 0, None).expect("BPF_PROG_TEST_RUN")
     }
 
-    fn counters(&self) -> [u64; 7] {
+    fn counters(&self) -> [u64; lb_common::COUNTER_SLOTS as usize] {
         self.maps.counters().expect("counters").0
     }
 

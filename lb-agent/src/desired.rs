@@ -12,12 +12,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use kube::ResourceExt;
 use lb_controller::{
-    config::{manifest::Objects, types::L2Advertisement, validate::selector_matches},
+    config::{
+        l2mode::{self, L2Mode, selects_pool, selects_service},
+        manifest::Objects,
+        types::L2Advertisement,
+        validate::selector_matches,
+    },
     plan::PlanEntry,
 };
 
@@ -56,12 +62,17 @@ pub struct Inputs {
     pub unavailable: BTreeSet<String>,
     /// `namespace/name` → what the election needs of the Service.
     pub services: BTreeMap<String, ServiceFacts>,
+    /// Services whose annotations could not be read, one line each naming the Service and the
+    /// annotation: they keep the default (the agent logs these).
+    pub problems: Vec<String>,
 }
 
 /// What the election needs of a Service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceFacts {
     pub labels: Labels,
+    /// The Layer 2 mode its `xdplb.io/l2-mode` annotation asks for, when valid.
+    pub l2_mode: Option<L2Mode>,
     /// `externalTrafficPolicy: Local`: the nodes that hold a ready endpoint (ready, or serving
     /// and not terminating, as MetalLB counts them). `None`: `Cluster`, any node may announce.
     pub local_nodes: Option<BTreeSet<String>>,
@@ -108,7 +119,7 @@ fn unusable(node: &Node) -> bool {
 
 impl Inputs {
     pub fn new(objects: &Objects) -> Self {
-        Self {
+        let mut inputs = Self {
             pools: objects
                 .pools
                 .iter()
@@ -126,50 +137,38 @@ impl Inputs {
                 .filter(|n| unusable(n))
                 .map(ResourceExt::name_any)
                 .collect(),
-            services: {
-                let mut endpoints = endpoint_nodes(&objects.endpoint_slices);
-                objects
-                    .services
-                    .iter()
-                    .map(|s| {
-                        let ns = s.namespace().unwrap_or_else(|| "default".into());
-                        let key = format!("{ns}/{}", s.name_any());
-                        let local = s
-                            .spec
-                            .as_ref()
-                            .and_then(|spec| spec.external_traffic_policy.as_deref())
-                            == Some("Local");
-                        let facts = ServiceFacts {
-                            labels: s.labels().clone(),
-                            local_nodes: local.then(|| endpoints.remove(&key).unwrap_or_default()),
-                        };
-                        (key, facts)
-                    })
-                    .collect()
-            },
+            services: BTreeMap::new(),
+            problems: Vec::new(),
+        };
+        let mut endpoints = endpoint_nodes(&objects.endpoint_slices);
+        for s in &objects.services {
+            let ns = s.namespace().unwrap_or_else(|| "default".into());
+            let key = format!("{ns}/{}", s.name_any());
+            let local = s
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.external_traffic_policy.as_deref())
+                == Some("Local");
+            let l2_mode = match l2mode::annotated(s.annotations()) {
+                None => None,
+                Some(Ok(mode)) => Some(mode),
+                Some(Err(e)) => {
+                    inputs.problems.push(format!(
+                        "Service {key}: metadata.annotations[{}]: {e}; using the advertisements' mode",
+                        l2mode::ANNOTATION
+                    ));
+                    None
+                }
+            };
+            let facts = ServiceFacts {
+                labels: s.labels().clone(),
+                l2_mode,
+                local_nodes: local.then(|| endpoints.remove(&key).unwrap_or_default()),
+            };
+            inputs.services.insert(key, facts);
         }
+        inputs
     }
-}
-
-fn selects_pool(ad: &L2Advertisement, pool: &str, pool_labels: &BTreeMap<String, String>) -> bool {
-    let spec = &ad.spec;
-    (spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty())
-        || spec.ip_address_pools.iter().any(|p| p == pool)
-        || spec
-            .ip_address_pool_selectors
-            .iter()
-            .any(|s| selector_matches(s, pool_labels))
-}
-
-fn selects_service(ad: &L2Advertisement, labels: Option<&Labels>) -> bool {
-    // Kept apart from the traffic policy: this is the advertisement's choice.
-    ad.spec.service_selectors.is_empty()
-        || labels.is_some_and(|l| {
-            ad.spec
-                .service_selectors
-                .iter()
-                .any(|sel| selector_matches(sel, l))
-        })
 }
 
 fn selects_node(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> bool {
@@ -190,13 +189,23 @@ fn preference(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> u32 {
         .sum()
 }
 
-/// The owner of each allocated Service (`namespace/name` → node), for every Service that has
-/// one.
-pub fn owners(
+/// Who answers for a Service's addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Election {
+    /// One node answers every requester (MetalLB's Layer 2).
+    Owner(String),
+    /// Active-active: these nodes (sorted) share the requesters through a
+    /// [`crate::slots::SlotTable`]. Only the candidates of the highest preference take part,
+    /// as only they could own the VIP in single-owner mode.
+    Spread(Arc<[String]>),
+}
+
+/// The election of each allocated Service (`namespace/name`) that has a candidate.
+pub fn elections(
     inputs: &Inputs,
     allocations: &[PlanEntry],
     alive: &BTreeSet<String>,
-) -> BTreeMap<String, String> {
+) -> BTreeMap<String, Election> {
     let no_labels = Labels::new();
     let mut out = BTreeMap::new();
     for entry in allocations {
@@ -231,11 +240,48 @@ pub fn owners(
                 })
             })
             .collect();
-        if let Some(owner) = election::owner(*first, &candidates) {
-            out.insert(entry.service.clone(), owner);
+        let election = match l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied()) {
+            L2Mode::SingleOwner => election::owner(*first, &candidates).map(Election::Owner),
+            L2Mode::ActiveActive => {
+                let top = candidates.iter().map(|c| c.preference).max();
+                let nodes: Arc<[String]> = candidates
+                    .iter()
+                    .filter(|c| Some(c.preference) == top)
+                    .map(|c| c.node.clone())
+                    .collect();
+                (!nodes.is_empty()).then_some(Election::Spread(nodes))
+            }
+        };
+        if let Some(e) = election {
+            out.insert(entry.service.clone(), e);
         }
     }
     out
+}
+
+/// The owner of each allocated single-owner Service (`namespace/name` → node), for every
+/// Service that has one.
+pub fn owners(
+    inputs: &Inputs,
+    allocations: &[PlanEntry],
+    alive: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    elections(inputs, allocations, alive)
+        .into_iter()
+        .filter_map(|(svc, e)| match e {
+            Election::Owner(node) => Some((svc, node)),
+            Election::Spread(_) => None,
+        })
+        .collect()
+}
+
+/// What this node answers for at Layer 2.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layer2 {
+    pub announcements: BTreeSet<Announcement>,
+    /// The active-active VIPs among them, with every node that shares each one (this one
+    /// included).
+    pub spread: BTreeMap<IpAddr, Arc<[String]>>,
 }
 
 /// What `node` announces.
@@ -245,14 +291,26 @@ pub fn announcements(
     allocations: &[PlanEntry],
     alive: &BTreeSet<String>,
 ) -> BTreeSet<Announcement> {
-    let owners = owners(inputs, allocations, alive);
+    layer2(node, inputs, allocations, alive).announcements
+}
+
+/// What `node` announces, and which of it is shared with other nodes.
+pub fn layer2(
+    node: &str,
+    inputs: &Inputs,
+    allocations: &[PlanEntry],
+    alive: &BTreeSet<String>,
+) -> Layer2 {
+    let elections = elections(inputs, allocations, alive);
     let no_labels = Labels::new();
     let node_labels = inputs.nodes.get(node).unwrap_or(&no_labels);
-    let mut out = BTreeSet::new();
+    let mut out = Layer2::default();
     for entry in allocations {
-        if owners.get(&entry.service).map(String::as_str) != Some(node) {
-            continue;
-        }
+        let spread = match elections.get(&entry.service) {
+            Some(Election::Owner(owner)) if owner == node => None,
+            Some(Election::Spread(nodes)) if nodes.iter().any(|n| n == node) => Some(nodes.clone()),
+            _ => continue,
+        };
         let pool = entry.pool.as_deref().unwrap_or("");
         let labels = inputs.pools.get(pool).unwrap_or(&no_labels);
         let mut interfaces = BTreeSet::new();
@@ -271,11 +329,14 @@ pub fn announcements(
             interfaces.clear();
         }
         for ip in &entry.ips {
-            out.insert(Announcement {
+            out.announcements.insert(Announcement {
                 vip: *ip,
                 service: entry.service.clone(),
                 interfaces: interfaces.clone(),
             });
+            if let Some(nodes) = &spread {
+                out.spread.insert(*ip, nodes.clone());
+            }
         }
     }
     out
@@ -343,6 +404,88 @@ mod tests {
         // Spread: with 20 VIPs every node gets some (sha256 ordering).
         let per: BTreeSet<&str> = seen.values().copied().collect();
         assert_eq!(per.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn active_active_puts_the_vip_on_every_candidate_of_the_top_preference() {
+        let o = objects(
+            json!([{"metadata": {"name": "l2", "annotations": {"xdplb.io/l2-mode": "active-active"}},
+                "spec": {"nodeSelectors": [{"matchLabels": {"role": "edge"}}],
+                    "preferredNodeSelectors": [{"weight": 10, "preference": {"matchLabels": {"fast": "yes"}}}]}}]),
+            &[
+                ("a", json!({"role": "edge", "fast": "yes"})),
+                ("b", json!({"role": "edge", "fast": "yes"})),
+                ("c", json!({"role": "edge"})),
+                ("d", json!({})),
+            ],
+        );
+        let allocs = [alloc("default/web", &["10.0.0.7", "10.0.0.8"])];
+        let up = alive(&["a", "b", "c", "d"]);
+        let sharing: Arc<[String]> = ["a".to_owned(), "b".to_owned()].into();
+        for node in ["a", "b"] {
+            let l2 = layer2(node, &o, &allocs, &up);
+            assert_eq!(l2.announcements.len(), 2, "{node} announces both addresses");
+            assert_eq!(l2.spread.len(), 2);
+            assert!(l2.spread.values().all(|n| *n == sharing), "{node}: {l2:?}");
+        }
+        for node in ["c", "d"] {
+            assert_eq!(layer2(node, &o, &allocs, &up), Layer2::default(), "{node}");
+        }
+        // Without the preferred nodes, the next class shares it.
+        let l2 = layer2("c", &o, &allocs, &alive(&["c", "d"]));
+        assert_eq!(
+            l2.spread.values().next().map(|n| n.to_vec()),
+            Some(vec!["c".to_owned()])
+        );
+        assert!(owners(&o, &allocs, &up).is_empty(), "no single owner");
+    }
+
+    #[test]
+    fn the_service_annotation_overrides_the_advertisement() {
+        let mut o = objects(
+            json!([{"metadata": {"name": "l2", "annotations": {"xdplb.io/l2-mode": "active-active"}}, "spec": {}}]),
+            &[("a", json!({})), ("b", json!({}))],
+        );
+        o.services.insert(
+            "default/one".into(),
+            ServiceFacts {
+                l2_mode: Some(L2Mode::SingleOwner),
+                ..ServiceFacts::default()
+            },
+        );
+        let allocs = [
+            alloc("default/one", &["10.0.0.1"]),
+            alloc("default/many", &["10.0.0.2"]),
+        ];
+        let up = alive(&["a", "b"]);
+        let e = elections(&o, &allocs, &up);
+        assert!(
+            matches!(e.get("default/one"), Some(Election::Owner(_))),
+            "{e:?}"
+        );
+        assert!(
+            matches!(e.get("default/many"), Some(Election::Spread(n)) if n.len() == 2),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_service_annotation_is_named_and_ignored() {
+        let inputs = Inputs::new(&Objects {
+            services: vec![
+                serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "shop",
+                    "annotations": {"xdplb.io/l2-mode": "all"}}, "spec": {"type": "LoadBalancer"}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            inputs.problems,
+            vec![
+                "Service shop/web: metadata.annotations[xdplb.io/l2-mode]: \"all\" is not a Layer 2 mode (active-active or single-owner); using the advertisements' mode"
+            ]
+        );
+        assert_eq!(inputs.services["shop/web"].l2_mode, None);
     }
 
     #[test]

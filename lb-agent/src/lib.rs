@@ -6,7 +6,8 @@
 //!   ([`l2::responder`], driven over AF_PACKET by [`l2::afpacket`]), gratuitous ARP and
 //!   unsolicited NA ([`l2::announce`]), and the `xdplb0` interface that makes a VIP local on
 //!   plain hosts ([`l2::vipdev`]).
-//! - [`election`]: which node announces a VIP (MetalLB's rule), pure.
+//! - [`election`]: which node announces a VIP (MetalLB's rule), pure; [`slots`]: which node
+//!   answers which requesters of an active-active VIP, pure.
 //! - [`membership`]: which agents are alive, from heartbeats; the failure detector is pure.
 //! - [`desired`]: what this node announces, from the configuration, the allocations and the
 //!   alive set, pure.
@@ -25,6 +26,7 @@ pub mod l2;
 pub mod membership;
 pub mod metrics;
 pub mod run;
+pub mod slots;
 pub mod source;
 pub mod statuses;
 

@@ -27,6 +27,13 @@ pub const MAP_LEASE: &str = "lease";
 /// with the VIPs; the program only counts into entries that exist, so the map stays bounded.
 pub const MAP_VIP_STATS: &str = "vip_stats";
 
+/// Per-VIP slot tables of active-active VIPs: [`VipStatsKey`] (the VIP) -> [`SlotBits`].
+pub const MAP_SLOTS: &str = "slots";
+/// LRU hash of the requesters seen per active-active VIP: [`ClientKey`] -> [`ClientValue`].
+/// Every node that holds the VIP fills it from the broadcast/multicast requests it sees, so a
+/// node taking over slots knows whom to tell.
+pub const MAP_CLIENTS: &str = "clients";
+
 /// Default bpffs directory for the pins.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/xdplb";
 /// Pinned link per interface: `link_<ifname>`.
@@ -38,6 +45,111 @@ pub const MAX_VIPS: u32 = 65_536;
 /// The VIP is answered only while the lease in [`MAP_LEASE`] has not expired: the dead man's
 /// switch that stops a node whose agent crashed from answering for VIPs the others took over.
 pub const VIP_FLAG_LEASED: u16 = 1;
+
+/// The VIP is answered by several nodes, each for the requesters whose [`requester_slot`] is
+/// set in the VIP's [`SlotBits`] in [`MAP_SLOTS`] (active-active Layer 2). Without a table
+/// the VIP is not answered: a half-written configuration must not make every node answer.
+pub const VIP_FLAG_SPREAD: u16 = 2;
+
+/// Slots of an active-active VIP's table. A power of two, so a slot is the low bits of a hash.
+pub const SLOTS: u32 = 4096;
+/// Words of a [`SlotBits`].
+pub const SLOT_WORDS: usize = (SLOTS / 64) as usize;
+/// Capacity of [`MAP_CLIENTS`].
+pub const MAX_CLIENTS: u32 = 65_536;
+
+/// Value of [`MAP_SLOTS`]: bit `s` of word `s / 64` is set when this node answers the
+/// requesters of slot `s`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotBits {
+    pub words: [u64; SLOT_WORDS],
+}
+
+impl SlotBits {
+    pub const EMPTY: SlotBits = SlotBits {
+        words: [0; SLOT_WORDS],
+    };
+
+    /// Whether slot `slot` (below [`SLOTS`]) is set.
+    #[inline(always)]
+    pub fn contains(&self, slot: u32) -> bool {
+        // The masks keep the index provably in bounds for the verifier.
+        let word = self.words[((slot >> 6) as usize) & (SLOT_WORDS - 1)];
+        word & (1 << (slot & 63)) != 0
+    }
+
+    pub fn insert(&mut self, slot: u32) {
+        self.words[((slot >> 6) as usize) & (SLOT_WORDS - 1)] |= 1 << (slot & 63);
+    }
+
+    /// How many slots are set.
+    pub fn count(&self) -> u32 {
+        let mut n = 0;
+        let mut i = 0;
+        while i < SLOT_WORDS {
+            n += self.words[i].count_ones();
+            i += 1;
+        }
+        n
+    }
+}
+
+/// Key of [`MAP_CLIENTS`]: a requester of a VIP (both IPv4-mapped for IPv4, as in
+/// [`VipStatsKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub vip: [u8; 16],
+    pub client: [u8; 16],
+}
+
+/// Value of [`MAP_CLIENTS`]: where the requester was last heard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientValue {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub ifindex: u32,
+}
+
+/// murmur3's 64-bit finaliser: every input bit reaches every output bit.
+#[inline(always)]
+pub const fn fmix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+#[inline(always)]
+const fn le64(b: &[u8; 16], at: usize) -> u64 {
+    u64::from_le_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ])
+}
+
+/// The slot of a requester of an active-active VIP (both addresses as in [`ClientKey`]). The
+/// XDP program and the agent compute it with this one function, so the agent knows which
+/// recorded clients a slot it takes over holds. The VIP is mixed in so that a client of several
+/// VIPs is not sent to the same node for all of them.
+#[inline(always)]
+pub const fn requester_slot(vip: &[u8; 16], requester: &[u8; 16]) -> u32 {
+    let mut h = 0x7864_706c_625f_6161; // "xdplb_aa"
+    h = fmix64(h ^ le64(requester, 0));
+    h = fmix64(h ^ le64(requester, 8));
+    h = fmix64(h ^ le64(vip, 0));
+    h = fmix64(h ^ le64(vip, 8));
+    (h as u32) & (SLOTS - 1)
+}
 
 /// Key of [`MAP_VIP4`]. The interface is part of the key because one VIP may be announced on
 /// several interfaces of a node, each with its own MAC.
@@ -115,6 +227,8 @@ pub enum Counter {
     Malformed = 5,
     /// Requests for a leased VIP that were not answered because the lease had expired.
     LeaseExpired = 6,
+    /// Requests for an active-active VIP whose requester's slot is another node's.
+    OtherSlot = 7,
 }
 
 impl Counter {
@@ -127,6 +241,7 @@ impl Counter {
         Counter::Passed,
         Counter::Malformed,
         Counter::LeaseExpired,
+        Counter::OtherSlot,
     ];
 
     /// Stable snake-case name used in `lb-agent maps` and metrics.
@@ -139,12 +254,13 @@ impl Counter {
             Counter::Passed => "passed",
             Counter::Malformed => "malformed",
             Counter::LeaseExpired => "lease_expired",
+            Counter::OtherSlot => "other_slot",
         }
     }
 }
 
 /// Number of counters in a [`CounterBlock`].
-pub const COUNTER_SLOTS: u32 = 7;
+pub const COUNTER_SLOTS: u32 = 8;
 
 /// The value of [`MAP_COUNTERS`]: every counter of one CPU, indexed by [`Counter`].
 #[repr(C)]
@@ -161,6 +277,9 @@ mod pod {
     unsafe impl aya::Pod for super::CounterBlock {}
     unsafe impl aya::Pod for super::VipStatsKey {}
     unsafe impl aya::Pod for super::VipStats {}
+    unsafe impl aya::Pod for super::SlotBits {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::ClientValue {}
 }
 
 const _: () = assert!(core::mem::size_of::<Vip4Key>() == 8);
@@ -168,3 +287,47 @@ const _: () = assert!(core::mem::size_of::<Vip6Key>() == 20);
 const _: () = assert!(core::mem::size_of::<VipValue>() == 8);
 const _: () = assert!(core::mem::size_of::<VipStatsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<VipStats>() == 16);
+const _: () = assert!(core::mem::size_of::<SlotBits>() == 512);
+const _: () = assert!(core::mem::size_of::<ClientKey>() == 32);
+const _: () = assert!(core::mem::size_of::<ClientValue>() == 12);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn slot_bits_set_count_and_test_every_slot() {
+        let mut bits = SlotBits::EMPTY;
+        for s in (0..SLOTS).filter(|s| s % 3 == 0) {
+            bits.insert(s);
+        }
+        assert_eq!(bits.count(), SLOTS.div_ceil(3));
+        assert!((0..SLOTS).all(|s| bits.contains(s) == (s % 3 == 0)));
+    }
+
+    /// 40,000 requesters over 4096 slots: 9.8 per slot on average; a hash that ignored some
+    /// input bytes would pile them into a few slots.
+    #[test]
+    fn requesters_spread_over_the_slots_and_the_vip_reshuffles_them() {
+        let vip = VipStatsKey::v4([192, 0, 2, 10]).addr;
+        let other = VipStatsKey::v4([192, 0, 2, 11]).addr;
+        let mut per_slot = std::vec![0u32; SLOTS as usize];
+        let mut same = 0;
+        for i in 0..40_000u32 {
+            let b = i.to_be_bytes();
+            let client = VipStatsKey::v4([10, b[1], b[2], b[3]]).addr;
+            let slot = requester_slot(&vip, &client);
+            per_slot[slot as usize] += 1;
+            same += u32::from(slot == requester_slot(&other, &client));
+        }
+        let max = per_slot.iter().copied().max().unwrap_or(0);
+        let empty = per_slot.iter().filter(|n| **n == 0).count();
+        assert!(max < 30, "a slot holds {max} requesters");
+        assert!(empty < 20, "{empty} slots empty");
+        assert!(
+            same < 100,
+            "{same} requesters keep their slot on another VIP"
+        );
+    }
+}

@@ -278,12 +278,16 @@ mod tests {
     const POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p}\nspec:\n  addresses: [10.0.0.0/30]\n  colour: blue\n  serviceAllocation: {priority: 1, flavour: x}\n";
 
     fn load_text(strictness: Strictness) -> Loaded {
+        load_yaml(POOL, strictness, "pool")
+    }
+
+    fn load_yaml(text: &str, strictness: Strictness, tag: &str) -> Loaded {
         let dir = std::env::temp_dir().join(format!(
-            "xdplb-manifest-{}-{strictness:?}",
+            "xdplb-manifest-{}-{strictness:?}-{tag}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).expect("dir");
-        std::fs::write(dir.join("pool.yaml"), POOL).expect("write");
+        std::fs::write(dir.join("objects.yaml"), text).expect("write");
         let loaded = load_with(std::slice::from_ref(&dir), strictness).expect("load");
         let _ = std::fs::remove_dir_all(&dir);
         loaded
@@ -323,6 +327,38 @@ mod tests {
         assert_eq!(
             fields,
             vec!["spec.colour", "spec.serviceAllocation.flavour"]
+        );
+    }
+
+    /// MetalLB's own documentation applies an L2Advertisement with metadata only.
+    #[test]
+    fn advertisements_profiles_and_communities_may_leave_out_spec() {
+        let text = [
+            "L2Advertisement",
+            "BGPAdvertisement",
+            "BFDProfile",
+            "Community",
+        ]
+        .iter()
+        .map(|k| {
+            format!("---\napiVersion: metallb.io/v1beta1\nkind: {k}\nmetadata: {{name: bare}}\n")
+        })
+        .collect::<String>()
+            + "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: typo}\nspec: {interface: [eth0]}\n";
+        let loaded = load_yaml(&text, Strictness::Strict, "bare");
+        let o = &loaded.objects;
+        assert_eq!(o.l2_advertisements.len(), 1);
+        assert_eq!(o.l2_advertisements[0].spec, Default::default());
+        assert_eq!(o.bgp_advertisements.len(), 1);
+        assert_eq!(o.bfd_profiles.len(), 1);
+        assert_eq!(o.communities.len(), 1);
+        // A spec that is there is read as strictly as before.
+        let problems: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            vec![
+                "L2Advertisement/typo: spec.interface: unknown field `interface`, expected one of `ipAddressPools`, `ipAddressPoolSelectors`, `nodeSelectors`, `interfaces`, `serviceSelectors`, `preferredNodeSelectors`"
+            ]
         );
     }
 }

@@ -1,8 +1,10 @@
 //! MetalLB-compatible configuration: the metallb.io types ([`types`]), reading manifests
-//! ([`manifest`]), pool addresses ([`address`]) and MetalLB's validation rules ([`validate`]).
+//! ([`manifest`]), pool addresses ([`address`]), MetalLB's validation rules ([`validate`]) and
+//! the Layer 2 mode of a Service ([`l2mode`]).
 
 pub mod address;
 pub mod crds;
+pub mod l2mode;
 pub mod manifest;
 pub mod rules;
 pub mod types;

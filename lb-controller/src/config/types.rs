@@ -5,7 +5,40 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// MetalLB's advertisements, BFD profiles and communities may leave `spec` out (its own docs
+/// show `kind: L2Advertisement` with only metadata: advertise every pool, everywhere). The
+/// derived root types require the field, so these specs read a missing or null `spec` as
+/// their default: serde asks a missing field's type for an `Option`, and `None` becomes the
+/// default here. `remote = "Self"` keeps the derived code as inherent functions to call.
+macro_rules! optional_spec {
+    ($($spec:ident),*) => {$(
+        impl<'de> Deserialize<'de> for $spec {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Present($spec);
+                impl<'de> Deserialize<'de> for Present {
+                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                        $spec::deserialize(d).map(Present)
+                    }
+                }
+                Ok(Option::<Present>::deserialize(d)?.map(|p| p.0).unwrap_or_default())
+            }
+        }
+        impl Serialize for $spec {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $spec::serialize(self, s)
+            }
+        }
+    )*};
+}
+
+optional_spec!(
+    L2AdvertisementSpec,
+    BGPAdvertisementSpec,
+    BFDProfileSpec,
+    CommunitySpec
+);
 
 /// Which Services a pool serves, and with which priority.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -78,7 +111,7 @@ pub struct PreferredNodeSelector {
     kind = "L2Advertisement",
     namespaced
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct L2AdvertisementSpec {
     #[serde(
         default,
@@ -110,7 +143,7 @@ pub struct L2AdvertisementSpec {
     kind = "BGPAdvertisement",
     namespaced
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct BGPAdvertisementSpec {
     /// Prefix length for IPv4 announcements (default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,7 +190,7 @@ pub struct BGPAdvertisementSpec {
     kind = "BFDProfile",
     namespaced
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct BFDProfileSpec {
     /// Milliseconds, 10 to 60000 (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,7 +233,7 @@ pub struct CommunityAlias {
     kind = "Community",
     namespaced
 )]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, remote = "Self")]
 pub struct CommunitySpec {
     #[serde(default)]
     pub communities: Vec<CommunityAlias>,

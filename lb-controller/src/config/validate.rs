@@ -472,6 +472,14 @@ fn l2_advertisements(objects: &Objects, report: &mut Report) {
                 );
             }
         }
+        if let Some(Err(e)) = super::l2mode::annotated(ad.annotations()) {
+            report.error(
+                "L2Advertisement",
+                &name,
+                format!("metadata.annotations[{}]", super::l2mode::ANNOTATION),
+                e,
+            );
+        }
         for (i, p) in ad.spec.preferred_node_selectors.iter().enumerate() {
             if !(1..=100).contains(&p.weight) {
                 report.error(
@@ -752,6 +760,24 @@ stringData: {user: u}
                 "BGPPeer/p: spec.passwordSecret: set password or passwordSecret, not both",
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" must be of type kubernetes.io/basic-auth",
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" has no key \"password\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_layer2_mode_annotation_must_name_a_mode() {
+        let ad = |name: &str, mode: &str| {
+            format!(
+                "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, annotations: {{xdplb.io/l2-mode: {mode}}}}}\n"
+            )
+        };
+        let yaml = ad("spread", "active-active")
+            + &ad("one", "single-owner")
+            + &ad("typo", "activeactive");
+        assert_eq!(
+            check(&yaml).0,
+            vec![
+                "L2Advertisement/typo: metadata.annotations[xdplb.io/l2-mode]: \"activeactive\" is not a Layer 2 mode (active-active or single-owner)"
             ]
         );
     }
