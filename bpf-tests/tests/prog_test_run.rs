@@ -2,17 +2,23 @@
 //! for the verdict, the exact output bytes and the counters it bumps; and the userspace
 //! responder (the AF_PACKET fallback) on the same frames, which must decide the same and
 //! produce the same bytes.
-use std::os::fd::{AsFd, AsRawFd};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use bpf_tests::{PinDir, frames::*, privileged, testrun};
 use etherparse::ArpOperation;
 use lb_agent::l2::{
     afpacket::Table,
     datapath::Datapath,
-    maps::{VipEntry, VipMaps, monotonic_ns},
+    maps::{Client, VipEntry, VipMaps, addr_key, monotonic_ns},
     responder::{self, Outcome, VipLookup},
 };
-use lb_common::{Counter, PROG_XDP_L2, VIP_FLAG_LEASED, VipValue};
+use lb_common::{
+    Counter, PROG_XDP_L2, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipValue, requester_slot,
+};
 
 /// `BPF_PROG_TEST_RUN` delivers frames on the loopback device's queue: ifindex 1.
 const LO: u32 = 1;
@@ -419,6 +425,9 @@ impl VipLookup for Lookup {
     fn lease_valid(&self) -> bool {
         self.lease_valid
     }
+    fn slots(&self, vip: &[u8; 16]) -> Option<&SlotBits> {
+        self.table.slots(vip)
+    }
 }
 
 fn entries() -> Vec<VipEntry> {
@@ -444,10 +453,14 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(&entries(), &BTreeMap::new())
+    }
+
+    fn with(entries: &[VipEntry], slots: &BTreeMap<IpAddr, SlotBits>) -> Self {
         let pins = PinDir::new("fixtures");
         let datapath = Datapath::load(pins.path(), 0).expect("load xdp_l2");
         let mut maps = VipMaps::open_pinned(pins.path()).expect("open maps");
-        maps.apply(&entries()).expect("write VIPs");
+        maps.apply(entries, slots).expect("write VIPs");
         Self {
             _pins: pins,
             datapath,
@@ -534,7 +547,7 @@ fn every_fixture_gets_the_exact_verdict_bytes_and_counters() {
     }
     let mut h = Harness::new();
     let lookup = Lookup {
-        table: Table::from_entries(&entries()),
+        table: Table::from_entries(&entries(), &BTreeMap::new()),
         lease_valid: true,
     };
     let fixtures = fixtures();
@@ -581,7 +594,7 @@ fn leased_vip_is_answered_only_while_the_lease_holds() {
         counted: ARP_ANSWERED,
     };
     let lookup = |lease_valid| Lookup {
-        table: Table::from_entries(&entries()),
+        table: Table::from_entries(&entries(), &BTreeMap::new()),
         lease_valid,
     };
     let failures = h.check(&valid, &lookup(true));
@@ -605,5 +618,127 @@ fn leased_vip_is_answered_only_while_the_lease_holds() {
         counted: ARP_ANSWERED,
     };
     let failures = h.check(&unleased, &lookup(false));
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// An active-active VIP: the program answers the requesters whose slot is in the table and
+/// leaves the others to their nodes, records every requester, and answers no one while the
+/// VIP has no table. The userspace responder decides alike.
+#[test]
+fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_recorded() {
+    if !privileged(
+        "a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_recorded",
+    ) {
+        return;
+    }
+    let slot =
+        |vip: IpAddr, client: IpAddr| requester_slot(&addr_key(vip).addr, &addr_key(client).addr);
+    let (v4, v6) = (IpAddr::from(VIP4), IpAddr::from(VIP6));
+    let (c4, o4) = (IpAddr::from(CLIENT_IP4), IpAddr::from(OTHER_IP4));
+    let (c6, o6) = (IpAddr::from(CLIENT_IP6), IpAddr::from(OTHER_IP6));
+    assert_ne!(slot(v4, c4), slot(v4, o4), "the fixture needs two slots");
+    assert_ne!(slot(v6, c6), slot(v6, o6), "the fixture needs two slots");
+    let mut mine4 = SlotBits::EMPTY;
+    mine4.insert(slot(v4, c4));
+    let mut mine6 = SlotBits::EMPTY;
+    mine6.insert(slot(v6, c6));
+    let slots = BTreeMap::from([(v4, mine4), (v6, mine6)]);
+    let shared: Vec<VipEntry> = [v4, v6]
+        .into_iter()
+        .map(|addr| VipEntry {
+            addr,
+            ifindex: LO,
+            mac: OWNER_MAC,
+            flags: VIP_FLAG_SPREAD,
+        })
+        .collect();
+    let mut h = Harness::with(&shared, &slots);
+    let lookup = Lookup {
+        table: Table::from_entries(&shared, &slots),
+        lease_valid: true,
+    };
+    let group = solicited_node(&VIP6);
+    let other_slot_arp: &[Counter] = &[ArpRequests, OtherSlot, Passed];
+    let other_slot_ns: &[Counter] = &[NdpSolicitations, OtherSlot, Passed];
+    let fixtures = [
+        Fixture {
+            name: "shared VIP, ARP from a client of this node's slot",
+            frame: arp_request(BROADCAST, VIP4),
+            expect: Expect::Tx(arp_reply(false, CLIENT_MAC, CLIENT_IP4)),
+            counted: ARP_ANSWERED,
+        },
+        Fixture {
+            name: "shared VIP, ARP from a client of another node's slot",
+            frame: arp(
+                false,
+                CLIENT_MAC,
+                BROADCAST,
+                ArpOperation::REQUEST,
+                CLIENT_MAC,
+                OTHER_IP4,
+                [0; 6],
+                VIP4,
+            ),
+            expect: Expect::Pass,
+            counted: other_slot_arp,
+        },
+        Fixture {
+            name: "shared VIP, NS from a client of this node's slot",
+            frame: ns_multicast(VIP6),
+            expect: Expect::Tx(na(false, CLIENT_MAC, CLIENT_IP6, true)),
+            counted: NS_ANSWERED,
+        },
+        Fixture {
+            name: "shared VIP, NS from a client of another node's slot",
+            frame: ns(
+                false,
+                multicast_mac(&group),
+                OTHER_IP6,
+                group,
+                255,
+                VIP6,
+                &slla(CLIENT_MAC),
+            ),
+            expect: Expect::Pass,
+            counted: other_slot_ns,
+        },
+    ];
+    let mut report = Vec::new();
+    for f in &fixtures {
+        for failure in h.check(f, &lookup) {
+            report.push(format!("{}: {failure}", f.name));
+        }
+    }
+    assert!(report.is_empty(), "{}", report.join("\n"));
+
+    let recorded = h.maps.clients();
+    let want: Vec<Client> = [(v4, c4), (v4, o4), (v6, c6), (v6, o6)]
+        .into_iter()
+        .map(|(vip, addr)| Client {
+            vip,
+            addr,
+            mac: CLIENT_MAC,
+            ifindex: LO,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(recorded, want, "every requester recorded, answered or not");
+
+    // The table goes (a half-applied change): nobody is answered rather than everybody.
+    h.maps
+        .apply(&shared, &BTreeMap::new())
+        .expect("drop the tables");
+    let no_table = Lookup {
+        table: Table::from_entries(&shared, &BTreeMap::new()),
+        lease_valid: true,
+    };
+    let f = Fixture {
+        name: "shared VIP without a table",
+        frame: arp_request(BROADCAST, VIP4),
+        expect: Expect::Pass,
+        counted: other_slot_arp,
+    };
+    let failures = h.check(&f, &no_table);
     assert!(failures.is_empty(), "{failures:?}");
 }

@@ -182,7 +182,7 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
         spawn_log_reader(logger);
     }
     let entries = entries_for(&ifaces, &vips);
-    let stats = responders.apply(&entries)?;
+    let stats = responders.apply(&entries, &Default::default())?;
     info!(
         added = stats.added,
         updated = stats.updated,

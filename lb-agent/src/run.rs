@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::Context;
+use lb_common::{SlotBits, VIP_FLAG_SPREAD};
 use lb_controller::config::types::{ServiceBGPStatus, ServiceL2Status};
 use tokio::{net::UdpSocket, sync::watch};
 use tracing::{info, warn};
@@ -38,6 +39,7 @@ use crate::{
         heartbeat::{Heartbeat, HeartbeatError, Phase},
     },
     metrics::{AgentMetrics, ModeLabel, Rejected},
+    slots::{self, SlotTable},
     source::{self, Config, trim_heap},
     statuses::{self, StatusKind},
 };
@@ -92,19 +94,65 @@ pub struct RunArgs {
     pub no_local_vip: bool,
 }
 
-fn entries(announced: &BTreeSet<Announcement>, ifaces: &[Interface]) -> Vec<VipEntry> {
+/// The map entries for `announced` on `ifaces`; the VIPs in `spread` are flagged
+/// active-active.
+fn entries(
+    announced: &BTreeSet<Announcement>,
+    ifaces: &[Interface],
+    spread: &BTreeMap<IpAddr, SlotBits>,
+) -> Vec<VipEntry> {
     announced
         .iter()
         .flat_map(|a| {
+            let flags = if spread.contains_key(&a.vip) {
+                VIP_FLAG_SPREAD
+            } else {
+                0
+            };
             ifaces
                 .iter()
                 .filter(|i| a.interfaces.is_empty() || a.interfaces.contains(&i.name))
-                .map(|i| VipEntry {
+                .map(move |i| VipEntry {
                     addr: a.vip,
                     ifindex: i.index,
                     mac: i.mac,
-                    flags: 0,
+                    flags,
                 })
+        })
+        .collect()
+}
+
+/// This node's slots of each shared VIP, one table per distinct set of nodes.
+fn slot_bits(node: &str, spread: &BTreeMap<IpAddr, Arc<[String]>>) -> BTreeMap<IpAddr, SlotBits> {
+    let mut tables: BTreeMap<&[String], SlotBits> = BTreeMap::new();
+    spread
+        .iter()
+        .map(|(vip, nodes)| {
+            let bits = *tables
+                .entry(&nodes[..])
+                .or_insert_with(|| SlotTable::new(nodes).bits(node));
+            (*vip, bits)
+        })
+        .collect()
+}
+
+/// The slots of each shared VIP that this node answers now and did not before: `before`
+/// holds the previous slots, and a VIP announced before without a table was answered for
+/// every requester.
+fn gained_slots(
+    before: &BTreeMap<IpAddr, SlotBits>,
+    announced_before: &BTreeSet<Announcement>,
+    now: &BTreeMap<IpAddr, SlotBits>,
+) -> BTreeMap<IpAddr, SlotBits> {
+    now.iter()
+        .filter_map(|(vip, bits)| {
+            let old = match before.get(vip) {
+                Some(b) => *b,
+                None if announced_before.iter().any(|a| a.vip == *vip) => SlotBits::FULL,
+                None => SlotBits::EMPTY,
+            };
+            let gained = slots::gained(&old, bits);
+            (gained.count() > 0).then_some((*vip, gained))
         })
         .collect()
 }
@@ -292,7 +340,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         info!("adopting the previous agent's VIPs until the peers are heard");
         Phase::Active
     } else {
-        responders.apply(&[])?;
+        responders.apply(&[], &BTreeMap::new())?;
         Phase::Joining
     };
     responders.renew(monotonic_ns().saturating_add(lease_ns))?;
@@ -350,6 +398,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config: Option<Arc<Config>> = None;
     let mut config_error: Option<String> = None;
     let mut announced: BTreeSet<Announcement> = BTreeSet::new();
+    // This node's slots of each active-active VIP it announces.
+    let mut spread_bits: BTreeMap<IpAddr, SlotBits> = BTreeMap::new();
+    let mut input_problems: Vec<String> = Vec::new();
     let mut last_alive: BTreeSet<String> = BTreeSet::new();
     let mut reject_log = RejectLog { last: [None; 3] };
     let mut ticker = tokio::time::interval(args.heartbeat_interval);
@@ -471,6 +522,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             }
                             bgp_assigned = now;
                         }
+                        if c.inputs.problems != input_problems {
+                            for p in &c.inputs.problems {
+                                warn!(problem = %p, "annotation ignored");
+                            }
+                            input_problems.clone_from(&c.inputs.problems);
+                        }
                         config = Some(c);
                         dirty = true;
                         metrics.config.applied();
@@ -575,7 +632,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             continue;
         }
         dirty = false;
-        let wanted = desired::announcements(&args.node_name, &c.inputs, &c.allocations, &alive);
+        let desired::Layer2 {
+            announcements: wanted,
+            spread,
+        } = desired::layer2(&args.node_name, &c.inputs, &c.allocations, &alive);
         // A VIP lost to a configuration change (the membership is the same) stays answered for
         // one failure timeout: the new owner may read the change a moment later than this agent,
         // and the VIP must not be left without an answer meanwhile. Losses to a peer becoming
@@ -597,6 +657,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let mut next = wanted;
         next.extend(lingering.keys().cloned());
+        let mut next_bits = slot_bits(&args.node_name, &spread);
+        for a in lingering.keys() {
+            if let Some(bits) = spread_bits.get(&a.vip) {
+                next_bits.entry(a.vip).or_insert(*bits);
+            }
+        }
         let first = !ready;
         ready = true;
         phase = Phase::Active;
@@ -611,20 +677,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 changed
             });
         }
-        if next == announced && !first {
+        if next == announced && next_bits == spread_bits && !first {
             continue;
         }
         let gained: Vec<&Announcement> = next.difference(&announced).collect();
         let lost: Vec<&Announcement> = announced.difference(&next).collect();
         for a in &gained {
-            info!(vip = %a.vip, service = %a.service, "taking over");
+            match next_bits.get(&a.vip) {
+                Some(bits) => {
+                    info!(vip = %a.vip, service = %a.service, slots = bits.count(), "sharing (active-active)")
+                }
+                None => info!(vip = %a.vip, service = %a.service, "taking over"),
+            }
         }
         for a in &lost {
             info!(vip = %a.vip, service = %a.service, "releasing");
         }
         if !first {
-            metrics.takeovers.inc_by(gained.len() as u64);
+            let whole = gained.iter().filter(|a| !next_bits.contains_key(&a.vip));
+            metrics.takeovers.inc_by(whole.count() as u64);
         }
+        let took_slots = gained_slots(&spread_bits, &announced, &next_bits);
         if let Some(recorder) = &recorder {
             let services: BTreeSet<String> = gained.iter().map(|a| a.service.clone()).collect();
             tokio::spawn(node_assigned(
@@ -635,7 +708,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ));
         }
         // Make before break: the maps gain the new VIPs before losing the old ones.
-        responders.apply(&entries(&next, &ifaces))?;
+        responders.apply(&entries(&next, &ifaces, &next_bits), &next_bits)?;
         metrics.announced.set(next.len() as i64);
         if let Some(l2) = &l2_status {
             let mut wanted = statuses::Wanted::new();
@@ -649,27 +722,52 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             l2.send_replace(wanted);
         }
-        let fresh: BTreeSet<Announcement> = gained.into_iter().cloned().collect();
-        let burst = entries(&fresh, &ifaces);
-        if !burst.is_empty() {
+        // Shared VIPs are announced to no one but the clients of the slots taken over.
+        let fresh: BTreeSet<Announcement> = gained
+            .into_iter()
+            .filter(|a| !next_bits.contains_key(&a.vip))
+            .cloned()
+            .collect();
+        let burst = entries(&fresh, &ifaces, &BTreeMap::new());
+        let notices: Vec<announce::Notice> = if took_slots.is_empty() {
+            Vec::new()
+        } else {
+            responders
+                .clients()
+                .iter()
+                .filter(|c| took_slots.get(&c.vip).is_some_and(|g| g.contains(c.slot())))
+                .filter_map(|c| {
+                    let iface = ifaces.iter().find(|i| i.index == c.ifindex)?;
+                    announce::notice(c, iface.mac)
+                })
+                .collect()
+        };
+        if !took_slots.is_empty() && !first {
+            info!(
+                vips = took_slots.len(),
+                clients = notices.len(),
+                "took over slots of shared VIPs; telling their recorded clients"
+            );
+        }
+        if !burst.is_empty() || !notices.is_empty() {
             let sockets = sockets.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                let count = |ip: IpAddr| {
+                    metrics
+                        .gratuitous
+                        .add(&crate::metrics::IpLabel { ip: ip.to_string() }, 1);
+                };
                 let start = tokio::time::Instant::now();
                 for at in announce::SCHEDULE {
                     tokio::time::sleep_until(start + at).await;
-                    announce::send_round(&sockets, &burst, |e| {
-                        metrics.gratuitous.add(
-                            &crate::metrics::IpLabel {
-                                ip: e.addr.to_string(),
-                            },
-                            1,
-                        );
-                    });
+                    announce::send_round(&sockets, &burst, |e| count(e.addr));
+                    announce::send_notices(&sockets, &notices, |n| count(n.vip));
                 }
             });
         }
         announced = next;
+        spread_bits = next_bits;
         trim_heap();
     }
     // Say goodbye (three times: UDP may drop one) so the peers take over at once, and keep

@@ -70,6 +70,9 @@ impl SlotBits {
     pub const EMPTY: SlotBits = SlotBits {
         words: [0; SLOT_WORDS],
     };
+    pub const FULL: SlotBits = SlotBits {
+        words: [u64::MAX; SLOT_WORDS],
+    };
 
     /// Whether slot `slot` (below [`SLOTS`]) is set.
     #[inline(always)]

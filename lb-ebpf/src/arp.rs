@@ -3,11 +3,11 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
-use lb_common::{Counter, Vip4Key, VipStatsKey};
+use lb_common::{Counter, VIP_FLAG_SPREAD, Vip4Key, VipStatsKey};
 
 use crate::{
     hdr::{self, Arp, Eth},
-    prog::{Tally, VIP4, Verdict, count_vip, ifindex, lease_valid},
+    prog::{Tally, VIP4, Verdict, answers, asker, count_vip, ifindex, lease_valid},
     ptr::frame_start,
 };
 
@@ -17,7 +17,10 @@ const ARPOP_REPLY: u16 = 2;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// Handles an ARP frame whose ARP header starts at `L3`.
-#[inline(always)]
+///
+/// Not inlined: its locals get a frame of their own instead of adding to the entry point's,
+/// which every solicitation's frame stacks on (the verifier allows 512 bytes in all).
+#[inline(never)]
 pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
     let Ok(start) = frame_start(ctx, L3 + size_of::<Arp>()) else {
         return Verdict::Malformed;
@@ -58,6 +61,22 @@ pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
         return Verdict::Pass;
     }
     let stats = VipStatsKey::v4(key.addr);
+    if value.flags & VIP_FLAG_SPREAD != 0 {
+        let Some(asker) = asker() else {
+            return Verdict::Pass;
+        };
+        // SAFETY: this CPU's scratch element (see `asker`).
+        unsafe {
+            (*asker).key.vip = stats.addr;
+            (*asker).key.client = VipStatsKey::v4(arp.spa).addr;
+            (*asker).value.mac = arp.sha;
+            (*asker).value.ifindex = key.ifindex;
+        }
+        if !answers(asker, !hdr::eq(&arp.spa, &[0; 4]), tally) {
+            count_vip(&stats, false);
+            return Verdict::Pass;
+        }
+    }
     if !lease_valid(&value, tally) {
         count_vip(&stats, false);
         return Verdict::Pass;

@@ -30,12 +30,13 @@ mod prog {
         bindings::{BPF_F_NO_PREALLOC, xdp_action},
         helpers::bpf_ktime_get_ns,
         macros::{map, xdp},
-        maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
         programs::XdpContext,
     };
     use lb_common::{
-        COUNTER_SLOTS, Counter, CounterBlock, MAX_VIPS, VIP_FLAG_LEASED, Vip4Key, Vip6Key,
-        VipStats, VipStatsKey, VipValue,
+        COUNTER_SLOTS, ClientKey, ClientValue, Counter, CounterBlock, MAX_CLIENTS, MAX_VIPS,
+        SlotBits, VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue,
+        requester_slot,
     };
 
     use crate::{arp, hdr, ndp, ptr::ptr_at};
@@ -57,6 +58,13 @@ mod prog {
 
     #[map(name = "lease")]
     static LEASE: Array<u64> = Array::pinned(1, 0);
+
+    #[map(name = "slots")]
+    static SLOT_TABLES: HashMap<VipStatsKey, SlotBits> =
+        HashMap::pinned(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+    #[map(name = "clients")]
+    static CLIENTS: LruHashMap<ClientKey, ClientValue> = LruHashMap::pinned(MAX_CLIENTS, 0);
 
     /// What a handler decided about a frame.
     pub enum Verdict {
@@ -113,6 +121,60 @@ mod prog {
             tally.add(Counter::LeaseExpired);
             false
         }
+    }
+
+    /// The request being decided for an active-active VIP, built in map memory: BPF-to-BPF
+    /// calls take five arguments at most and the stack is already mostly the solicitation's.
+    #[repr(C)]
+    pub struct Asker {
+        pub key: ClientKey,
+        pub value: ClientValue,
+    }
+
+    #[map]
+    static ASKER: PerCpuArray<Asker> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Where to build the request for [`answers`]; none only if the map lookup fails.
+    #[inline(always)]
+    pub fn asker() -> Option<*mut Asker> {
+        ASKER.get_ptr_mut(0)
+    }
+
+    /// Whether this node answers the request in `asker` (a requester of an active-active
+    /// VIP, both addresses IPv4-mapped for IPv4): only when the requester's slot is in the
+    /// VIP's table. The requester is recorded, whoever answers, so that the node taking over
+    /// its slot can tell it at once; `record` is false for requesters without an address (ARP
+    /// probes, DAD).
+    #[inline(never)]
+    pub fn answers(asker: *mut Asker, record: bool, tally: &mut Tally) -> bool {
+        // SAFETY: `asker` is this CPU's element of ASKER, which nothing else touches during
+        // this run; map elements are valid keys and values for map helpers.
+        let (key, value) = unsafe { (&(*asker).key, &(*asker).value) };
+        if record {
+            // A lookup refreshes the entry's age as well; writing only on change keeps the
+            // common case (a client asking again from where it asked before) cheap.
+            let known = match CLIENTS.get_ptr(key) {
+                // SAFETY: the element stays valid for this run (RCU).
+                Some(v) => unsafe {
+                    hdr::eq(&(*v).mac, &value.mac) && (*v).ifindex == value.ifindex
+                },
+                None => false,
+            };
+            if !known {
+                let _ = CLIENTS.insert(key, value, 0);
+            }
+        }
+        // SAFETY: VipStatsKey is the 16 address bytes that start ClientKey (both repr(C)).
+        let table = unsafe { &*(&key.vip as *const [u8; 16]).cast::<VipStatsKey>() };
+        let mine = match SLOT_TABLES.get_ptr(table) {
+            // SAFETY: the map has no preallocation, so the element stays valid for this run.
+            Some(bits) => unsafe { (*bits).contains(requester_slot(&key.vip, &key.client)) },
+            None => false,
+        };
+        if !mine {
+            tally.add(Counter::OtherSlot);
+        }
+        mine
     }
 
     /// Counts a request for a VIP in the map, and whether it was answered.

@@ -3,12 +3,12 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
-use lb_common::{Counter, Vip6Key, VipStatsKey};
+use lb_common::{Counter, VIP_FLAG_SPREAD, Vip6Key, VipStatsKey};
 
 use crate::{
     csum,
     hdr::{self, Eth, IPV6_LEN, Ipv6, NaWithTlla},
-    prog::{Tally, VIP6, Verdict, count_vip, ifindex, lease_valid},
+    prog::{Tally, VIP6, Verdict, answers, asker, count_vip, ifindex, lease_valid},
     ptr::{frame_start, ptr_at},
 };
 
@@ -155,6 +155,22 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut T
         return Verdict::Pass;
     }
     let stats = VipStatsKey { addr: target };
+    if value.flags & VIP_FLAG_SPREAD != 0 {
+        let Some(asker) = asker() else {
+            return Verdict::Pass;
+        };
+        // SAFETY: this CPU's scratch element (see `asker`).
+        unsafe {
+            (*asker).key.vip = target;
+            (*asker).key.client = ip6.src;
+            (*asker).value.mac = eth.src;
+            (*asker).value.ifindex = key.ifindex;
+        }
+        if !answers(asker, !dad, tally) {
+            count_vip(&stats, false);
+            return Verdict::Pass;
+        }
+    }
     if !lease_valid(&value, tally) {
         count_vip(&stats, false);
         return Verdict::Pass;

@@ -379,20 +379,23 @@ fn program_cost() -> Result<Cost> {
     let mut dp = Datapath::load(pins.path(), 0)?;
     let mut maps = VipMaps::open_pinned(pins.path())?;
     // Test runs arrive on the loopback device (ifindex 1).
-    maps.apply(&[
-        VipEntry {
-            addr: frames::VIP4.into(),
-            ifindex: 1,
-            mac: frames::OWNER_MAC,
-            flags: 0,
-        },
-        VipEntry {
-            addr: frames::VIP6.into(),
-            ifindex: 1,
-            mac: frames::OWNER_MAC,
-            flags: 0,
-        },
-    ])?;
+    maps.apply(
+        &[
+            VipEntry {
+                addr: frames::VIP4.into(),
+                ifindex: 1,
+                mac: frames::OWNER_MAC,
+                flags: 0,
+            },
+            VipEntry {
+                addr: frames::VIP6.into(),
+                ifindex: 1,
+                mac: frames::OWNER_MAC,
+                flags: 0,
+            },
+        ],
+        &Default::default(),
+    )?;
     let arp = frames::arp_request(frames::BROADCAST, frames::VIP4);
     let ns = frames::ns_multicast(frames::VIP6);
     let (mut a, mut n, mut p) = (Vec::new(), Vec::new(), Vec::new());

@@ -5,9 +5,10 @@
 //! With VLAN offload the kernel strips the 802.1Q tag before packet sockets see the frame, so
 //! the fallback answers tagged requests untagged; announce on the VLAN subinterface instead.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io,
     mem::size_of,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
         Arc, RwLock,
@@ -17,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{COUNTER_SLOTS, Counter, VipValue};
+use lb_common::{COUNTER_SLOTS, Counter, SlotBits, VipValue};
 
 use super::{
     L2Error,
@@ -184,19 +185,27 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
 pub struct Table {
     v4: HashMap<([u8; 4], u32), VipValue>,
     v6: HashMap<([u8; 16], u32), VipValue>,
+    slots: HashMap<[u8; 16], SlotBits>,
 }
 
 impl Table {
-    pub fn from_entries(entries: &[VipEntry]) -> Self {
-        let mut table = Self::default();
+    /// The VIPs `entries`, with the slots of the active-active ones in `slots`.
+    pub fn from_entries(entries: &[VipEntry], slots: &BTreeMap<IpAddr, SlotBits>) -> Self {
+        let mut table = Self {
+            slots: slots
+                .iter()
+                .map(|(ip, bits)| (super::maps::addr_key(*ip).addr, *bits))
+                .collect(),
+            ..Self::default()
+        };
         for e in entries {
             let value = VipValue {
                 mac: e.mac,
                 flags: e.flags,
             };
             match e.addr {
-                std::net::IpAddr::V4(a) => table.v4.insert((a.octets(), e.ifindex), value),
-                std::net::IpAddr::V6(a) => table.v6.insert((a.octets(), e.ifindex), value),
+                IpAddr::V4(a) => table.v4.insert((a.octets(), e.ifindex), value),
+                IpAddr::V6(a) => table.v6.insert((a.octets(), e.ifindex), value),
             };
         }
         table
@@ -212,6 +221,9 @@ impl VipLookup for Table {
     }
     fn lease_valid(&self) -> bool {
         false
+    }
+    fn slots(&self, vip: &[u8; 16]) -> Option<&SlotBits> {
+        self.slots.get(vip)
     }
 }
 

@@ -1,9 +1,17 @@
 //! Gratuitous ARP / unsolicited NA after taking a VIP: a quick burst so one lost frame does not
 //! matter, then repeats for a few seconds (MetalLB repeats for 5 s too) so switches and clients
 //! that missed the burst still move.
+//!
+//! An active-active VIP is never announced to everyone, which would pull every client to one
+//! node: a node that takes over slots sends [`Notice`]s, unicast, to the clients recorded in
+//! them, on the same schedule.
 use std::{net::IpAddr, time::Duration};
 
-use super::{afpacket::PacketSocket, maps::VipEntry, responder};
+use super::{
+    afpacket::PacketSocket,
+    maps::{Client, VipEntry},
+    responder,
+};
 
 /// Offsets from the takeover at which announcements go out.
 pub const SCHEDULE: [Duration; 8] = [
@@ -43,6 +51,52 @@ pub fn send_round(
                 on_sent(entry);
             }
             Err(e) => tracing::warn!(vip = %entry.addr, error = %e, "announcement not sent"),
+        }
+    }
+    sent
+}
+
+/// A unicast announcement to one recorded client of an active-active VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub vip: IpAddr,
+    pub ifindex: u32,
+    pub frame: Vec<u8>,
+}
+
+/// The notice telling `client` that its VIP is at `mac` (the interface's MAC it was heard on);
+/// none for a client of the other family (which the XDP program never records).
+pub fn notice(client: &Client, mac: [u8; 6]) -> Option<Notice> {
+    let frame = match (client.vip, client.addr) {
+        (IpAddr::V4(vip), IpAddr::V4(addr)) => responder::arp_reply_to(vip, mac, addr, client.mac),
+        (IpAddr::V6(vip), IpAddr::V6(addr)) => responder::na_to(vip, mac, addr, client.mac),
+        _ => return None,
+    };
+    Some(Notice {
+        vip: client.vip,
+        ifindex: client.ifindex,
+        frame,
+    })
+}
+
+/// Sends every notice through the socket of its interface, calling `on_sent` for each that
+/// went out; returns how many did.
+pub fn send_notices(
+    sockets: &[(u32, PacketSocket)],
+    notices: &[Notice],
+    mut on_sent: impl FnMut(&Notice),
+) -> usize {
+    let mut sent = 0;
+    for n in notices {
+        let Some((_, socket)) = sockets.iter().find(|(i, _)| *i == n.ifindex) else {
+            continue;
+        };
+        match socket.send(&n.frame) {
+            Ok(()) => {
+                sent += 1;
+                on_sent(n);
+            }
+            Err(e) => tracing::warn!(vip = %n.vip, error = %e, "notice not sent"),
         }
     }
     sent

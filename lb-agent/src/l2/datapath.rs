@@ -27,8 +27,9 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use lb_common::{
-    CounterBlock, LINK_PIN_PREFIX, MAP_COUNTERS, MAP_LEASE, MAP_VIP_STATS, MAP_VIP4, MAP_VIP6,
-    PROG_XDP_L2, PROG_XDP_PASS, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue,
+    ClientKey, ClientValue, CounterBlock, LINK_PIN_PREFIX, MAP_CLIENTS, MAP_COUNTERS, MAP_LEASE,
+    MAP_SLOTS, MAP_VIP_STATS, MAP_VIP4, MAP_VIP6, PROG_XDP_L2, PROG_XDP_PASS, SlotBits, Vip4Key,
+    Vip6Key, VipStats, VipStatsKey, VipValue,
 };
 use tracing::{info, warn};
 
@@ -107,6 +108,12 @@ fn drop_incompatible_pins(bpffs: &Path) {
             MAP_VIP_STATS,
             size_of::<VipStatsKey>(),
             size_of::<VipStats>(),
+        ),
+        (MAP_SLOTS, size_of::<VipStatsKey>(), size_of::<SlotBits>()),
+        (
+            MAP_CLIENTS,
+            size_of::<ClientKey>(),
+            size_of::<ClientValue>(),
         ),
     ];
     for (name, key, value) in expected {
@@ -330,6 +337,8 @@ impl Datapath {
             MAP_COUNTERS,
             MAP_LEASE,
             MAP_VIP_STATS,
+            MAP_SLOTS,
+            MAP_CLIENTS,
         ] {
             remove_if_exists(&bpffs.join(name))?;
         }

@@ -7,8 +7,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use lb_common::{
-    COUNTER_SLOTS, Counter, CounterBlock, MAP_COUNTERS, MAP_LEASE, MAP_VIP_STATS, MAP_VIP4,
-    MAP_VIP6, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue,
+    COUNTER_SLOTS, ClientKey, ClientValue, Counter, CounterBlock, MAP_CLIENTS, MAP_COUNTERS,
+    MAP_LEASE, MAP_SLOTS, MAP_VIP_STATS, MAP_VIP4, MAP_VIP6, SlotBits, Vip4Key, Vip6Key, VipStats,
+    VipStatsKey, VipValue,
 };
 
 use super::L2Error;
@@ -53,18 +54,46 @@ pub struct VipMaps {
     counters: PerCpuArray<MapData, CounterBlock>,
     lease: Array<MapData, u64>,
     stats: PerCpuHashMap<MapData, VipStatsKey, VipStats>,
+    slots: HashMap<MapData, VipStatsKey, SlotBits>,
+    clients: HashMap<MapData, ClientKey, ClientValue>,
 }
 
-fn stats_key(addr: IpAddr) -> VipStatsKey {
+/// An address as the maps keyed by address hold it: IPv4 as IPv4-mapped IPv6.
+pub fn addr_key(addr: IpAddr) -> VipStatsKey {
     match addr {
         IpAddr::V4(a) => VipStatsKey::v4(a.octets()),
         IpAddr::V6(a) => VipStatsKey { addr: a.octets() },
     }
 }
 
-fn stats_addr(key: &VipStatsKey) -> IpAddr {
-    let v6 = Ipv6Addr::from(key.addr);
+/// The address an [`addr_key`] stands for.
+pub fn key_addr(key: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*key);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+fn stats_key(addr: IpAddr) -> VipStatsKey {
+    addr_key(addr)
+}
+
+fn stats_addr(key: &VipStatsKey) -> IpAddr {
+    key_addr(&key.addr)
+}
+
+/// A requester of an active-active VIP, as the XDP program recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Client {
+    pub vip: IpAddr,
+    pub addr: IpAddr,
+    pub mac: [u8; 6],
+    pub ifindex: u32,
+}
+
+impl Client {
+    /// The slot of the VIP's table this client falls in.
+    pub fn slot(&self) -> u32 {
+        lb_common::requester_slot(&addr_key(self.vip).addr, &addr_key(self.addr).addr)
+    }
 }
 
 /// Requests and replies for one VIP address, summed over CPUs and interfaces.
@@ -97,7 +126,80 @@ impl VipMaps {
             stats: open(bpffs, MAP_VIP_STATS)?
                 .try_into()
                 .map_err(err(MAP_VIP_STATS))?,
+            slots: open(bpffs, MAP_SLOTS)?.try_into().map_err(err(MAP_SLOTS))?,
+            clients: open(bpffs, MAP_CLIENTS)?
+                .try_into()
+                .map_err(err(MAP_CLIENTS))?,
         })
+    }
+
+    /// The slot tables of the active-active VIPs.
+    pub fn slot_tables(&self) -> BTreeMap<IpAddr, SlotBits> {
+        self.slots
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (key_addr(&k.addr), v))
+            .collect()
+    }
+
+    /// Every requester recorded for the active-active VIPs, sorted.
+    pub fn clients(&self) -> Vec<Client> {
+        let mut out: Vec<Client> = self
+            .clients
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| Client {
+                vip: key_addr(&k.vip),
+                addr: key_addr(&k.client),
+                mac: v.mac,
+                ifindex: v.ifindex,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Makes the slot tables exactly `tables`; returns how many were written or removed.
+    fn sync_slots(&mut self, tables: &BTreeMap<IpAddr, SlotBits>) -> Result<(), L2Error> {
+        let err = |source| L2Error::Map {
+            name: MAP_SLOTS,
+            source,
+        };
+        let current = self.slot_tables();
+        for (addr, bits) in tables {
+            if current.get(addr) != Some(bits) {
+                self.slots.insert(addr_key(*addr), bits, 0).map_err(err)?;
+            }
+        }
+        for addr in current.keys().filter(|a| !tables.contains_key(*a)) {
+            match self.slots.remove(&addr_key(*addr)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the recorded requesters of VIPs not in `keep`.
+    fn forget_clients(&mut self, keep: &BTreeMap<IpAddr, SlotBits>) -> Result<(), L2Error> {
+        let stale: Vec<ClientKey> = self
+            .clients
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains_key(&key_addr(&k.vip)))
+            .collect();
+        for key in stale {
+            match self.clients.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(L2Error::Map {
+                        name: MAP_CLIENTS,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every VIP entry in the maps, sorted.
@@ -177,9 +279,26 @@ impl VipMaps {
         }
     }
 
-    /// Makes the maps hold exactly `desired`: new and changed entries are written before stale
-    /// ones are removed, so a VIP that stays is never missing in between.
-    pub fn apply(&mut self, desired: &[VipEntry]) -> Result<ApplyStats, L2Error> {
+    /// Makes the maps hold exactly `desired`, with `slots` as the tables of the active-active
+    /// VIPs among them: new and changed entries are written before stale ones are removed, so
+    /// a VIP that stays is never missing in between. Tables are written before the entries
+    /// that use them and removed after, and the requesters of VIPs no longer shared are
+    /// forgotten.
+    pub fn apply(
+        &mut self,
+        desired: &[VipEntry],
+        slots: &BTreeMap<IpAddr, SlotBits>,
+    ) -> Result<ApplyStats, L2Error> {
+        let mut with_old = self.slot_tables();
+        with_old.extend(slots.iter().map(|(a, b)| (*a, *b)));
+        self.sync_slots(&with_old)?;
+        let stats = self.apply_entries(desired)?;
+        self.sync_slots(slots)?;
+        self.forget_clients(slots)?;
+        Ok(stats)
+    }
+
+    fn apply_entries(&mut self, desired: &[VipEntry]) -> Result<ApplyStats, L2Error> {
         let current: BTreeMap<_, _> = self.entries().into_iter().map(|e| (e.key(), e)).collect();
         let wanted: BTreeMap<_, _> = desired.iter().map(|e| (e.key(), *e)).collect();
         let mut stats = ApplyStats::default();

@@ -6,7 +6,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::checksum::Sum16BitWords;
-use lb_common::{Counter, VIP_FLAG_LEASED, VipValue};
+use lb_common::{
+    Counter, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipStatsKey, VipValue, requester_slot,
+};
 
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
@@ -33,6 +35,10 @@ pub trait VipLookup {
     fn lookup6(&self, addr: [u8; 16], ifindex: u32) -> Option<VipValue>;
     /// Whether the data-path lease is valid now (only asked for VIPs flagged as leased).
     fn lease_valid(&self) -> bool;
+    /// The slots this node answers of an active-active VIP (IPv4-mapped for IPv4).
+    fn slots(&self, _vip: &[u8; 16]) -> Option<&SlotBits> {
+        None
+    }
 }
 
 /// The responder's decision about one frame.
@@ -119,6 +125,26 @@ fn lease_ok(value: &VipValue, vips: &impl VipLookup, ctx: &mut Ctx) -> bool {
     false
 }
 
+/// For an active-active VIP, whether the requester's slot is this node's (the XDP program's
+/// `answers`, without the recording).
+fn slot_ok(
+    value: &VipValue,
+    vip: &[u8; 16],
+    requester: &[u8; 16],
+    vips: &impl VipLookup,
+    ctx: &mut Ctx,
+) -> bool {
+    if value.flags & VIP_FLAG_SPREAD == 0
+        || vips
+            .slots(vip)
+            .is_some_and(|b| b.contains(requester_slot(vip, requester)))
+    {
+        return true;
+    }
+    ctx.counted.push(Counter::OtherSlot);
+    false
+}
+
 fn arp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut Ctx) -> Outcome {
     let Some(arp) = frame.get(l3..l3 + 28) else {
         return Outcome::Malformed;
@@ -151,6 +177,10 @@ fn arp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
         return Outcome::Pass;
     };
     if eth_dst != BROADCAST && eth_dst != value.mac {
+        return Outcome::Pass;
+    }
+    let (vip, requester) = (VipStatsKey::v4(tpa).addr, VipStatsKey::v4(spa).addr);
+    if !slot_ok(&value, &vip, &requester, vips, ctx) {
         return Outcome::Pass;
     }
     if !lease_ok(&value, vips, ctx) {
@@ -246,6 +276,9 @@ fn ndp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     if !to_multicast && eth_dst != value.mac {
         return Outcome::Pass;
     }
+    if !slot_ok(&value, &target, &src, vips, ctx) {
+        return Outcome::Pass;
+    }
     if !lease_ok(&value, vips, ctx) {
         return Outcome::Pass;
     }
@@ -319,6 +352,38 @@ pub fn unsolicited_na(vip: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&mac);
     f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
     write_na(&mut f, &vip.octets(), &mac, &ALL_NODES, 0x20);
+    f
+}
+
+/// An ARP reply to one client (`client_ip` at `client_mac`) that `vip` is at `mac`: what it
+/// would have got had it asked. Linux takes an unsolicited reply to a known entry (after its
+/// `locktime`), so the client moves without a broadcast that would move every client.
+pub fn arp_reply_to(
+    vip: Ipv4Addr,
+    mac: [u8; 6],
+    client_ip: Ipv4Addr,
+    client_mac: [u8; 6],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_LEN + 28);
+    f.extend_from_slice(&client_mac);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&vip.octets());
+    f.extend_from_slice(&client_mac);
+    f.extend_from_slice(&client_ip.octets());
+    f
+}
+
+/// An unsolicited neighbour advertisement to one client: Override set, Solicited clear (it
+/// answers no solicitation), with the Target Link-Layer Address option.
+pub fn na_to(vip: Ipv6Addr, mac: [u8; 6], client_ip: Ipv6Addr, client_mac: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_LEN + IPV6_LEN + NA_LEN);
+    f.extend_from_slice(&client_mac);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    write_na(&mut f, &vip.octets(), &mac, &client_ip.octets(), 0x20);
     f
 }
 

@@ -6,7 +6,8 @@
 //! lease. AF_PACKET entries never do: that responder lives in the agent's own process, so it
 //! stops answering when the agent dies without one.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
@@ -15,7 +16,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use lb_common::VIP_FLAG_LEASED;
+use lb_common::{SlotBits, VIP_FLAG_LEASED};
 use tracing::{info, warn};
 
 use super::{
@@ -23,7 +24,7 @@ use super::{
     afpacket::{self, SharedCounters, Table},
     datapath::{Datapath, XdpModes, any_link_pinned},
     iface::Interface,
-    maps::{ApplyStats, VipEntry, VipMaps, monotonic_ns},
+    maps::{ApplyStats, Client, VipEntry, VipMaps, monotonic_ns},
 };
 
 /// Which responders to use.
@@ -148,6 +149,11 @@ impl Responders {
         }
     }
 
+    /// The requesters the XDP program recorded for the active-active VIPs.
+    pub fn clients(&self) -> Vec<Client> {
+        self.maps.as_ref().map(VipMaps::clients).unwrap_or_default()
+    }
+
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
     pub fn renew(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
         match &mut self.maps {
@@ -156,9 +162,13 @@ impl Responders {
         }
     }
 
-    /// Answers for exactly `entries` (make before break in the maps); returns what changed in
-    /// the XDP maps.
-    pub fn apply(&mut self, entries: &[VipEntry]) -> Result<ApplyStats, L2Error> {
+    /// Answers for exactly `entries` (make before break in the maps), with `slots` as the
+    /// tables of the active-active VIPs among them; returns what changed in the XDP maps.
+    pub fn apply(
+        &mut self,
+        entries: &[VipEntry],
+        slots: &BTreeMap<IpAddr, SlotBits>,
+    ) -> Result<ApplyStats, L2Error> {
         let (xdp, af): (Vec<VipEntry>, Vec<VipEntry>) =
             entries.iter().partition(|e| self.xdp.contains(&e.ifindex));
         let mut stats = ApplyStats::default();
@@ -171,7 +181,7 @@ impl Responders {
                     ..e
                 })
                 .collect();
-            stats = m.apply(&xdp)?;
+            stats = m.apply(&xdp, slots)?;
         }
         let af: Vec<VipEntry> = af
             .into_iter()
@@ -181,7 +191,7 @@ impl Responders {
                 ..e
             })
             .collect();
-        let next = Table::from_entries(&af);
+        let next = Table::from_entries(&af, slots);
         if let Ok(mut t) = self.table.write() {
             *t = next;
         }
@@ -191,7 +201,7 @@ impl Responders {
     /// Stops answering, detaches XDP from this agent's interfaces and, when nothing else is
     /// left in them (no entry, no other link), removes the pins.
     pub fn shutdown(mut self, ifaces: &[Interface]) -> Result<(), L2Error> {
-        self.apply(&[])?;
+        self.apply(&[], &BTreeMap::new())?;
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
