@@ -31,13 +31,7 @@ fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
          spec:\n  addresses: [10.210.0.100-10.210.0.150]\n---\n\
          apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: lab, namespace: metallb-system}}\nspec: {l2_spec}\n",
     );
-    for (i, node) in lab.nodes.iter().enumerate() {
-        yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}, labels: {{kubernetes.io/hostname: node-{n}}}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{ip}\"}}]\n",
-            n = i + 1,
-            ip = node.ipv4
-        ));
-    }
+    yaml.push_str(&nodes_yaml(lab));
     for s in 0..SERVICES {
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{s}, namespace: default}}\nspec: {{type: LoadBalancer, ports: [{{port: 80}}]}}\n"
@@ -46,10 +40,23 @@ fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
     yaml
 }
 
-fn config_dir(lab: &Lab) -> PathBuf {
+/// The Node objects of the lab's nodes (`node-1`, ...), as YAML documents.
+pub fn nodes_yaml(lab: &Lab) -> String {
+    let mut yaml = String::new();
+    for (i, node) in lab.nodes.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-{n}, labels: {{kubernetes.io/hostname: node-{n}}}}}\nstatus:\n  addresses: [{{type: InternalIP, address: \"{ip}\"}}]\n",
+            n = i + 1,
+            ip = node.ipv4
+        ));
+    }
+    yaml
+}
+
+fn config_dir(config: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("xdplb-failover"));
     std::fs::create_dir_all(&dir).expect("config dir");
-    std::fs::write(dir.join("config.yaml"), config_yaml(lab, "{}")).expect("write config");
+    std::fs::write(dir.join("config.yaml"), config).expect("write config");
     std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("write secret");
     dir
 }
@@ -232,8 +239,14 @@ impl Group {
 
     /// The same, every agent started with `extra` arguments (timers, say).
     pub fn start_with(tag: &str, extra: &[&str]) -> Self {
+        Self::start_config(tag, extra, |lab| config_yaml(lab, "{}"))
+    }
+
+    /// The same with the configuration `config` writes for the lab (pools, advertisements,
+    /// Services; [`nodes_yaml`] gives the Nodes).
+    pub fn start_config(tag: &str, extra: &[&str], config: impl FnOnce(&Lab) -> String) -> Self {
         let lab = Lab::new(tag, 3);
-        let dir = config_dir(&lab);
+        let dir = config_dir(&config(&lab));
         allocate(&dir);
         let names = ["node-1", "node-2", "node-3"];
         let macs = (0..3)

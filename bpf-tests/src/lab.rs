@@ -27,6 +27,32 @@ pub struct Lab {
     _pass_pins: PinDir,
 }
 
+fn attach_host(segment: &NetNs, tag: &str, index: usize, addr: u8) -> Host {
+    let ns = NetNs::new(&crate::unique(tag));
+    let port = format!("p{index}");
+    ip(&[
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        &segment.name,
+    ]);
+    segment.ip(&["link", "set", &port, "master", "br0"]);
+    segment.ip(&["link", "set", &port, "up"]);
+    let (ipv4, ipv6) = (format!("10.210.0.{addr}"), format!("fd00:210::{addr:x}"));
+    ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
+    ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    Host { ns, ipv4, ipv6 }
+}
+
 impl Lab {
     /// Builds the segment; `tag` keeps names unique between labs that run at once.
     pub fn new(tag: &str, nodes: usize) -> Self {
@@ -35,29 +61,7 @@ impl Lab {
         segment.ip(&["link", "set", "br0", "up"]);
         let pass_pins = PinDir::new(&format!("{tag}pass"));
         let attach = |name: &str, index: usize, addr: u8| -> Host {
-            let ns = NetNs::new(&crate::unique(&format!("{tag}{name}")));
-            let port = format!("p{index}");
-            ip(&[
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                &ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                &segment.name,
-            ]);
-            segment.ip(&["link", "set", &port, "master", "br0"]);
-            segment.ip(&["link", "set", &port, "up"]);
-            let (ipv4, ipv6) = (format!("10.210.0.{addr}"), format!("fd00:210::{addr:x}"));
-            ns.ip(&["addr", "add", &format!("{ipv4}/24"), "dev", "eth0"]);
-            ns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            Host { ns, ipv4, ipv6 }
+            attach_host(&segment, &format!("{tag}{name}"), index, addr)
         };
         let client = attach("c", 0, 1);
         let nodes: Vec<Host> = (1..=nodes)
@@ -84,6 +88,13 @@ impl Lab {
             nodes,
             _pass_pins: pass_pins,
         }
+    }
+
+    /// A host attached to the segment later (clients beyond the first, say): namespace
+    /// `tag`, bridge port `p{port}` (unique per lab), addresses 10.210.0.`addr` and
+    /// fd00:210::`addr` (hex).
+    pub fn attach(&self, tag: &str, port: usize, addr: u8) -> Host {
+        attach_host(&self.segment, tag, port, addr)
     }
 
     /// Where the bridge ports' pass-through programs are pinned.

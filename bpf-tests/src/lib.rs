@@ -7,6 +7,7 @@
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` through the `bpf(2)` syscall (aya does not expose it).
 //! - [`frames`]: request frames and independently built expected replies (etherparse).
 //! - [`agent`]: the agent binary as a child process in a namespace.
+//! - [`lab`], [`group`], [`fleet`]: the bridge segment, three agents on it, many clients.
 
 pub mod agent;
 pub mod agent_bench;
@@ -14,6 +15,7 @@ pub mod apiserver;
 pub mod bgp_bench;
 pub mod controller_bench;
 pub mod failover_bench;
+pub mod fleet;
 pub mod frames;
 pub mod frr;
 pub mod gobgp;

@@ -1,0 +1,194 @@
+//! Active-active Layer 2 in the lab: three real agents share one dual-stack VIP, 36 clients
+//! (a namespace each, the kernel resolving the VIP) are spread over the nodes exactly as the
+//! slot table says; when one node's agent is killed, its clients are told the new node's MAC
+//! within a fraction of a second and no client of a surviving node changes MAC.
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use bpf_tests::{
+    fleet::{self, Fleet},
+    group::{Group, nodes_yaml},
+    lab::Lab,
+    privileged,
+};
+use lb_agent::{l2::maps::addr_key, slots::SlotTable};
+use lb_common::requester_slot;
+
+const CLIENTS: usize = 36;
+const VIP4: &str = "10.210.0.200";
+const VIP6: &str = "fd00:210::200";
+
+fn config(lab: &Lab) -> String {
+    format!(
+        "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: shared, namespace: metallb-system}}\n\
+         spec:\n  addresses: [10.210.0.200/32, \"fd00:210::200/128\"]\n---\n\
+         apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\n\
+         metadata: {{name: spread, namespace: metallb-system, annotations: {{xdplb.io/l2-mode: active-active}}}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], ports: [{{port: 80}}]}}\n{}",
+        nodes_yaml(lab)
+    )
+}
+
+/// The node each client's requests for `vip` belong to, by the table over `nodes`.
+fn expected(fleet: &Fleet, vip: &str, nodes: &[&str]) -> Vec<String> {
+    let table = SlotTable::new(nodes);
+    let vip: IpAddr = vip.parse().expect("VIP");
+    fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            let client: IpAddr = if vip.is_ipv4() { &h.ipv4 } else { &h.ipv6 }
+                .parse()
+                .expect("client address");
+            let slot = requester_slot(&addr_key(vip).addr, &addr_key(client).addr);
+            table.owner(slot).expect("an owner").to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
+    if !privileged("clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move") {
+        return;
+    }
+    let mut g = Group::start_config("aa", &[], config);
+    let fleet = Fleet::attach(&g.lab, "aa", CLIENTS);
+    let macs = g.macs.clone();
+    let name_of = |mac: &Option<String>| {
+        mac.as_ref().map(|m| {
+            macs.get(m)
+                .cloned()
+                .unwrap_or_else(|| format!("unknown {m}"))
+        })
+    };
+    // The agents decide one failure timeout after they start: wait for a first answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.resolve(0, VIP4).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody answers {VIP4}\n{}",
+            g.logs()
+        );
+    }
+
+    let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for vip in [VIP4, VIP6] {
+        let want = expected(&fleet, vip, &g.names);
+        let mut got = Vec::new();
+        for (i, node) in want.iter().enumerate() {
+            let seen = name_of(&fleet.resolve(i, vip));
+            assert_eq!(
+                seen.as_deref(),
+                Some(node.as_str()),
+                "client {i} resolved {vip} to the wrong node\n{}",
+                g.logs()
+            );
+            got.push(node.clone());
+        }
+        for n in g.names {
+            let share = got.iter().filter(|o| *o == n).count() as f64 / CLIENTS as f64;
+            eprintln!("{vip}: {n} serves {:.0}% of the clients", share * 100.0);
+            assert!(
+                (0.20..=0.47).contains(&share),
+                "{vip}: {n} serves {share:.2} of the clients"
+            );
+        }
+        before.insert(vip, got);
+    }
+
+    // Linux takes an unsolicited reply only a `locktime` (1 s) after the entry's last update.
+    std::thread::sleep(Duration::from_millis(1100));
+    let victim = 1;
+    let survivors: Vec<&str> = g
+        .names
+        .iter()
+        .copied()
+        .filter(|n| *n != g.names[victim])
+        .collect();
+    let survivor_macs: Vec<String> = g
+        .macs
+        .iter()
+        .filter(|(_, n)| survivors.contains(&n.as_str()))
+        .map(|(m, _)| m.clone())
+        .collect();
+    let everyone: Vec<usize> = (0..CLIENTS).collect();
+    let watch = fleet.watch(&everyone);
+    let killed_at = SystemTime::now();
+    let started = Instant::now();
+    g.kill(victim);
+    let moving: Vec<(usize, &str)> = [VIP4, VIP6]
+        .iter()
+        .flat_map(|vip| {
+            before[vip]
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| *n == g.names[victim])
+                .map(move |(i, _)| (i, *vip))
+        })
+        .collect();
+    assert!(!moving.is_empty(), "the victim served nobody");
+    while started.elapsed() < Duration::from_secs(5)
+        && moving.iter().any(|(i, vip)| {
+            !fleet
+                .neighbor(*i, vip)
+                .is_some_and(|m| survivor_macs.contains(&m))
+        })
+    {}
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: BTreeMap<usize, Vec<String>> = watch.stop().into_iter().collect();
+
+    let mut times = Vec::new();
+    for vip in [VIP4, VIP6] {
+        let after = expected(&fleet, vip, &survivors);
+        for i in 0..CLIENTS {
+            let now = name_of(&fleet.neighbor(i, vip));
+            let history = fleet::changes(&lines[&i], vip, killed_at);
+            if before[vip][i] == g.names[victim] {
+                assert_eq!(
+                    now.as_deref(),
+                    Some(after[i].as_str()),
+                    "client {i}: {vip} should have moved to {}\n{}",
+                    after[i],
+                    g.logs()
+                );
+                let moved = history
+                    .iter()
+                    .find(|(_, m)| survivor_macs.contains(m))
+                    .map(|(t, _)| *t)
+                    .unwrap_or_else(|| {
+                        panic!("client {i}: no move of {vip} recorded: {history:?}")
+                    });
+                times.push(moved);
+            } else {
+                assert_eq!(
+                    now.as_deref(),
+                    Some(before[vip][i].as_str()),
+                    "client {i}: {vip} moved off a surviving node"
+                );
+                let own = g
+                    .macs
+                    .iter()
+                    .find(|(_, n)| **n == before[vip][i])
+                    .map(|(m, _)| m.clone());
+                assert!(
+                    history.iter().all(|(_, m)| Some(m) == own.as_ref()),
+                    "client {i}: {vip} changed MAC although its node lives: {history:?}"
+                );
+            }
+        }
+    }
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    eprintln!(
+        "{} client entries moved off {}: p50 {p50:?}, max {max:?}",
+        times.len(),
+        g.names[victim]
+    );
+    // Detection (180 ms by default) plus one round of notices; generous for a loaded CI box.
+    assert!(max < Duration::from_millis(1000), "slowest move {max:?}");
+}
