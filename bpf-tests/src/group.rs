@@ -223,6 +223,11 @@ impl Group {
         std::fs::rename(&tmp, self.dir.join("config.yaml")).expect("rename config");
     }
 
+    /// Where node `i`'s agent pins its maps.
+    pub fn pins(&self, i: usize) -> &Path {
+        self._pins[i].path()
+    }
+
     /// Node `i`'s agent's `/metrics`.
     pub fn metrics(&self, i: usize) -> String {
         let addr = METRICS.parse().expect("metrics address");

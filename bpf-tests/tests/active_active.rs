@@ -9,10 +9,11 @@ use std::{
 };
 
 use bpf_tests::{
+    agent::workspace_bin,
     fleet::{self, Fleet},
     group::{Group, nodes_yaml},
     lab::Lab,
-    privileged,
+    privileged, scrape,
 };
 use lb_agent::{l2::maps::addr_key, slots::SlotTable};
 use lb_common::requester_slot;
@@ -99,6 +100,43 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
         }
         before.insert(vip, got);
     }
+
+    // Every node recorded every client; the slots, and the clients answered, add up.
+    for vip in [VIP4, VIP6] {
+        let sum = |name: &str| -> f64 {
+            (0..3)
+                .map(|i| {
+                    scrape::sample(&g.metrics(i), name, &[("ip", vip)])
+                        .unwrap_or_else(|| panic!("{}: no {name} for {vip}", g.names[i]))
+                })
+                .sum()
+        };
+        assert_eq!(sum("xdplb_layer2_shared_slots"), 4096.0, "{vip}");
+        assert_eq!(
+            sum("xdplb_layer2_shared_clients"),
+            3.0 * CLIENTS as f64,
+            "{vip}"
+        );
+        assert_eq!(
+            sum("xdplb_layer2_shared_clients_answered"),
+            CLIENTS as f64,
+            "{vip}"
+        );
+    }
+    let maps = g.lab.nodes[0]
+        .ns
+        .enter(workspace_bin("lb-agent").to_str().expect("path"))
+        .args(["maps", "--bpffs"])
+        .arg(g.pins(0))
+        .output()
+        .expect("lb-agent maps");
+    let maps = String::from_utf8_lossy(&maps.stdout);
+    assert!(maps.contains("leased,shared"), "{maps}");
+    let held = before[VIP4].iter().filter(|n| *n == g.names[0]).count();
+    assert!(
+        maps.contains(&format!("{held} of the {CLIENTS} clients recorded")),
+        "{maps}"
+    );
 
     // Linux takes an unsolicited reply only a `locktime` (1 s) after the entry's last update.
     std::thread::sleep(Duration::from_millis(1100));

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_common::{Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, VIP_FLAG_LEASED};
+use lb_common::{Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, SLOTS, VIP_FLAG_LEASED, VIP_FLAG_SPREAD};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
@@ -280,10 +280,15 @@ pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
     writeln!(out, "{:<40} {:<20} {:<18} FLAGS", "VIP", "INTERFACE", "MAC")?;
     for e in &entries {
         let ifname = iface::name_of(e.ifindex).unwrap_or_else(|| "?".to_owned());
-        let flags = if e.flags & VIP_FLAG_LEASED != 0 {
-            "leased"
+        let named: Vec<&str> = [(VIP_FLAG_LEASED, "leased"), (VIP_FLAG_SPREAD, "shared")]
+            .into_iter()
+            .filter(|(bit, _)| e.flags & bit != 0)
+            .map(|(_, name)| name)
+            .collect();
+        let flags = if named.is_empty() {
+            "-".to_owned()
         } else {
-            "-"
+            named.join(",")
         };
         writeln!(
             out,
@@ -330,6 +335,45 @@ pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
     let counters = maps.counters()?;
     for c in Counter::ALL {
         writeln!(out, "  {:<20} {}", c.name(), counters.get(c))?;
+    }
+    let tables = maps.slot_tables();
+    if !tables.is_empty() {
+        let clients = maps.clients();
+        writeln!(
+            out,
+            "\nshared VIPs (active-active; {SLOTS} slots each, requesters hashed to a slot):"
+        )?;
+        for (vip, bits) in &tables {
+            let held = bits.count();
+            let seen: Vec<_> = clients.iter().filter(|c| c.vip == *vip).collect();
+            let here = seen.iter().filter(|c| bits.contains(c.slot())).count();
+            writeln!(
+                out,
+                "  {vip}: this node answers {held} slots ({:.1}%), {here} of the {} clients recorded",
+                f64::from(held) * 100.0 / f64::from(SLOTS),
+                seen.len()
+            )?;
+        }
+        if !clients.is_empty() {
+            writeln!(
+                out,
+                "\n  {:<40} {:<40} {:<18} {:<12} {:>5} HERE",
+                "VIP", "CLIENT", "MAC", "INTERFACE", "SLOT"
+            )?;
+            for c in &clients {
+                let here = tables.get(&c.vip).is_some_and(|b| b.contains(c.slot()));
+                writeln!(
+                    out,
+                    "  {:<40} {:<40} {:<18} {:<12} {:>5} {}",
+                    c.vip.to_string(),
+                    c.addr.to_string(),
+                    iface::fmt_mac(&c.mac),
+                    iface::name_of(c.ifindex).unwrap_or_else(|| c.ifindex.to_string()),
+                    c.slot(),
+                    if here { "yes" } else { "no" }
+                )?;
+            }
+        }
     }
     let per_vip = maps.vip_totals();
     if !per_vip.is_empty() {

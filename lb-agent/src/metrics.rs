@@ -8,6 +8,7 @@
 //! rest (membership, failover, the data path) carry the `xdplb_` prefix.
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -87,6 +88,9 @@ pub struct AgentMetrics {
     pub bfd: BfdMetrics,
 }
 
+/// One shared-VIP gauge from the VIP's slots and its (recorded, answered here) clients.
+type ValueOf = fn(&lb_common::SlotBits, (i64, i64)) -> i64;
+
 /// Reads the pinned maps on every scrape.
 #[derive(Debug)]
 struct Datapath {
@@ -118,6 +122,44 @@ impl prometheus_client::collector::Collector for Datapath {
                 let label = IpLabel { ip: ip.to_string() };
                 let value = i64::try_from(pick(t)).unwrap_or(i64::MAX);
                 ConstGauge::new(value).encode(family.encode_family(&label)?)?;
+            }
+        }
+        let tables = maps.slot_tables();
+        if !tables.is_empty() {
+            let clients = maps.clients();
+            let mut per_vip: BTreeMap<IpAddr, (i64, i64)> = BTreeMap::new();
+            for c in &clients {
+                let Some(bits) = tables.get(&c.vip) else {
+                    continue;
+                };
+                let (seen, here) = per_vip.entry(c.vip).or_default();
+                *seen += 1;
+                *here += i64::from(bits.contains(c.slot()));
+            }
+            let families: [(&str, &str, ValueOf); 3] = [
+                (
+                    "xdplb_layer2_shared_slots",
+                    "Slots of a shared (active-active) VIP this node answers, of 4096",
+                    |bits, _| i64::from(bits.count()),
+                ),
+                (
+                    "xdplb_layer2_shared_clients",
+                    "Requesters of a shared VIP this node has recorded (every node sees them all)",
+                    |_, c| c.0,
+                ),
+                (
+                    "xdplb_layer2_shared_clients_answered",
+                    "Recorded requesters of a shared VIP whose slot is this node's",
+                    |_, c| c.1,
+                ),
+            ];
+            for (name, help, value) in families {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (ip, bits) in &tables {
+                    let counts = per_vip.get(ip).copied().unwrap_or_default();
+                    let label = IpLabel { ip: ip.to_string() };
+                    ConstGauge::new(value(bits, counts)).encode(family.encode_family(&label)?)?;
+                }
             }
         }
         if let Ok(c) = maps.counters() {

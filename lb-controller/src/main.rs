@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use lb_controller::{
-    config::{manifest, validate},
+    config::{l2mode, manifest, validate},
     plan,
 };
 
@@ -195,18 +195,46 @@ fn validate_command(paths: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// A plan entry as `plan` prints it.
+#[derive(serde::Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    entry: &'a plan::PlanEntry,
+    #[serde(rename = "l2Mode", skip_serializing_if = "Option::is_none")]
+    l2_mode: Option<&'static str>,
+}
+
 fn plan_command(paths: &[PathBuf], output: Output, lb_class: Option<&str>) -> ExitCode {
     let objects = match load_valid(paths) {
         Ok(o) => o,
         Err(code) => return code,
     };
     let entries = plan::plan(&objects, lb_class, &Default::default());
+    // Only this project's extension is shown: MetalLB's single owner is the default.
+    let shown: Vec<Shown> = entries
+        .iter()
+        .map(|entry| Shown {
+            entry,
+            l2_mode: entry
+                .pool
+                .as_deref()
+                .and_then(|pool| l2mode::of_service(&objects, &entry.service, pool))
+                .filter(|m| *m == l2mode::L2Mode::ActiveActive)
+                .map(l2mode::L2Mode::as_str),
+        })
+        .collect();
     let rendered = match output {
-        Output::Text => Ok(entries.iter().map(|e| format!("{e}\n")).collect()),
-        Output::Json => serde_json::to_string_pretty(&entries)
+        Output::Text => Ok(shown
+            .iter()
+            .map(|s| match s.l2_mode {
+                Some(mode) => format!("{} [layer2 {mode}]\n", s.entry),
+                None => format!("{}\n", s.entry),
+            })
+            .collect()),
+        Output::Json => serde_json::to_string_pretty(&shown)
             .map(|s| s + "\n")
             .map_err(|e| e.to_string()),
-        Output::Yaml => serde_saphyr::to_string(&entries).map_err(|e| e.to_string()),
+        Output::Yaml => serde_saphyr::to_string(&shown).map_err(|e| e.to_string()),
     };
     match rendered {
         Ok(text) => {

@@ -25,7 +25,7 @@ fn plan_prints_each_served_service_with_its_addresses_or_why_not() {
         out.lines().collect::<Vec<_>>(),
         vec![
             "default/web: 10.0.0.0 (pool pool-a)",
-            "default/dual: 10.0.0.1,fd00::10 (pool pool-a)",
+            "default/dual: 10.0.0.1,fd00::10 (pool pool-a) [layer2 active-active]",
             "team/api: 10.0.5.0 (pool gold)",
             "default/kept: 10.0.0.200 (pool pool-a)",
             "default/asks: pending: spec.loadBalancerIP and metallb.io/loadBalancerIPs are both set",
@@ -40,6 +40,11 @@ fn plan_speaks_json_and_yaml() {
     let value: serde_json::Value = serde_json::from_str(&json).expect("plan JSON parses");
     assert_eq!(value[2]["service"], "team/api");
     assert_eq!(value[2]["pool"], "gold");
+    assert_eq!(value[1]["l2Mode"], "active-active");
+    assert!(
+        value[2].get("l2Mode").is_none(),
+        "MetalLB's mode is not shown"
+    );
     assert_eq!(
         value[4]["pending"],
         "spec.loadBalancerIP and metallb.io/loadBalancerIPs are both set"

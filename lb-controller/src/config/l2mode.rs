@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use kube::ResourceExt;
 
-use super::{types::L2Advertisement, validate::selector_matches};
+use super::{manifest::Objects, types::L2Advertisement, validate::selector_matches};
 
 /// The annotation that chooses the Layer 2 mode.
 pub const ANNOTATION: &str = "xdplb.io/l2-mode";
@@ -105,6 +105,38 @@ pub fn effective<'a>(
     } else {
         L2Mode::SingleOwner
     }
+}
+
+/// The Layer 2 mode of Service `service` (`namespace/name`) with addresses from `pool`, as
+/// the agents will apply it; `None` when no L2Advertisement covers it.
+pub fn of_service(objects: &Objects, service: &str, pool: &str) -> Option<L2Mode> {
+    let no_labels = BTreeMap::new();
+    let pool_labels = objects
+        .pools
+        .iter()
+        .find(|p| p.name_any() == pool)
+        .map_or(&no_labels, |p| p.labels());
+    let svc = objects.services.iter().find(|s| {
+        format!(
+            "{}/{}",
+            s.namespace().as_deref().unwrap_or("default"),
+            s.name_any()
+        ) == service
+    });
+    let ads: Vec<&L2Advertisement> = objects
+        .l2_advertisements
+        .iter()
+        .filter(|ad| {
+            selects_pool(ad, pool, pool_labels) && selects_service(ad, svc.map(|s| s.labels()))
+        })
+        .collect();
+    if ads.is_empty() {
+        return None;
+    }
+    let own = svc
+        .and_then(|s| annotated(s.annotations()))
+        .and_then(Result::ok);
+    Some(effective(own, ads))
 }
 
 #[cfg(test)]
