@@ -4,7 +4,8 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::lab::{Host, Lab};
@@ -82,49 +83,90 @@ impl Fleet {
     }
 
     /// Starts recording the neighbour-table changes of the `clients` (`ip -ts monitor
-    /// neigh`, stamped by the kernel event's arrival, not by a poll).
+    /// neigh`, stamped by the kernel event's arrival, not by a poll); returns once every
+    /// monitor has seen a marker entry, so none can miss what follows.
     pub fn watch(&self, clients: &[usize]) -> Watch {
-        let children = clients
-            .iter()
-            .map(|&i| {
-                let child = self.hosts[i]
-                    .ns
-                    .exec("ip")
-                    .args(["-ts", "monitor", "neigh"])
-                    .env("TZ", "UTC")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("start ip monitor");
-                (i, child)
-            })
-            .collect();
-        // `ip monitor` subscribes right after it starts; give it that moment.
-        std::thread::sleep(Duration::from_millis(200));
-        Watch { children }
+        let mut watched = Vec::new();
+        for &i in clients {
+            let mut child = self.hosts[i]
+                .ns
+                .enter("ip")
+                .args(["-ts", "monitor", "neigh"])
+                .env("TZ", "UTC")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start ip monitor");
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            let stdout = child.stdout.take().expect("piped stdout");
+            let reader = std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push(line);
+                    }
+                }
+            });
+            watched.push(Watched {
+                client: i,
+                child,
+                reader: Some(reader),
+                lines,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for round in 0u8.. {
+            // A new MAC each round: rewriting the same entry is no event.
+            let mac = format!("02:00:00:00:00:{round:02x}");
+            for w in &watched {
+                self.hosts[w.client].ns.ip(&[
+                    "neigh", "replace", MARKER, "lladdr", &mac, "dev", "eth0", "nud", "stale",
+                ]);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let seen = |w: &Watched| {
+                w.lines
+                    .lock()
+                    .map(|l| l.iter().any(|x| x.contains(MARKER)))
+                    .unwrap_or(false)
+            };
+            if watched.iter().all(seen) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "ip monitor did not start");
+        }
+        Watch { watched }
     }
+}
+
+/// A neighbour entry written only to see that a monitor runs.
+const MARKER: &str = "10.210.0.254";
+
+struct Watched {
+    client: usize,
+    child: Child,
+    reader: Option<std::thread::JoinHandle<()>>,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 /// Running `ip monitor neigh` processes, one per watched client.
 pub struct Watch {
-    children: Vec<(usize, Child)>,
+    watched: Vec<Watched>,
 }
 
 impl Watch {
     /// Stops the monitors; returns each watched client's lines.
     pub fn stop(mut self) -> Vec<(usize, Vec<String>)> {
-        std::mem::take(&mut self.children)
+        std::mem::take(&mut self.watched)
             .into_iter()
-            .map(|(i, mut child)| {
-                // SAFETY: signalling our own child by its PID.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-                let lines = child
-                    .stdout
-                    .take()
-                    .map(|s| BufReader::new(s).lines().map_while(Result::ok).collect())
-                    .unwrap_or_default();
-                let _ = child.wait();
-                (i, lines)
+            .map(|mut w| {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                if let Some(r) = w.reader.take() {
+                    let _ = r.join();
+                }
+                let lines = w.lines.lock().map(|l| l.clone()).unwrap_or_default();
+                (w.client, lines)
             })
             .collect()
     }
@@ -147,9 +189,9 @@ pub fn changes(lines: &[String], addr: &str, since: SystemTime) -> Vec<(Duration
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        for w in &mut self.watched {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
         }
     }
 }

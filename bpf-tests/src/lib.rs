@@ -25,6 +25,7 @@ pub mod lab;
 pub mod netns;
 pub mod prober;
 pub mod scrape;
+pub mod spread_bench;
 pub mod testrun;
 
 use std::path::{Path, PathBuf};

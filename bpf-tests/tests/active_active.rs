@@ -229,4 +229,44 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     );
     // Detection (180 ms by default) plus one round of notices; generous for a loaded CI box.
     assert!(max < Duration::from_millis(1000), "slowest move {max:?}");
+
+    // The node comes back (its agent restarted, its pinned records kept): it takes its slots
+    // back and tells their clients, and the survivors' notices still scheduled for those slots
+    // (they repeat for 5 s) are not sent any more: the clients stay with it.
+    std::thread::sleep(Duration::from_millis(1100));
+    g.start_agent(victim, &[]);
+    let back = Instant::now();
+    let home =
+        |i: usize, vip: &str| name_of(&fleet.neighbor(i, vip)) == Some(before[vip][i].clone());
+    while back.elapsed() < Duration::from_secs(5) && !moving.iter().all(|(i, vip)| home(*i, vip)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sent_by_survivors = || -> f64 {
+        (0..3)
+            .filter(|i| *i != victim)
+            .flat_map(|i| {
+                let text = g.metrics(i);
+                [VIP4, VIP6].map(|vip| {
+                    scrape::sample(&text, "metallb_layer2_gratuitous_sent", &[("ip", vip)])
+                        .unwrap_or(0.0)
+                })
+            })
+            .sum()
+    };
+    let sent = sent_by_survivors();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        sent_by_survivors(),
+        sent,
+        "survivors kept telling clients about slots they had handed back"
+    );
+    for (i, vip) in &moving {
+        assert_eq!(
+            name_of(&fleet.neighbor(*i, vip)).as_deref(),
+            Some(before[*vip][*i].as_str()),
+            "client {i}: {vip} did not stay with {} after it came back\n{}",
+            g.names[victim],
+            g.logs()
+        );
+    }
 }

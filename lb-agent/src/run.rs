@@ -400,6 +400,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut announced: BTreeSet<Announcement> = BTreeSet::new();
     // This node's slots of each active-active VIP it announces.
     let mut spread_bits: BTreeMap<IpAddr, SlotBits> = BTreeMap::new();
+    // What the announcement tasks may still announce.
+    let (held, _) = watch::channel(announce::Held::default());
     let mut input_problems: Vec<String> = Vec::new();
     let mut last_alive: BTreeSet<String> = BTreeSet::new();
     let mut reject_log = RejectLog { last: [None; 3] };
@@ -749,9 +751,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "took over slots of shared VIPs; telling their recorded clients"
             );
         }
+        held.send_replace(announce::Held {
+            whole: next
+                .iter()
+                .map(|a| a.vip)
+                .filter(|v| !next_bits.contains_key(v))
+                .collect(),
+            slots: next_bits.clone(),
+        });
         if !burst.is_empty() || !notices.is_empty() {
             let sockets = sockets.clone();
             let metrics = metrics.clone();
+            let mut held = held.subscribe();
             tokio::spawn(async move {
                 let count = |ip: IpAddr| {
                     metrics
@@ -761,6 +772,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 let start = tokio::time::Instant::now();
                 for at in announce::SCHEDULE {
                     tokio::time::sleep_until(start + at).await;
+                    // Only what this node still holds: a repeat for a VIP (or slot) handed
+                    // on since would pull its clients back.
+                    let now = held.borrow_and_update().clone();
+                    let burst: Vec<VipEntry> = burst
+                        .iter()
+                        .filter(|e| now.whole.contains(&e.addr))
+                        .copied()
+                        .collect();
+                    let notices: Vec<announce::Notice> =
+                        notices.iter().filter(|n| now.holds(n)).cloned().collect();
                     announce::send_round(&sockets, &burst, |e| count(e.addr));
                     announce::send_notices(&sockets, &notices, |n| count(n.vip));
                 }

@@ -10,6 +10,8 @@
 //!    of the responder (agent process CPU time plus the XDP program's own run time).
 //! 3. IPAM against MetalLB's linear search, and the controller at scale (see
 //!    `bpf_tests::controller_bench`); `xdplb-bench controller` prints those rows alone.
+//! 4. Active-active Layer 2 against single-owner (`bpf_tests::spread_bench`; `xdplb-bench
+//!    spread` alone).
 use std::{
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
@@ -34,6 +36,17 @@ fn main() -> Result<()> {
         bail!("the bench needs root and a bpf filesystem");
     }
     let only = std::env::args().nth(1);
+    eprintln!(
+        "active-active: {} clients over 3 and 5 nodes; {} kills with {} client namespaces...",
+        bpf_tests::spread_bench::CLIENTS,
+        bpf_tests::spread_bench::ROUNDS,
+        bpf_tests::spread_bench::FLEET
+    );
+    let mut spread = bpf_tests::spread_bench::run().map_err(anyhow::Error::msg)?;
+    if only.as_deref() == Some("spread") {
+        spread.print();
+        return Ok(());
+    }
     eprintln!(
         "BGP: FRR learning {} routes, from xdplb then from gobgpd...",
         bpf_tests::bgp_bench::ROUTES
@@ -109,6 +122,12 @@ fn main() -> Result<()> {
         );
     }
     println!(
+        "| ARP reply for an active-active VIP (slot lookup + requester record), ns per frame, program alone | {:.1} | single-owner ARP {:.1} | {:.2}× | — |",
+        cost.shared_arp.program,
+        cost.arp.program,
+        ratio(cost.shared_arp.program, cost.arp.program)
+    );
+    println!(
         "| ARP flood on veth, replies/s | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | — |",
         xdp.replies_per_s(),
         afp.replies_per_s(),
@@ -151,6 +170,7 @@ fn main() -> Result<()> {
     );
     print_scale(&scale);
     failover.print();
+    spread.print();
     agent.print();
     bgp.print();
     println!();
@@ -326,7 +346,12 @@ struct Cost {
     arp: Ns,
     ndp: Ns,
     pass: Ns,
+    /// ARP answered for an active-active VIP: slot lookup and requester record on top.
+    shared_arp: Ns,
 }
+
+/// The active-active VIP of the cost bench.
+const SHARED_VIP4: [u8; 4] = [10, 1, 0, 103];
 
 /// Nanoseconds per run of program `name` over `runs` single runs on `frame`.
 fn per_run(
@@ -393,15 +418,37 @@ fn program_cost() -> Result<Cost> {
                 mac: frames::OWNER_MAC,
                 flags: 0,
             },
+            VipEntry {
+                addr: SHARED_VIP4.into(),
+                ifindex: 1,
+                mac: frames::OWNER_MAC,
+                flags: lb_common::VIP_FLAG_SPREAD,
+            },
         ],
-        &Default::default(),
+        // This node holds the client's slot, so the shared request is answered too.
+        &std::collections::BTreeMap::from([(SHARED_VIP4.into(), {
+            let mut bits = lb_common::SlotBits::EMPTY;
+            bits.insert(lb_common::requester_slot(
+                &lb_common::VipStatsKey::v4(SHARED_VIP4).addr,
+                &lb_common::VipStatsKey::v4(frames::CLIENT_IP4).addr,
+            ));
+            bits
+        })]),
     )?;
     let arp = frames::arp_request(frames::BROADCAST, frames::VIP4);
+    let shared = frames::arp_request(frames::BROADCAST, SHARED_VIP4);
     let ns = frames::ns_multicast(frames::VIP6);
-    let (mut a, mut n, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut n, mut p, mut sh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..BATCHES {
         let runs = RUNS / BATCHES;
         a.push(per_run(&mut dp, PROG_XDP_L2, &arp, testrun::XDP_TX, runs)?);
+        sh.push(per_run(
+            &mut dp,
+            PROG_XDP_L2,
+            &shared,
+            testrun::XDP_TX,
+            runs,
+        )?);
         n.push(per_run(&mut dp, PROG_XDP_L2, &ns, testrun::XDP_TX, runs)?);
         p.push(per_run(
             &mut dp,
@@ -415,6 +462,7 @@ fn program_cost() -> Result<Cost> {
         arp: median(&a),
         ndp: median(&n),
         pass: median(&p),
+        shared_arp: median(&sh),
     })
 }
 

@@ -5,7 +5,13 @@
 //! An active-active VIP is never announced to everyone, which would pull every client to one
 //! node: a node that takes over slots sends [`Notice`]s, unicast, to the clients recorded in
 //! them, on the same schedule.
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use lb_common::SlotBits;
 
 use super::{
     afpacket::PacketSocket,
@@ -60,8 +66,25 @@ pub fn send_round(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     pub vip: IpAddr,
+    /// The client's slot of the VIP's table.
+    pub slot: u32,
     pub ifindex: u32,
     pub frame: Vec<u8>,
+}
+
+/// What this node holds now: the VIPs it answers whole, and its slots of the shared ones.
+/// Announcements still scheduled go out only for what is in here.
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    pub whole: BTreeSet<IpAddr>,
+    pub slots: BTreeMap<IpAddr, SlotBits>,
+}
+
+impl Held {
+    /// Whether the notice's slot is still this node's.
+    pub fn holds(&self, n: &Notice) -> bool {
+        self.slots.get(&n.vip).is_some_and(|b| b.contains(n.slot))
+    }
 }
 
 /// The notice telling `client` that its VIP is at `mac` (the interface's MAC it was heard on);
@@ -74,6 +97,7 @@ pub fn notice(client: &Client, mac: [u8; 6]) -> Option<Notice> {
     };
     Some(Notice {
         vip: client.vip,
+        slot: client.slot(),
         ifindex: client.ifindex,
         frame,
     })

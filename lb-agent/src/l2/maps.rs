@@ -180,28 +180,6 @@ impl VipMaps {
         Ok(())
     }
 
-    /// Forgets the recorded requesters of VIPs not in `keep`.
-    fn forget_clients(&mut self, keep: &BTreeMap<IpAddr, SlotBits>) -> Result<(), L2Error> {
-        let stale: Vec<ClientKey> = self
-            .clients
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains_key(&key_addr(&k.vip)))
-            .collect();
-        for key in stale {
-            match self.clients.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(L2Error::Map {
-                        name: MAP_CLIENTS,
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Every VIP entry in the maps, sorted.
     pub fn entries(&self) -> Vec<VipEntry> {
         let mut out: Vec<VipEntry> = self
@@ -282,8 +260,9 @@ impl VipMaps {
     /// Makes the maps hold exactly `desired`, with `slots` as the tables of the active-active
     /// VIPs among them: new and changed entries are written before stale ones are removed, so
     /// a VIP that stays is never missing in between. Tables are written before the entries
-    /// that use them and removed after, and the requesters of VIPs no longer shared are
-    /// forgotten.
+    /// that use them and removed after. The recorded requesters stay (the LRU map bounds
+    /// them): a restarted agent, which starts from nothing, still knows whom to tell when it
+    /// takes its slots back.
     pub fn apply(
         &mut self,
         desired: &[VipEntry],
@@ -294,7 +273,6 @@ impl VipMaps {
         self.sync_slots(&with_old)?;
         let stats = self.apply_entries(desired)?;
         self.sync_slots(slots)?;
-        self.forget_clients(slots)?;
         Ok(stats)
     }
 
