@@ -619,6 +619,31 @@ mod tests {
         })
     }
 
+    /// Active-active with `externalTrafficPolicy: Local`: only the nodes with a ready endpoint
+    /// share the VIP, so no client is sent to a node that would drop its traffic.
+    #[test]
+    fn etp_local_shares_only_among_nodes_with_endpoints() {
+        let ep = |node: &str| json!({"addresses": ["192.168.0.1"], "nodeName": node, "conditions": {"ready": true}});
+        let mut inputs = local_service(json!([ep("a"), ep("b")]), &[]);
+        if let Some(svc) = inputs.services.get_mut("default/web") {
+            svc.l2_mode = Some(L2Mode::ActiveActive);
+        }
+        let allocs = [alloc("default/web", &["10.0.0.7"])];
+        let e = elections(&inputs, &allocs, &alive(&["a", "b", "c"]));
+        let want: Arc<[String]> = ["a".to_owned(), "b".to_owned()].into();
+        assert_eq!(e.get("default/web"), Some(&Election::Spread(want)));
+        // The endpoint on b goes: a alone answers every requester.
+        let mut inputs = local_service(json!([ep("a")]), &[]);
+        if let Some(svc) = inputs.services.get_mut("default/web") {
+            svc.l2_mode = Some(L2Mode::ActiveActive);
+        }
+        let e = elections(&inputs, &allocs, &alive(&["a", "b", "c"]));
+        assert_eq!(
+            e.get("default/web"),
+            Some(&Election::Spread(["a".to_owned()].into()))
+        );
+    }
+
     /// Scenario table for `externalTrafficPolicy: Local` and node conditions: the endpoints,
     /// the nodes alive, the nodes whose network is unavailable (node c is never Ready), and who
     /// may own the VIP.

@@ -615,6 +615,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.peers_alive.set(alive.len() as i64);
         alive.insert(args.node_name.clone());
         let membership_changed = alive != last_alive;
+        // Peers that this node hears again after a partition (or that started) may have told
+        // this node's clients to go to them meanwhile: they are told to come back below.
+        let rejoined = !alive.is_subset(&last_alive) && !last_alive.is_empty();
         if membership_changed {
             for gone in last_alive.difference(&alive) {
                 // A silent death (not a goodbye): how long the silence lasted until now.
@@ -699,7 +702,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             let whole = gained.iter().filter(|a| !next_bits.contains_key(&a.vip));
             metrics.takeovers.inc_by(whole.count() as u64);
         }
-        let took_slots = gained_slots(&spread_bits, &announced, &next_bits);
+        let took_slots = if rejoined {
+            next_bits.clone()
+        } else {
+            gained_slots(&spread_bits, &announced, &next_bits)
+        };
         if let Some(recorder) = &recorder {
             let services: BTreeSet<String> = gained.iter().map(|a| a.service.clone()).collect();
             tokio::spawn(node_assigned(

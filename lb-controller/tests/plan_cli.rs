@@ -72,6 +72,7 @@ fn the_standalone_example_the_demo_runs_is_valid_and_plans_as_documented() {
         String::from_utf8_lossy(&out.stdout),
         "default/api: 198.51.100.10 (pool routed)\n\
          default/web: 10.210.0.100,fd00:210::100 (pool demo)\n\
-         default/dns: 10.210.0.105 (pool demo)\n"
+         default/dns: 10.210.0.105 (pool demo)\n\
+         default/shop: 10.210.0.101,fd00:210::101 (pool demo) [layer2 active-active]\n"
     );
 }

@@ -36,6 +36,12 @@ fn main() -> Result<()> {
         bail!("the bench needs root and a bpf filesystem");
     }
     let only = std::env::args().nth(1);
+    if only.as_deref() == Some("cost") {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("BPF_ENABLE_STATS (run-time statistics)")?;
+        print_cost(&program_cost()?);
+        return Ok(());
+    }
     eprintln!(
         "active-active: {} clients over 3 and 5 nodes; {} kills with {} client namespaces...",
         bpf_tests::spread_bench::CLIENTS,
@@ -107,26 +113,7 @@ fn main() -> Result<()> {
     println!("| measure | xdplb | comparison (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
-    for (what, ns, target) in [("ARP", cost.arp, "≤ 2×"), ("NDP", cost.ndp, "—")] {
-        println!(
-            "| {what} reply, ns per frame, BPF_PROG_TEST_RUN duration | {:.1} | xdp_pass {:.1} | {:.2}× | {target} |",
-            ns.test_run,
-            cost.pass.test_run,
-            ratio(ns.test_run, cost.pass.test_run)
-        );
-        println!(
-            "| {what} reply, ns per frame, program alone (bpf_stats) | {:.1} | xdp_pass {:.1} | {:.2}× | — |",
-            ns.program,
-            cost.pass.program,
-            ratio(ns.program, cost.pass.program)
-        );
-    }
-    println!(
-        "| ARP reply for an active-active VIP (slot lookup + requester record), ns per frame, program alone | {:.1} | single-owner ARP {:.1} | {:.2}× | — |",
-        cost.shared_arp.program,
-        cost.arp.program,
-        ratio(cost.shared_arp.program, cost.arp.program)
-    );
+    print_cost(&cost);
     println!(
         "| ARP flood on veth, replies/s | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | — |",
         xdp.replies_per_s(),
@@ -184,6 +171,31 @@ fn main() -> Result<()> {
          capped by the sender; the share answered and the CPU per reply are the comparison."
     );
     Ok(())
+}
+
+/// The program-cost rows of the table.
+fn print_cost(cost: &Cost) {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
+    for (what, ns, target) in [("ARP", cost.arp, "≤ 2×"), ("NDP", cost.ndp, "—")] {
+        println!(
+            "| {what} reply, ns per frame, BPF_PROG_TEST_RUN duration | {:.1} | xdp_pass {:.1} | {:.2}× | {target} |",
+            ns.test_run,
+            cost.pass.test_run,
+            ratio(ns.test_run, cost.pass.test_run)
+        );
+        println!(
+            "| {what} reply, ns per frame, program alone (bpf_stats) | {:.1} | xdp_pass {:.1} | {:.2}× | — |",
+            ns.program,
+            cost.pass.program,
+            ratio(ns.program, cost.pass.program)
+        );
+    }
+    println!(
+        "| ARP reply for an active-active VIP (slot lookup + requester record), ns per frame, program alone | {:.1} | single-owner ARP {:.1} | {:.2}× | — |",
+        cost.shared_arp.program,
+        cost.arp.program,
+        ratio(cost.shared_arp.program, cost.arp.program)
+    );
 }
 
 /// The agent owning 10,000 VIPs beside the same agent owning one.

@@ -3,7 +3,8 @@
 //! own objects, an agent per node electing the owner of each VIP and answering ARP/NDP from
 //! XDP, a real TCP request, and a node killed mid-flight; then Layer 3: the agents' BGP
 //! speaker advertising a routed pool to FRR, ECMP over the nodes, and BFD taking a failed
-//! node out of the router's ECMP.
+//! node out of the router's ECMP; and active-active Layer 2: one VIP's clients spread over the
+//! three nodes, the dead node's clients (only) moved to the others.
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -17,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use bpf_tests::{
     PinDir,
     agent::{Agent, agent_bin, workspace_bin},
+    fleet::{self, Fleet},
     frr::Frr,
     lab::Lab,
     netns::{NetNs, mac_str},
@@ -25,13 +27,16 @@ use lb_controller::{metrics::Metrics, standalone::Standalone};
 
 /// The example configuration the demo runs from (relative to the workspace root).
 const EXAMPLE: &str = "deploy/examples/standalone";
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "pool.yaml",
     "services.yaml",
+    "shared.yaml",
     "nodes.yaml",
     "bgp.yaml",
     "secret",
 ];
+/// Client namespaces of the active-active step.
+const FLEET: usize = 30;
 
 fn say(title: &str, text: &str) {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -352,10 +357,46 @@ fn main() -> Result<()> {
         println!("   | {line}");
     }
 
+    let shop: &'static str =
+        Box::leak(bpf_tests::group::vip_of(&dir, "default/shop").into_boxed_str());
+    say(
+        "7. Active-active Layer 2: one VIP, every node",
+        &format!(
+            "MetalLB answers a VIP from one node. `shop` ({shop}) carries the annotation\n\
+             xdplb.io/l2-mode: active-active, so every node answers it, each for its share of\n\
+             the clients: the agents compute the same 4096-slot table, and the XDP program\n\
+             hashes the requester's address to a slot and answers only its own. {FLEET} clients\n\
+             (a namespace each, 10.210.0.160-189) ping {shop}; their kernels resolve it:"
+        ),
+    );
+    let fleet = Fleet::attach(&lab, "demofl", FLEET);
+    let mut served: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+    let mut by_client = Vec::new();
+    for i in 0..FLEET {
+        let node = fleet
+            .resolve(i, shop)
+            .and_then(|m| macs.get(&m).copied())
+            .unwrap_or("nobody");
+        served.entry(node).or_default().push(i);
+        by_client.push(node);
+    }
+    for (node, clients) in &served {
+        let list: Vec<String> = clients
+            .iter()
+            .map(|i| format!(".{}", usize::from(fleet::FIRST) + i))
+            .collect();
+        println!(
+            "   {node} answers {:>2} clients: {}",
+            clients.len(),
+            list.join(" ")
+        );
+    }
+    println!("   (In single-owner mode one node would answer all {FLEET}.)");
+
     let api: &'static str =
         Box::leak(bpf_tests::group::vip_of(&dir, "default/api").into_boxed_str());
     say(
-        "7. Layer 3: a routed pool over BGP",
+        "8. Layer 3: a routed pool over BGP",
         &format!(
             "bgp.yaml adds a pool (198.51.100.10-19) advertised by BGP to the router, a BGPPeer\n\
              with a BFD profile (100 ms, x3), and the Service `api`, which got {api}. Each agent\n\
@@ -390,7 +431,7 @@ fn main() -> Result<()> {
         .find(|i| names[*i] != owner)
         .context("a node other than the owner")?;
     say(
-        &format!("8. {}'s link fails", names[cut]),
+        &format!("9. {}'s link fails", names[cut]),
         "Its bridge port goes down, as when a cable or a switch port fails. BGP alone would\n\
          notice after its 9 s hold time; BFD notices after 3 missed packets (300 ms), the\n\
          agent and the router both tear the session down, and the router drops the node\n\
@@ -418,7 +459,7 @@ fn main() -> Result<()> {
         .position(|n| *n == owner)
         .context("owner index")?;
     say(
-        &format!("9. {owner} dies"),
+        &format!("10. {owner} dies"),
         &format!(
             "SIGKILL to {owner}'s agent, as if the host crashed: no goodbye. Its pinned XDP\n\
              program is still attached, but its entries are leased and the lease is no longer\n\
@@ -455,6 +496,41 @@ fn main() -> Result<()> {
             .exec("ndisc6")
             .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
     )?;
+    // The shared VIP: the survivors tell exactly the dead node's clients (unicast ARP
+    // replies to the clients they recorded), and nobody else's entry changes.
+    let orphans: Vec<usize> = (0..FLEET).filter(|i| by_client[*i] == owner).collect();
+    let dead_mac: Vec<&String> = macs
+        .iter()
+        .filter(|(_, n)| **n == owner)
+        .map(|(m, _)| m)
+        .collect();
+    let moved_at = loop {
+        let stuck = orphans.iter().filter(|i| {
+            fleet
+                .neighbor(**i, shop)
+                .is_none_or(|m| dead_mac.contains(&&m))
+        });
+        if stuck.count() == 0 {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > Duration::from_secs(5) {
+            bail!("{owner}'s clients of {shop} were not moved");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let kept = (0..FLEET)
+        .filter(|i| by_client[*i] != owner)
+        .filter(|i| {
+            fleet.neighbor(*i, shop).and_then(|m| macs.get(&m).copied()) == Some(by_client[*i])
+        })
+        .count();
+    println!(
+        "   shop ({shop}, active-active): {owner}'s {} clients moved to the survivors within {:.0} ms\n   \
+         of the kill (no broadcast: each was told by unicast); {kept} of the other {} kept their MAC.",
+        orphans.len(),
+        moved_at.as_secs_f64() * 1e3,
+        FLEET - orphans.len()
+    );
     for line in http_get(&lab.client.ns, vip4)?
         .lines()
         .filter(|l| l.starts_with("hello"))
@@ -468,8 +544,9 @@ fn main() -> Result<()> {
         .context("index")?;
     let pin_dir = pins[new_index].path().to_str().context("utf-8")?.to_owned();
     say(
-        &format!("10. What {new_owner}'s data path holds: lb-agent maps"),
-        "The VIPs it owns now, marked leased; the lease it renews every heartbeat; the counters.",
+        &format!("11. What {new_owner}'s data path holds: lb-agent maps"),
+        "The VIPs it owns now, marked leased (shop's also shared, with this node's slots and the\n\
+         clients it recorded); the lease it renews every heartbeat; the counters.",
     );
     show(
         lab.nodes[new_index]
@@ -479,7 +556,7 @@ fn main() -> Result<()> {
     )?;
 
     say(
-        "11. Done",
+        "12. Done",
         "SIGTERM to the other agents: each says goodbye and withdraws its VIPs. The lab, the\n\
          pins and the configuration copy go with this process.",
     );
