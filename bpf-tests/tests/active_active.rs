@@ -270,3 +270,50 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
         );
     }
 }
+
+/// A node cut off (its link down) is dead to the others, which take its slots and tell its
+/// clients; it believes itself alone meanwhile, so when the link comes back it has gained
+/// nothing by its own count. It must still call its clients back: the others told them to go.
+#[test]
+fn a_node_cut_off_and_back_calls_its_clients_back() {
+    if !privileged("a_node_cut_off_and_back_calls_its_clients_back") {
+        return;
+    }
+    let g = Group::start_config("ab", &[], config);
+    let fleet = Fleet::attach(&g.lab, "ab", 24);
+    let name_of = |mac: Option<String>| mac.and_then(|m| g.macs.get(&m).cloned());
+    let want = expected(&fleet, VIP4, &g.names);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, node) in want.iter().enumerate() {
+        while name_of(fleet.resolve(i, VIP4)).as_ref() != Some(node) {
+            assert!(
+                Instant::now() < deadline,
+                "client {i} never resolved {VIP4} to {node}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let cut = 1;
+    let theirs: Vec<usize> = (0..want.len())
+        .filter(|i| want[*i] == g.names[cut])
+        .collect();
+    assert!(!theirs.is_empty(), "{} serves nobody", g.names[cut]);
+    let wait_for = |what: &str, ok: &dyn Fn(usize) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !theirs.iter().all(|i| ok(*i)) {
+            assert!(Instant::now() < deadline, "{what}\n{}", g.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::thread::sleep(Duration::from_millis(1100));
+    let port = format!("p{}", cut + 1);
+    g.lab.segment.ip(&["link", "set", &port, "down"]);
+    wait_for("the cut node's clients were not moved", &|i| {
+        name_of(fleet.neighbor(i, VIP4)).is_some_and(|n| n != g.names[cut])
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    g.lab.segment.ip(&["link", "set", &port, "up"]);
+    wait_for("the node came back but its clients did not", &|i| {
+        name_of(fleet.neighbor(i, VIP4)).as_deref() == Some(g.names[cut])
+    });
+}

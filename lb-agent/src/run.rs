@@ -404,6 +404,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (held, _) = watch::channel(announce::Held::default());
     let mut input_problems: Vec<String> = Vec::new();
     let mut last_alive: BTreeSet<String> = BTreeSet::new();
+    // The run (epoch) each lost peer was in when it was lost.
+    let mut lost_in: BTreeMap<String, u64> = BTreeMap::new();
     let mut reject_log = RejectLog { last: [None; 3] };
     let mut ticker = tokio::time::interval(args.heartbeat_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -615,11 +617,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.peers_alive.set(alive.len() as i64);
         alive.insert(args.node_name.clone());
         let membership_changed = alive != last_alive;
-        // Peers that this node hears again after a partition (or that started) may have told
-        // this node's clients to go to them meanwhile: they are told to come back below.
-        let rejoined = !alive.is_subset(&last_alive) && !last_alive.is_empty();
+        // A peer heard again in the same run it was lost in lived through a partition, and
+        // believing this node dead it may have told this node's clients to go to it: they are
+        // told to come back below. A peer that restarted told no one anything.
+        let mut rejoined = false;
         if membership_changed {
+            for back in alive.difference(&last_alive) {
+                if let (Some(lost), Some(current)) = (lost_in.remove(back), detector.epoch(back)) {
+                    rejoined |= lost == current;
+                }
+            }
             for gone in last_alive.difference(&alive) {
+                if let Some(epoch) = detector.epoch(gone) {
+                    lost_in.insert(gone.clone(), epoch);
+                }
                 // A silent death (not a goodbye): how long the silence lasted until now.
                 if let Some(heard) = detector.last_heard(gone) {
                     let silence = now.saturating_duration_since(heard);

@@ -90,6 +90,12 @@ impl Detector {
         }
     }
 
+    /// The run (epoch) of the last accepted heartbeat from `node`: the same after a silence
+    /// means the peer lived through it (a partition), a newer one that it restarted.
+    pub fn epoch(&self, node: &str) -> Option<u64> {
+        self.peers.get(node).map(|p| p.last.0)
+    }
+
     /// When the last accepted heartbeat from `node` arrived.
     pub fn last_heard(&self, node: &str) -> Option<Instant> {
         self.peers.get(node).map(|p| p.last_heard)
