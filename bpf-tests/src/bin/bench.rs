@@ -39,7 +39,7 @@ fn main() -> Result<()> {
     if only.as_deref() == Some("cost") {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("BPF_ENABLE_STATS (run-time statistics)")?;
-        print_cost(&program_cost()?);
+        print_cost(&program_cost()?, live_cost()?);
         return Ok(());
     }
     eprintln!(
@@ -93,6 +93,7 @@ fn main() -> Result<()> {
         .context("BPF_ENABLE_STATS (run-time statistics)")?;
     eprintln!("measuring program cost ({RUNS} runs per frame)...");
     let cost = program_cost()?;
+    let live = live_cost()?;
     eprintln!(
         "planning {} Services, ours and MetalLB's linear walk...",
         bpf_tests::ipam_bench::SERVICES
@@ -113,7 +114,7 @@ fn main() -> Result<()> {
     println!("| measure | xdplb | comparison (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
-    print_cost(&cost);
+    print_cost(&cost, live);
     println!(
         "| ARP flood on veth, replies/s | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | — |",
         xdp.replies_per_s(),
@@ -174,7 +175,7 @@ fn main() -> Result<()> {
 }
 
 /// The program-cost rows of the table.
-fn print_cost(cost: &Cost) {
+fn print_cost(cost: &Cost, (live_single, live_shared): (f64, f64)) {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
     for (what, ns, target) in [("ARP", cost.arp, "≤ 2×"), ("NDP", cost.ndp, "—")] {
         println!(
@@ -195,6 +196,10 @@ fn print_cost(cost: &Cost) {
         cost.shared_arp.program,
         cost.arp.program,
         ratio(cost.shared_arp.program, cost.arp.program)
+    );
+    println!(
+        "| ARP request → reply transmitted on a veth, live frames (one per run, the run's setup included), ns: active-active VIP | {live_shared:.0} | single-owner VIP {live_single:.0} | {:.2}× | — |",
+        ratio(live_shared, live_single)
     );
 }
 
@@ -364,6 +369,100 @@ struct Cost {
 
 /// The active-active VIP of the cost bench.
 const SHARED_VIP4: [u8; 4] = [10, 1, 0, 103];
+/// Repetitions per live-frames run.
+const LIVE_RUNS: u32 = 20_000;
+
+/// The slots of the cost bench's shared VIP: just the bench client's, so it is answered.
+fn shared_slots() -> std::collections::BTreeMap<std::net::IpAddr, lb_common::SlotBits> {
+    let mut bits = lb_common::SlotBits::EMPTY;
+    bits.insert(lb_common::requester_slot(
+        &lb_common::VipStatsKey::v4(SHARED_VIP4).addr,
+        &lb_common::VipStatsKey::v4(frames::CLIENT_IP4).addr,
+    ));
+    std::collections::BTreeMap::from([(SHARED_VIP4.into(), bits)])
+}
+
+/// ns per request → reply with `BPF_F_TEST_XDP_LIVE_FRAMES`: the reply is really transmitted
+/// (`XDP_TX` on a veth whose peer runs `xdp_pass`), for a single-owner VIP and for a shared
+/// one; the kernel's duration of single runs, medians of interleaved batches.
+fn live_cost() -> Result<(f64, f64)> {
+    let link = Link::new("live");
+    let pass_pins = PinDir::new("livepass");
+    link.pass_on_client(&pass_pins);
+    let pins = PinDir::new("live");
+    let dir = pins.path().to_owned();
+    let node_if = link.node_if.clone();
+    let measured = link.node.within(move || -> Result<(f64, f64), String> {
+        let ifindex = Interface::lookup(&node_if)
+            .map_err(|e| e.to_string())?
+            .index;
+        let mut dp = Datapath::load(&dir, 0).map_err(|e| e.to_string())?;
+        let mut maps = VipMaps::open_pinned(&dir).map_err(|e| e.to_string())?;
+        let entry = |addr: [u8; 4], flags| VipEntry {
+            addr: addr.into(),
+            ifindex,
+            mac: frames::OWNER_MAC,
+            flags,
+        };
+        maps.apply(
+            &[
+                entry(frames::VIP4, 0),
+                entry(SHARED_VIP4, lb_common::VIP_FLAG_SPREAD),
+            ],
+            &shared_slots(),
+        )
+        .map_err(|e| e.to_string())?;
+        let fd = dp
+            .program(PROG_XDP_L2)
+            .map_err(|e| e.to_string())?
+            .fd()
+            .map_err(|e| e.to_string())?
+            .as_fd()
+            .as_raw_fd();
+        let replies = |maps: &VipMaps| {
+            maps.counters()
+                .map(|c| c.get(lb_common::Counter::ArpReplies))
+                .map_err(|e| e.to_string())
+        };
+        let run = |frame: &[u8]| -> Result<f64, String> {
+            let before = replies(&maps)?;
+            let ctx = testrun::XdpMd {
+                data_end: frame.len() as u32,
+                ingress_ifindex: ifindex,
+                ..Default::default()
+            };
+            // One repetition per call: in live mode the kernel initialises a frame's data only
+            // when its page is new, so later repetitions of one call would see the reply.
+            let mut total = 0u64;
+            for _ in 0..LIVE_RUNS {
+                let r = testrun::run(fd, frame, 1, testrun::BPF_F_TEST_XDP_LIVE_FRAMES, Some(ctx))
+                    .map_err(|e| format!("live-frames run: {e}"))?;
+                total += u64::from(r.duration_ns);
+            }
+            // Every repetition must have been answered, or this times another path.
+            let answered = replies(&maps)? - before;
+            if answered != u64::from(LIVE_RUNS) {
+                return Err(format!(
+                    "live frames: {answered} of {LIVE_RUNS} requests answered"
+                ));
+            }
+            Ok(total as f64 / f64::from(LIVE_RUNS))
+        };
+        let single = frames::arp_request(frames::BROADCAST, frames::VIP4);
+        let shared = frames::arp_request(frames::BROADCAST, SHARED_VIP4);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            a.push(run(&single)?);
+            b.push(run(&shared)?);
+        }
+        let mid = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Ok((mid(a), mid(b)))
+    });
+    measured.map_err(anyhow::Error::msg)
+}
 
 /// Nanoseconds per run of program `name` over `runs` single runs on `frame`.
 fn per_run(
@@ -438,14 +537,7 @@ fn program_cost() -> Result<Cost> {
             },
         ],
         // This node holds the client's slot, so the shared request is answered too.
-        &std::collections::BTreeMap::from([(SHARED_VIP4.into(), {
-            let mut bits = lb_common::SlotBits::EMPTY;
-            bits.insert(lb_common::requester_slot(
-                &lb_common::VipStatsKey::v4(SHARED_VIP4).addr,
-                &lb_common::VipStatsKey::v4(frames::CLIENT_IP4).addr,
-            ));
-            bits
-        })]),
+        &shared_slots(),
     )?;
     let arp = frames::arp_request(frames::BROADCAST, frames::VIP4);
     let shared = frames::arp_request(frames::BROADCAST, SHARED_VIP4);
