@@ -75,13 +75,19 @@ pub fn arp(
 
 /// A who-has request from the client for `tpa`.
 pub fn arp_request(eth_dst: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    arp_request_from(eth_dst, CLIENT_IP4, tpa)
+}
+
+/// A who-has for `tpa` from the client's MAC with sender address `spa` (0.0.0.0: an ARP
+/// probe).
+pub fn arp_request_from(eth_dst: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
     arp(
         false,
         CLIENT_MAC,
         eth_dst,
         ArpOperation::REQUEST,
         CLIENT_MAC,
-        CLIENT_IP4,
+        spa,
         [0; 6],
         tpa,
     )

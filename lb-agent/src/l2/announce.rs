@@ -44,19 +44,31 @@ pub fn frame(entry: &VipEntry) -> Vec<u8> {
 pub fn send_round(
     sockets: &[(u32, PacketSocket)],
     entries: &[VipEntry],
-    mut on_sent: impl FnMut(&VipEntry),
+    on_sent: impl FnMut(&VipEntry),
+) -> usize {
+    send_each(sockets, entries, |e| (e.ifindex, e.addr, frame(e)), on_sent)
+}
+
+/// Sends the frame `what` gives for each item (interface, VIP for the log, frame) through the
+/// socket of its interface, calling `on_sent` for each that went out; returns how many did.
+fn send_each<T>(
+    sockets: &[(u32, PacketSocket)],
+    items: &[T],
+    what: impl Fn(&T) -> (u32, IpAddr, Vec<u8>),
+    mut on_sent: impl FnMut(&T),
 ) -> usize {
     let mut sent = 0;
-    for entry in entries {
-        let Some((_, socket)) = sockets.iter().find(|(i, _)| *i == entry.ifindex) else {
+    for item in items {
+        let (ifindex, vip, frame) = what(item);
+        let Some((_, socket)) = sockets.iter().find(|(i, _)| *i == ifindex) else {
             continue;
         };
-        match socket.send(&frame(entry)) {
+        match socket.send(&frame) {
             Ok(()) => {
                 sent += 1;
-                on_sent(entry);
+                on_sent(item);
             }
-            Err(e) => tracing::warn!(vip = %entry.addr, error = %e, "announcement not sent"),
+            Err(e) => tracing::warn!(%vip, error = %e, "announcement not sent"),
         }
     }
     sent
@@ -108,20 +120,12 @@ pub fn notice(client: &Client, mac: [u8; 6]) -> Option<Notice> {
 pub fn send_notices(
     sockets: &[(u32, PacketSocket)],
     notices: &[Notice],
-    mut on_sent: impl FnMut(&Notice),
+    on_sent: impl FnMut(&Notice),
 ) -> usize {
-    let mut sent = 0;
-    for n in notices {
-        let Some((_, socket)) = sockets.iter().find(|(i, _)| *i == n.ifindex) else {
-            continue;
-        };
-        match socket.send(&n.frame) {
-            Ok(()) => {
-                sent += 1;
-                on_sent(n);
-            }
-            Err(e) => tracing::warn!(vip = %n.vip, error = %e, "notice not sent"),
-        }
-    }
-    sent
+    send_each(
+        sockets,
+        notices,
+        |n| (n.ifindex, n.vip, n.frame.clone()),
+        on_sent,
+    )
 }
