@@ -1,0 +1,311 @@
+//! The cluster manifests under deploy/: the kustomization lists every one of them, each
+//! document reads as its Kubernetes type, the workloads keep the security properties the
+//! README promises, the images carry this build's version, and each component's RBAC grants
+//! exactly what its code uses, no more.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
+    core::v1::{Namespace, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
+};
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    lb_controller::config::manifest::documents(path, &text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{}: {e}", doc["kind"]))
+}
+
+/// Every document the kustomization applies.
+fn applied() -> Vec<Value> {
+    let k = documents(&deploy().join("kustomization.yaml"));
+    k[0]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .flat_map(|r| documents(&deploy().join(r.as_str().expect("a path"))))
+        .collect()
+}
+
+#[test]
+fn the_kustomization_lists_every_manifest_and_each_exists() {
+    let k = documents(&deploy().join("kustomization.yaml"));
+    assert_eq!(k[0]["namespace"], "metallb-system");
+    let listed: BTreeSet<String> = k[0]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a path").to_owned())
+        .collect();
+    let mut present = BTreeSet::new();
+    for dir in ["", "crds", "rbac"] {
+        for entry in std::fs::read_dir(deploy().join(dir)).expect("read deploy/") {
+            let name = entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                present.insert(if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                });
+            }
+        }
+    }
+    assert_eq!(listed, present, "deploy/ and kustomization.yaml disagree");
+}
+
+#[test]
+fn every_document_reads_as_its_kubernetes_type() {
+    for doc in applied() {
+        let kind = doc["kind"].as_str().expect("kind").to_owned();
+        let named = doc["metadata"]["name"].as_str().is_some();
+        assert!(named, "a {kind} without a name");
+        match kind.as_str() {
+            "Namespace" => drop(typed::<Namespace>(&doc)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(&doc)),
+            "ClusterRole" => drop(typed::<ClusterRole>(&doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&doc)),
+            "Role" => drop(typed::<Role>(&doc)),
+            "RoleBinding" => drop(typed::<RoleBinding>(&doc)),
+            "Deployment" => drop(typed::<Deployment>(&doc)),
+            "DaemonSet" => drop(typed::<DaemonSet>(&doc)),
+            "Service" => drop(typed::<Service>(&doc)),
+            "CustomResourceDefinition" => {
+                assert_eq!(doc["spec"]["group"], "metallb.io");
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+}
+
+fn workload<T: serde::de::DeserializeOwned>(kind: &str) -> T {
+    let doc = applied()
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"));
+    typed(&doc)
+}
+
+#[test]
+fn workloads_run_this_version_with_least_privilege() {
+    let version = env!("CARGO_PKG_VERSION");
+    let controller: Deployment = workload("Deployment");
+    let spec = controller.spec;
+    assert_eq!(spec.replicas, Some(2), "a standby controller");
+    let pod = spec.template.spec.expect("pod spec");
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(&*format!("xdplb/lb-controller:{version}"))
+    );
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    assert!(
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some()
+    );
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert!(caps.add.is_none());
+    let psc = pod.security_context.expect("pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+
+    let agent: DaemonSet = workload("DaemonSet");
+    let pod = agent.spec.template.spec.expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.image.as_deref(),
+        Some(&*format!("xdplb/lb-agent:{version}"))
+    );
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_ne!(
+        sc.privileged,
+        Some(true),
+        "the agent must not be privileged"
+    );
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(
+        added,
+        BTreeSet::from([
+            "BPF",
+            "PERFMON",
+            "NET_ADMIN",
+            "NET_RAW",
+            "NET_BIND_SERVICE",
+            "SYS_RESOURCE"
+        ])
+    );
+    let bpffs = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.host_path.as_ref())
+        .expect("a hostPath volume");
+    assert_eq!(bpffs.path, "/sys/fs/bpf", "pins must outlive the pod");
+    let tolerated: Vec<&str> = pod
+        .tolerations
+        .iter()
+        .flatten()
+        .filter_map(|t| t.key.as_deref())
+        .collect();
+    assert!(tolerated.contains(&"node-role.kubernetes.io/control-plane"));
+}
+
+/// (API group, resource, verb) triples.
+type Grants = BTreeSet<(String, String, String)>;
+
+fn grants(rules: &[PolicyRule]) -> Grants {
+    let mut out = Grants::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.insert((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn expect(triples: &[(&str, &[&str], &[&str])]) -> Grants {
+    let mut out = Grants::new();
+    for (group, resources, verbs) in triples {
+        for r in *resources {
+            for v in *verbs {
+                out.insert(((*group).to_owned(), (*r).to_owned(), (*v).to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The rules bound to service account `sa`: (cluster-wide, in its namespace).
+fn rbac_of(sa: &str) -> (Grants, Grants) {
+    let docs = applied();
+    let bound = |kind: &str| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .filter(|d| {
+                d["subjects"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["name"] == sa))
+            })
+            .map(|d| d["roleRef"]["name"].as_str().expect("roleRef").to_owned())
+            .collect()
+    };
+    let rules = |kind: &str, names: Vec<String>| -> Grants {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .filter(|d| names.iter().any(|n| d["metadata"]["name"] == n.as_str()))
+            .flat_map(|d| {
+                let rules: Vec<PolicyRule> = serde_json::from_value(d["rules"].clone())
+                    .unwrap_or_else(|e| panic!("{kind} rules: {e}"));
+                grants(&rules)
+            })
+            .collect()
+    };
+    (
+        rules("ClusterRole", bound("ClusterRoleBinding")),
+        rules("Role", bound("RoleBinding")),
+    )
+}
+
+const CONFIG_KINDS: &[&str] = &[
+    "ipaddresspools",
+    "l2advertisements",
+    "bgpadvertisements",
+    "bgppeers",
+    "bfdprofiles",
+    "communities",
+];
+
+#[test]
+fn each_component_gets_exactly_what_its_code_uses() {
+    // lb-controller: cluster/sources.rs (reflectors), cluster/mod.rs (status and annotation
+    // patches, the Event recorder), cluster/leader.rs (the Lease).
+    let (cluster, namespaced) = rbac_of("xdplb-controller");
+    assert_eq!(
+        cluster,
+        expect(&[
+            ("", &["services", "namespaces", "nodes"], &["list", "watch"]),
+            ("", &["services/status", "services"], &["patch"]),
+            ("events.k8s.io", &["events"], &["create", "patch"]),
+        ])
+    );
+    assert_eq!(
+        namespaced,
+        expect(&[
+            ("metallb.io", CONFIG_KINDS, &["list", "watch"]),
+            ("", &["secrets"], &["list", "watch"]),
+            (
+                "coordination.k8s.io",
+                &["leases"],
+                &["create", "get", "update"]
+            ),
+        ])
+    );
+    // lb-agent: source/cluster.rs (reflectors, EndpointSlices too), run.rs (nodeAssigned
+    // Events), statuses.rs (list, create, patch status, delete).
+    let (cluster, namespaced) = rbac_of("xdplb-agent");
+    assert_eq!(
+        cluster,
+        expect(&[
+            ("", &["services", "namespaces", "nodes"], &["list", "watch"]),
+            ("discovery.k8s.io", &["endpointslices"], &["list", "watch"]),
+            ("events.k8s.io", &["events"], &["create", "patch"]),
+        ])
+    );
+    assert_eq!(
+        namespaced,
+        expect(&[
+            ("metallb.io", CONFIG_KINDS, &["list", "watch"]),
+            ("", &["secrets"], &["list", "watch"]),
+            (
+                "metallb.io",
+                &["servicel2statuses", "servicebgpstatuses"],
+                &["list", "create", "delete"]
+            ),
+            (
+                "metallb.io",
+                &["servicel2statuses/status", "servicebgpstatuses/status"],
+                &["patch"]
+            ),
+        ])
+    );
+}
+
+#[test]
+fn the_cluster_examples_are_valid_metallb_configuration() {
+    let dir = deploy().join("examples/cluster");
+    let loaded = lb_controller::config::manifest::load(&[dir]).expect("load the examples");
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let report = lb_controller::config::validate::validate(&loaded.objects);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(loaded.objects.pools.len(), 2);
+    assert_eq!(loaded.objects.peers.len(), 1);
+}
