@@ -10,6 +10,7 @@
 //! - `demo`: the product tour.
 //! - `lab up|status|down`: the demo's lab, left running to explore by hand.
 //! - `crds`: regenerate `deploy/crds` from the controller's types.
+//! - `image`: OCI images of the controller and the agent (see [`image`]).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -17,6 +18,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+
+mod image;
+
+/// The target the images' static binaries are built for.
+const IMAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// bpf-linker 0.10.0 is the last release that uses rustc's own LLVM; newer ones need a system
 /// LLVM 21+ that Debian 12 does not ship (research/toolchain.md).
@@ -64,6 +70,9 @@ enum Task {
     Demo,
     /// Regenerate deploy/crds from lb-controller's types.
     Crds,
+    /// OCI images of lb-controller and lb-agent (static binaries, FROM scratch) in
+    /// target/images/, checked: digests, one file per image, and the binary runs alone.
+    Image,
     /// The demo's lab, left running to explore: `lab up`, `lab status`, `lab down`.
     Lab {
         #[command(subcommand)]
@@ -99,6 +108,7 @@ fn main() -> Result<()> {
             };
             run_release_bin(&root, "xdplb-lab", &[verb])
         }
+        Task::Image => images(&root),
         Task::Crds => {
             let dir = root.join("deploy/crds");
             let dir = dir.to_str().context("deploy/crds path is not UTF-8")?;
@@ -316,4 +326,66 @@ fn test(root: &Path) -> Result<()> {
         eprintln!("    not root: privileged tests (bpf-tests) will skip");
     }
     run(&mut cmd)
+}
+
+/// Builds the static binaries and their images, then checks each image: the layout's digests,
+/// a layer of one file, and that file running alone in an empty root (so it needs no libc).
+fn images(root: &Path) -> Result<()> {
+    setup()?;
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", IMAGE_TARGET])
+        .args(["-p", "lb-controller", "-p", "lb-agent"])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("the static build failed");
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let bins = root.join("target").join(IMAGE_TARGET).join("release");
+    let out = root.join("target/images");
+    std::fs::create_dir_all(&out).context("creating target/images")?;
+    for (binary, user) in [("lb-controller", "65534:65534"), ("lb-agent", "0:0")] {
+        let from = bins.join(binary);
+        let archive = image::build(
+            &image::Spec {
+                binary,
+                from: &from,
+                user,
+            },
+            version,
+            &out,
+        )?;
+        let (reference, bytes) = image::verify(&out.join(binary), binary)?;
+        // An empty root with only the binary: a dynamically linked one cannot even start.
+        let rootfs = out.join(format!("{binary}.rootfs"));
+        if rootfs.exists() {
+            std::fs::remove_dir_all(&rootfs)?;
+        }
+        std::fs::create_dir_all(&rootfs)?;
+        let inside = rootfs.join(binary);
+        std::fs::write(&inside, &bytes)?;
+        std::fs::set_permissions(&inside, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let ran = Command::new("chroot")
+            .arg(&rootfs)
+            .arg(format!("/{binary}"))
+            .arg("--version")
+            .output()
+            .context("running chroot")?;
+        std::fs::remove_dir_all(&rootfs)?;
+        if !ran.status.success() {
+            bail!(
+                "{binary} does not run alone in its image: {}",
+                String::from_utf8_lossy(&ran.stderr)
+            );
+        }
+        println!(
+            "{reference}: {} ({}; runs alone: {})",
+            archive.display(),
+            out.join(binary).display(),
+            String::from_utf8_lossy(&ran.stdout).trim()
+        );
+    }
+    Ok(())
 }
