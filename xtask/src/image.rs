@@ -191,3 +191,68 @@ pub fn verify(dir: &Path, name: &str) -> Result<(String, Vec<u8>)> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xtask-image-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    fn build_one(dir: &Path, content: &[u8]) -> PathBuf {
+        let from = dir.join("tool");
+        fs::write(&from, content).expect("write the binary");
+        let spec = Spec {
+            binary: "tool",
+            from: &from,
+            user: "65534:65534",
+        };
+        build(&spec, "1.2.3", &dir.join("out")).expect("build the image")
+    }
+
+    #[test]
+    fn an_image_holds_its_one_file_under_its_tag_and_rebuilds_identically() {
+        let dir = scratch("ok");
+        let archive = build_one(&dir, b"\x7fELF not really");
+        assert!(archive.exists());
+        let layout = dir.join("out/tool");
+        let (reference, bytes) = verify(&layout, "tool").expect("a valid layout");
+        assert_eq!(reference, "xdplb/tool:1.2.3");
+        assert_eq!(bytes, b"\x7fELF not really");
+        let first = fs::read(layout.join("index.json")).expect("index");
+        build_one(&dir, b"\x7fELF not really");
+        assert_eq!(
+            fs::read(layout.join("index.json")).expect("index"),
+            first,
+            "the same binary gives the same digests"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_tampered_blob_is_refused() {
+        let dir = scratch("bad");
+        build_one(&dir, b"payload");
+        let blobs = dir.join("out/tool/blobs/sha256");
+        let mut largest = None;
+        for entry in fs::read_dir(&blobs).expect("blobs") {
+            let path = entry.expect("entry").path();
+            let len = fs::metadata(&path).expect("metadata").len();
+            if largest.as_ref().is_none_or(|(l, _)| len > *l) {
+                largest = Some((len, path));
+            }
+        }
+        let (_, layer) = largest.expect("a blob");
+        let mut bytes = fs::read(&layer).expect("layer");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&layer, bytes).expect("tamper");
+        let err = verify(&dir.join("out/tool"), "tool").expect_err("tampering is caught");
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
