@@ -309,3 +309,70 @@ fn the_cluster_examples_are_valid_metallb_configuration() {
     assert_eq!(loaded.objects.pools.len(), 2);
     assert_eq!(loaded.objects.peers.len(), 1);
 }
+
+/// Whether the tests run under `cargo xtask test`, which installs every tool they need: then a
+/// missing tool is a failure, not a skip.
+fn required() -> bool {
+    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// `kubectl kustomize deploy/` renders, and every object it renders passes
+/// `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas, unknown fields rejected).
+#[test]
+fn the_kustomization_renders_and_validates_offline_against_the_kubernetes_schemas() {
+    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
+    if !validator.exists() {
+        assert!(
+            !required(),
+            "{} is missing: cargo xtask setup",
+            validator.display()
+        );
+        eprintln!(
+            "skipped: no {} (cargo xtask setup installs it)",
+            validator.display()
+        );
+        return;
+    }
+    let rendered = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy())
+        .output();
+    let rendered = match rendered {
+        Ok(out) if out.status.success() => out.stdout,
+        other => {
+            assert!(!required(), "kubectl kustomize deploy/ failed: {other:?}");
+            eprintln!("skipped: kubectl kustomize unavailable: {other:?}");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&rendered);
+    let kinds: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "DaemonSet",
+        "Deployment",
+        "ClusterRole",
+        "Service",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "rendered output lacks a {kind}: {kinds:?}"
+        );
+    }
+    let file = std::env::temp_dir().join(format!("xdplb-rendered-{}.yaml", std::process::id()));
+    std::fs::write(&file, &rendered).expect("write the rendered manifests");
+    let out = std::process::Command::new(&validator)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    let _ = std::fs::remove_file(&file);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    let passed = report.matches(" passed for resource ").count();
+    assert_eq!(passed, applied().len(), "every object checked:\n{report}");
+}

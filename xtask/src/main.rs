@@ -21,6 +21,10 @@ use clap::{Parser, Subcommand};
 
 mod image;
 
+/// The offline validator of the manifests (PyPI), and where setup puts it.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+const VALIDATE_VENV: &str = "target/tools/validate";
+
 /// The target the images' static binaries are built for.
 const IMAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -259,6 +263,9 @@ fn setup() -> Result<()> {
             .args(&missing))?;
     }
 
+    step("manifest validation tools");
+    validation_tools(&workspace_root())?;
+
     step("bpf filesystem");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if !mounts
@@ -270,6 +277,38 @@ fn setup() -> Result<()> {
         } else {
             eprintln!("    /sys/fs/bpf is not mounted (needs root: mount -t bpf bpf /sys/fs/bpf)");
         }
+    }
+    Ok(())
+}
+
+/// `kubernetes-validate` from PyPI, pinned, in a virtualenv of the workspace
+/// (`target/tools/validate`, where the manifest test looks for it), and a `kubectl` that
+/// renders kustomizations (Debian's `kubernetes-client` when none is installed).
+fn validation_tools(root: &Path) -> Result<()> {
+    let venv = root.join(VALIDATE_VENV);
+    let tool = venv.join("bin/kubernetes-validate");
+    let have = output(Command::new(&tool).arg("--version")).unwrap_or_default();
+    if !have.contains(KUBERNETES_VALIDATE) {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")))?;
+    }
+    if output(Command::new("kubectl").args(["kustomize", "--help"])).is_none() {
+        if !is_root() {
+            bail!(
+                "no kubectl to render deploy/; run as root or: apt-get install kubernetes-client"
+            );
+        }
+        run(Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "kubernetes-client",
+            ]))?;
     }
     Ok(())
 }
