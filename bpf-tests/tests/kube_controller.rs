@@ -122,6 +122,16 @@ async fn allocates_writes_status_annotation_and_events() {
     })
     .await;
     assert_eq!(a, ["10.20.0.1"]);
+    // No memberlist Secret was there: the controller made one the agents can use.
+    let secret = eventually("the memberlist Secret", Duration::from_secs(5), || {
+        api.get("v1", "Secret", Some(NS), "memberlist")
+    })
+    .await;
+    let key = secret["data"]["secretkey"].as_str().unwrap_or("");
+    assert!(
+        key.len() >= 24,
+        "a key of at least 16 bytes (base64): {secret}"
+    );
     let log = api.requests();
     let conflict = log
         .iter()
@@ -197,12 +207,23 @@ async fn addresses_survive_restarts_broken_watches_and_expired_history() {
     kept["status"] = json!({"loadBalancer": {"ingress": [{"ip": "10.30.0.5"}]}});
     api.apply(kept);
     api.apply(service("new", json!({})));
+    // A MetalLB installation's key: kept as it is.
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "memberlist", "namespace": NS},
+        "data": {"secretkey": "bWV0YWxsYi1pbnN0YWxsYXRpb24ta2V5"}});
+    api.apply(theirs);
     let controller = start_in_process(&api, "one");
     eventually("new's address", Duration::from_secs(10), || {
         (ingress(&api, "new") == ["10.30.0.0"]).then_some(())
     })
     .await;
     assert_eq!(ingress(&api, "kept"), ["10.30.0.5"]);
+    assert_eq!(
+        api.get("v1", "Secret", Some(NS), "memberlist")
+            .map(|s| s["data"]["secretkey"].clone()),
+        Some(json!("bWV0YWxsYi1pbnN0YWxsYXRpb24ta2V5")),
+        "an existing memberlist Secret must not be replaced"
+    );
     assert!(
         events(&api, "kept").is_empty(),
         "nothing happened to kept: {:?}",

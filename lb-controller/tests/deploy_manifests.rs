@@ -247,7 +247,8 @@ const CONFIG_KINDS: &[&str] = &[
 #[test]
 fn each_component_gets_exactly_what_its_code_uses() {
     // lb-controller: cluster/sources.rs (reflectors), cluster/mod.rs (status and annotation
-    // patches, the Event recorder), cluster/leader.rs (the Lease).
+    // patches, the Event recorder), cluster/memberlist.rs (the Secret), cluster/leader.rs (the
+    // Lease).
     let (cluster, namespaced) = rbac_of("xdplb-controller");
     assert_eq!(
         cluster,
@@ -261,7 +262,7 @@ fn each_component_gets_exactly_what_its_code_uses() {
         namespaced,
         expect(&[
             ("metallb.io", CONFIG_KINDS, &["list", "watch"]),
-            ("", &["secrets"], &["list", "watch"]),
+            ("", &["secrets"], &["list", "watch", "create"]),
             (
                 "coordination.k8s.io",
                 &["leases"],

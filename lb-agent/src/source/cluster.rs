@@ -28,8 +28,8 @@ use super::{Config, peers, relocate, trim_heap};
 use crate::desired::Inputs;
 
 /// MetalLB's membership Secret and its key.
-pub const MEMBERLIST_SECRET: &str = "memberlist";
-pub const MEMBERLIST_KEY: &str = "secretkey";
+pub const MEMBERLIST_SECRET: &str = lb_controller::cluster::memberlist::SECRET;
+pub const MEMBERLIST_KEY: &str = lb_controller::cluster::memberlist::KEY;
 
 /// Changes within this window are read together.
 const SETTLE: Duration = Duration::from_millis(20);

@@ -13,6 +13,7 @@
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
 mod leader;
 pub mod lease;
+pub mod memberlist;
 pub mod sources;
 pub mod status;
 
@@ -306,6 +307,16 @@ pub async fn run(
     }
     metrics.ready.store(true, Ordering::Relaxed);
     tracing::info!("caches filled");
+    // The agents cannot authenticate each other without it; the controller goes on either
+    // way (addresses do not depend on it).
+    match memberlist::ensure(&client, &opts.namespace, &sources.objects().secrets).await {
+        Ok(memberlist::Outcome::Created) => tracing::info!(
+            secret = memberlist::SECRET,
+            "created the agents' membership key"
+        ),
+        Ok(memberlist::Outcome::Present) => {}
+        Err(e) => tracing::warn!(error = %e, "no membership key for the agents"),
+    }
 
     let recorder = Recorder::new(
         client.clone(),
