@@ -1,0 +1,279 @@
+//! The whole product in a cluster: the real `lb-controller run` and three real `lb-agent run`
+//! processes, without `--config-dir`, against the in-process API server (listening in the lab's
+//! client namespace, reached through `$KUBECONFIG`). MetalLB's objects and a Service go in; the
+//! controller creates the agents' memberlist Secret and writes the Service's address; the
+//! elected node answers ARP for it; both record their Events. The owner's agent is killed and
+//! another node answers; the pool is changed and the Service moves to an address of the new
+//! range, answered by one node while the old one is answered by none; an invalid pool is
+//! refused with an Event on it, and nothing that works stops.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use bpf_tests::{
+    PinDir,
+    agent::{Agent, workspace_bin},
+    apiserver::ApiServer,
+    lab::Lab,
+    netns::mac_str,
+    privileged, unique,
+};
+use serde_json::{Value, json};
+
+const NS: &str = "metallb-system";
+
+fn pool(addresses: &[&str]) -> Value {
+    json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+           "metadata": {"name": "lab", "namespace": NS},
+           "spec": {"addresses": addresses}})
+}
+
+fn setup(api: &ApiServer, lab: &Lab) {
+    for ns in [NS, "default"] {
+        api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    }
+    api.apply(pool(&["10.210.0.100-10.210.0.104"]));
+    // As MetalLB's docs write it: no spec.
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+                     "metadata": {"name": "l2", "namespace": NS}}),
+    );
+    for (i, host) in lab.nodes.iter().enumerate() {
+        api.apply(json!({"apiVersion": "v1", "kind": "Node",
+                         "metadata": {"name": format!("node-{}", i + 1)},
+                         "status": {"addresses": [{"type": "InternalIP", "address": host.ipv4}]}}));
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "web", "namespace": "default"},
+                     "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
+                              "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"],
+                              "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}}));
+}
+
+fn ingress(api: &ApiServer) -> Option<String> {
+    api.get("v1", "Service", Some("default"), "web")
+        .and_then(|s| {
+            s["status"]["loadBalancer"]["ingress"][0]["ip"]
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+/// (reason, note) of the Events regarding object `name`.
+fn events(api: &ApiServer, name: &str) -> Vec<(String, String)> {
+    api.list("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_owned(),
+                e["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn wait<T>(
+    what: &str,
+    within: Duration,
+    logs: &dyn Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}\n{}", logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_changes() {
+    if !privileged(
+        "controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_changes",
+    ) {
+        return;
+    }
+    let lab = Lab::new("ce", 3);
+    let api = ApiServer::start_in(&lab.client.ns.name, "10.210.0.1:0");
+    setup(&api, &lab);
+    let kubeconfig = std::env::temp_dir().join(unique("xdplb-e2e-kubeconfig"));
+    api.kubeconfig(&kubeconfig);
+    let kc = kubeconfig.to_str().expect("utf-8 path").to_owned();
+
+    let controller = Controller(
+        lab.client
+            .ns
+            .enter(workspace_bin("lb-controller").to_str().expect("utf-8 path"))
+            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", &kc)
+            .env("POD_NAME", "controller-0")
+            .env("POD_NAMESPACE", NS)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lb-controller"),
+    );
+    let no_logs = || String::new();
+    let vip = wait(
+        "the controller writes web's address",
+        Duration::from_secs(20),
+        &no_logs,
+        || ingress(&api),
+    );
+    assert_eq!(vip, "10.210.0.100");
+    assert!(
+        api.get("v1", "Secret", Some(NS), "memberlist").is_some(),
+        "the controller creates the agents' memberlist Secret"
+    );
+    assert!(
+        events(&api, "web").iter().any(|(r, _)| r == "IPAllocated"),
+        "{:?}",
+        events(&api, "web")
+    );
+
+    let names = ["node-1", "node-2", "node-3"];
+    let macs: BTreeMap<String, &str> = (0..3)
+        .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
+        .collect();
+    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ce{i}"))).collect();
+    let start = |i: usize| -> Agent {
+        let pin = pins[i].path().to_str().expect("utf-8").to_owned();
+        let mut a = Agent::start_env(
+            &lab.nodes[i].ns,
+            &[
+                "run",
+                "--node-name",
+                names[i],
+                "--bpffs",
+                &pin,
+                "--mode",
+                "xdp-native",
+                "--metrics-addr",
+                "127.0.0.1:7472",
+            ],
+            &[("KUBECONFIG", &kc), ("POD_NAMESPACE", NS)],
+        );
+        a.wait_for_log("running;", Duration::from_secs(20));
+        a
+    };
+    let mut agents: Vec<Option<Agent>> = (0..3).map(|i| Some(start(i))).collect();
+    let logs = |agents: &[Option<Agent>]| {
+        agents
+            .iter()
+            .flatten()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let answerers = |vip: &str| -> BTreeSet<String> {
+        lab.arping_within(vip, 1, "0.2")
+            .iter()
+            .map(|m| {
+                macs.get(m)
+                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
+            })
+            .collect()
+    };
+    // One node, three probes in a row (agents joining one by one may move it meanwhile).
+    let single = |agents: &[Option<Agent>], vip: &str, what: &str, not: Option<&str>| -> String {
+        let mut streak = (String::new(), 0);
+        wait(what, Duration::from_secs(15), &|| logs(agents), || {
+            let who = answerers(vip);
+            match who.iter().next() {
+                Some(one) if who.len() == 1 && Some(one.as_str()) != not => {
+                    streak = if streak.0 == *one {
+                        (one.clone(), streak.1 + 1)
+                    } else {
+                        (one.clone(), 1)
+                    };
+                }
+                _ => streak = (String::new(), 0),
+            }
+            (streak.1 >= 3).then(|| streak.0.clone())
+        })
+    };
+    let owner = single(&agents, &vip, "one node answers web's address", None);
+    wait(
+        "a nodeAssigned Event from the owner",
+        Duration::from_secs(5),
+        &|| logs(&agents),
+        || {
+            events(&api, "web")
+                .iter()
+                .any(|(r, n)| r == "nodeAssigned" && n.contains(&format!("{owner:?}")))
+                .then_some(())
+        },
+    );
+
+    // The owner's agent dies: another node answers.
+    let index = names.iter().position(|n| *n == owner).expect("owner index");
+    if let Some(mut a) = agents[index].take() {
+        let _ = a.child.kill();
+        let _ = a.child.wait();
+    }
+    let next = single(
+        &agents,
+        &vip,
+        "another node answers after the kill",
+        Some(&owner),
+    );
+    assert_ne!(next, owner);
+
+    // The pool moves: the Service gets an address of the new range, which one node answers,
+    // and the old address is answered by none.
+    api.apply(pool(&["10.210.0.110-10.210.0.114"]));
+    let moved = wait(
+        "web's new address",
+        Duration::from_secs(15),
+        &|| logs(&agents),
+        || ingress(&api).filter(|ip| *ip != vip),
+    );
+    assert_eq!(moved, "10.210.0.110");
+    single(&agents, &moved, "one node answers the new address", None);
+    wait(
+        "the old address goes quiet",
+        Duration::from_secs(5),
+        &|| logs(&agents),
+        || answerers(&vip).is_empty().then_some(()),
+    );
+
+    // An invalid pool: refused with an Event on it; the Service and its answers stay.
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                     "metadata": {"name": "bad", "namespace": NS},
+                     "spec": {"addresses": ["10.0.0.0/33"]}}),
+    );
+    wait(
+        "an InvalidConfiguration Event on the bad pool",
+        Duration::from_secs(10),
+        &|| logs(&agents),
+        || {
+            events(&api, "bad")
+                .iter()
+                .any(|(r, n)| r == "InvalidConfiguration" && n.contains("10.0.0.0/33"))
+                .then_some(())
+        },
+    );
+    assert_eq!(ingress(&api).as_deref(), Some(moved.as_str()));
+    single(&agents, &moved, "the new address is still answered", None);
+
+    drop(controller);
+    for a in agents.into_iter().flatten() {
+        a.stop();
+    }
+    let _ = std::fs::remove_file(&kubeconfig);
+}
