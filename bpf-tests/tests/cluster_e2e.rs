@@ -5,7 +5,9 @@
 //! elected node answers ARP for it; both record their Events. The owner's agent is killed and
 //! another node answers; the pool is changed and the Service moves to an address of the new
 //! range, answered by one node while the old one is answered by none; an invalid pool is
-//! refused with an Event on it, and nothing that works stops.
+//! refused with an Event on it, and nothing that works stops. BGP too: a BGPPeer for FRR in the
+//! client namespace, and a routed Service whose address the router learns from every node
+//! (three paths, two once a node's agent is killed).
 use std::{
     collections::{BTreeMap, BTreeSet},
     process::{Child, Stdio},
@@ -16,6 +18,7 @@ use bpf_tests::{
     PinDir,
     agent::{Agent, workspace_bin},
     apiserver::ApiServer,
+    frr::Frr,
     lab::Lab,
     netns::mac_str,
     privileged, unique,
@@ -53,7 +56,11 @@ fn setup(api: &ApiServer, lab: &Lab) {
 }
 
 fn ingress(api: &ApiServer) -> Option<String> {
-    api.get("v1", "Service", Some("default"), "web")
+    ingress_of(api, "web")
+}
+
+fn ingress_of(api: &ApiServer, name: &str) -> Option<String> {
+    api.get("v1", "Service", Some("default"), name)
         .and_then(|s| {
             s["status"]["loadBalancer"]["ingress"][0]["ip"]
                 .as_str()
@@ -89,6 +96,53 @@ fn wait<T>(
         assert!(Instant::now() < deadline, "timed out: {what}\n{}", logs());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The router: FRR in the client's namespace, AS 65000, every node a neighbour, ECMP.
+fn router_conf(lab: &Lab) -> String {
+    let mut c = String::from(
+        "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
+         no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \
+         neighbor NODES timers connect 1\n",
+    );
+    for n in &lab.nodes {
+        c.push_str(&format!(" neighbor {} peer-group NODES\n", n.ipv4));
+    }
+    c.push_str(" address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n");
+    c
+}
+
+/// The BGP side of the cluster: a routed pool (not auto-assigned), the router as BGPPeer, an
+/// advertisement, and a Service that asks for the pool.
+fn bgp_objects(api: &ApiServer) {
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                     "metadata": {"name": "routed", "namespace": NS},
+                     "spec": {"addresses": ["198.51.100.10-198.51.100.19"], "autoAssign": false}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+                     "metadata": {"name": "router", "namespace": NS},
+                     "spec": {"myASN": 64512, "peerASN": 65000, "peerAddress": "10.210.0.1"}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+                     "metadata": {"name": "routed", "namespace": NS},
+                     "spec": {"ipAddressPools": ["routed"]}}),
+    );
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "api", "namespace": "default",
+                                  "annotations": {"metallb.io/address-pool": "routed"}},
+                     "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.11",
+                              "clusterIPs": ["10.96.0.11"], "ipFamilies": ["IPv4"],
+                              "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}}));
+}
+
+/// How many paths FRR has for `vip`/32.
+fn paths(frr: &Frr, vip: &str) -> usize {
+    frr.json(&format!("show bgp ipv4 unicast {vip}/32 json"))["paths"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 struct Controller(Child);
@@ -219,6 +273,23 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         },
     );
 
+    // BGP: every node advertises the routed Service's address; the router has three paths.
+    let router = Frr::start(&lab.client.ns, &router_conf(&lab), false);
+    bgp_objects(&api);
+    let routed = wait(
+        "api's address",
+        Duration::from_secs(15),
+        &|| logs(&agents),
+        || ingress_of(&api, "api"),
+    );
+    assert_eq!(routed, "198.51.100.10");
+    wait(
+        "three paths at the router",
+        Duration::from_secs(30),
+        &|| logs(&agents),
+        || (paths(&router, &routed) == 3).then_some(()),
+    );
+
     // The owner's agent dies: another node answers.
     let index = names.iter().position(|n| *n == owner).expect("owner index");
     if let Some(mut a) = agents[index].take() {
@@ -232,6 +303,13 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         Some(&owner),
     );
     assert_ne!(next, owner);
+    // Its BGP session went with it (the kernel closed the connection): two paths left.
+    wait(
+        "two paths at the router after the kill",
+        Duration::from_secs(10),
+        &|| logs(&agents),
+        || (paths(&router, &routed) == 2).then_some(()),
+    );
 
     // The pool moves: the Service gets an address of the new range, which one node answers,
     // and the old address is answered by none.
