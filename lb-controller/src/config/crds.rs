@@ -1,12 +1,32 @@
 //! The CustomResourceDefinitions, rendered from the types in [`super::types`]: what
 //! `cargo xtask crds` writes to `deploy/crds/`, and what a test compares the committed files
 //! with, so the manifests never drift from the code.
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResourceExt, core::crd::merge_crds};
 
 use super::types::{
     BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, ServiceBGPStatus,
     ServiceL2Status, v1beta1, v1beta2,
 };
+
+/// MetalLB's CRDs do not require `spec` for these kinds (its docs apply an L2Advertisement with
+/// metadata only); the derived schema would, and the API server would refuse such objects.
+fn spec_optional(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            && let Some(required) = root.required.as_mut()
+        {
+            required.retain(|r| r != "spec");
+            if required.is_empty() {
+                root.required = None;
+            }
+        }
+    }
+    crd
+}
 
 /// `(file name, YAML)` for every CRD, in a fixed order.
 pub fn render() -> Result<Vec<(String, String)>, String> {
@@ -17,11 +37,11 @@ pub fn render() -> Result<Vec<(String, String)>, String> {
     .map_err(|e| format!("merging the BGPPeer versions: {e}"))?;
     let crds = [
         IPAddressPool::crd(),
-        L2Advertisement::crd(),
-        BGPAdvertisement::crd(),
+        spec_optional(L2Advertisement::crd()),
+        spec_optional(BGPAdvertisement::crd()),
         bgp_peer,
-        BFDProfile::crd(),
-        Community::crd(),
+        spec_optional(BFDProfile::crd()),
+        spec_optional(Community::crd()),
         ServiceL2Status::crd(),
         ServiceBGPStatus::crd(),
     ];
