@@ -3,10 +3,14 @@
 //! (the kernel's resolution of the VIP, not a test tool's).
 use std::{
     io::{BufRead, BufReader},
+    net::IpAddr,
     process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use lb_agent::{l2::maps::addr_key, slots::SlotTable};
+use lb_common::requester_slot;
 
 use crate::lab::{Host, Lab};
 
@@ -54,6 +58,23 @@ impl Fleet {
             .map(|i| lab.attach(&format!("{tag}c{i}"), 100 + i, FIRST + i as u8))
             .collect();
         Self { hosts }
+    }
+
+    /// The node each client's requests for `vip` belong to, by the agents' slot table over
+    /// `nodes` and the XDP program's requester hash: where active-active must send it.
+    pub fn owners(&self, vip: &str, nodes: &[&str]) -> Vec<String> {
+        let table = SlotTable::new(nodes);
+        let vip: IpAddr = vip.parse().expect("a VIP address");
+        self.hosts
+            .iter()
+            .map(|h| {
+                let client: IpAddr = if vip.is_ipv4() { &h.ipv4 } else { &h.ipv6 }
+                    .parse()
+                    .expect("a client address");
+                let slot = requester_slot(&addr_key(vip).addr, &addr_key(client).addr);
+                table.owner(slot).expect("a node for every slot").to_owned()
+            })
+            .collect()
     }
 
     /// Client `i` pings `vip` once (its kernel resolves it first); returns the MAC its

@@ -96,21 +96,6 @@ fn config(lab: &Lab) -> String {
     )
 }
 
-/// The node each client of `fleet` is answered by for the shared VIP, by the slot table.
-fn shared_owners(fleet: &Fleet, nodes: &[&str]) -> Vec<String> {
-    let table = SlotTable::new(nodes);
-    let vip = addr_key(SHARED.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))).addr;
-    fleet
-        .hosts
-        .iter()
-        .map(|h| {
-            let client = h.ipv4.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            let slot = requester_slot(&vip, &addr_key(client).addr);
-            table.owner(slot).unwrap_or_default().to_owned()
-        })
-        .collect()
-}
-
 /// [`ROUNDS`] kills of the single-owner VIP's node, the agent restarted after each.
 pub fn failover() -> Result<FailoverTimes, String> {
     let mut g = Group::start_config("sb", &[], config);
@@ -119,7 +104,7 @@ pub fn failover() -> Result<FailoverTimes, String> {
     for round in 0..ROUNDS {
         // Every client resolves both VIPs (after a restart, until the node answers again).
         let deadline = Instant::now() + Duration::from_secs(15);
-        let expected = shared_owners(&fleet, &g.names);
+        let expected = fleet.owners(SHARED, &g.names);
         let victim_name = crate::group::expected(&g.dir, &g.names)
             .remove(SINGLE)
             .ok_or("the single-owner VIP has no owner")?;

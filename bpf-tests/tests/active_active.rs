@@ -4,7 +4,6 @@
 //! within a fraction of a second and no client of a surviving node changes MAC.
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -15,8 +14,6 @@ use bpf_tests::{
     lab::Lab,
     privileged, scrape,
 };
-use lb_agent::{l2::maps::addr_key, slots::SlotTable};
-use lb_common::requester_slot;
 
 const CLIENTS: usize = 36;
 const VIP4: &str = "10.210.0.200";
@@ -32,23 +29,6 @@ fn config(lab: &Lab) -> String {
          spec: {{type: LoadBalancer, ipFamilyPolicy: RequireDualStack, ipFamilies: [IPv4, IPv6], ports: [{{port: 80}}]}}\n{}",
         nodes_yaml(lab)
     )
-}
-
-/// The node each client's requests for `vip` belong to, by the table over `nodes`.
-fn expected(fleet: &Fleet, vip: &str, nodes: &[&str]) -> Vec<String> {
-    let table = SlotTable::new(nodes);
-    let vip: IpAddr = vip.parse().expect("VIP");
-    fleet
-        .hosts
-        .iter()
-        .map(|h| {
-            let client: IpAddr = if vip.is_ipv4() { &h.ipv4 } else { &h.ipv6 }
-                .parse()
-                .expect("client address");
-            let slot = requester_slot(&addr_key(vip).addr, &addr_key(client).addr);
-            table.owner(slot).expect("an owner").to_owned()
-        })
-        .collect()
 }
 
 #[test]
@@ -78,7 +58,7 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
 
     let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for vip in [VIP4, VIP6] {
-        let want = expected(&fleet, vip, &g.names);
+        let want = fleet.owners(vip, &g.names);
         let mut got = Vec::new();
         for (i, node) in want.iter().enumerate() {
             let seen = name_of(&fleet.resolve(i, vip));
@@ -181,7 +161,7 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
 
     let mut times = Vec::new();
     for vip in [VIP4, VIP6] {
-        let after = expected(&fleet, vip, &survivors);
+        let after = fleet.owners(vip, &survivors);
         for i in 0..CLIENTS {
             let now = name_of(&fleet.neighbor(i, vip));
             let history = fleet::changes(&lines[&i], vip, killed_at);
@@ -282,7 +262,7 @@ fn a_node_cut_off_and_back_calls_its_clients_back() {
     let g = Group::start_config("ab", &[], config);
     let fleet = Fleet::attach(&g.lab, "ab", 24);
     let name_of = |mac: Option<String>| mac.and_then(|m| g.macs.get(&m).cloned());
-    let want = expected(&fleet, VIP4, &g.names);
+    let want = fleet.owners(VIP4, &g.names);
     let deadline = Instant::now() + Duration::from_secs(10);
     for (i, node) in want.iter().enumerate() {
         while name_of(fleet.resolve(i, VIP4)).as_ref() != Some(node) {

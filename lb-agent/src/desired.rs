@@ -284,16 +284,6 @@ pub struct Layer2 {
     pub spread: BTreeMap<IpAddr, Arc<[String]>>,
 }
 
-/// What `node` announces.
-pub fn announcements(
-    node: &str,
-    inputs: &Inputs,
-    allocations: &[PlanEntry],
-    alive: &BTreeSet<String>,
-) -> BTreeSet<Announcement> {
-    layer2(node, inputs, allocations, alive).announcements
-}
-
 /// What `node` announces, and which of it is shared with other nodes.
 pub fn layer2(
     node: &str,
@@ -396,7 +386,7 @@ mod tests {
         let up = alive(&["a", "b", "c"]);
         let mut seen = BTreeMap::new();
         for node in ["a", "b", "c"] {
-            for a in announcements(node, &o, &allocs, &up) {
+            for a in layer2(node, &o, &allocs, &up).announcements {
                 assert!(seen.insert(a.vip, node).is_none(), "{} twice", a.vip);
             }
         }
@@ -529,7 +519,7 @@ mod tests {
                 .map(String::as_str),
             Some("b")
         );
-        let got = announcements("b", &o, &allocs, &up);
+        let got = layer2("b", &o, &allocs, &up).announcements;
         assert_eq!(got.len(), 2, "both addresses on the owner");
         assert!(
             got.iter()
@@ -546,12 +536,13 @@ mod tests {
             &[("a", json!({}))],
         );
         assert!(
-            announcements(
+            layer2(
                 "a",
                 &o,
                 &[alloc("default/web", &["10.0.0.1"])],
                 &alive(&["a"])
             )
+            .announcements
             .is_empty()
         );
     }

@@ -144,11 +144,12 @@ fn gained_slots(
     announced_before: &BTreeSet<Announcement>,
     now: &BTreeMap<IpAddr, SlotBits>,
 ) -> BTreeMap<IpAddr, SlotBits> {
+    let whole: BTreeSet<IpAddr> = announced_before.iter().map(|a| a.vip).collect();
     now.iter()
         .filter_map(|(vip, bits)| {
             let old = match before.get(vip) {
                 Some(b) => *b,
-                None if announced_before.iter().any(|a| a.vip == *vip) => SlotBits::FULL,
+                None if whole.contains(vip) => SlotBits::FULL,
                 None => SlotBits::EMPTY,
             };
             let gained = slots::gained(&old, bits);
@@ -232,7 +233,6 @@ async fn node_assigned(
     }
 }
 
-/// A usable membership secret: at least 16 bytes, so the HMAC is not trivially guessed.
 /// Deletes this node's status objects of kind `K`, giving up after 2 s.
 async fn clear_statuses<K: StatusKind>(client: &kube::Client, namespace: &str, node: &str) {
     let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
@@ -249,6 +249,7 @@ async fn clear_statuses<K: StatusKind>(client: &kube::Client, namespace: &str, n
     }
 }
 
+/// A usable membership secret: at least 16 bytes, so the HMAC is not trivially guessed.
 fn check_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.len() < 16 {
         return Err(format!(

@@ -72,14 +72,6 @@ pub fn key_addr(key: &[u8; 16]) -> IpAddr {
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
-fn stats_key(addr: IpAddr) -> VipStatsKey {
-    addr_key(addr)
-}
-
-fn stats_addr(key: &VipStatsKey) -> IpAddr {
-    key_addr(&key.addr)
-}
-
 /// A requester of an active-active VIP, as the XDP program recorded it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Client {
@@ -310,7 +302,8 @@ impl VipMaps {
         };
         let wanted: std::collections::BTreeSet<IpAddr> = desired.iter().map(|e| e.addr).collect();
         let present: Vec<VipStatsKey> = self.stats.keys().filter_map(Result::ok).collect();
-        let have: std::collections::BTreeSet<IpAddr> = present.iter().map(stats_addr).collect();
+        let have: std::collections::BTreeSet<IpAddr> =
+            present.iter().map(|k| key_addr(&k.addr)).collect();
         if wanted.iter().any(|a| !have.contains(a)) {
             let cpus =
                 aya::util::nr_cpus().map_err(|(what, source)| L2Error::Cpus { what, source })?;
@@ -323,7 +316,7 @@ impl VipMaps {
                         }
                     })?;
                 // BPF_NOEXIST: never reset an entry the program is counting into.
-                match self.stats.insert(stats_key(*addr), zero, 1) {
+                match self.stats.insert(addr_key(*addr), zero, 1) {
                     Ok(()) => {}
                     Err(aya::maps::MapError::SyscallError(e))
                         if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
@@ -331,7 +324,10 @@ impl VipMaps {
                 }
             }
         }
-        for key in present.iter().filter(|k| !wanted.contains(&stats_addr(k))) {
+        for key in present
+            .iter()
+            .filter(|k| !wanted.contains(&key_addr(&k.addr)))
+        {
             match self.stats.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(err(e)),
@@ -351,7 +347,7 @@ impl VipMaps {
                     t.requests += s.requests;
                     t.responses += s.responses;
                 }
-                (stats_addr(&key), t)
+                (key_addr(&key.addr), t)
             })
             .collect()
     }
