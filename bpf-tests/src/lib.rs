@@ -7,12 +7,14 @@
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` through the `bpf(2)` syscall (aya does not expose it).
 //! - [`frames`]: request frames and independently built expected replies (etherparse).
 //! - [`agent`]: the agent binary as a child process in a namespace.
-//! - [`lab`], [`group`], [`fleet`]: the bridge segment, three agents on it, many clients.
+//! - [`lab`], [`group`], [`fleet`]: the bridge segment, three agents on it, many clients;
+//!   [`cluster_agents`]: three agents reading an API server instead of a directory.
 
 pub mod agent;
 pub mod agent_bench;
 pub mod apiserver;
 pub mod bgp_bench;
+pub mod cluster_agents;
 pub mod controller_bench;
 pub mod failover_bench;
 pub mod fleet;

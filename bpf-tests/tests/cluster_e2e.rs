@@ -9,18 +9,12 @@
 //! client namespace, and a routed Service whose address the router learns from every node
 //! (three paths, two once a node's agent is killed).
 use std::{
-    collections::{BTreeMap, BTreeSet},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use bpf_tests::{
-    PinDir,
-    agent::{Agent, workspace_bin},
-    apiserver::ApiServer,
-    frr::Frr,
-    lab::Lab,
-    netns::mac_str,
+    agent::workspace_bin, apiserver::ApiServer, cluster_agents::ClusterAgents, frr::Frr, lab::Lab,
     privileged, unique,
 };
 use serde_json::{Value, json};
@@ -199,72 +193,13 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         events(&api, "web")
     );
 
-    let names = ["node-1", "node-2", "node-3"];
-    let macs: BTreeMap<String, &str> = (0..3)
-        .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
-        .collect();
-    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ce{i}"))).collect();
-    let start = |i: usize| -> Agent {
-        let pin = pins[i].path().to_str().expect("utf-8").to_owned();
-        let mut a = Agent::start_env(
-            &lab.nodes[i].ns,
-            &[
-                "run",
-                "--node-name",
-                names[i],
-                "--bpffs",
-                &pin,
-                "--mode",
-                "xdp-native",
-                "--metrics-addr",
-                "127.0.0.1:7472",
-            ],
-            &[("KUBECONFIG", &kc), ("POD_NAMESPACE", NS)],
-        );
-        a.wait_for_log("running;", Duration::from_secs(20));
-        a
-    };
-    let mut agents: Vec<Option<Agent>> = (0..3).map(|i| Some(start(i))).collect();
-    let logs = |agents: &[Option<Agent>]| {
-        agents
-            .iter()
-            .flatten()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
-    let answerers = |vip: &str| -> BTreeSet<String> {
-        lab.arping_within(vip, 1, "0.2")
-            .iter()
-            .map(|m| {
-                macs.get(m)
-                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
-            })
-            .collect()
-    };
-    // One node, three probes in a row (agents joining one by one may move it meanwhile).
-    let single = |agents: &[Option<Agent>], vip: &str, what: &str, not: Option<&str>| -> String {
-        let mut streak = (String::new(), 0);
-        wait(what, Duration::from_secs(15), &|| logs(agents), || {
-            let who = answerers(vip);
-            match who.iter().next() {
-                Some(one) if who.len() == 1 && Some(one.as_str()) != not => {
-                    streak = if streak.0 == *one {
-                        (one.clone(), streak.1 + 1)
-                    } else {
-                        (one.clone(), 1)
-                    };
-                }
-                _ => streak = (String::new(), 0),
-            }
-            (streak.1 >= 3).then(|| streak.0.clone())
-        })
-    };
-    let owner = single(&agents, &vip, "one node answers web's address", None);
+    let mut group = ClusterAgents::start(&lab, "ce", &kc, NS);
+    let within = Duration::from_secs(15);
+    let owner = group.single(&vip, "one node answers web's address", None, within);
     wait(
         "a nodeAssigned Event from the owner",
         Duration::from_secs(5),
-        &|| logs(&agents),
+        &|| group.logs(),
         || {
             events(&api, "web")
                 .iter()
@@ -279,35 +214,31 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     let routed = wait(
         "api's address",
         Duration::from_secs(15),
-        &|| logs(&agents),
+        &|| group.logs(),
         || ingress_of(&api, "api"),
     );
     assert_eq!(routed, "198.51.100.10");
     wait(
         "three paths at the router",
         Duration::from_secs(30),
-        &|| logs(&agents),
+        &|| group.logs(),
         || (paths(&router, &routed) == 3).then_some(()),
     );
 
     // The owner's agent dies: another node answers.
-    let index = names.iter().position(|n| *n == owner).expect("owner index");
-    if let Some(mut a) = agents[index].take() {
-        let _ = a.child.kill();
-        let _ = a.child.wait();
-    }
-    let next = single(
-        &agents,
+    group.kill(&owner);
+    let next = group.single(
         &vip,
         "another node answers after the kill",
         Some(&owner),
+        within,
     );
     assert_ne!(next, owner);
     // Its BGP session went with it (the kernel closed the connection): two paths left.
     wait(
         "two paths at the router after the kill",
         Duration::from_secs(10),
-        &|| logs(&agents),
+        &|| group.logs(),
         || (paths(&router, &routed) == 2).then_some(()),
     );
 
@@ -317,16 +248,16 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     let moved = wait(
         "web's new address",
         Duration::from_secs(15),
-        &|| logs(&agents),
+        &|| group.logs(),
         || ingress(&api).filter(|ip| *ip != vip),
     );
     assert_eq!(moved, "10.210.0.110");
-    single(&agents, &moved, "one node answers the new address", None);
+    group.single(&moved, "one node answers the new address", None, within);
     wait(
         "the old address goes quiet",
         Duration::from_secs(5),
-        &|| logs(&agents),
-        || answerers(&vip).is_empty().then_some(()),
+        &|| group.logs(),
+        || group.answerers(&vip).is_empty().then_some(()),
     );
 
     // An invalid pool: refused with an Event on it; the Service and its answers stay.
@@ -338,7 +269,7 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     wait(
         "an InvalidConfiguration Event on the bad pool",
         Duration::from_secs(10),
-        &|| logs(&agents),
+        &|| group.logs(),
         || {
             events(&api, "bad")
                 .iter()
@@ -347,11 +278,9 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         },
     );
     assert_eq!(ingress(&api).as_deref(), Some(moved.as_str()));
-    single(&agents, &moved, "the new address is still answered", None);
+    group.single(&moved, "the new address is still answered", None, within);
 
     drop(controller);
-    for a in agents.into_iter().flatten() {
-        a.stop();
-    }
+    group.stop();
     let _ = std::fs::remove_file(&kubeconfig);
 }

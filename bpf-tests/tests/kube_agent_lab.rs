@@ -4,12 +4,12 @@
 //! controller wrote in the Service's status, records MetalLB's `nodeAssigned` Event, and a
 //! killed owner is replaced, with a new Event from the new owner.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use bpf_tests::{
-    PinDir, agent::Agent, apiserver::ApiServer, lab::Lab, netns::mac_str, privileged, unique,
+    apiserver::ApiServer, cluster_agents::ClusterAgents, lab::Lab, privileged, unique,
 };
 use serde_json::json;
 
@@ -105,89 +105,17 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     let kubeconfig = std::env::temp_dir().join(unique("xdplb-kubeconfig"));
     api.kubeconfig(&kubeconfig);
     let kc = kubeconfig.to_str().expect("utf-8 path").to_owned();
-    let names = ["node-1", "node-2", "node-3"];
-    let macs: BTreeMap<String, &str> = (0..3)
-        .map(|i| (mac_str(&lab.node_mac(i)), names[i]))
-        .collect();
-    let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("ka{i}"))).collect();
-    // An agent of node i in a cluster: no --config-dir, KUBECONFIG pointing at the server, and
-    // no --interface: it finds eth0 (up, Ethernet, addressed) as MetalLB's speaker would.
-    let start = |i: usize| -> Agent {
-        let pin = pins[i].path().to_str().expect("utf-8").to_owned();
-        let mut a = Agent::start_env(
-            &lab.nodes[i].ns,
-            &[
-                "run",
-                "--node-name",
-                names[i],
-                "--bpffs",
-                &pin,
-                "--mode",
-                "xdp-native",
-                "--namespace",
-                NS,
-                "--metrics-addr",
-                "127.0.0.1:7472",
-            ],
-            &[("KUBECONFIG", &kc)],
-        );
-        a.wait_for_log("running;", Duration::from_secs(20));
+    // No --interface: each agent finds eth0 (up, Ethernet, addressed) as MetalLB's speaker would.
+    let mut group = ClusterAgents::start(&lab, "ka", &kc, NS);
+    for i in 0..3 {
+        let log = group.agent(i).log_text();
         assert!(
-            a.log_text().contains(r#"interfaces=["eth0"]"#),
-            "interfaces not discovered:\n{}",
-            a.log_text()
+            log.contains(r#"interfaces=["eth0"]"#),
+            "interfaces not discovered:\n{log}"
         );
-        a
-    };
-    let mut agents: Vec<Option<Agent>> = (0..3).map(|i| Some(start(i))).collect();
-    let logs = |agents: &[Option<Agent>]| {
-        agents
-            .iter()
-            .flatten()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
-    };
-    let answerers = || -> BTreeSet<String> {
-        lab.arping_within(VIP, 1, "0.2")
-            .iter()
-            .map(|m| {
-                macs.get(m)
-                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
-            })
-            .collect()
-    };
-    let single = |agents: &[Option<Agent>], what: &str, not: Option<&str>| -> String {
-        // The same single node three probes in a row: agents joining one by one move the VIP
-        // until the group is complete.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut streak: (String, usize) = (String::new(), 0);
-        loop {
-            let who = answerers();
-            if who.len() == 1 {
-                let one = who.into_iter().next().unwrap_or_default();
-                if Some(one.as_str()) != not {
-                    streak = if streak.0 == one {
-                        (one, streak.1 + 1)
-                    } else {
-                        (one, 1)
-                    };
-                    if streak.1 >= 3 {
-                        return streak.0;
-                    }
-                    std::thread::sleep(Duration::from_millis(150));
-                    continue;
-                }
-            }
-            streak = (String::new(), 0);
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {VIP} not answered by one node\n{}",
-                logs(agents)
-            );
-        }
-    };
-    let owner = single(&agents, "at start", None);
+    }
+    let within = Duration::from_secs(10);
+    let owner = group.single(VIP, "at start", None, within);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !assigned(&api)
         .iter()
@@ -197,7 +125,7 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
             Instant::now() < deadline,
             "no nodeAssigned Event naming {owner}: {:?}\n{}",
             assigned(&api),
-            logs(&agents)
+            group.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -205,12 +133,8 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     wait_for_statuses(&api, &[&owner], "at start");
 
     // The owner dies: another node answers and says so.
-    let i = names.iter().position(|n| *n == owner).expect("index");
-    if let Some(mut a) = agents[i].take() {
-        let _ = a.child.kill();
-        let _ = a.child.wait();
-    }
-    let next = single(&agents, "after the kill", Some(&owner));
+    let i = group.kill(&owner);
+    let next = group.single(VIP, "after the kill", Some(&owner), within);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !assigned(&api)
         .iter()
@@ -227,20 +151,18 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     wait_for_statuses(&api, &[&owner, &next], "after the kill");
     // Restarted, the dead node's agent clears what it no longer announces... or takes the
     // Service back (it is the elected owner): either way one object per announcing node.
-    agents[i] = Some(start(i));
-    let back = single(&agents, "after the restart", None);
+    group.start_agent(i);
+    let back = group.single(VIP, "after the restart", None, within);
     wait_for_statuses(&api, &[&back], "after the restart");
     // A planned stop removes the stopping node's objects.
-    let j = names.iter().position(|n| *n == back).expect("index");
-    if let Some(a) = agents[j].take() {
+    let j = ClusterAgents::index(&back);
+    if let Some(a) = group.agents[j].take() {
         a.signal(libc::SIGTERM);
         let mut a = a;
         let _ = a.child.wait();
     }
-    let last = single(&agents, "after the stop", Some(&back));
+    let last = group.single(VIP, "after the stop", Some(&back), within);
     wait_for_statuses(&api, &[&last], "after the stop");
-    for a in agents.into_iter().flatten() {
-        a.stop();
-    }
+    group.stop();
     let _ = std::fs::remove_file(&kubeconfig);
 }

@@ -1,0 +1,149 @@
+//! Three real agents of a cluster in the lab's node namespaces: `lb-agent run` without
+//! `--config-dir` and without `--interface`, `$KUBECONFIG` pointing at an API server; and who
+//! answers a VIP. What the kube lab tests share.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use crate::{PinDir, agent::Agent, lab::Lab, netns::mac_str};
+
+/// The nodes' names, in the lab's order.
+pub const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+pub struct ClusterAgents<'a> {
+    lab: &'a Lab,
+    kubeconfig: String,
+    namespace: String,
+    pins: Vec<PinDir>,
+    /// MAC → node name.
+    pub macs: BTreeMap<String, &'static str>,
+    /// Node i's agent, while it runs.
+    pub agents: Vec<Option<Agent>>,
+}
+
+impl<'a> ClusterAgents<'a> {
+    /// Starts an agent on every node of `lab`, reading `namespace` through `kubeconfig`.
+    pub fn start(lab: &'a Lab, tag: &str, kubeconfig: &str, namespace: &str) -> Self {
+        let mut group = Self {
+            lab,
+            kubeconfig: kubeconfig.to_owned(),
+            namespace: namespace.to_owned(),
+            pins: (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect(),
+            macs: (0..3)
+                .map(|i| (mac_str(&lab.node_mac(i)), NAMES[i]))
+                .collect(),
+            agents: (0..3).map(|_| None).collect(),
+        };
+        for i in 0..3 {
+            group.start_agent(i);
+        }
+        group
+    }
+
+    /// Starts node `i`'s agent (none must run) and waits until it runs.
+    pub fn start_agent(&mut self, i: usize) {
+        assert!(self.agents[i].is_none(), "{}'s agent still runs", NAMES[i]);
+        let pin = self.pins[i].path().to_str().expect("utf-8").to_owned();
+        let mut a = Agent::start_env(
+            &self.lab.nodes[i].ns,
+            &[
+                "run",
+                "--node-name",
+                NAMES[i],
+                "--bpffs",
+                &pin,
+                "--mode",
+                "xdp-native",
+                "--namespace",
+                &self.namespace,
+                "--metrics-addr",
+                "127.0.0.1:7472",
+            ],
+            &[("KUBECONFIG", &self.kubeconfig)],
+        );
+        a.wait_for_log("running;", Duration::from_secs(20));
+        self.agents[i] = Some(a);
+    }
+
+    /// Node `i`'s agent, which must run.
+    pub fn agent(&self, i: usize) -> &Agent {
+        self.agents[i].as_ref().expect("the agent runs")
+    }
+
+    /// Kills node `node`'s agent (SIGKILL: no goodbye); returns its index.
+    pub fn kill(&mut self, node: &str) -> usize {
+        let i = Self::index(node);
+        if let Some(mut a) = self.agents[i].take() {
+            let _ = a.child.kill();
+            let _ = a.child.wait();
+        }
+        i
+    }
+
+    /// The index of node `node`.
+    pub fn index(node: &str) -> usize {
+        NAMES.iter().position(|n| *n == node).expect("a lab node")
+    }
+
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// The nodes that answer one ARP request for `vip` from the client.
+    pub fn answerers(&self, vip: &str) -> BTreeSet<String> {
+        self.lab
+            .arping_within(vip, 1, "0.2")
+            .iter()
+            .map(|m| {
+                self.macs
+                    .get(m)
+                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
+            })
+            .collect()
+    }
+
+    /// The node that answers `vip`, alone, three probes in a row (agents joining one by one
+    /// move a VIP until the group is complete), other than `not`; fails with `what` after
+    /// `within`.
+    pub fn single(&self, vip: &str, what: &str, not: Option<&str>, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut streak: (String, usize) = (String::new(), 0);
+        loop {
+            let who = self.answerers(vip);
+            if who.len() == 1 {
+                let one = who.into_iter().next().unwrap_or_default();
+                if Some(one.as_str()) != not {
+                    streak = if streak.0 == one {
+                        (one, streak.1 + 1)
+                    } else {
+                        (one, 1)
+                    };
+                    if streak.1 >= 3 {
+                        return streak.0;
+                    }
+                    std::thread::sleep(Duration::from_millis(150));
+                    continue;
+                }
+            }
+            streak = (String::new(), 0);
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {vip} not answered by one node\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// Stops every running agent with SIGTERM.
+    pub fn stop(self) {
+        for a in self.agents.into_iter().flatten() {
+            a.stop();
+        }
+    }
+}
