@@ -187,10 +187,17 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         api.get("v1", "Secret", Some(NS), "memberlist").is_some(),
         "the controller creates the agents' memberlist Secret"
     );
-    assert!(
-        events(&api, "web").iter().any(|(r, _)| r == "IPAllocated"),
-        "{:?}",
-        events(&api, "web")
+    // The Event is recorded after the status is written: wait for it as for the others.
+    wait(
+        "an IPAllocated Event on web",
+        Duration::from_secs(5),
+        &no_logs,
+        || {
+            events(&api, "web")
+                .iter()
+                .any(|(r, _)| r == "IPAllocated")
+                .then_some(())
+        },
     );
 
     let mut group = ClusterAgents::start(&lab, "ce", &kc, NS);
