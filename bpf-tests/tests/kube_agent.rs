@@ -155,10 +155,13 @@ async fn the_cluster_source_reads_what_the_agent_needs_and_follows_changes() {
     .await;
     assert!(local.is_ok());
 
-    // Watches break and history is compacted: the reflectors relist and keep up.
+    // Watches break and history is compacted: the reflectors relist and keep up (held, so
+    // that the change can only be seen by listing again).
+    api.hold_watches();
     api.break_watches();
-    api.compact();
     api.apply(slice("web", "node-3"));
+    api.compact();
+    api.release_watches();
     next_until(&mut rx, "the endpoint on node-3 after a relist", |r| {
         r.as_ref()
             .is_ok_and(|c| owner_candidates(c, "default/web") == Some(vec!["node-3".into()]))

@@ -239,10 +239,13 @@ async fn addresses_survive_restarts_broken_watches_and_expired_history() {
     .await;
 
     // The history is compacted while the watches are down: resuming gets 410 Gone, and the
-    // controller must list again to see the Service created meanwhile.
-    api.compact();
+    // controller must list again to see the Service created meanwhile. Held, so that no
+    // watch resumes (or delivers a last event) between the break and the compaction.
+    api.hold_watches();
     api.break_watches();
     api.apply(service("after-gone", json!({})));
+    api.compact();
+    api.release_watches();
     eventually("after-gone's address", Duration::from_secs(15), || {
         (ingress(&api, "after-gone") == ["10.30.0.2"]).then_some(())
     })

@@ -236,21 +236,28 @@ fn watch(
     let (res, version, namespace) = (t.res, t.version.clone(), t.namespace.clone());
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let line = |v: Value| Bytes::from(format!("{v}\n"));
-    let opened = {
-        let store = shared.store();
-        store
-            .watch(res, &version, namespace.as_deref(), from)
-            .map(|(replay, feed)| (replay, feed, store.resource_version()))
-    };
     let mut kill = shared.kill.subscribe();
-    match opened {
-        Err(e) => {
-            shared.log(format!("  -> watch ERROR {}", e.code()));
-            let _ = tx.try_send(line(json!({"type": "ERROR", "object": e.status()})));
+    let mut held = shared.hold.subscribe();
+    tokio::spawn(async move {
+        // A test holding watches back decides what happens before any watch (re)opens.
+        if held.wait_for(|h| !*h).await.is_err() {
+            return;
         }
-        Ok((replay, mut feed, rv_now)) => {
-            let every = shared.bookmark_every;
-            tokio::spawn(async move {
+        let opened = {
+            let store = shared.store();
+            store
+                .watch(res, &version, namespace.as_deref(), from)
+                .map(|(replay, feed)| (replay, feed, store.resource_version()))
+        };
+        match opened {
+            Err(e) => {
+                shared.log(format!("  -> watch ERROR {}", e.code()));
+                let _ = tx
+                    .send(line(json!({"type": "ERROR", "object": e.status()})))
+                    .await;
+            }
+            Ok((replay, mut feed, rv_now)) => {
+                let every = shared.bookmark_every;
                 let mut seen = from
                     .unwrap_or(rv_now)
                     .max(replay.last().map_or(0, |c| c.rv));
@@ -308,9 +315,9 @@ fn watch(
                         _ = tx.closed() => return,
                     }
                 }
-            });
+            }
         }
-    }
+    });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

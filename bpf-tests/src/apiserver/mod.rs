@@ -28,6 +28,8 @@ pub struct Shared {
     store: Mutex<Store>,
     /// Bumped to end every open watch.
     kill: watch::Sender<u64>,
+    /// While true, watches (new or resumed) wait before they open.
+    hold: watch::Sender<bool>,
     log: Mutex<Vec<String>>,
     bookmark_every: Duration,
     /// `namespace/name` of Services whose next status write meets a concurrent writer.
@@ -118,6 +120,7 @@ impl ApiServer {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             kill: watch::channel(0).0,
+            hold: watch::channel(false).0,
             log: Mutex::new(Vec::new()),
             bookmark_every: every,
             interfere: Mutex::new(Vec::new()),
@@ -274,6 +277,16 @@ impl ApiServer {
     /// Ends every open watch (a network blip, an API server restart).
     pub fn break_watches(&self) {
         self.shared.kill.send_modify(|n| *n += 1);
+    }
+
+    /// Watches wait before they open (and resume) until [`ApiServer::release_watches`]: with
+    /// [`ApiServer::break_watches`], what a test changes meanwhile is certainly not seen live.
+    pub fn hold_watches(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    pub fn release_watches(&self) {
+        self.shared.hold.send_replace(false);
     }
 
     /// Forgets the change history: watches resumed from an older resourceVersion get 410 Gone.
