@@ -29,29 +29,3 @@ fn committed_crds_match_the_types() {
         "deploy/crds holds files the types do not generate"
     );
 }
-
-/// Objects MetalLB's docs write without `spec` must be accepted by the API server: their CRDs
-/// do not require it (MetalLB's do not either); the others keep requiring it.
-#[test]
-fn advertisements_profiles_and_communities_do_not_require_spec() {
-    for (file, yaml) in lb_controller::config::crds::render().expect("render CRDs") {
-        let doc: serde_json::Value = serde_saphyr::from_str(&yaml).expect("CRD YAML");
-        let requires_spec = doc["spec"]["versions"]
-            .as_array()
-            .expect("versions")
-            .iter()
-            .any(|v| {
-                v["schema"]["openAPIV3Schema"]["required"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|x| x == "spec"))
-            });
-        let optional = [
-            "l2advertisements.metallb.io.yaml",
-            "bgpadvertisements.metallb.io.yaml",
-            "bfdprofiles.metallb.io.yaml",
-            "communities.metallb.io.yaml",
-        ]
-        .contains(&file.as_str());
-        assert_eq!(requires_spec, !optional, "{file}");
-    }
-}

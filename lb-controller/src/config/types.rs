@@ -2,7 +2,7 @@
 //! so the CRDs can be generated from these types. Field names and defaults follow MetalLB's
 //! `api/v1beta1` and `api/v1beta2` (research/metallb.md §1); defaults that MetalLB applies in
 //! code are applied by [`super::model`], not here, so an object round-trips as written.
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -62,7 +62,10 @@ pub struct ServiceAllocation {
     version = "v1beta1",
     kind = "IPAddressPool",
     namespaced,
-    status = "IPAddressPoolStatus"
+    status = "IPAddressPoolStatus",
+    printcolumn = r#"{"name":"Auto Assign","type":"boolean","jsonPath":".spec.autoAssign"}"#,
+    printcolumn = r#"{"name":"Avoid Buggy IPs","type":"boolean","jsonPath":".spec.avoidBuggyIPs"}"#,
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".spec.addresses"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IPAddressPoolSpec {
@@ -109,7 +112,11 @@ pub struct PreferredNodeSelector {
     group = "metallb.io",
     version = "v1beta1",
     kind = "L2Advertisement",
-    namespaced
+    namespaced,
+    printcolumn = r#"{"name":"IPAddressPools","type":"string","jsonPath":".spec.ipAddressPools"}"#,
+    printcolumn = r#"{"name":"IPAddressPool Selectors","type":"string","jsonPath":".spec.ipAddressPoolSelectors"}"#,
+    printcolumn = r#"{"name":"Interfaces","type":"string","jsonPath":".spec.interfaces"}"#,
+    printcolumn = r#"{"name":"Node Selectors","type":"string","jsonPath":".spec.nodeSelectors","priority":10}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct L2AdvertisementSpec {
@@ -141,7 +148,11 @@ pub struct L2AdvertisementSpec {
     group = "metallb.io",
     version = "v1beta1",
     kind = "BGPAdvertisement",
-    namespaced
+    namespaced,
+    printcolumn = r#"{"name":"IPAddressPools","type":"string","jsonPath":".spec.ipAddressPools"}"#,
+    printcolumn = r#"{"name":"IPAddressPool Selectors","type":"string","jsonPath":".spec.ipAddressPoolSelectors"}"#,
+    printcolumn = r#"{"name":"Peers","type":"string","jsonPath":".spec.peers"}"#,
+    printcolumn = r#"{"name":"Node Selectors","type":"string","jsonPath":".spec.nodeSelectors","priority":10}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct BGPAdvertisementSpec {
@@ -188,7 +199,11 @@ pub struct BGPAdvertisementSpec {
     group = "metallb.io",
     version = "v1beta1",
     kind = "BFDProfile",
-    namespaced
+    namespaced,
+    printcolumn = r#"{"name":"Passive Mode","type":"boolean","jsonPath":".spec.passiveMode"}"#,
+    printcolumn = r#"{"name":"Transmit Interval","type":"integer","jsonPath":".spec.transmitInterval"}"#,
+    printcolumn = r#"{"name":"Receive Interval","type":"integer","jsonPath":".spec.receiveInterval"}"#,
+    printcolumn = r#"{"name":"Multiplier","type":"integer","jsonPath":".spec.detectMultiplier"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields, remote = "Self")]
 pub struct BFDProfileSpec {
@@ -269,7 +284,12 @@ pub mod v1beta1 {
         group = "metallb.io",
         version = "v1beta1",
         kind = "BGPPeer",
-        namespaced
+        namespaced,
+        deprecated = "v1beta1 is deprecated, please use v1beta2",
+        printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.peerAddress"}"#,
+        printcolumn = r#"{"name":"ASN","type":"string","jsonPath":".spec.peerASN"}"#,
+        printcolumn = r#"{"name":"BFD Profile","type":"string","jsonPath":".spec.bfdProfile"}"#,
+        printcolumn = r#"{"name":"Multi Hops","type":"string","jsonPath":".spec.ebgpMultiHop"}"#
     )]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct BGPPeerSpec {
@@ -300,8 +320,6 @@ pub mod v1beta1 {
             skip_serializing_if = "Option::is_none"
         )]
         pub ebgp_multi_hop: Option<bool>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub vrf: Option<String>,
     }
 }
 
@@ -317,7 +335,11 @@ pub mod v1beta2 {
         group = "metallb.io",
         version = "v1beta2",
         kind = "BGPPeer",
-        namespaced
+        namespaced,
+        printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.peerAddress"}"#,
+        printcolumn = r#"{"name":"ASN","type":"string","jsonPath":".spec.peerASN"}"#,
+        printcolumn = r#"{"name":"BFD Profile","type":"string","jsonPath":".spec.bfdProfile"}"#,
+        printcolumn = r#"{"name":"Multi Hops","type":"string","jsonPath":".spec.ebgpMultiHop"}"#
     )]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct BGPPeerSpec {
@@ -447,4 +469,42 @@ pub struct MetalLBServiceBGPStatus {
     /// The BGPPeers the Service is advertised to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+}
+
+/// Whether a component's configuration is valid, as MetalLB reports it: one object per
+/// component in its namespace, `controller` and `speaker-NODE`, labelled
+/// `metallb.io/component-type` (and `metallb.io/node-name` for an agent). MetalLB's kind has no
+/// spec; the CRD leaves it out (see [`super::crds`]).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ConfigurationState",
+    namespaced,
+    status = "ConfigurationStateStatus",
+    printcolumn = r#"{"name":"Result","type":"string","jsonPath":".status.result"}"#,
+    printcolumn = r#"{"name":"ErrorSummary","type":"string","jsonPath":".status.errorSummary"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct ConfigurationStateSpec {}
+
+/// The observed state of a [`ConfigurationState`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationStateStatus {
+    /// `Valid`, `Invalid` or `Unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ConfigurationResult>,
+    /// The problems found, one per line; empty when the result is `Valid`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error_summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConfigurationResult {
+    Valid,
+    Invalid,
+    Unknown,
 }
