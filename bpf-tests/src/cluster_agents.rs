@@ -20,12 +20,23 @@ pub struct ClusterAgents<'a> {
     pub macs: BTreeMap<String, &'static str>,
     /// Node i's agent, while it runs.
     pub agents: Vec<Option<Agent>>,
+    /// The Pod (name, UID) node i's next agent runs as, if any (`--pod-name`, `--pod-uid`).
+    pub pods: Vec<Option<(String, String)>>,
 }
 
 impl<'a> ClusterAgents<'a> {
     /// Starts an agent on every node of `lab`, reading `namespace` through `kubeconfig`.
     pub fn start(lab: &'a Lab, tag: &str, kubeconfig: &str, namespace: &str) -> Self {
-        let mut group = Self {
+        let mut group = Self::new(lab, tag, kubeconfig, namespace);
+        for i in 0..3 {
+            group.start_agent(i);
+        }
+        group
+    }
+
+    /// The group with no agent started yet.
+    pub fn new(lab: &'a Lab, tag: &str, kubeconfig: &str, namespace: &str) -> Self {
+        Self {
             lab,
             kubeconfig: kubeconfig.to_owned(),
             namespace: namespace.to_owned(),
@@ -34,32 +45,33 @@ impl<'a> ClusterAgents<'a> {
                 .map(|i| (mac_str(&lab.node_mac(i)), NAMES[i]))
                 .collect(),
             agents: (0..3).map(|_| None).collect(),
-        };
-        for i in 0..3 {
-            group.start_agent(i);
+            pods: vec![None; 3],
         }
-        group
     }
 
     /// Starts node `i`'s agent (none must run) and waits until it runs.
     pub fn start_agent(&mut self, i: usize) {
         assert!(self.agents[i].is_none(), "{}'s agent still runs", NAMES[i]);
         let pin = self.pins[i].path().to_str().expect("utf-8").to_owned();
+        let mut args = vec![
+            "run",
+            "--node-name",
+            NAMES[i],
+            "--bpffs",
+            &pin,
+            "--mode",
+            "xdp-native",
+            "--namespace",
+            &self.namespace,
+            "--metrics-addr",
+            "127.0.0.1:7472",
+        ];
+        if let Some((name, uid)) = &self.pods[i] {
+            args.extend(["--pod-name", name, "--pod-uid", uid]);
+        }
         let mut a = Agent::start_env(
             &self.lab.nodes[i].ns,
-            &[
-                "run",
-                "--node-name",
-                NAMES[i],
-                "--bpffs",
-                &pin,
-                "--mode",
-                "xdp-native",
-                "--namespace",
-                &self.namespace,
-                "--metrics-addr",
-                "127.0.0.1:7472",
-            ],
+            &args,
             &[("KUBECONFIG", &self.kubeconfig)],
         );
         a.wait_for_log("running;", Duration::from_secs(20));

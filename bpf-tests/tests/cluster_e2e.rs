@@ -2,12 +2,14 @@
 //! processes, without `--config-dir`, against the in-process API server (listening in the lab's
 //! client namespace, reached through `$KUBECONFIG`). MetalLB's objects and a Service go in; the
 //! controller creates the agents' memberlist Secret and writes the Service's address; the
-//! elected node answers ARP for it; both record their Events. The owner's agent is killed and
-//! another node answers; the pool is changed and the Service moves to an address of the new
+//! elected node answers ARP for it; both record their Events, and the owner's agent its
+//! ServiceL2Status, owned by its Pod. The owner's Pod is deleted (its agent stops, its status
+//! goes with it) and another node answers and writes its own. The pool is changed and the Service moves to an address of the new
 //! range, answered by one node while the old one is answered by none; an invalid pool is
-//! refused with an Event on it, and nothing that works stops. BGP too: a BGPPeer for FRR in the
+//! refused with an Event on it, and nothing that works stops, not even for the node's next
+//! Pod, which starts while the bad pool is there. BGP too: a BGPPeer for FRR in the
 //! client namespace, and a routed Service whose address the router learns from every node
-//! (three paths, two once a node's agent is killed).
+//! (three paths, two while a node's agent is gone).
 use std::{
     process::{Child, Stdio},
     time::{Duration, Instant},
@@ -25,6 +27,35 @@ fn pool(addresses: &[&str]) -> Value {
     json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
            "metadata": {"name": "lab", "namespace": NS},
            "spec": {"addresses": addresses}})
+}
+
+/// A Pod for node `i`'s agent, as the DaemonSet would create it: (name, UID).
+fn agent_pod(api: &ApiServer, i: usize, generation: u32) -> (String, String) {
+    let node = bpf_tests::cluster_agents::NAMES[i];
+    let pod = api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("xdplb-agent-{node}-{generation}"), "namespace": NS},
+        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "xdplb/lb-agent"}]}}));
+    (
+        pod["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+        pod["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// web's ServiceL2Status objects: (node, owner Pod's UID).
+fn l2_statuses(api: &ApiServer) -> Vec<(String, String)> {
+    api.list("metallb.io/v1beta1", "ServiceL2Status")
+        .iter()
+        .filter(|o| o["status"]["serviceName"] == "web")
+        .map(|o| {
+            (
+                o["status"]["node"].as_str().unwrap_or("").to_owned(),
+                o["metadata"]["ownerReferences"][0]["uid"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn setup(api: &ApiServer, lab: &Lab) {
@@ -200,9 +231,21 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         },
     );
 
-    let mut group = ClusterAgents::start(&lab, "ce", &kc, NS);
+    let mut group = ClusterAgents::new(&lab, "ce", &kc, NS);
+    for i in 0..3 {
+        group.pods[i] = Some(agent_pod(&api, i, 0));
+        group.start_agent(i);
+    }
     let within = Duration::from_secs(15);
     let owner = group.single(&vip, "one node answers web's address", None, within);
+    let owner_i = ClusterAgents::index(&owner);
+    let (owner_pod, owner_uid) = group.pods[owner_i].clone().unwrap_or_default();
+    wait(
+        "the owner's ServiceL2Status, owned by its Pod",
+        Duration::from_secs(5),
+        &|| group.logs(),
+        || (l2_statuses(&api) == [(owner.clone(), owner_uid.clone())]).then_some(()),
+    );
     wait(
         "a nodeAssigned Event from the owner",
         Duration::from_secs(5),
@@ -232,15 +275,27 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         || (paths(&router, &routed) == 3).then_some(()),
     );
 
-    // The owner's agent dies: another node answers.
+    // The owner's Pod is deleted: its agent stops (SIGKILL, no goodbye), the garbage collector
+    // takes its ServiceL2Status, and another node answers and writes its own.
+    api.delete("v1", "Pod", Some(NS), &owner_pod);
     group.kill(&owner);
     let next = group.single(
         &vip,
-        "another node answers after the kill",
+        "another node answers after the Pod's deletion",
         Some(&owner),
         within,
     );
     assert_ne!(next, owner);
+    let next_uid = group.pods[ClusterAgents::index(&next)]
+        .clone()
+        .unwrap_or_default()
+        .1;
+    wait(
+        "only the new owner's ServiceL2Status",
+        Duration::from_secs(5),
+        &|| group.logs(),
+        || (l2_statuses(&api) == [(next.clone(), next_uid.clone())]).then_some(()),
+    );
     // Its BGP session went with it (the kernel closed the connection): two paths left.
     wait(
         "two paths at the router after the kill",
@@ -286,6 +341,19 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     );
     assert_eq!(ingress(&api).as_deref(), Some(moved.as_str()));
     group.single(&moved, "the new address is still answered", None, within);
+
+    // The DaemonSet's next Pod on the node: the agent starts while the bad pool is still there
+    // (it has no last good configuration: it acts on the valid part), joins again, and the
+    // router has three paths once more.
+    group.pods[owner_i] = Some(agent_pod(&api, owner_i, 1));
+    group.start_agent(owner_i);
+    wait(
+        "three paths again once the node's new Pod runs",
+        Duration::from_secs(30),
+        &|| group.logs(),
+        || (paths(&router, &routed) == 3).then_some(()),
+    );
+    group.single(&moved, "one node answers with the node back", None, within);
 
     drop(controller);
     group.stop();

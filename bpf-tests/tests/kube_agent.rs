@@ -169,26 +169,43 @@ async fn the_cluster_source_reads_what_the_agent_needs_and_follows_changes() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 
-    // A bad pool is reported, naming the object and the field.
+    // A bad pool is reported, naming the object and the field; the last good configuration
+    // stays, and Services are still followed.
     api.apply(
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
                      "metadata": {"name": "broken", "namespace": NS},
                      "spec": {"addresses": ["10.40.0.0/33"]}}),
     );
-    let bad = next_until(&mut rx, "the rejection", |r| r.is_err()).await;
-    let Err(problem) = bad else {
-        unreachable!("filtered above")
-    };
+    let bad = next_until(&mut rx, "the rejection", |r| {
+        r.as_ref().is_ok_and(|c| c.refused.is_some())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let problem = bad.refused.clone().unwrap_or_default();
     assert!(
         problem.contains("IPAddressPool/broken") && problem.contains("spec.addresses"),
         "{problem}"
     );
+    assert_eq!(
+        owner_candidates(&bad, "default/web"),
+        Some(vec!["node-3".into()])
+    );
+    api.apply(service("late", "Cluster", Some("10.30.0.5")));
+    let late = next_until(&mut rx, "the new Service despite the bad pool", |r| {
+        r.as_ref()
+            .is_ok_and(|c| c.allocations.iter().any(|a| a.service == "default/late"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(late.refused.is_some());
     // Fixing it brings a good reading back, with everything still there.
     api.delete("metallb.io/v1beta1", "IPAddressPool", Some(NS), "broken");
-    let fixed = next_until(&mut rx, "a good reading again", |r| r.is_ok())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(fixed.allocations.len(), 1);
+    let fixed = next_until(&mut rx, "a good reading again", |r| {
+        r.as_ref().is_ok_and(|c| c.refused.is_none())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fixed.allocations.len(), 2);
 }
 
 /// In a cluster the BGP side is read like the rest: a BGPPeer with its password in a Secret
@@ -277,7 +294,7 @@ async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
         v
     };
     for node in ["node-1", "node-2"] {
-        statuses::sync(&objects, node, &c.bgp_services)
+        statuses::sync(&objects, node, None, &c.bgp_services)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -294,15 +311,52 @@ async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
     two.entry("default/web".into())
         .or_default()
         .insert("spine".into());
-    statuses::sync(&objects, "node-1", &two)
+    statuses::sync(&objects, "node-1", None, &two)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(api.list("metallb.io/v1beta1", "ServiceBGPStatus").len(), 2);
     assert_eq!(view()[0].2, vec!["spine".to_owned(), "tor".to_owned()]);
     // node-1 advertises nothing any more: its object goes, node-2's stays.
-    statuses::sync(&objects, "node-1", &statuses::Wanted::new())
+    statuses::sync(&objects, "node-1", None, &statuses::Wanted::new())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        view(),
+        vec![("node-2".into(), "default/web".into(), tor_only.clone())]
+    );
+
+    // Owned by the agent's Pod; the next Pod on the node adopts the object, kept as it is.
+    let owners = || -> Vec<(String, Value)> {
+        api.list("metallb.io/v1beta1", "ServiceBGPStatus")
+            .iter()
+            .map(|o| {
+                (
+                    o["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                    o["metadata"]["ownerReferences"].clone(),
+                )
+            })
+            .collect()
+    };
+    let before = owners();
+    for uid in ["uid-1", "uid-2"] {
+        let pod = statuses::Pod {
+            name: format!("xdplb-agent-{uid}"),
+            uid: uid.into(),
+        };
+        statuses::sync(&objects, "node-2", Some(&pod), &c.bgp_services)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let now = owners();
+        assert_eq!(now.len(), 1);
+        assert_eq!(
+            now[0].0, before[0].0,
+            "the object was replaced, not adopted"
+        );
+        assert_eq!(
+            now[0].1,
+            json!([{"apiVersion": "v1", "kind": "Pod", "name": pod.name, "uid": uid}])
+        );
+    }
     assert_eq!(
         view(),
         vec![("node-2".into(), "default/web".into(), tor_only)]

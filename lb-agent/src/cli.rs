@@ -41,7 +41,7 @@ pub enum Command {
     Maps(MapsArgs),
     /// Run as a node of a group (standalone: a configuration directory and UDP heartbeats):
     /// announce the VIPs this node is elected for, take over when a peer dies.
-    Run(crate::run::RunArgs),
+    Run(Box<crate::run::RunArgs>),
 }
 
 /// How ARP/NDP is answered.
@@ -88,7 +88,7 @@ pub struct MapsArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Announce(args) => announce(args).await,
-        Command::Run(args) => crate::run::run(args).await,
+        Command::Run(args) => crate::run::run(*args).await,
         Command::Maps(args) => {
             print!("{}", render_maps(&args.bpffs)?);
             Ok(())

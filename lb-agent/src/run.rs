@@ -56,6 +56,13 @@ pub struct RunArgs {
     /// In a cluster: where the metallb.io objects and the `memberlist` Secret live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "metallb-system")]
     pub namespace: String,
+    /// In a cluster: this agent's Pod name and UID (the downward API's `metadata.name` and
+    /// `metadata.uid`): it owns the ServiceL2Status and ServiceBGPStatus objects the agent
+    /// writes, so they go with the Pod.
+    #[arg(long, env = "POD_NAME", requires = "pod_uid")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
     /// In a cluster: serve only Services with this spec.loadBalancerClass (default: those with
     /// none, like MetalLB).
     #[arg(long)]
@@ -238,7 +245,7 @@ async fn clear_statuses<K: StatusKind>(client: &kube::Client, namespace: &str, n
     let api: kube::Api<K> = kube::Api::namespaced(client.clone(), namespace);
     let cleared = tokio::time::timeout(
         Duration::from_secs(2),
-        statuses::sync(&api, node, &statuses::Wanted::new()),
+        statuses::sync(&api, node, None, &statuses::Wanted::new()),
     )
     .await;
     if !matches!(cleared, Ok(Ok(()))) {
@@ -428,19 +435,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     // In a cluster, the ServiceL2Status and ServiceBGPStatus objects follow what this node
     // announces.
-    let status_task =
-        |kind: fn(kube::Client, String, String, watch::Receiver<statuses::Wanted>)| {
-            client.as_ref().map(|c| {
-                let (tx, rx) = watch::channel(statuses::Wanted::new());
-                kind(
-                    c.clone(),
-                    args.namespace.clone(),
-                    args.node_name.clone(),
-                    rx,
-                );
-                tx
-            })
-        };
+    let pod = args
+        .pod_name
+        .clone()
+        .zip(args.pod_uid.clone())
+        .map(|(name, uid)| statuses::Pod { name, uid });
+    let status_task = |kind: fn(
+        kube::Client,
+        String,
+        String,
+        Option<statuses::Pod>,
+        watch::Receiver<statuses::Wanted>,
+    )| {
+        client.as_ref().map(|c| {
+            let (tx, rx) = watch::channel(statuses::Wanted::new());
+            kind(
+                c.clone(),
+                args.namespace.clone(),
+                args.node_name.clone(),
+                pod.clone(),
+                rx,
+            );
+            tx
+        })
+    };
     let l2_status = status_task(statuses::spawn::<ServiceL2Status>);
     let bgp_status = status_task(statuses::spawn::<ServiceBGPStatus>);
     let mut bgp_assigned: BTreeSet<String> = BTreeSet::new();
@@ -481,7 +499,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(update) = configs.recv() => {
                 match update {
                     Ok(c) => {
-                        config_error = None;
+                        match &c.refused {
+                            Some(e) if config_error.as_ref() != Some(e) => {
+                                warn!(problem = %e, "configuration rejected; the last good one stays");
+                            }
+                            _ => {}
+                        }
+                        config_error.clone_from(&c.refused);
                         if secret_path.is_none() {
                             let from_cluster = match &c.secret {
                                 Some(bytes) => check_secret(bytes),
@@ -533,9 +557,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             }
                             input_problems.clone_from(&c.inputs.problems);
                         }
+                        if c.refused.is_some() {
+                            metrics.config.rejected();
+                        } else {
+                            metrics.config.applied();
+                        }
                         config = Some(c);
                         dirty = true;
-                        metrics.config.applied();
                     }
                     Err(e) => {
                         if config_error.as_deref() != Some(&e) {

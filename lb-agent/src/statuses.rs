@@ -5,10 +5,15 @@
 //! exactly one object per Service it announces (labelled with its node) and deletes its
 //! others; the objects of other nodes are theirs. A task follows the latest wanted set, so the
 //! agent's loop never waits for the API server.
+//!
+//! Given its Pod, the agent makes it the objects' owner, as MetalLB's speaker does: deleting
+//! the Pod deletes them (Kubernetes' garbage collector), and the next Pod on the node takes
+//! over the ones still there.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -90,8 +95,33 @@ impl StatusKind for ServiceBGPStatus {
     }
 }
 
-/// Makes this node's objects of kind `K` match `wanted`.
-pub async fn sync<K: StatusKind>(api: &Api<K>, node: &str, wanted: &Wanted) -> kube::Result<()> {
+/// The agent's Pod, from the downward API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub uid: String,
+}
+
+impl Pod {
+    fn owner(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            ..OwnerReference::default()
+        }
+    }
+}
+
+/// Makes this node's objects of kind `K` match `wanted`, owned by `pod` if given.
+pub async fn sync<K: StatusKind>(
+    api: &Api<K>,
+    node: &str,
+    pod: Option<&Pod>,
+    wanted: &Wanted,
+) -> kube::Result<()> {
+    let owners = pod.map(|p| vec![p.owner()]);
     let mine = api
         .list(&ListParams::default().labels(&format!("{LABEL_NODE}={node}")))
         .await?;
@@ -118,8 +148,23 @@ pub async fn sync<K: StatusKind>(api: &Api<K>, node: &str, wanted: &Wanted) -> k
         let (namespace, svc) = service.split_once('/').unwrap_or(("default", service));
         let want = K::status(node, namespace, svc, what);
         let name = match have.get(service) {
-            Some(obj) if obj.current() == Some(&want) => continue,
-            Some(obj) => obj.name_any(),
+            Some(obj) => {
+                // A restarted agent is a new Pod: it adopts what the old one left.
+                if let Some(owners) = &owners
+                    && obj.meta().owner_references.as_ref() != Some(owners)
+                {
+                    api.patch(
+                        &obj.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"ownerReferences": owners}})),
+                    )
+                    .await?;
+                }
+                if obj.current() == Some(&want) {
+                    continue;
+                }
+                obj.name_any()
+            }
             None => {
                 let fresh: K = serde_json::from_value(json!({
                     "apiVersion": "metallb.io/v1beta1",
@@ -135,6 +180,8 @@ pub async fn sync<K: StatusKind>(api: &Api<K>, node: &str, wanted: &Wanted) -> k
                     "spec": {},
                 }))
                 .map_err(kube::Error::SerdeError)?;
+                let mut fresh = fresh;
+                fresh.meta_mut().owner_references = owners.clone();
                 api.create(&PostParams::default(), &fresh).await?.name_any()
             }
         };
@@ -148,19 +195,28 @@ pub async fn sync<K: StatusKind>(api: &Api<K>, node: &str, wanted: &Wanted) -> k
     Ok(())
 }
 
+/// How often the objects are checked even when nothing changed here: someone may have deleted
+/// or edited them.
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Follows `wanted` until the sender is dropped; a failed sync is retried after a second.
 pub fn spawn<K: StatusKind>(
     client: Client,
     namespace: String,
     node: String,
+    pod: Option<Pod>,
     mut wanted: watch::Receiver<Wanted>,
 ) {
     let api: Api<K> = Api::namespaced(client, &namespace);
     tokio::spawn(async move {
-        while wanted.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                changed = wanted.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
             loop {
                 let current = wanted.borrow_and_update().clone();
-                match sync(&api, &node, &current).await {
+                match sync(&api, &node, pod.as_ref(), &current).await {
                     Ok(()) => break,
                     Err(e) => {
                         warn!(kind = K::KIND, error = %e, "cannot update the status objects; retrying");

@@ -2,14 +2,14 @@
 //! watches replay from, and the rules writes follow (optimistic concurrency, status
 //! subresource, no-op writes that change nothing, compaction that makes old versions "Gone").
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
 };
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::resources::Resource;
+use super::resources::{RESOURCES, Resource};
 
 /// How many changes the history keeps before the oldest become too old to watch from.
 const HISTORY: usize = 10_000;
@@ -413,7 +413,44 @@ impl Store {
         self.rv += 1;
         gone["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.record(res, namespace.unwrap_or(""), "DELETED", gone.clone());
+        if let Some(uid) = gone["metadata"]["uid"].as_str() {
+            self.collect_dependents(uid);
+        }
         Ok(gone)
+    }
+
+    /// What Kubernetes' garbage collector does after a (background) deletion: objects owned
+    /// by `uid` whose owners are all gone are deleted in turn.
+    fn collect_dependents(&mut self, uid: &str) {
+        let live: BTreeSet<String> = self
+            .objects
+            .values()
+            .filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+            .collect();
+        let orphans: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                let owners: Vec<&str> = o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["uid"].as_str())
+                    .collect();
+                owners.contains(&uid) && owners.iter().all(|u| !live.contains(*u))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in orphans {
+            let Some(res) = RESOURCES
+                .iter()
+                .find(|r| r.group == k.group && r.plural == k.plural)
+            else {
+                continue;
+            };
+            let namespace = (!k.namespace.is_empty()).then_some(k.namespace.as_str());
+            let _ = self.delete(res, res.versions[0], namespace, &k.name);
+        }
     }
 
     /// What a watch from `from` sends first, and the feed of what follows. `None` means "any

@@ -62,8 +62,8 @@ fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
     })
 }
 
-/// The agent's configuration from a snapshot of the cluster; `Err` names the first problem
-/// (the caller keeps the last good configuration).
+/// The agent's configuration from a snapshot of the cluster (settled by a
+/// [`super::LastGood`]); `Err` names the first problem.
 pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
     let report = lb_controller::config::validate::validate(objects);
     if let Some(e) = report.errors.first() {
@@ -93,6 +93,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         peers,
         secret,
         bgp,
+        refused: None,
     })
 }
 
@@ -113,10 +114,14 @@ pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>
     tokio::spawn(async move {
         sources.wait_ready().await;
         let _ = slices.wait_until_ready().await;
+        let mut good = super::LastGood::new(super::OnRefusal::LastConfigObjects);
         loop {
             let mut objects = sources.objects();
             objects.endpoint_slices = slices.state().iter().map(|s| (**s).clone()).collect();
-            let result = build(&objects, &opts).map(relocate);
+            let result = good
+                .settle(&mut objects, &[])
+                .and_then(|refused| build(&objects, &opts).map(|c| Config { refused, ..c }))
+                .map(relocate);
             drop(objects);
             trim_heap();
             if tx.send(result.map(Arc::new)).await.is_err() {

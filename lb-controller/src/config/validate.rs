@@ -55,6 +55,51 @@ impl Report {
     }
 }
 
+/// The configuration without the objects that make it invalid, and the problems that left
+/// them out: what an agent starting with no last good configuration can still act on. An
+/// object is left out when an error names it; what then refers to it may be left out in turn.
+/// `None` when an error names no object that can be left out.
+pub fn valid_part(objects: &Objects) -> Option<(Objects, Vec<Problem>)> {
+    let mut part = objects.clone();
+    let mut left_out = Vec::new();
+    loop {
+        let report = validate(&part);
+        if report.errors.is_empty() {
+            return Some((part, left_out));
+        }
+        let before = config_count(&part);
+        for p in &report.errors {
+            let name = p.name.as_str();
+            match p.kind.as_str() {
+                "IPAddressPool" => drop_named(&mut part.pools, name),
+                "L2Advertisement" => drop_named(&mut part.l2_advertisements, name),
+                "BGPAdvertisement" => drop_named(&mut part.bgp_advertisements, name),
+                "BGPPeer" => drop_named(&mut part.peers, name),
+                "BFDProfile" => drop_named(&mut part.bfd_profiles, name),
+                "Community" => drop_named(&mut part.communities, name),
+                _ => {}
+            }
+        }
+        if config_count(&part) == before {
+            return None;
+        }
+        left_out.extend(report.errors);
+    }
+}
+
+fn config_count(o: &Objects) -> usize {
+    o.pools.len()
+        + o.l2_advertisements.len()
+        + o.bgp_advertisements.len()
+        + o.peers.len()
+        + o.bfd_profiles.len()
+        + o.communities.len()
+}
+
+fn drop_named<T: ResourceExt>(objects: &mut Vec<T>, name: &str) {
+    objects.retain(|o| o.name_any() != name);
+}
+
 /// Checks the whole configuration at once, as MetalLB's parser does.
 pub fn validate(objects: &Objects) -> Report {
     let mut report = Report::default();
@@ -632,14 +677,25 @@ mod tests {
     use crate::config::manifest;
 
     /// Validates YAML text; returns the error and warning lines.
-    fn check(yaml: &str) -> (Vec<String>, Vec<String>) {
+    fn load(yaml: &str) -> manifest::Loaded {
         manifest::documents(Path::new("test.yaml"), yaml).expect("test YAML parses");
         let dir = std::env::temp_dir().join(format!("xdplb-validate-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join(format!("{}.yaml", yaml.len()));
+        let file = dir.join(format!("{}-{:x}.yaml", yaml.len(), fmix(yaml)));
         std::fs::write(&file, yaml).expect("write");
         let loaded = manifest::load(std::slice::from_ref(&file)).expect("load");
         let _ = std::fs::remove_file(&file);
+        loaded
+    }
+
+    fn fmix(s: &str) -> u64 {
+        s.bytes().fold(0xcbf29ce484222325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        })
+    }
+
+    fn check(yaml: &str) -> (Vec<String>, Vec<String>) {
+        let loaded = load(yaml);
         let report = validate(&loaded.objects);
         let lines = |v: Vec<Problem>| v.into_iter().map(|p| p.to_string()).collect();
         let mut errors: Vec<Problem> = loaded.errors;
@@ -651,6 +707,44 @@ mod tests {
         format!(
             "---\napiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: {name}}}\nspec:\n  addresses: {addresses}\n"
         )
+    }
+
+    #[test]
+    fn the_valid_part_leaves_out_what_errors_name_and_what_then_refers_to_it() {
+        let yaml = pool("good", "[10.0.0.0/24]")
+            + &pool("bad", "[10.0.0.0/33]")
+            + "---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {name: fast}\nspec: {receiveInterval: 5}\n"
+            + "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {myASN: 64512, peerASN: 65000, peerAddress: 10.9.0.1, bfdProfile: fast}\n"
+            + "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: spine}\nspec: {myASN: 64512, peerASN: 65001, peerAddress: 10.9.0.2}\n"
+            + "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: l2}\n";
+        let loaded = load(&yaml);
+        let (part, left_out) = valid_part(&loaded.objects).expect("a valid part");
+        let names = |v: Vec<String>| v.join(",");
+        assert_eq!(
+            names(part.pools.iter().map(|o| o.name_any()).collect()),
+            "good"
+        );
+        assert!(part.bfd_profiles.is_empty());
+        assert_eq!(
+            names(part.peers.iter().map(|o| o.name_any()).collect()),
+            "spine"
+        );
+        assert_eq!(part.l2_advertisements.len(), 1);
+        let left: BTreeSet<String> = left_out
+            .iter()
+            .map(|p| format!("{}/{}", p.kind, p.name))
+            .collect();
+        assert_eq!(
+            left,
+            ["BFDProfile/fast", "BGPPeer/tor", "IPAddressPool/bad"]
+                .map(str::to_owned)
+                .into()
+        );
+        assert!(validate(&part).errors.is_empty());
+        // A valid configuration is its own valid part.
+        let (same, none) = valid_part(&part).expect("valid");
+        assert!(none.is_empty());
+        assert_eq!(same.peers.len(), 1);
     }
 
     #[test]
