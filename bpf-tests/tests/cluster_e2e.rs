@@ -58,6 +58,40 @@ fn l2_statuses(api: &ApiServer) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every ConfigurationState: name → (result, errorSummary).
+fn config_states(api: &ApiServer) -> std::collections::BTreeMap<String, (String, String)> {
+    api.list("metallb.io/v1beta1", "ConfigurationState")
+        .iter()
+        .map(|o| {
+            let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            (
+                text(&o["metadata"]["name"]),
+                (
+                    text(&o["status"]["result"]),
+                    text(&o["status"]["errorSummary"]),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Whether the controller and every node report a valid configuration, with no summary left.
+fn all_valid(api: &ApiServer) -> bool {
+    let states = config_states(api);
+    [
+        "controller",
+        "speaker-node-1",
+        "speaker-node-2",
+        "speaker-node-3",
+    ]
+    .iter()
+    .all(|n| {
+        states
+            .get(*n)
+            .is_some_and(|(r, summary)| r == "Valid" && summary.is_empty())
+    })
+}
+
 fn setup(api: &ApiServer, lab: &Lab) {
     for ns in [NS, "default"] {
         api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
@@ -239,6 +273,12 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     let within = Duration::from_secs(15);
     let owner = group.single(&vip, "one node answers web's address", None, within);
     let owner_i = ClusterAgents::index(&owner);
+    wait(
+        "every component's ConfigurationState says Valid",
+        Duration::from_secs(5),
+        &|| format!("{:?}", config_states(&api)),
+        || all_valid(&api).then_some(()),
+    );
     let (owner_pod, owner_uid) = group.pods[owner_i].clone().unwrap_or_default();
     wait(
         "the owner's ServiceL2Status, owned by its Pod",
@@ -341,6 +381,27 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     );
     assert_eq!(ingress(&api).as_deref(), Some(moved.as_str()));
     group.single(&moved, "the new address is still answered", None, within);
+    wait(
+        "every ConfigurationState names the bad pool",
+        Duration::from_secs(5),
+        &|| format!("{:?}", config_states(&api)),
+        || {
+            let states = config_states(&api);
+            let running: Vec<String> = (0..3)
+                .filter(|i| group.agents[*i].is_some())
+                .map(|i| format!("speaker-{}", bpf_tests::cluster_agents::NAMES[i]))
+                .chain(["controller".to_owned()])
+                .collect();
+            running
+                .iter()
+                .all(|n| {
+                    states.get(n).is_some_and(|(r, summary)| {
+                        r == "Invalid" && summary.contains("IPAddressPool/bad")
+                    })
+                })
+                .then_some(())
+        },
+    );
 
     // The DaemonSet's next Pod on the node: the agent starts while the bad pool is still there
     // (it has no last good configuration: it acts on the valid part), joins again, and the
@@ -354,6 +415,28 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         || (paths(&router, &routed) == 3).then_some(()),
     );
     group.single(&moved, "one node answers with the node back", None, within);
+
+    // The bad pool goes: every component says Valid again.
+    api.delete("metallb.io/v1beta1", "IPAddressPool", Some(NS), "bad");
+    wait(
+        "every ConfigurationState says Valid again",
+        Duration::from_secs(5),
+        &|| format!("{:?}", config_states(&api)),
+        || all_valid(&api).then_some(()),
+    );
+    let restarted = api
+        .get(
+            "metallb.io/v1beta1",
+            "ConfigurationState",
+            Some(NS),
+            &format!("speaker-{owner}"),
+        )
+        .map(|o| o["metadata"]["ownerReferences"][0]["uid"].clone());
+    assert_eq!(
+        restarted,
+        group.pods[owner_i].as_ref().map(|p| json!(p.1)),
+        "the node's ConfigurationState belongs to its current Pod"
+    );
 
     drop(controller);
     group.stop();

@@ -307,6 +307,36 @@ async fn a_bad_configuration_changes_nothing_and_is_raised_on_the_object() {
     )
     .await;
     assert!(raised.1.contains("spec.addresses[0]"), "{raised:?}");
+    // The controller's ConfigurationState says so, as MetalLB's does.
+    let state = || {
+        api.get(
+            "metallb.io/v1beta1",
+            "ConfigurationState",
+            Some(NS),
+            "controller",
+        )
+        .map(|o| {
+            (
+                o["status"]["result"].as_str().unwrap_or("").to_owned(),
+                o["status"]["errorSummary"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                o["metadata"]["labels"]["metallb.io/component-type"].clone(),
+            )
+        })
+    };
+    let invalid = eventually(
+        "an Invalid ConfigurationState",
+        Duration::from_secs(5),
+        || state().filter(|s| s.0 == "Invalid"),
+    )
+    .await;
+    assert!(
+        invalid.1.contains("IPAddressPool/good") && invalid.1.contains("spec.addresses[0]"),
+        "{invalid:?}"
+    );
+    assert_eq!(invalid.2, json!("controller"));
     // The last good configuration keeps allocating: a new Service gets an address from it.
     api.apply(service("b", json!({})));
     eventually(
@@ -329,6 +359,37 @@ async fn a_bad_configuration_changes_nothing_and_is_raised_on_the_object() {
         || (ingress(&api, "c") == ["10.41.0.0"]).then_some(()),
     )
     .await;
+    eventually("a Valid ConfigurationState", Duration::from_secs(5), || {
+        state().filter(|s| s.0 == "Valid" && s.1.is_empty())
+    })
+    .await;
+    controller.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_starting_with_an_invalid_object_allocates_from_the_rest() {
+    let api = ApiServer::start();
+    base(&api);
+    api.apply(pool("good", &["10.40.0.0/30"]));
+    api.apply(pool("broken", &["10.50.0.0/33"]));
+    api.apply(service("a", json!({})));
+    api.apply(service("b", json!({"metallb.io/address-pool": "broken"})));
+    let controller = start_in_process(&api, "one");
+    eventually("a's address", Duration::from_secs(10), || {
+        (ingress(&api, "a") == ["10.40.0.0"]).then_some(())
+    })
+    .await;
+    eventually(
+        "the InvalidConfiguration event",
+        Duration::from_secs(5),
+        || {
+            events(&api, "broken")
+                .into_iter()
+                .find(|(r, ..)| r == "InvalidConfiguration")
+        },
+    )
+    .await;
+    assert!(ingress(&api, "b").is_empty(), "b's pool is left out");
     controller.abort();
 }
 

@@ -18,7 +18,10 @@ use std::{
 
 use anyhow::Context;
 use lb_common::{SlotBits, VIP_FLAG_SPREAD};
-use lb_controller::config::types::{ServiceBGPStatus, ServiceL2Status};
+use lb_controller::{
+    cluster::configstate,
+    config::types::{ServiceBGPStatus, ServiceL2Status},
+};
 use tokio::{net::UdpSocket, sync::watch};
 use tracing::{info, warn};
 
@@ -459,6 +462,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tx
         })
     };
+    // And the node's ConfigurationState says whether its configuration is accepted.
+    let config_state = client.as_ref().map(|c| {
+        let (tx, rx) = watch::channel(None);
+        configstate::spawn(
+            c.clone(),
+            configstate::Reporter::speaker(
+                &args.namespace,
+                &args.node_name,
+                pod.as_ref().map(statuses::Pod::owner),
+            ),
+            rx,
+        );
+        tx
+    });
+    let say = |problems: Vec<String>| {
+        if let Some(tx) = &config_state {
+            tx.send_if_modified(|said| {
+                let changed = said.as_ref() != Some(&problems);
+                if changed {
+                    *said = Some(problems);
+                }
+                changed
+            });
+        }
+    };
     let l2_status = status_task(statuses::spawn::<ServiceL2Status>);
     let bgp_status = status_task(statuses::spawn::<ServiceBGPStatus>);
     let mut bgp_assigned: BTreeSet<String> = BTreeSet::new();
@@ -506,6 +534,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                             _ => {}
                         }
                         config_error.clone_from(&c.refused);
+                        say(c.refused.iter().cloned().collect());
                         if secret_path.is_none() {
                             let from_cluster = match &c.secret {
                                 Some(bytes) => check_secret(bytes),
@@ -569,6 +598,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         if config_error.as_deref() != Some(&e) {
                             warn!(problem = %e, "configuration rejected; the last good one stays");
                         }
+                        say(vec![e.clone()]);
                         config_error = Some(e);
                         metrics.config.rejected();
                         continue;

@@ -103,7 +103,7 @@ pub struct Pod {
 }
 
 impl Pod {
-    fn owner(&self) -> OwnerReference {
+    pub fn owner(&self) -> OwnerReference {
         OwnerReference {
             api_version: "v1".into(),
             kind: "Pod".into(),

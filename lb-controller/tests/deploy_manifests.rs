@@ -248,7 +248,7 @@ const CONFIG_KINDS: &[&str] = &[
 fn each_component_gets_exactly_what_its_code_uses() {
     // lb-controller: cluster/sources.rs (reflectors), cluster/mod.rs (status and annotation
     // patches, the Event recorder), cluster/memberlist.rs (the Secret), cluster/leader.rs (the
-    // Lease).
+    // Lease), cluster/configstate.rs (get, create, patch, patch status).
     let (cluster, namespaced) = rbac_of("xdplb-controller");
     assert_eq!(
         cluster,
@@ -268,10 +268,17 @@ fn each_component_gets_exactly_what_its_code_uses() {
                 &["leases"],
                 &["create", "get", "update"]
             ),
+            (
+                "metallb.io",
+                &["configurationstates"],
+                &["create", "get", "patch"]
+            ),
+            ("metallb.io", &["configurationstates/status"], &["patch"]),
         ])
     );
     // lb-agent: source/cluster.rs (reflectors, EndpointSlices too), run.rs (nodeAssigned
-    // Events), statuses.rs (list, create, patch status, delete).
+    // Events), statuses.rs (list, create, patch, patch status, delete), configstate.rs (get,
+    // create, patch, patch status).
     let (cluster, namespaced) = rbac_of("xdplb-agent");
     assert_eq!(
         cluster,
@@ -289,13 +296,19 @@ fn each_component_gets_exactly_what_its_code_uses() {
             (
                 "metallb.io",
                 &["servicel2statuses", "servicebgpstatuses"],
-                &["list", "create", "delete"]
+                &["list", "create", "patch", "delete"]
             ),
             (
                 "metallb.io",
                 &["servicel2statuses/status", "servicebgpstatuses/status"],
                 &["patch"]
             ),
+            (
+                "metallb.io",
+                &["configurationstates"],
+                &["get", "create", "patch"]
+            ),
+            ("metallb.io", &["configurationstates/status"], &["patch"]),
         ])
     );
 }

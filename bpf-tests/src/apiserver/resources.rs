@@ -120,6 +120,14 @@ pub const RESOURCES: &[Resource] = &[
         true,
         true,
     ),
+    res(
+        "metallb.io",
+        &["v1beta1"],
+        "configurationstates",
+        "ConfigurationState",
+        true,
+        true,
+    ),
 ];
 
 impl Resource {

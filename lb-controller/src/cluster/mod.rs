@@ -7,10 +7,13 @@
 //!   deadline stops and exits, so a fresh start rejoins the election.
 //! - A rejected configuration never replaces a good one: the last good configuration keeps
 //!   allocating for current Services, and each problem is logged, counted and raised once as a
-//!   Warning Event on the offending object.
+//!   Warning Event on the offending object, and in the `controller` ConfigurationState. A
+//!   replica that starts (or takes the Lease) while the configuration is invalid has no last
+//!   good one: it allocates from the valid part.
 //! - Status writes carry the resourceVersion they were computed from; a 409 means the Service
 //!   changed meanwhile, and the watch brings the change that triggers the next pass.
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
+pub mod configstate;
 mod leader;
 pub mod lease;
 pub mod memberlist;
@@ -66,6 +69,8 @@ struct Reconciler {
     reported: BTreeMap<String, String>,
     /// The configuration problems last raised.
     problems: BTreeSet<String>,
+    /// What the `controller` ConfigurationState says.
+    config_state: watch::Sender<Option<Vec<String>>>,
 }
 
 fn reference_of(problem: &Problem, namespace: &str) -> ObjectReference {
@@ -104,6 +109,14 @@ impl Reconciler {
     /// One pass; `false` when a write failed and another pass is needed.
     async fn pass(&mut self, snapshot: Objects) -> bool {
         let report = validate::validate(&snapshot);
+        let problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+        self.config_state.send_if_modified(|said| {
+            let changed = said.as_ref() != Some(&problems);
+            if changed {
+                *said = Some(problems);
+            }
+            changed
+        });
         let objects = if report.errors.is_empty() {
             self.metrics.config_applied();
             self.problems.clear();
@@ -144,7 +157,12 @@ impl Reconciler {
                     namespaces: snapshot.namespaces,
                     ..good.clone()
                 },
-                None => return true,
+                // Started (or took the lease) while the configuration is invalid: what is
+                // valid of it still allocates.
+                None => match validate::valid_part(&snapshot) {
+                    Some((part, _)) => part,
+                    None => return true,
+                },
             }
         };
         let (entries, usage) =
@@ -325,6 +343,12 @@ pub async fn run(
             instance: Some(opts.identity.clone()),
         },
     );
+    let (config_state, said) = watch::channel(None);
+    configstate::spawn(
+        client.clone(),
+        configstate::Reporter::controller(&opts.namespace),
+        said,
+    );
     let mut reconciler = Reconciler {
         client,
         opts,
@@ -333,6 +357,7 @@ pub async fn run(
         last_good: None,
         reported: BTreeMap::new(),
         problems: BTreeSet::new(),
+        config_state,
     };
     let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
     loop {

@@ -37,7 +37,8 @@ optional_spec!(
     L2AdvertisementSpec,
     BGPAdvertisementSpec,
     BFDProfileSpec,
-    CommunitySpec
+    CommunitySpec,
+    ConfigurationStateSpec
 );
 
 /// Which Services a pool serves, and with which priority.
@@ -486,6 +487,7 @@ pub struct MetalLBServiceBGPStatus {
     printcolumn = r#"{"name":"ErrorSummary","type":"string","jsonPath":".status.errorSummary"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[serde(remote = "Self")]
 pub struct ConfigurationStateSpec {}
 
 /// The observed state of a [`ConfigurationState`].
