@@ -371,6 +371,11 @@ async fn a_controller_starting_with_an_invalid_object_allocates_from_the_rest() 
     let api = ApiServer::start();
     base(&api);
     api.apply(pool("good", &["10.40.0.0/30"]));
+    // Valid once, broken by an edit while no controller ran: its Service keeps its address.
+    api.apply(pool("edited", &["10.60.0.0/30", "10.60.0.9/33"]));
+    let mut held = service("held", json!({}));
+    held["status"] = json!({"loadBalancer": {"ingress": [{"ip": "10.60.0.1"}]}});
+    api.apply(held);
     api.apply(pool("broken", &["10.50.0.0/33"]));
     api.apply(service("a", json!({})));
     api.apply(service("b", json!({"metallb.io/address-pool": "broken"})));
@@ -390,6 +395,12 @@ async fn a_controller_starting_with_an_invalid_object_allocates_from_the_rest() 
     )
     .await;
     assert!(ingress(&api, "b").is_empty(), "b's pool is left out");
+    assert_eq!(ingress(&api, "held"), ["10.60.0.1"], "held was renumbered");
+    assert!(
+        events(&api, "held").is_empty(),
+        "nothing happened to held: {:?}",
+        events(&api, "held")
+    );
     controller.abort();
 }
 

@@ -158,9 +158,21 @@ impl Reconciler {
                     ..good.clone()
                 },
                 // Started (or took the lease) while the configuration is invalid: what is
-                // valid of it still allocates.
+                // valid of it still allocates. A Service holding an address outside the valid
+                // part's pools (from a pool left out) is left alone, not renumbered.
                 None => match validate::valid_part(&snapshot) {
-                    Some((part, _)) => part,
+                    Some((mut part, _)) => {
+                        let ranges: Vec<_> = plan::pool_defs(&part.pools)
+                            .into_iter()
+                            .flat_map(|p| p.ranges)
+                            .collect();
+                        part.services.retain(|svc| {
+                            crate::ipam::service::status_ips(svc)
+                                .iter()
+                                .all(|ip| ranges.iter().any(|r| r.contains(*ip)))
+                        });
+                        part
+                    }
                     None => return true,
                 },
             }
