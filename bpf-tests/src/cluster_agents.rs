@@ -107,11 +107,15 @@ impl<'a> ClusterAgents<'a> {
             .join("\n---\n")
     }
 
-    /// The nodes that answer one ARP request for `vip` from the client.
+    /// The nodes that answer one ARP request (one neighbour solicitation for an IPv6 `vip`)
+    /// from the client.
     pub fn answerers(&self, vip: &str) -> BTreeSet<String> {
-        self.lab
-            .arping_within(vip, 1, "0.2")
-            .iter()
+        let macs = if vip.contains(':') {
+            self.lab.ndisc6_all(vip, 200)
+        } else {
+            self.lab.arping_within(vip, 1, "0.2")
+        };
+        macs.iter()
             .map(|m| {
                 self.macs
                     .get(m)

@@ -128,6 +128,35 @@ impl Lab {
         crate::netns::arping_macs(&out.stdout)
     }
 
+    /// One neighbour solicitation for `target` from the client, waiting `wait_ms` for every
+    /// advertisement (ndisc6 `-m`): the advertised MACs, one per answer.
+    pub fn ndisc6_all(&self, target: &str, wait_ms: u32) -> Vec<String> {
+        let out = self
+            .client
+            .ns
+            .exec("ndisc6")
+            .args([
+                "-m",
+                "-n",
+                "-r",
+                "1",
+                "-w",
+                &wait_ms.to_string(),
+                target,
+                "eth0",
+            ])
+            .output()
+            .expect("run ndisc6");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("Target link-layer address: ")
+                    .map(|m| m.trim().to_lowercase())
+            })
+            .collect()
+    }
+
     /// A host one routed hop beyond the client, which forwards for it: 10.211.0.2 and
     /// fd00:211::2 behind the client's 10.211.0.1 / fd00:211::1, and the nodes reach it
     /// through the client. With BGP the client is the router and this host a client out in

@@ -2,7 +2,7 @@
 //! processes, without `--config-dir`, against the in-process API server (listening in the lab's
 //! client namespace, reached through `$KUBECONFIG`). MetalLB's objects and a Service go in; the
 //! controller creates the agents' memberlist Secret and writes the Service's address; the
-//! elected node answers ARP for it; both record their Events, and the owner's agent its
+//! elected node answers ARP for it (and NDP for an IPv6 Service's); both record their Events, and the owner's agent its
 //! ServiceL2Status, owned by its Pod. The owner's Pod is deleted (its agent stops, its status
 //! goes with it) and another node answers and writes its own. The pool is changed and the Service moves to an address of the new
 //! range, answered by one node while the old one is answered by none; an invalid pool is
@@ -97,6 +97,11 @@ fn setup(api: &ApiServer, lab: &Lab) {
         api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
     }
     api.apply(pool(&["10.210.0.100-10.210.0.104"]));
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+               "metadata": {"name": "lab6", "namespace": NS},
+               "spec": {"addresses": ["fd00:210::100-fd00:210::104"]}}),
+    );
     // As MetalLB's docs write it: no spec.
     api.apply(
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
@@ -111,6 +116,11 @@ fn setup(api: &ApiServer, lab: &Lab) {
                      "metadata": {"name": "web", "namespace": "default"},
                      "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
                               "clusterIPs": ["10.96.0.10"], "ipFamilies": ["IPv4"],
+                              "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}}));
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+                     "metadata": {"name": "web6", "namespace": "default"},
+                     "spec": {"type": "LoadBalancer", "clusterIP": "fd96::10",
+                              "clusterIPs": ["fd96::10"], "ipFamilies": ["IPv6"],
                               "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}}));
 }
 
@@ -272,6 +282,20 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
     }
     let within = Duration::from_secs(15);
     let owner = group.single(&vip, "one node answers web's address", None, within);
+    // IPv6: the controller gives web6 an address of the IPv6 pool, one node answers NDP for it.
+    let vip6 = wait(
+        "web6's address",
+        Duration::from_secs(5),
+        &|| group.logs(),
+        || ingress_of(&api, "web6"),
+    );
+    assert_eq!(vip6, "fd00:210::100");
+    group.single(
+        &vip6,
+        "one node answers NDP for web6's address",
+        None,
+        within,
+    );
     let owner_i = ClusterAgents::index(&owner);
     wait(
         "every component's ConfigurationState says Valid",
@@ -326,6 +350,12 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         within,
     );
     assert_ne!(next, owner);
+    group.single(
+        &vip6,
+        "one live node answers NDP for web6's address",
+        Some(&owner),
+        within,
+    );
     let next_uid = group.pods[ClusterAgents::index(&next)]
         .clone()
         .unwrap_or_default()
