@@ -60,8 +60,8 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "metallb-system")]
     pub namespace: String,
     /// In a cluster: this agent's Pod name and UID (the downward API's `metadata.name` and
-    /// `metadata.uid`): it owns the ServiceL2Status and ServiceBGPStatus objects the agent
-    /// writes, so they go with the Pod.
+    /// `metadata.uid`): it owns the ServiceL2Status, ServiceBGPStatus and ConfigurationState
+    /// objects the agent writes, so they go with the Pod.
     #[arg(long, env = "POD_NAME", requires = "pod_uid")]
     pub pod_name: Option<String>,
     #[arg(long, env = "POD_UID", requires = "pod_name")]
@@ -478,13 +478,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let say = |problems: Vec<String>| {
         if let Some(tx) = &config_state {
-            tx.send_if_modified(|said| {
-                let changed = said.as_ref() != Some(&problems);
-                if changed {
-                    *said = Some(problems);
-                }
-                changed
-            });
+            configstate::say(tx, problems);
         }
     };
     let l2_status = status_task(statuses::spawn::<ServiceL2Status>);

@@ -166,7 +166,7 @@ pub async fn sync<K: StatusKind>(
                 obj.name_any()
             }
             None => {
-                let fresh: K = serde_json::from_value(json!({
+                let mut fresh: K = serde_json::from_value(json!({
                     "apiVersion": "metallb.io/v1beta1",
                     "kind": K::KIND,
                     "metadata": {
@@ -180,7 +180,6 @@ pub async fn sync<K: StatusKind>(
                     "spec": {},
                 }))
                 .map_err(kube::Error::SerdeError)?;
-                let mut fresh = fresh;
                 fresh.meta_mut().owner_references = owners.clone();
                 api.create(&PostParams::default(), &fresh).await?.name_any()
             }

@@ -155,6 +155,17 @@ pub async fn write(
     Ok(())
 }
 
+/// Sets what the object must say, waking the task only if that changed.
+pub fn say(state: &watch::Sender<Option<Vec<String>>>, problems: Vec<String>) {
+    state.send_if_modified(|said| {
+        let changed = said.as_ref() != Some(&problems);
+        if changed {
+            *said = Some(problems);
+        }
+        changed
+    });
+}
+
 /// Follows `state` (`None`: nothing read yet) until the sender is dropped; a failed write is
 /// retried after a second.
 pub fn spawn(client: Client, who: Reporter, mut state: watch::Receiver<Option<Vec<String>>>) {

@@ -110,13 +110,7 @@ impl Reconciler {
     async fn pass(&mut self, snapshot: Objects) -> bool {
         let report = validate::validate(&snapshot);
         let problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-        self.config_state.send_if_modified(|said| {
-            let changed = said.as_ref() != Some(&problems);
-            if changed {
-                *said = Some(problems);
-            }
-            changed
-        });
+        configstate::say(&self.config_state, problems);
         let objects = if report.errors.is_empty() {
             self.metrics.config_applied();
             self.problems.clear();
