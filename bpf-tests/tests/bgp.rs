@@ -3,7 +3,7 @@
 //! are what is checked: the VIPs with the nodes as next hops (3-way ECMP), communities, large
 //! communities and the AS path, IPv6 VIPs over MP-BGP on the IPv4 sessions,
 //! `externalTrafficPolicy: Local`, withdrawal when a Service goes, TCP MD5 passwords right and
-//! wrong.
+//! wrong; and an unnumbered session (BGPPeer `interface`) with FRR over a link-local-only link.
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -676,5 +676,81 @@ fn an_ipv6_session_carries_both_families() {
         next_hops(&p4),
         v4,
         "IPv4 routes carry the nodes' IPv4 next hops"
+    );
+}
+
+#[test]
+fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
+    if !privileged("an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6") {
+        return;
+    }
+    // node-1 and FRR on a point-to-point link with no address but the link-local ones; the
+    // BGPPeer names the interface, as with MetalLB's FRR mode.
+    let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, peerASN: 65000, interface: un0, \
+                 nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]}\n";
+    let bgp = Bgp::start("bgpu", peers, &["web", "web6"], |lab| {
+        let rt = NetNs::new(&unique("bgpurt"));
+        let node = &lab.nodes[0].ns;
+        bpf_tests::netns::ip(&[
+            "link", "add", "un0", "netns", &node.name, "type", "veth", "peer", "name", "rt1",
+            "netns", &rt.name,
+        ]);
+        for (ns, dev) in [(node, "un0"), (&rt, "rt1")] {
+            ns.exec("sysctl")
+                .args(["-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")])
+                .status()
+                .expect("sysctl");
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        rt.ip(&["link", "set", "lo", "up"]);
+        let conf = "frr defaults datacenter\nhostname tor\n!\ninterface rt1\n ipv6 nd ra-interval 1\n \
+                    no ipv6 nd suppress-ra\n!\nrouter bgp 65000\n bgp router-id 10.99.0.1\n \
+                    no bgp ebgp-requires-policy\n neighbor rt1 interface remote-as external\n \
+                    neighbor rt1 timers connect 1\n address-family ipv6 unicast\n  neighbor rt1 activate\n \
+                    exit-address-family\n!\n";
+        (Frr::start(&rt, conf, false), rt)
+    });
+    let frr = &bgp.router.0;
+    frr.wait(Duration::from_secs(20), "the unnumbered session", |f| {
+        (f.peer_state("rt1") == "Established").then_some(())
+    });
+    let (web, web6) = (bgp.vip("web"), bgp.vip("web6"));
+    // IPv4 with an IPv6 (link-local) next hop, and IPv6: both from node-1 alone.
+    let p4 = frr.wait(Duration::from_secs(10), "web at the router", |f| {
+        let p = paths(f, "ipv4", &format!("{web}/32"));
+        (p.len() == 1).then_some(p)
+    });
+    let hop = p4[0]["nexthops"][0]["ip"].as_str().unwrap_or("").to_owned();
+    assert!(hop.starts_with("fe80:"), "next hop {hop}: {p4:?}");
+    frr.wait(Duration::from_secs(10), "web6 at the router", |f| {
+        (paths(f, "ipv6", &format!("{web6}/128")).len() == 1).then_some(())
+    });
+    // The kernel forwards to the VIP through the link-local neighbour (RFC 8950 routes).
+    let rt = &bgp.router.1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = rt
+            .exec("ip")
+            .args(["route", "show", &web])
+            .output()
+            .expect("ip route");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("via inet6 fe80:") && text.contains("dev rt1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kernel route for {web}: {text:?}\n{}",
+            bgp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The agent reports the session under the interface's name.
+    let m = bgp.metrics(0);
+    assert_eq!(
+        sample(&m, "metallb_bgp_session_up", &[("peer", "un0")]),
+        Some(1.0),
+        "{m}"
     );
 }

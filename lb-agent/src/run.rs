@@ -507,6 +507,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.bfd.clone(),
         SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, args.bgp_port)),
     );
+    // Unnumbered BGPPeers' addresses, found by router advertisements on their interfaces.
+    let discovery = bgp::unnumbered::Discovery::spawn();
+    let mut neighbors = discovery.found();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut buf = vec![0u8; 1500];
@@ -518,6 +521,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            Ok(()) = neighbors.changed() => {
+                if let Some(c) = &config {
+                    speaker.apply(bgp::unnumbered::resolve(&c.bgp, &neighbors.borrow_and_update()));
+                }
+                continue;
+            }
             Some(update) = configs.recv() => {
                 match update {
                     Ok(c) => {
@@ -552,7 +561,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                                 }
                             }
                         }
-                        speaker.apply(c.bgp.clone());
+                        discovery.want(bgp::unnumbered::interfaces(&c.bgp));
+                        speaker.apply(bgp::unnumbered::resolve(&c.bgp, &neighbors.borrow()));
                         if let Some(tx) = &bgp_status {
                             tx.send_if_modified(|w| {
                                 let changed = *w != c.bgp_services;

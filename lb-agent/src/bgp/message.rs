@@ -80,6 +80,20 @@ impl Family {
     pub const IPV6_UNICAST: Family = Family { afi: 2, safi: 1 };
 }
 
+/// One entry of the extended next hop capability: routes of `family` may have a next hop of
+/// address family `next_hop_afi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHopFamily {
+    pub family: Family,
+    pub next_hop_afi: u16,
+}
+
+/// IPv4 unicast routes with IPv6 next hops.
+pub const IPV4_VIA_IPV6: NextHopFamily = NextHopFamily {
+    family: Family::IPV4_UNICAST,
+    next_hop_afi: 2,
+};
+
 /// One address family in a graceful restart capability (RFC 4724 §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GracefulFamily {
@@ -100,6 +114,9 @@ pub enum Capability {
         families: Vec<GracefulFamily>,
     },
     FourOctetAs(u32),
+    /// RFC 8950: families whose routes may carry a next hop of another address family (IPv4
+    /// routes with an IPv6 next hop, for unnumbered sessions).
+    ExtendedNextHop(Vec<NextHopFamily>),
     EnhancedRouteRefresh,
     /// Any other: kept as it came, so it can be ignored knowingly.
     Other {
@@ -299,8 +316,21 @@ fn decode_capabilities(mut value: &[u8], out: &mut Vec<Capability>) -> Result<()
                 }
             }
             (65, 4) => Capability::FourOctetAs(be32(data, 0).ok_or_else(malformed)?),
+            // SAFI takes two octets here; none we know needs the high one.
+            (5, n) if n % 6 == 0 => Capability::ExtendedNextHop(
+                data.chunks_exact(6)
+                    .filter(|c| c[2] == 0)
+                    .map(|c| NextHopFamily {
+                        family: Family {
+                            afi: u16::from_be_bytes([c[0], c[1]]),
+                            safi: c[3],
+                        },
+                        next_hop_afi: u16::from_be_bytes([c[4], c[5]]),
+                    })
+                    .collect(),
+            ),
             (70, 0) => Capability::EnhancedRouteRefresh,
-            (1 | 2 | 64 | 65 | 70, _) => return Err(malformed()),
+            (1 | 2 | 5 | 64 | 65 | 70, _) => return Err(malformed()),
             _ => Capability::Other {
                 code,
                 value: data.to_vec(),
@@ -339,6 +369,14 @@ fn encode_capability(cap: &Capability, out: &mut Vec<u8>) {
         Capability::FourOctetAs(asn) => {
             value.extend_from_slice(&asn.to_be_bytes());
             65
+        }
+        Capability::ExtendedNextHop(families) => {
+            for f in families {
+                value.extend_from_slice(&f.family.afi.to_be_bytes());
+                value.extend_from_slice(&u16::from(f.family.safi).to_be_bytes());
+                value.extend_from_slice(&f.next_hop_afi.to_be_bytes());
+            }
+            5
         }
         Capability::EnhancedRouteRefresh => 70,
         Capability::Other { code, value: v } => {
@@ -536,6 +574,16 @@ mod tests {
             Just(Capability::RouteRefresh),
             Just(Capability::EnhancedRouteRefresh),
             any::<u32>().prop_map(Capability::FourOctetAs),
+            prop::collection::vec((family(), any::<u16>()), 0..4).prop_map(|fs| {
+                Capability::ExtendedNextHop(
+                    fs.into_iter()
+                        .map(|(family, next_hop_afi)| NextHopFamily {
+                            family,
+                            next_hop_afi,
+                        })
+                        .collect(),
+                )
+            }),
             (
                 any::<bool>(),
                 0u16..4096,

@@ -11,8 +11,9 @@
 //!
 //! - [`policy`]: what this node advertises to whom, from the metallb.io objects (pure).
 //! - [`speaker`]: the TCP edge: a task per peer, the listener, MD5 and TTL ([`socket`]).
+//! - [`unnumbered`]: finding unnumbered peers (BGPPeer `interface`) by router advertisements.
 //!
-//! Not yet: unnumbered peering (BGPPeer `interface`), VRFs, `localASN`.
+//! Not yet: VRFs, `localASN`, BFD on unnumbered sessions.
 
 pub mod message;
 pub mod policy;
@@ -20,4 +21,5 @@ pub mod rib_out;
 pub mod session;
 pub mod socket;
 pub mod speaker;
+pub mod unnumbered;
 pub mod update;

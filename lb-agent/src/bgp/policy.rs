@@ -36,7 +36,14 @@ const RESTART_TIME: u16 = 120;
 /// One session this node runs, and what it advertises on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerPlan {
+    /// For an unnumbered peer, `::` until its link-local address is found
+    /// ([`super::unnumbered::resolve`]).
     pub address: IpAddr,
+    /// Unnumbered (BGPPeer `interface`): the session runs over this interface's IPv6
+    /// link-local addresses, IPv4 routes with IPv6 next hops (RFC 8950).
+    pub interface: Option<String>,
+    /// The interface index a link-local `address` is scoped to.
+    pub scope: u32,
     pub port: u16,
     pub source: Option<IpAddr>,
     /// TCP MD5 (RFC 2385) key.
@@ -192,9 +199,20 @@ fn attrs(ad: &BGPAdvertisement, aliases: &BTreeMap<String, String>) -> RouteAttr
     a
 }
 
+/// The peer's address; `::` for an unnumbered one (found at run time).
+fn peer_address(peer: &BGPPeer) -> Option<IpAddr> {
+    match (&peer.spec.peer_address, &peer.spec.interface) {
+        (Some(a), _) => a.parse().ok(),
+        (None, Some(_)) => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        (None, None) => None,
+    }
+}
+
 fn settings(peer: &BGPPeer, node_ips: &[IpAddr], node: &str) -> Option<Settings> {
     let s = &peer.spec;
-    let address: IpAddr = s.peer_address.as_deref()?.parse().ok()?;
+    let address = peer_address(peer)?;
+    // An unnumbered session carries both families (IPv4 with IPv6 next hops).
+    let unnumbered = s.peer_address.is_none() && s.interface.is_some();
     let hold = seconds(s.hold_time.as_deref());
     let keepalive = seconds(s.keepalive_time.as_deref());
     // MetalLB: only one given, the other follows (hold = 3 × keepalive).
@@ -230,9 +248,10 @@ fn settings(peer: &BGPPeer, node_ips: &[IpAddr], node: &str) -> Option<Settings>
         connect_time: seconds(s.connect_time.as_deref())
             .map_or(CONNECT_TIME, |c| Duration::from_secs(u64::from(c))),
         passive: false,
-        ipv4: address.is_ipv4() || both,
+        ipv4: address.is_ipv4() || both || unnumbered,
         ipv6: address.is_ipv6() || both,
         graceful_restart: (s.enable_graceful_restart == Some(true)).then_some(RESTART_TIME),
+        extended_next_hop: unnumbered,
     })
 }
 
@@ -274,14 +293,14 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
         let Some(settings) = settings(peer, &node_ips, node) else {
             continue;
         };
-        let Some(address) = peer
-            .spec
-            .peer_address
-            .as_deref()
-            .and_then(|a| a.parse().ok())
-        else {
+        let Some(address) = peer_address(peer) else {
             continue;
         };
+        let interface = peer
+            .spec
+            .interface
+            .clone()
+            .filter(|_| peer.spec.peer_address.is_none());
         let ns = peer.namespace().unwrap_or_else(|| "default".into());
         let password = peer.spec.password.clone().or_else(|| {
             let r = peer.spec.password_secret.as_ref()?;
@@ -296,10 +315,12 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
             .as_deref()
             .and_then(|a| a.parse().ok());
         let multihop = peer.spec.ebgp_multi_hop == Some(true);
+        // Not over link-local addresses yet: an unnumbered session has no BFD.
         let bfd = peer
             .spec
             .bfd_profile
             .as_ref()
+            .filter(|_| interface.is_none())
             .and_then(|name| bgp.bfd_profiles.get(name))
             .map(|p| bfd_request(p, address, source, multihop));
         let mut routes = Routes::new();
@@ -342,6 +363,8 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
             key(peer),
             PeerPlan {
                 address,
+                interface,
+                scope: 0,
                 port: peer
                     .spec
                     .peer_port

@@ -45,6 +45,8 @@ pub struct Context {
     pub next_hop_v4: Option<Ipv4Addr>,
     /// Our global IPv6 address for IPv6 routes, and the link-local one when known.
     pub next_hop_v6: Option<(Ipv6Addr, Option<Ipv6Addr>)>,
+    /// IPv4 routes go in MP_REACH_NLRI with the IPv6 next hop (RFC 8950).
+    pub ipv4_via_ipv6: bool,
 }
 
 impl Context {
@@ -52,8 +54,17 @@ impl Context {
     /// hop of that family. Others wait ("pending" in the metrics).
     pub fn carries(&self, net: &IpNet) -> bool {
         match net {
-            IpNet::V4(_) => self.ipv4 && self.next_hop_v4.is_some(),
+            IpNet::V4(_) => self.ipv4 && self.v4_next_hops().is_some(),
             IpNet::V6(_) => self.ipv6 && self.next_hop_v6.is_some(),
+        }
+    }
+
+    /// How IPv4 routes go: a NEXT_HOP, or (RFC 8950) IPv6 next hops in MP_REACH_NLRI.
+    fn v4_next_hops(&self) -> Option<Result<Ipv4Addr, Vec<IpAddr>>> {
+        match (self.next_hop_v4, self.next_hop_v6) {
+            (Some(v4), _) if !self.ipv4_via_ipv6 => Some(Ok(v4)),
+            (_, Some(v6)) if self.ipv4_via_ipv6 => Some(Err(v6_hops(v6))),
+            _ => None,
         }
     }
 
@@ -183,46 +194,77 @@ fn announcements(attrs: &RouteAttrs, nets: &[IpNet], ctx: &Context) -> Vec<Vec<u
     let (v4, v6): (Vec<IpNet>, Vec<IpNet>) = nets.iter().partition(|n| matches!(n, IpNet::V4(_)));
     let mut out = Vec::new();
     let base = ctx.attributes(attrs);
-    if let Some(nh) = ctx.next_hop_v4.filter(|_| !v4.is_empty()) {
-        let mut a = base.clone();
-        a.next_hop = Some(nh);
-        let empty = body(
-            &Update {
-                attributes: a.clone(),
-                ..Update::default()
-            },
-            ctx.codec,
-        );
-        for run in chunks(&v4, BODY_ROOM.saturating_sub(empty.len())) {
-            let u = Update {
-                attributes: a.clone(),
-                nlri: ipv4(run),
-                ..Update::default()
-            };
-            out.push(body(&u, ctx.codec));
+    match ctx.v4_next_hops().filter(|_| !v4.is_empty()) {
+        Some(Ok(nh)) => {
+            let mut a = base.clone();
+            a.next_hop = Some(nh);
+            packed(&a, &v4, ctx, &mut out);
         }
-    }
-    if let Some((global, local)) = ctx.next_hop_v6.filter(|_| !v6.is_empty()) {
-        let mut next_hops = vec![IpAddr::V6(global)];
-        next_hops.extend(local.map(IpAddr::V6));
-        let reach = |nlri: Vec<IpNet>| {
+        Some(Err(next_hops)) => {
             let mut a = base.clone();
             a.mp_reach = Some(MpReach {
-                family: Family::IPV6_UNICAST,
-                next_hops: next_hops.clone(),
-                nlri,
+                family: Family::IPV4_UNICAST,
+                next_hops,
+                nlri: Vec::new(),
             });
-            Update {
-                attributes: a,
-                ..Update::default()
-            }
-        };
-        let empty = body(&reach(Vec::new()), ctx.codec);
-        for run in chunks(&v6, BODY_ROOM.saturating_sub(empty.len())) {
-            out.push(body(&reach(run.to_vec()), ctx.codec));
+            packed_mp(&a, &v4, ctx, &mut out);
         }
+        None => {}
+    }
+    if let Some(hops) = ctx.next_hop_v6.map(v6_hops).filter(|_| !v6.is_empty()) {
+        let mut a = base.clone();
+        a.mp_reach = Some(MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hops: hops,
+            nlri: Vec::new(),
+        });
+        packed_mp(&a, &v6, ctx, &mut out);
     }
     out
+}
+
+/// One global next hop and the link-local one when known (RFC 2545).
+fn v6_hops((global, local): (Ipv6Addr, Option<Ipv6Addr>)) -> Vec<IpAddr> {
+    let mut hops = vec![IpAddr::V6(global)];
+    hops.extend(local.map(IpAddr::V6));
+    hops
+}
+
+/// `nets` in NLRI under attributes `a`, as few UPDATEs as fit.
+fn packed(a: &Attributes, nets: &[IpNet], ctx: &Context, out: &mut Vec<Vec<u8>>) {
+    let empty = body(
+        &Update {
+            attributes: a.clone(),
+            ..Update::default()
+        },
+        ctx.codec,
+    );
+    for run in chunks(nets, BODY_ROOM.saturating_sub(empty.len())) {
+        let u = Update {
+            attributes: a.clone(),
+            nlri: ipv4(run),
+            ..Update::default()
+        };
+        out.push(body(&u, ctx.codec));
+    }
+}
+
+/// `nets` in the MP_REACH_NLRI of attributes `a`, as few UPDATEs as fit.
+fn packed_mp(a: &Attributes, nets: &[IpNet], ctx: &Context, out: &mut Vec<Vec<u8>>) {
+    let reach = |nlri: Vec<IpNet>| {
+        let mut a = a.clone();
+        if let Some(m) = a.mp_reach.as_mut() {
+            m.nlri = nlri;
+        }
+        Update {
+            attributes: a,
+            ..Update::default()
+        }
+    };
+    let empty = body(&reach(Vec::new()), ctx.codec);
+    for run in chunks(nets, BODY_ROOM.saturating_sub(empty.len())) {
+        out.push(body(&reach(run.to_vec()), ctx.codec));
+    }
 }
 
 /// The End-of-RIB marker for `family` (RFC 4724 §2): an UPDATE with nothing in it for IPv4,
@@ -260,6 +302,7 @@ mod tests {
             ipv6: true,
             next_hop_v4: Some(Ipv4Addr::new(192, 0, 2, 1)),
             next_hop_v6: Some(("2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST), None)),
+            ipv4_via_ipv6: false,
         }
     }
 
@@ -351,6 +394,40 @@ mod tests {
             vec![AsSegment::Sequence(vec![64512])]
         );
         assert_eq!(u[0].attributes.next_hop, Some(Ipv4Addr::new(192, 0, 2, 1)));
+    }
+
+    #[test]
+    fn with_extended_next_hops_ipv4_routes_go_in_mp_reach_with_the_ipv6_next_hop() {
+        let ll: Ipv6Addr = "fe80::5".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+        let unnumbered = Context {
+            next_hop_v4: None,
+            next_hop_v6: Some((ll, None)),
+            ipv4_via_ipv6: true,
+            ..ctx(false)
+        };
+        let want = Arc::new(routes(2000, &attrs(None, &[])));
+        let (bodies, sent) = updates(&Routes::new(), &want, &unnumbered);
+        assert_eq!(sent, want);
+        let u = decoded(&bodies);
+        assert!(u.len() > 1, "packed over several messages: {}", u.len());
+        let mut got = BTreeSet::new();
+        for m in &u {
+            assert!(m.nlri.is_empty() && m.attributes.next_hop.is_none());
+            let reach = m.attributes.mp_reach.as_ref().expect("MP_REACH_NLRI");
+            assert_eq!(reach.family, Family::IPV4_UNICAST);
+            assert_eq!(reach.next_hops, vec![IpAddr::V6(ll)]);
+            got.extend(reach.nlri.iter().copied());
+        }
+        assert_eq!(got.len(), 2000);
+        assert!(bodies.iter().all(|b| b.len() + HEADER_LEN <= MAX_LEN));
+        // Without the capability agreed, IPv4 routes wait for an IPv4 next hop.
+        let plain = Context {
+            ipv4_via_ipv6: false,
+            ..unnumbered
+        };
+        let one: IpNet = "10.0.0.1/32".parse().unwrap_or_default();
+        assert!(!plain.carries(&one));
+        assert!(unnumbered.carries(&one));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message::{
-    AS_TRANS, Capability, Family, GracefulFamily, Message, Notification, Open, code, open_error,
+    AS_TRANS, Capability, Family, GracefulFamily, IPV4_VIA_IPV6, Message, Notification, Open, code,
+    open_error,
 };
 use super::rib_out::{self, Context, Routes};
 use super::update::{self, Codec, Received};
@@ -62,6 +63,9 @@ pub struct Settings {
     pub ipv6: bool,
     /// Offer graceful restart (RFC 4724) with this restart time in seconds.
     pub graceful_restart: Option<u16>,
+    /// Offer IPv4 routes with IPv6 next hops (RFC 8950): unnumbered sessions, where this node
+    /// has no IPv4 address the peer can reach.
+    pub extended_next_hop: bool,
 }
 
 impl Settings {
@@ -75,6 +79,9 @@ impl Settings {
         }
         capabilities.push(Capability::RouteRefresh);
         capabilities.push(Capability::FourOctetAs(self.local_as));
+        if self.extended_next_hop && self.ipv4 {
+            capabilities.push(Capability::ExtendedNextHop(vec![IPV4_VIA_IPV6]));
+        }
         if let Some(time) = self.graceful_restart {
             capabilities.push(Capability::GracefulRestart {
                 restarting: false,
@@ -124,6 +131,8 @@ pub struct Negotiated {
     pub route_refresh: bool,
     /// The peer keeps our routes across our restarts (it sent the capability).
     pub peer_graceful_restart: bool,
+    /// IPv4 routes go with IPv6 next hops (both sides offered it, RFC 8950).
+    pub ipv4_via_ipv6: bool,
 }
 
 /// A TCP connection, numbered by the session.
@@ -335,6 +344,7 @@ impl Session {
             ipv6: n.ipv6,
             next_hop_v4: c.local.next_hop_v4,
             next_hop_v6: c.local.next_hop_v6,
+            ipv4_via_ipv6: n.ipv4_via_ipv6,
         })
     }
 
@@ -740,6 +750,10 @@ fn negotiate(s: &Settings, open: &Open) -> Negotiated {
         ipv6: s.ipv6 && peer_has(Family::IPV6_UNICAST),
         route_refresh: has(|c| matches!(c, Capability::RouteRefresh)),
         peer_graceful_restart: has(|c| matches!(c, Capability::GracefulRestart { .. })),
+        ipv4_via_ipv6: s.extended_next_hop
+            && open.capabilities.iter().any(
+                |c| matches!(c, Capability::ExtendedNextHop(fs) if fs.contains(&IPV4_VIA_IPV6)),
+            ),
     }
 }
 
@@ -764,6 +778,7 @@ mod tests {
             ipv4: true,
             ipv6: true,
             graceful_restart: Some(120),
+            extended_next_hop: false,
         }
     }
 
@@ -1269,6 +1284,42 @@ mod tests {
         let a = s.handle(Event::BfdDown, t0);
         assert_eq!(notifications(&a), vec![(id, code::CEASE, cease::BFD_DOWN)]);
         assert!(is_down(&a));
+    }
+
+    #[test]
+    fn ipv4_via_ipv6_needs_both_sides_to_offer_it() {
+        let ours = Settings {
+            extended_next_hop: true,
+            ..settings()
+        };
+        assert!(
+            ours.open()
+                .capabilities
+                .contains(&Capability::ExtendedNextHop(vec![IPV4_VIA_IPV6]))
+        );
+        assert!(
+            !settings()
+                .open()
+                .capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::ExtendedNextHop(_)))
+        );
+        let open = |extra: Vec<Capability>| match peer_open(PEER_AS, [10, 0, 0, 9], 90, extra) {
+            Message::Open(o) => o,
+            _ => unreachable!("an OPEN"),
+        };
+        let offered = open(vec![Capability::ExtendedNextHop(vec![IPV4_VIA_IPV6])]);
+        assert!(negotiate(&ours, &offered).ipv4_via_ipv6);
+        assert!(!negotiate(&settings(), &offered).ipv4_via_ipv6);
+        assert!(!negotiate(&ours, &open(Vec::new())).ipv4_via_ipv6);
+        // Another family's entry is not IPv4 with IPv6 next hops.
+        let other = open(vec![Capability::ExtendedNextHop(vec![
+            crate::bgp::message::NextHopFamily {
+                family: Family::IPV6_UNICAST,
+                next_hop_afi: 1,
+            },
+        ])]);
+        assert!(!negotiate(&ours, &other).ipv4_via_ipv6);
     }
 
     #[test]

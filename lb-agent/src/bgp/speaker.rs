@@ -126,7 +126,11 @@ impl Speaker {
 
 fn label(plan: &PeerPlan) -> PeerLabel {
     PeerLabel {
-        peer: SocketAddr::new(plan.address, plan.port).to_string(),
+        // An unnumbered peer is known by its interface (its address may change).
+        peer: match &plan.interface {
+            Some(iface) => iface.clone(),
+            None => SocketAddr::new(plan.address, plan.port).to_string(),
+        },
     }
 }
 
@@ -529,6 +533,17 @@ impl Peer {
             },
         );
         let v6_global = |ip: Ipv6Addr| (!ip.is_unicast_link_local()).then_some((ip, None));
+        if self.plan.interface.is_some() {
+            // Unnumbered: our link-local address is the next hop for both families (IPv4
+            // with the extended next hop capability), global or not.
+            return Local {
+                next_hop_v4: None,
+                next_hop_v6: match local_ip {
+                    Some(IpAddr::V6(v6)) => Some((v6, None)),
+                    _ => None,
+                },
+            };
+        }
         Local {
             next_hop_v4: match local_ip {
                 Some(IpAddr::V4(v4)) => Some(v4),
@@ -565,7 +580,13 @@ fn ttl(plan: &PeerPlan) -> u8 {
 }
 
 async fn connect(plan: &PeerPlan) -> std::io::Result<TcpStream> {
-    let peer = SocketAddr::new(plan.address, plan.port);
+    let peer = match plan.address {
+        // A link-local peer is reachable only through its interface.
+        IpAddr::V6(v6) if plan.scope != 0 => {
+            SocketAddr::V6(std::net::SocketAddrV6::new(v6, plan.port, 0, plan.scope))
+        }
+        ip => SocketAddr::new(ip, plan.port),
+    };
     let sock = if peer.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

@@ -1,0 +1,285 @@
+//! Unnumbered peering (BGPPeer `interface`, as MetalLB's FRR mode offers it): the session runs
+//! between the two ends' IPv6 link-local addresses on a point-to-point link, and each end
+//! learns the other's from its router advertisements, as FRR does. So on every such interface
+//! the agent sends a router advertisement now and then (router lifetime 0: it offers itself
+//! to no host as a default router) and listens for the peer's; [`resolve`] then puts the
+//! address found into the plan. IPv4 routes go with IPv6 next hops (RFC 8950).
+//!
+//! The RA codec and [`resolve`] are pure; [`Discovery`] is the socket edge.
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::policy::Plan;
+
+const ROUTER_ADVERTISEMENT: u8 = 134;
+/// How often we advertise ourselves (FRR's default for unnumbered interfaces is 10 s).
+const INTERVAL: Duration = Duration::from_secs(10);
+/// The first few go faster, so a peer that starts with us finds us at once.
+const FIRST: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// The peer found on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    pub address: Ipv6Addr,
+    pub ifindex: u32,
+}
+
+/// Interface name → the peer found there.
+pub type Found = BTreeMap<String, Neighbor>;
+
+/// The plan with each unnumbered peer's address filled in from `found`; a peer not found yet
+/// is left out (no session until there is someone to talk to).
+pub fn resolve(plan: &Plan, found: &Found) -> Plan {
+    plan.iter()
+        .filter_map(|(key, p)| {
+            let Some(iface) = &p.interface else {
+                return Some((key.clone(), p.clone()));
+            };
+            let n = found.get(iface)?;
+            let mut p = p.clone();
+            p.address = IpAddr::V6(n.address);
+            p.scope = n.ifindex;
+            Some((key.clone(), p))
+        })
+        .collect()
+}
+
+/// The interfaces of the plan's unnumbered peers.
+pub fn interfaces(plan: &Plan) -> BTreeSet<String> {
+    plan.values().filter_map(|p| p.interface.clone()).collect()
+}
+
+/// A router advertisement that offers nothing (RFC 4861 §4.2): no default router, no
+/// prefixes; only its source address matters to the peer. The kernel fills the checksum.
+pub fn advertisement() -> [u8; 16] {
+    let mut ra = [0u8; 16];
+    ra[0] = ROUTER_ADVERTISEMENT;
+    ra
+}
+
+/// Whether an ICMPv6 message is a router advertisement (type 134, code 0, long enough).
+pub fn is_advertisement(msg: &[u8]) -> bool {
+    msg.len() >= 16 && msg[0] == ROUTER_ADVERTISEMENT && msg[1] == 0
+}
+
+/// Advertises on and listens to the interfaces it is given; publishes what it finds.
+pub struct Discovery {
+    wanted: watch::Sender<BTreeSet<String>>,
+    found: watch::Receiver<Found>,
+    task: JoinHandle<()>,
+}
+
+impl Discovery {
+    pub fn spawn() -> Self {
+        let (wanted, wanted_rx) = watch::channel(BTreeSet::new());
+        let (found_tx, found) = watch::channel(Found::new());
+        let task = tokio::spawn(run(wanted_rx, found_tx));
+        Self {
+            wanted,
+            found,
+            task,
+        }
+    }
+
+    /// Follow exactly these interfaces.
+    pub fn want(&self, interfaces: BTreeSet<String>) {
+        self.wanted.send_if_modified(|w| {
+            let changed = *w != interfaces;
+            *w = interfaces;
+            changed
+        });
+    }
+
+    pub fn found(&self) -> watch::Receiver<Found> {
+        self.found.clone()
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(mut wanted: watch::Receiver<BTreeSet<String>>, found: watch::Sender<Found>) {
+    let mut tasks: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let want = wanted.borrow_and_update().clone();
+        tasks.retain(|iface, t| {
+            let keep = want.contains(iface) && !t.is_finished();
+            if !keep {
+                t.abort();
+                found.send_if_modified(|f| f.remove(iface).is_some());
+            }
+            keep
+        });
+        for iface in want {
+            if let std::collections::btree_map::Entry::Vacant(slot) = tasks.entry(iface) {
+                let task = tokio::spawn(interface(slot.key().clone(), found.clone()));
+                slot.insert(task);
+            }
+        }
+        // A finished task (the interface went away) is retried on the next change or after
+        // a while.
+        tokio::select! {
+            changed = wanted.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+    }
+    for (_, t) in tasks {
+        t.abort();
+    }
+}
+
+fn socket(iface: &str) -> std::io::Result<(AsyncFd<Socket>, u32)> {
+    let ifindex = crate::l2::iface::index_of(iface).map_err(std::io::Error::other)?;
+    let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+    sock.bind_device(Some(iface.as_bytes()))?;
+    // Neighbour discovery messages must arrive with hop limit 255 (RFC 4861 §6.1.2).
+    sock.set_multicast_hops_v6(255)?;
+    sock.set_unicast_hops_v6(255)?;
+    sock.set_multicast_loop_v6(false)?;
+    sock.set_nonblocking(true)?;
+    // SAFETY: the socket owns its descriptor and keeps it open for as long as the AsyncFd
+    // owns the socket.
+    let fd = unsafe { AsyncFd::register(sock)? };
+    Ok((fd, ifindex))
+}
+
+/// One interface: advertise, listen, publish the peer.
+async fn interface(iface: String, found: watch::Sender<Found>) {
+    let (sock, ifindex) = match socket(&iface) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("BGP: unnumbered peer on {iface}: {e}");
+            return;
+        }
+    };
+    let all_nodes = SockAddr::from(SocketAddrV6::new(
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+        0,
+        0,
+        ifindex,
+    ));
+    let ra = advertisement();
+    let mut schedule = FIRST.iter().copied().chain(std::iter::repeat(INTERVAL));
+    let mut next = tokio::time::Instant::now();
+    let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                if let Err(e) = sock.get_ref().send_to(&ra, &all_nodes) {
+                    tracing::debug!("BGP: router advertisement on {iface}: {e}");
+                }
+                next += schedule.next().unwrap_or(INTERVAL);
+            }
+            ready = sock.readable() => {
+                let Ok(mut guard) = ready else { return };
+                match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+                    Ok(Ok((n, from))) => {
+                        // SAFETY: recv_from initialised the first n bytes of buf.
+                        let msg = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+                        let Some(from) = from.as_socket_ipv6() else { continue };
+                        if !is_advertisement(msg) || !from.ip().is_unicast_link_local() {
+                            continue;
+                        }
+                        let n = Neighbor { address: *from.ip(), ifindex };
+                        let fresh = found.send_if_modified(|f| f.insert(iface.clone(), n) != Some(n));
+                        if fresh {
+                            tracing::info!("BGP: unnumbered peer on {iface}: {}", n.address);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!("BGP: reading on {iface}: {e}"),
+                    Err(_would_block) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::bgp::policy::PeerPlan;
+
+    fn plan_with(interface: Option<&str>) -> PeerPlan {
+        PeerPlan {
+            address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            interface: interface.map(str::to_owned),
+            scope: 0,
+            port: 179,
+            source: None,
+            password: None,
+            multihop: false,
+            settings: crate::bgp::session::Settings {
+                local_as: 64512,
+                peer_as: crate::bgp::session::PeerAs::External,
+                router_id: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                hold_time: 90,
+                keepalive: None,
+                connect_time: Duration::from_secs(30),
+                passive: false,
+                ipv4: true,
+                ipv6: true,
+                graceful_restart: None,
+                extended_next_hop: interface.is_some(),
+            },
+            node_v4: None,
+            node_v6: None,
+            bfd: None,
+            routes: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn unnumbered_peers_wait_for_their_neighbour_and_others_pass() {
+        let mut plan = Plan::new();
+        plan.insert("ns/tor".into(), plan_with(Some("eth1")));
+        let mut numbered = plan_with(None);
+        numbered.address = "10.0.0.1".parse().unwrap_or(numbered.address);
+        plan.insert("ns/spine".into(), numbered.clone());
+        assert_eq!(interfaces(&plan), BTreeSet::from(["eth1".to_owned()]));
+
+        let none = resolve(&plan, &Found::new());
+        assert_eq!(none.keys().collect::<Vec<_>>(), ["ns/spine"]);
+        assert_eq!(none["ns/spine"], numbered);
+
+        let ll: Ipv6Addr = "fe80::1".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+        let found = Found::from([(
+            "eth1".to_owned(),
+            Neighbor {
+                address: ll,
+                ifindex: 7,
+            },
+        )]);
+        let both = resolve(&plan, &found);
+        assert_eq!(both["ns/tor"].address, IpAddr::V6(ll));
+        assert_eq!(both["ns/tor"].scope, 7);
+        assert_eq!(both["ns/spine"], numbered);
+    }
+
+    #[test]
+    fn the_advertisement_offers_no_default_router() {
+        let ra = advertisement();
+        assert!(is_advertisement(&ra));
+        // Router lifetime (bytes 6-7) zero: no host takes us for a default router.
+        assert_eq!(&ra[6..8], &[0, 0]);
+        assert!(!is_advertisement(&ra[..8]));
+        let mut solicitation = ra;
+        solicitation[0] = 133;
+        assert!(!is_advertisement(&solicitation));
+    }
+}
