@@ -686,8 +686,10 @@ fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
     }
     // node-1 and FRR on a point-to-point link with no address but the link-local ones; the
     // BGPPeer names the interface, as with MetalLB's FRR mode.
-    let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\n\
-                 spec: {myASN: 64512, peerASN: 65000, interface: un0, \
+    let peers = "---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {name: fast, namespace: metallb-system}\n\
+                 spec: {receiveInterval: 100, transmitInterval: 100}\n\
+                 ---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, peerASN: 65000, interface: un0, bfdProfile: fast, \
                  nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]}\n";
     let bgp = Bgp::start("bgpu", peers, &["web", "web6"], |lab| {
         let rt = NetNs::new(&unique("bgpurt"));
@@ -707,9 +709,10 @@ fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
         let conf = "frr defaults datacenter\nhostname tor\n!\ninterface rt1\n ipv6 nd ra-interval 1\n \
                     no ipv6 nd suppress-ra\n!\nrouter bgp 65000\n bgp router-id 10.99.0.1\n \
                     no bgp ebgp-requires-policy\n neighbor rt1 interface remote-as external\n \
-                    neighbor rt1 timers connect 1\n address-family ipv6 unicast\n  neighbor rt1 activate\n \
-                    exit-address-family\n!\n";
-        (Frr::start(&rt, conf, false), rt)
+                    neighbor rt1 timers connect 1\n neighbor rt1 bfd profile fast\n \
+                    address-family ipv6 unicast\n  neighbor rt1 activate\n exit-address-family\n!\n\
+                    bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n";
+        (Frr::start(&rt, conf, true), rt)
     });
     let frr = &bgp.router.0;
     frr.wait(Duration::from_secs(20), "the unnumbered session", |f| {
@@ -753,4 +756,17 @@ fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
         Some(1.0),
         "{m}"
     );
+    // BFD runs over the same link-local addresses, both ends up.
+    frr.wait(Duration::from_secs(10), "BFD up at the router", |f| {
+        f.json("show bfd peers json")
+            .as_array()
+            .is_some_and(|a| a.iter().any(|p| p["status"] == "up"))
+            .then_some(())
+    });
+    let m = bgp.metrics(0);
+    let up = m
+        .lines()
+        .filter(|l| l.starts_with("metallb_bfd_session_up{") && l.contains("fe80:"))
+        .any(|l| l.ends_with(" 1"));
+    assert!(up, "{m}");
 }

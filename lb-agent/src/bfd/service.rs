@@ -26,6 +26,8 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
     pub peer: IpAddr,
+    /// The interface a link-local `peer` is on (unnumbered BGP sessions); 0 otherwise.
+    pub scope: u32,
     /// The address to send from (the BGP session's source), if fixed.
     pub local: Option<IpAddr>,
     pub multihop: bool,
@@ -366,7 +368,12 @@ async fn run(mut cmds: mpsc::UnboundedReceiver<Cmd>, metrics: BfdMetrics) {
                         session,
                         request,
                         sock,
-                        to: SocketAddr::new(request.peer, port),
+                        to: match request.peer {
+                            IpAddr::V6(v6) if request.scope != 0 => {
+                                SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, request.scope))
+                            }
+                            ip => SocketAddr::new(ip, port),
+                        },
                         state,
                         label,
                         users: 1,
@@ -469,6 +476,7 @@ mod tests {
         let bfd = Bfd::spawn(BfdMetrics::default());
         let request = Request {
             peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            scope: 0,
             local: None,
             multihop: false,
             settings: Settings {

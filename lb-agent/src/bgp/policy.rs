@@ -315,12 +315,10 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
             .as_deref()
             .and_then(|a| a.parse().ok());
         let multihop = peer.spec.ebgp_multi_hop == Some(true);
-        // Not over link-local addresses yet: an unnumbered session has no BFD.
         let bfd = peer
             .spec
             .bfd_profile
             .as_ref()
-            .filter(|_| interface.is_none())
             .and_then(|name| bgp.bfd_profiles.get(name))
             .map(|p| bfd_request(p, address, source, multihop));
         let mut routes = Routes::new();
@@ -408,6 +406,7 @@ fn bfd_request(
     let ms = |v: Option<u32>| Duration::from_millis(u64::from(v.unwrap_or(300)));
     crate::bfd::service::Request {
         peer,
+        scope: 0,
         local,
         multihop,
         settings: crate::bfd::session::Settings {

@@ -50,6 +50,10 @@ pub fn resolve(plan: &Plan, found: &Found) -> Plan {
             let mut p = p.clone();
             p.address = IpAddr::V6(n.address);
             p.scope = n.ifindex;
+            if let Some(bfd) = p.bfd.as_mut() {
+                bfd.peer = p.address;
+                bfd.scope = n.ifindex;
+            }
             Some((key.clone(), p))
         })
         .collect()
@@ -268,6 +272,25 @@ mod tests {
         let both = resolve(&plan, &found);
         assert_eq!(both["ns/tor"].address, IpAddr::V6(ll));
         assert_eq!(both["ns/tor"].scope, 7);
+        // Its BFD session goes to the same neighbour.
+        let mut with_bfd = plan.clone();
+        if let Some(p) = with_bfd.get_mut("ns/tor") {
+            p.bfd = Some(crate::bfd::service::Request {
+                peer: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                scope: 0,
+                local: None,
+                multihop: false,
+                settings: crate::bfd::session::Settings {
+                    desired_min_tx: Duration::from_millis(300),
+                    required_min_rx: Duration::from_millis(300),
+                    detect_mult: 3,
+                    passive: false,
+                },
+                min_ttl: 254,
+            });
+        }
+        let bfd = resolve(&with_bfd, &found)["ns/tor"].bfd;
+        assert_eq!(bfd.map(|b| (b.peer, b.scope)), Some((IpAddr::V6(ll), 7)));
         assert_eq!(both["ns/spine"], numbered);
     }
 
