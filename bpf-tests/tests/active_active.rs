@@ -297,3 +297,69 @@ fn a_node_cut_off_and_back_calls_its_clients_back() {
         name_of(fleet.neighbor(i, VIP4)).as_deref() == Some(g.names[cut])
     });
 }
+
+/// Without XDP (the AF_PACKET responder) a VIP is spread by the same table and its requesters
+/// are recorded alike: when a node dies, its clients are told the new node's MAC at once.
+#[test]
+fn with_afpacket_a_dead_nodes_clients_are_told_too() {
+    if !privileged("with_afpacket_a_dead_nodes_clients_are_told_too") {
+        return;
+    }
+    const FEW: usize = 12;
+    let mut g = Group::start_config("aaf", &["--mode", "afpacket"], config);
+    let fleet = Fleet::attach(&g.lab, "aaf", FEW);
+    let macs = g.macs.clone();
+    let name_of = |mac: &Option<String>| mac.as_ref().and_then(|m| macs.get(m).cloned());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.resolve(0, VIP4).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody answers {VIP4}\n{}",
+            g.logs()
+        );
+    }
+    let owners = fleet.owners(VIP4, &g.names);
+    for (i, node) in owners.iter().enumerate() {
+        assert_eq!(
+            name_of(&fleet.resolve(i, VIP4)).as_deref(),
+            Some(node.as_str()),
+            "client {i}\n{}",
+            g.logs()
+        );
+    }
+    // The node with the most clients dies.
+    let victim = (0..3)
+        .max_by_key(|n| owners.iter().filter(|o| **o == g.names[*n]).count())
+        .unwrap_or(0);
+    let survivors: Vec<&str> = g
+        .names
+        .iter()
+        .copied()
+        .filter(|n| *n != g.names[victim])
+        .collect();
+    let after = fleet.owners(VIP4, &survivors);
+    std::thread::sleep(Duration::from_millis(1100));
+    g.kill(victim);
+    let moving: Vec<usize> = (0..FEW).filter(|i| owners[*i] == g.names[victim]).collect();
+    let started = Instant::now();
+    let told =
+        |i: &usize| name_of(&fleet.neighbor(*i, VIP4)).as_deref() == Some(after[*i].as_str());
+    while started.elapsed() < Duration::from_secs(3) && !moving.iter().all(told) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in &moving {
+        assert!(
+            told(i),
+            "client {i} was not told {VIP4} moved to {} (it has {:?})\n{}",
+            after[*i],
+            name_of(&fleet.neighbor(*i, VIP4)),
+            g.logs()
+        );
+    }
+    eprintln!(
+        "{} clients of {} told within {:?}",
+        moving.len(),
+        g.names[victim],
+        started.elapsed()
+    );
+}

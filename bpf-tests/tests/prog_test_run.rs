@@ -706,6 +706,21 @@ fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_rec
         .into_iter()
         .collect();
     assert_eq!(recorded, want, "every requester recorded, answered or not");
+    // The AF_PACKET responder records the same requesters, and not an ARP probe's.
+    let mut userspace = lb_agent::l2::requesters::Requesters::default();
+    for f in &fixtures {
+        if let Some((key, value)) = lb_agent::l2::responder::respond(&f.frame, LO, &lookup).asker {
+            userspace.record(key, value);
+        }
+    }
+    let mut heard = userspace.clients();
+    heard.sort();
+    assert_eq!(heard, want, "the userspace responder records alike");
+    let probe = arp_request_from(BROADCAST, [0; 4], VIP4);
+    assert_eq!(
+        lb_agent::l2::responder::respond(&probe, LO, &lookup).asker,
+        None
+    );
 
     // The table goes (a half-applied change): nobody is answered rather than everybody.
     h.maps

@@ -225,7 +225,7 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     }
     info!("withdrawing");
     announcer.abort();
-    let af_counters = responders.af_counters.clone();
+    let af = responders.af.clone();
     let af_used = responders.modes.iter().any(|(_, m)| m == "afpacket");
     responders.shutdown(&ifaces)?;
     if let Some(handle) = netlink {
@@ -236,9 +236,9 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     if af_used {
         info!(
             requests =
-                af_counters.get(Counter::ArpRequests) + af_counters.get(Counter::NdpSolicitations),
+                af.counters.get(Counter::ArpRequests) + af.counters.get(Counter::NdpSolicitations),
             replies =
-                af_counters.get(Counter::ArpReplies) + af_counters.get(Counter::NdpAdvertisements),
+                af.counters.get(Counter::ArpReplies) + af.counters.get(Counter::NdpAdvertisements),
             "AF_PACKET responder stopped"
         );
     }

@@ -11,7 +11,7 @@ use std::{
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -24,6 +24,7 @@ use super::{
     L2Error,
     iface::Interface,
     maps::VipEntry,
+    requesters::Requesters,
     responder::{self, Outcome, VipLookup},
 };
 
@@ -238,16 +239,23 @@ impl SharedCounters {
 }
 
 /// A responder thread on one interface; stops when `stop` is set (within the receive timeout).
+/// What every responder thread shares.
+#[derive(Default)]
+pub struct Shared {
+    pub table: RwLock<Table>,
+    pub counters: SharedCounters,
+    pub requesters: Mutex<Requesters>,
+}
+
 pub fn spawn_responder(
     iface: Interface,
-    table: Arc<RwLock<Table>>,
-    counters: Arc<SharedCounters>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, L2Error> {
     let socket = PacketSocket::open(&iface, true)?;
     let handle = std::thread::Builder::new()
         .name(format!("afpacket-{}", iface.name))
-        .spawn(move || serve(&socket, &iface, &table, &counters, &stop))
+        .spawn(move || serve(&socket, &iface, &shared, &stop))
         .map_err(|source| L2Error::Socket {
             iface: "thread".to_owned(),
             source,
@@ -255,13 +263,7 @@ pub fn spawn_responder(
     Ok(handle)
 }
 
-fn serve(
-    socket: &PacketSocket,
-    iface: &Interface,
-    table: &RwLock<Table>,
-    counters: &SharedCounters,
-    stop: &AtomicBool,
-) {
+fn serve(socket: &PacketSocket, iface: &Interface, shared: &Shared, stop: &AtomicBool) {
     let mut buf = vec![0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let n = match socket.recv(&mut buf) {
@@ -274,12 +276,17 @@ fn serve(
             }
         };
         let Some(frame) = buf.get(..n) else { continue };
-        let decision = match table.read() {
+        let decision = match shared.table.read() {
             Ok(table) => responder::respond(frame, iface.index, &*table),
             Err(_) => return,
         };
         for c in &decision.counted {
-            counters.0[*c as usize].fetch_add(1, Ordering::Relaxed);
+            shared.counters.0[*c as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some((key, value)) = decision.asker
+            && let Ok(mut r) = shared.requesters.lock()
+        {
+            r.record(key, value);
         }
         if let Outcome::Reply(reply) = decision.outcome
             && let Err(e) = socket.send(&reply)

@@ -6,6 +6,7 @@ pub mod datapath;
 pub mod error;
 pub mod iface;
 pub mod maps;
+pub mod requesters;
 pub mod responder;
 pub mod responders;
 pub mod vipdev;

@@ -7,7 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::checksum::Sum16BitWords;
 use lb_common::{
-    Counter, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipStatsKey, VipValue, requester_slot,
+    ClientKey, ClientValue, Counter, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipStatsKey,
+    VipValue, requester_slot,
 };
 
 const ETH_LEN: usize = 14;
@@ -57,10 +58,14 @@ pub enum Outcome {
 pub struct Decision {
     pub outcome: Outcome,
     pub counted: Vec<Counter>,
+    /// A requester of an active-active VIP, to record whoever answers (as the XDP program
+    /// records it in its `clients` map): the node taking over its slot tells it at once.
+    pub asker: Option<(ClientKey, ClientValue)>,
 }
 
 struct Ctx {
     counted: Vec<Counter>,
+    asker: Option<(ClientKey, ClientValue)>,
 }
 
 impl Ctx {
@@ -73,6 +78,7 @@ impl Ctx {
         Decision {
             outcome,
             counted: self.counted,
+            asker: self.asker,
         }
     }
 }
@@ -89,6 +95,7 @@ fn array<const N: usize>(frame: &[u8], at: usize) -> Option<[u8; N]> {
 pub fn respond(frame: &[u8], ifindex: u32, vips: &impl VipLookup) -> Decision {
     let mut ctx = Ctx {
         counted: Vec::new(),
+        asker: None,
     };
     let outcome = dispatch(frame, ifindex, vips, &mut ctx);
     ctx.finish(outcome)
@@ -126,14 +133,19 @@ fn lease_ok(value: &VipValue, vips: &impl VipLookup, ctx: &mut Ctx) -> bool {
 }
 
 /// For an active-active VIP, whether the requester's slot is this node's (the XDP program's
-/// `answers`, without the recording).
+/// `answers`); a requester with an address (not an ARP probe, not DAD) is noted for
+/// recording, whoever answers.
 fn slot_ok(
     value: &VipValue,
-    vip: &[u8; 16],
-    requester: &[u8; 16],
+    asker: (ClientKey, ClientValue),
+    record: bool,
     vips: &impl VipLookup,
     ctx: &mut Ctx,
 ) -> bool {
+    let (vip, requester) = (&asker.0.vip, &asker.0.client);
+    if value.flags & VIP_FLAG_SPREAD != 0 && record {
+        ctx.asker = Some(asker);
+    }
     if value.flags & VIP_FLAG_SPREAD == 0
         || vips
             .slots(vip)
@@ -179,8 +191,18 @@ fn arp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     if eth_dst != BROADCAST && eth_dst != value.mac {
         return Outcome::Pass;
     }
-    let (vip, requester) = (VipStatsKey::v4(tpa).addr, VipStatsKey::v4(spa).addr);
-    if !slot_ok(&value, &vip, &requester, vips, ctx) {
+    let asker = (
+        ClientKey {
+            vip: VipStatsKey::v4(tpa).addr,
+            client: VipStatsKey::v4(spa).addr,
+        },
+        ClientValue {
+            mac: sha,
+            _pad: [0; 2],
+            ifindex,
+        },
+    );
+    if !slot_ok(&value, asker, spa != [0; 4], vips, ctx) {
         return Outcome::Pass;
     }
     if !lease_ok(&value, vips, ctx) {
@@ -276,7 +298,18 @@ fn ndp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     if !to_multicast && eth_dst != value.mac {
         return Outcome::Pass;
     }
-    if !slot_ok(&value, &target, &src, vips, ctx) {
+    let asker = (
+        ClientKey {
+            vip: target,
+            client: src,
+        },
+        ClientValue {
+            mac: eth_src,
+            _pad: [0; 2],
+            ifindex,
+        },
+    );
+    if !slot_ok(&value, asker, !dad, vips, ctx) {
         return Outcome::Pass;
     }
     if !lease_ok(&value, vips, ctx) {

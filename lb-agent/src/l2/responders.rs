@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::{
     L2Error,
-    afpacket::{self, SharedCounters, Table},
+    afpacket::{self, Table},
     datapath::{Datapath, XdpModes, any_link_pinned},
     iface::Interface,
     maps::{ApplyStats, Client, VipEntry, VipMaps, monotonic_ns},
@@ -50,11 +50,11 @@ pub struct Responders {
     /// How each interface is answered, for logs and metrics: `xdp native`, `xdp generic`,
     /// `afpacket`.
     pub modes: Vec<(String, String)>,
-    table: Arc<RwLock<Table>>,
     af_ifaces: Vec<Interface>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    pub af_counters: Arc<SharedCounters>,
+    /// The AF_PACKET responders' table, counters and recorded requesters.
+    pub af: Arc<afpacket::Shared>,
 }
 
 impl Responders {
@@ -106,15 +106,14 @@ impl Responders {
             Some(d) if !xdp.is_empty() => Some(VipMaps::open_pinned(d.bpffs())?),
             _ => None,
         };
-        let table = Arc::new(RwLock::new(Table::default()));
+        let af = Arc::new(afpacket::Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let af_counters = Arc::new(SharedCounters::default());
+
         let mut threads = Vec::new();
         for iface in &af_ifaces {
             threads.push(afpacket::spawn_responder(
                 iface.clone(),
-                table.clone(),
-                af_counters.clone(),
+                af.clone(),
                 stop.clone(),
             )?);
             info!(iface = %iface.name, "AF_PACKET responder running");
@@ -127,11 +126,11 @@ impl Responders {
             maps,
             xdp,
             modes,
-            table,
+
             af_ifaces,
             threads,
             stop,
-            af_counters,
+            af,
         })
     }
 
@@ -149,9 +148,15 @@ impl Responders {
         }
     }
 
-    /// The requesters the XDP program recorded for the active-active VIPs.
+    /// The requesters recorded for the active-active VIPs: by the XDP program, and by the
+    /// AF_PACKET responders on the interfaces without it.
     pub fn clients(&self) -> Vec<Client> {
-        self.maps.as_ref().map(VipMaps::clients).unwrap_or_default()
+        let mut out = self.maps.as_ref().map(VipMaps::clients).unwrap_or_default();
+        if let Ok(r) = self.af.requesters.lock() {
+            out.extend(r.clients());
+        }
+        out.sort();
+        out
     }
 
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
@@ -192,7 +197,7 @@ impl Responders {
             })
             .collect();
         let next = Table::from_entries(&af, slots);
-        if let Ok(mut t) = self.table.write() {
+        if let Ok(mut t) = self.af.table.write() {
             *t = next;
         }
         Ok(stats)
