@@ -770,3 +770,32 @@ fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
         .any(|l| l.ends_with(" 1"));
     assert!(up, "{m}");
 }
+
+#[test]
+fn local_asn_is_the_as_the_router_sees() {
+    if !privileged("local_asn_is_the_as_the_router_sees") {
+        return;
+    }
+    // node-1 speaks as AS 64600 to this router (FRR's local-as ... no-prepend replace-as,
+    // as MetalLB sets it up): in the OPEN, and alone in the AS path.
+    let peers = "---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\n\
+                 spec: {myASN: 64512, localASN: 64600, peerASN: 65000, peerAddress: 10.210.0.1, \
+                 nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-1}}]}\n";
+    let bgp = Bgp::start("bgpl", peers, &["web"], |lab| {
+        let conf = format!(
+            "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
+             no bgp ebgp-requires-policy\n neighbor {} remote-as 64600\n neighbor {} timers connect 1\n!\n",
+            lab.nodes[0].ipv4, lab.nodes[0].ipv4
+        );
+        Frr::start(&lab.client.ns, &conf, false)
+    });
+    bgp.established(&[0], frr_up);
+    let web = format!("{}/32", bgp.vip("web"));
+    let p = bgp
+        .router
+        .wait(Duration::from_secs(10), "web from node-1", |f| {
+            let p = paths(f, "ipv4", &web);
+            (p.len() == 1).then_some(p)
+        });
+    assert_eq!(p[0]["aspath"]["string"], "64600", "{p:?}");
+}

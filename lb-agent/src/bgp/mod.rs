@@ -13,7 +13,7 @@
 //! - [`speaker`]: the TCP edge: a task per peer, the listener, MD5 and TTL ([`socket`]).
 //! - [`unnumbered`]: finding unnumbered peers (BGPPeer `interface`) by router advertisements.
 //!
-//! Not yet: VRFs, `localASN`.
+//! Not yet: VRFs.
 
 pub mod message;
 pub mod policy;

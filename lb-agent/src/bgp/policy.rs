@@ -236,7 +236,9 @@ fn settings(peer: &BGPPeer, node_ips: &[IpAddr], node: &str) -> Option<Settings>
         });
     let both = s.dual_stack_address_family == Some(true) && s.disable_mp != Some(true);
     Some(Settings {
-        local_as: s.my_asn,
+        // localASN: this session speaks as another AS (FRR's `local-as N no-prepend
+        // replace-as`, as MetalLB configures it): in the OPEN and alone in the AS path.
+        local_as: s.local_asn.filter(|a| *a != 0).unwrap_or(s.my_asn),
         peer_as: match (s.peer_asn, s.dynamic_asn) {
             (Some(asn), _) => PeerAs::Fixed(asn),
             (None, Some(DynamicAsn::Internal)) => PeerAs::Internal,
@@ -666,6 +668,36 @@ endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}
         let mut moved = router.clone();
         moved.routes = Arc::default();
         assert!(moved.same_session(router));
+    }
+
+    #[test]
+    fn local_asn_replaces_my_asn_on_its_session_and_an_interface_makes_it_unnumbered() {
+        let mut o = objects();
+        for peer in &mut o.peers {
+            if peer.name_any() == "router" {
+                peer.spec.local_asn = Some(64600);
+            }
+            if peer.name_any() == "ibgp" {
+                peer.spec.peer_address = None;
+                peer.spec.interface = Some("eth1".into());
+            }
+        }
+        let (bgp, inputs) = (BgpInputs::new(&o), Inputs::new(&o));
+        let p = plan(
+            "node-1",
+            &bgp,
+            &inputs,
+            &[alloc("default/web", "pool", &["192.0.2.10"])],
+        );
+        let router = &p["metallb-system/router"];
+        assert_eq!(router.settings.local_as, 64600);
+        assert!(!router.settings.extended_next_hop && router.interface.is_none());
+        let unnumbered = &p["metallb-system/ibgp"];
+        assert_eq!(unnumbered.settings.local_as, 64512);
+        assert_eq!(unnumbered.interface.as_deref(), Some("eth1"));
+        assert_eq!(unnumbered.address, IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        assert!(unnumbered.settings.extended_next_hop);
+        assert!(unnumbered.settings.ipv4 && unnumbered.settings.ipv6);
     }
 
     #[test]

@@ -570,7 +570,9 @@ fn peers(objects: &Objects, report: &mut Report) {
             ),
             _ => {}
         }
-        let internal = s.peer_asn == Some(s.my_asn) || s.dynamic_asn == Some(DynamicAsn::Internal);
+        // The session's own AS is localASN when set.
+        let own = s.local_asn.filter(|a| *a != 0).unwrap_or(s.my_asn);
+        let internal = s.peer_asn == Some(own) || s.dynamic_asn == Some(DynamicAsn::Internal);
         if s.ebgp_multi_hop == Some(true) && internal {
             report.error(
                 KIND,
