@@ -31,6 +31,18 @@ fn config(lab: &Lab) -> String {
     )
 }
 
+/// Waits until the first client gets an answer for the VIP.
+fn first_answer(fleet: &Fleet, g: &Group) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.resolve(0, VIP4).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody answers {VIP4}\n{}",
+            g.logs()
+        );
+    }
+}
+
 #[test]
 fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     if !privileged("clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move") {
@@ -47,14 +59,7 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
         })
     };
     // The agents decide one failure timeout after they start: wait for a first answer.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fleet.resolve(0, VIP4).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "nobody answers {VIP4}\n{}",
-            g.logs()
-        );
-    }
+    first_answer(&fleet, &g);
 
     let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for vip in [VIP4, VIP6] {
@@ -310,14 +315,7 @@ fn with_afpacket_a_dead_nodes_clients_are_told_too() {
     let fleet = Fleet::attach(&g.lab, "aaf", FEW);
     let macs = g.macs.clone();
     let name_of = |mac: &Option<String>| mac.as_ref().and_then(|m| macs.get(m).cloned());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fleet.resolve(0, VIP4).is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "nobody answers {VIP4}\n{}",
-            g.logs()
-        );
-    }
+    first_answer(&fleet, &g);
     let owners = fleet.owners(VIP4, &g.names);
     for (i, node) in owners.iter().enumerate() {
         assert_eq!(
