@@ -14,6 +14,7 @@ pub mod agent;
 pub mod agent_bench;
 pub mod apiserver;
 pub mod bgp_bench;
+pub mod bird;
 pub mod cluster_agents;
 pub mod controller_bench;
 pub mod failover_bench;

@@ -3,7 +3,8 @@
 //! are what is checked: the VIPs with the nodes as next hops (3-way ECMP), communities, large
 //! communities and the AS path, IPv6 VIPs over MP-BGP on the IPv4 sessions,
 //! `externalTrafficPolicy: Local`, withdrawal when a Service goes, TCP MD5 passwords right and
-//! wrong; and an unnumbered session (BGPPeer `interface`) with FRR over a link-local-only link.
+//! wrong; an unnumbered session (BGPPeer `interface`) with FRR over a link-local-only link;
+//! `localASN`; and the same advertisements seen by GoBGP and BIRD.
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -12,6 +13,7 @@ use std::{
 use bpf_tests::{
     PinDir,
     agent::Agent,
+    bird::Bird,
     frr::Frr,
     gobgp::{self, GoBgp},
     group::{METRICS, SECRET, allocate},
@@ -798,4 +800,88 @@ fn local_asn_is_the_as_the_router_sees() {
             (p.len() == 1).then_some(p)
         });
     assert_eq!(p[0]["aspath"]["string"], "64600", "{p:?}");
+}
+
+/// BIRD 2 as the router: the same advertisements as FRR and GoBGP see.
+fn bird_conf(lab: &Lab) -> String {
+    let mut c = String::from(
+        "router id 10.210.0.1;\nprotocol device {}\n\
+         template bgp nodes {\n  local 10.210.0.1 as 65000;\n  hold time 9;\n  \
+         ipv4 { import all; export none; };\n  ipv6 { import all; export none; };\n}\n",
+    );
+    for (i, n) in lab.nodes.iter().enumerate() {
+        c.push_str(&format!(
+            "protocol bgp n{} from nodes {{ neighbor {} as 64512; }}\n",
+            i + 1,
+            n.ipv4
+        ));
+    }
+    c
+}
+
+#[test]
+fn bird_holds_every_vip_from_every_node_with_the_advertised_attributes() {
+    if !privileged("bird_holds_every_vip_from_every_node_with_the_advertised_attributes") {
+        return;
+    }
+    let bgp = Bgp::start("bgpb", &peer("router", ""), &["web", "web6"], |lab| {
+        Bird::start(&lab.client.ns, &bird_conf(lab))
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !["n1", "n2", "n3"].iter().all(|p| bgp.router.established(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "BIRD sessions: {}\n{}\n{}",
+            bgp.router.cli(&["show", "protocols"]),
+            bgp.router.log(),
+            bgp.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (prefix, hops) in [
+        (
+            format!("{}/32", bgp.vip("web")),
+            bgp.lab
+                .nodes
+                .iter()
+                .map(|n| n.ipv4.clone())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            format!("{}/128", bgp.vip("web6")),
+            bgp.lab.nodes.iter().map(|n| n.ipv6.clone()).collect(),
+        ),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let routes = loop {
+            let r = bgp.router.routes(&prefix);
+            if r.matches("unicast [").count() == 3 {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{prefix} at BIRD: {r}\n{}",
+                bgp.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for hop in &hops {
+            assert!(routes.contains(&format!("via {hop} ")), "{hop} in {routes}");
+        }
+        assert_eq!(
+            routes.matches("BGP.as_path: 64512\n").count(),
+            3,
+            "{routes}"
+        );
+        assert_eq!(
+            routes.matches("BGP.community: (65000,100)").count(),
+            3,
+            "{routes}"
+        );
+        assert_eq!(
+            routes.matches("BGP.large_community: (65000, 1, 2)").count(),
+            3,
+            "{routes}"
+        );
+    }
 }

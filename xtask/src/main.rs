@@ -35,9 +35,11 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const NIGHTLY: &str = "nightly";
 /// Debian packages the tests, bench and demo run: `arping` (Thomas Habets'), `ndisc6`,
 /// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check), `keepalived`
-/// (the failover baseline in the bench), FRR and GoBGP (the BGP peers of the interop tests).
+/// (the failover baseline in the bench), FRR, GoBGP and BIRD (the BGP peers of the interop
+/// tests).
 const APT_PACKAGES: &[&str] = &[
     "arping",
+    "bird2",
     "frr",
     "gobgpd",
     "iputils-ping",
