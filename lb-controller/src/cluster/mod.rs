@@ -73,6 +73,23 @@ struct Reconciler {
     config_state: watch::Sender<Option<Vec<String>>>,
 }
 
+/// What a replica with no last good configuration allocates from: the valid part of the
+/// snapshot. A Service holding an address outside the valid part's pools (from a pool left
+/// out) is left alone, not renumbered.
+fn without_invalid(snapshot: &Objects) -> Option<Objects> {
+    let (mut part, _) = validate::valid_part(snapshot)?;
+    let ranges: Vec<_> = plan::pool_defs(&part.pools)
+        .into_iter()
+        .flat_map(|p| p.ranges)
+        .collect();
+    part.services.retain(|svc| {
+        crate::ipam::service::status_ips(svc)
+            .iter()
+            .all(|ip| ranges.iter().any(|r| r.contains(*ip)))
+    });
+    Some(part)
+}
+
 fn reference_of(problem: &Problem, namespace: &str) -> ObjectReference {
     let api_version = if problem.kind == "BGPPeer" {
         "metallb.io/v1beta2"
@@ -151,22 +168,9 @@ impl Reconciler {
                     namespaces: snapshot.namespaces,
                     ..good.clone()
                 },
-                // Started (or took the lease) while the configuration is invalid: what is
-                // valid of it still allocates. A Service holding an address outside the valid
-                // part's pools (from a pool left out) is left alone, not renumbered.
-                None => match validate::valid_part(&snapshot) {
-                    Some((mut part, _)) => {
-                        let ranges: Vec<_> = plan::pool_defs(&part.pools)
-                            .into_iter()
-                            .flat_map(|p| p.ranges)
-                            .collect();
-                        part.services.retain(|svc| {
-                            crate::ipam::service::status_ips(svc)
-                                .iter()
-                                .all(|ip| ranges.iter().any(|r| r.contains(*ip)))
-                        });
-                        part
-                    }
+                // Started (or took the lease) while the configuration is invalid.
+                None => match without_invalid(&snapshot) {
+                    Some(part) => part,
                     None => return true,
                 },
             }
