@@ -127,14 +127,55 @@ impl Frr {
     }
 
     fn pids(&self) -> Vec<i32> {
+        self.daemons().into_iter().map(|(_, pid)| pid).collect()
+    }
+
+    /// Each running daemon (`zebra`, `bgpd`, `bfdd`) and its PID, from its pid file.
+    pub fn daemons(&self) -> Vec<(String, i32)> {
         std::fs::read_dir(&self.run_dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
+            .filter_map(|e| {
+                let daemon = e.path().file_stem()?.to_str()?.to_owned();
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some((daemon, pid))
+            })
             .collect()
     }
+
+    /// Leaves the daemons running (for `cargo xtask lab up`): returns the directories to
+    /// delete once they are stopped, the configuration's first.
+    pub fn leave_running(self) -> [PathBuf; 2] {
+        let dirs = [self.conf_dir.clone(), self.run_dir.clone()];
+        std::mem::forget(self);
+        dirs
+    }
+}
+
+/// The lab's router: FRR in the client's namespace (10.210.0.1), AS 65000, every node a
+/// neighbour in AS 64512 with BFD (profile `fast`, 100 ms × 3), ECMP over up to 8 paths: the
+/// other side of `deploy/examples/standalone/bgp.yaml`.
+pub fn lab_router_conf(lab: &crate::lab::Lab) -> String {
+    let mut c = String::from(
+        "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
+         no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \
+         neighbor NODES timers connect 1\n neighbor NODES bfd profile fast\n",
+    );
+    for n in &lab.nodes {
+        c.push_str(&format!(" neighbor {} peer-group NODES\n", n.ipv4));
+    }
+    // bgpd stops reading at the bfd block's closing `exit`: it comes last.
+    c.push_str(
+        " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n\
+         bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n",
+    );
+    c
 }
 
 impl Drop for Frr {

@@ -112,25 +112,6 @@ fn http_get(from: &NetNs, vip: &'static str) -> Result<String> {
     Ok(response)
 }
 
-/// The router: FRR in the client's namespace, AS 65000, every node a neighbour with BFD, ECMP
-/// over up to 8 paths.
-fn router_conf(lab: &Lab) -> String {
-    let mut c = String::from(
-        "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
-         no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \
-         neighbor NODES timers connect 1\n neighbor NODES bfd profile fast\n",
-    );
-    for n in &lab.nodes {
-        c.push_str(&format!(" neighbor {} peer-group NODES\n", n.ipv4));
-    }
-    // bgpd stops reading at the bfd block's closing `exit`: it comes last.
-    c.push_str(
-        " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n\
-         bfd\n profile fast\n  transmit-interval 100\n  receive-interval 100\n !\n!\n",
-    );
-    c
-}
-
 /// FRR's paths for `vip`/32.
 fn paths(frr: &Frr, vip: &str) -> Vec<serde_json::Value> {
     frr.json(&format!("show bgp ipv4 unicast {vip}/32 json"))["paths"]
@@ -247,7 +228,7 @@ fn main() -> Result<()> {
     let lab = Lab::new("demo", 3);
     // Dropped before the lab: the router's daemons, then the host behind it.
     let outside = lab.routed_host("demoout");
-    let router = Frr::start(&lab.client.ns, &router_conf(&lab), true);
+    let router = Frr::start(&lab.client.ns, &bpf_tests::frr::lab_router_conf(&lab), true);
     // Spread flows over the ECMP paths by ports too, not only by addresses.
     show(
         lab.client

@@ -1,9 +1,9 @@
 //! `cargo xtask lab up|down|status`: the demo's lab, left running to explore by hand.
 //!
 //! `up` builds the segment (a bridge), a client and three node namespaces, copies
-//! `deploy/examples/standalone` to a configuration directory, runs the standalone controller
-//! and one `lb-agent run` per node in the background, and writes what it started to a state
-//! file. `down` stops exactly those processes (by PID, checking each is still ours) and
+//! `deploy/examples/standalone` to a configuration directory, runs the standalone controller,
+//! one `lb-agent run` per node and FRR in the client's namespace (the router the example's
+//! BGPPeer names) in the background, and writes what it started to a state file. `down` stops exactly those processes (by PID, checking each is still ours) and
 //! deletes exactly those namespaces, pins and directories. Nothing else on the host is touched.
 use std::{
     path::{Path, PathBuf},
@@ -12,7 +12,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bpf_tests::{agent::workspace_bin, lab::Lab, privileged};
+use bpf_tests::{
+    agent::workspace_bin,
+    frr::{Frr, lab_router_conf},
+    lab::Lab,
+    privileged,
+};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +65,9 @@ struct State {
     processes: Vec<Process>,
     pins: Vec<PathBuf>,
     config: PathBuf,
+    /// The router's FRR pathspace (`vtysh -N NAME`) and its directories.
+    #[serde(default)]
+    router: Option<(String, Vec<PathBuf>)>,
 }
 
 const NODES: usize = 3;
@@ -123,6 +131,18 @@ fn up(dir: &Path, config_src: &Path) -> Result<()> {
     let mut processes = Vec::new();
     match start(&lab, dir, &config, &mut processes) {
         Ok((nodes, mut pins)) => {
+            // The router the example's BGPPeer names, with BFD; left running for `down`.
+            let frr = Frr::start(&lab.client.ns, &lab_router_conf(&lab), true);
+            let name = frr.name.clone();
+            let conf = std::env::temp_dir().join(&name).join("frr.conf");
+            for (daemon, pid) in frr.daemons() {
+                processes.push(Process {
+                    what: format!("frr {daemon}"),
+                    pid: u32::try_from(pid).unwrap_or_default(),
+                    log: conf.clone(),
+                });
+            }
+            let router = Some((name, frr.leave_running().to_vec()));
             pins.push(lab.pass_pins().to_owned());
             let state = State {
                 segment: lab.segment.name.clone(),
@@ -131,6 +151,7 @@ fn up(dir: &Path, config_src: &Path) -> Result<()> {
                 processes,
                 pins,
                 config,
+                router,
             };
             std::fs::write(state_file(dir), serde_json::to_string_pretty(&state)?)?;
             // From here on the state file owns the namespaces and pins: `down` deletes them.
@@ -227,6 +248,10 @@ fn print_guide(dir: &Path, s: &State) {
         s.client
     );
     println!("  ip netns exec {} ndisc6 fd00:210::100 eth0", s.client);
+    if let Some((name, _)) = &s.router {
+        println!("  vtysh -N {name} -c 'show bgp ipv4 unicast'   (the router: FRR, AS 65000)");
+        println!("  ip netns exec {} ip route show 198.51.100.10", s.client);
+    }
     if let Some((name, ns, _)) = s.nodes.first() {
         println!(
             "  target/release/lb-agent maps --bpffs {PINS}/{}/{name}",
@@ -247,7 +272,7 @@ fn is_ours(p: &Process) -> bool {
     let program = if p.what.starts_with("lb-agent") {
         "lb-agent"
     } else {
-        "lb-controller"
+        p.what.strip_prefix("frr ").unwrap_or("lb-controller")
     };
     std::fs::read(format!("/proc/{}/cmdline", p.pid))
         .map(|c| String::from_utf8_lossy(&c).contains(program))
@@ -279,7 +304,7 @@ fn down(dir: &Path) -> Result<()> {
     };
     let state: State = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a lab state", file.display()))?;
-    // Agents first (they withdraw and unpin), the controller last.
+    // The router first, then the agents (they withdraw and unpin), the controller last.
     for p in state.processes.iter().rev() {
         stop(p);
         println!("stopped {} (pid {})", p.what, p.pid);
@@ -297,6 +322,9 @@ fn down(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir(Path::new(PINS).join(&state.segment));
     let _ = std::fs::remove_dir(PINS);
     let _ = std::fs::remove_dir_all(&state.config);
+    for d in state.router.iter().flat_map(|(_, dirs)| dirs) {
+        let _ = std::fs::remove_dir_all(d);
+    }
     for p in &state.processes {
         let _ = std::fs::remove_file(&p.log);
     }
