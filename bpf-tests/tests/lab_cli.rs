@@ -1,5 +1,6 @@
-//! `cargo xtask lab up|status|down` (the `xdplb-lab` binary): up leaves a working lab behind,
-//! down removes every namespace and process it started.
+//! `cargo xtask lab up|status|down` (the `xdplb-lab` binary): up leaves a working lab behind
+//! (Layer 2 answered, the router's ECMP route over the three nodes), down removes every
+//! namespace and process it started.
 use std::{path::Path, process::Command};
 
 use bpf_tests::privileged;
@@ -54,13 +55,42 @@ fn lab_up_serves_the_example_vips_and_lab_down_leaves_nothing_behind() {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).contains("bytes from"))
             .unwrap_or(false);
+    // The router (FRR in the client's namespace) learns the routed Service from all three.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let routed = loop {
+        let route = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client,
+                "ip",
+                "route",
+                "show",
+                "198.51.100.10",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if !ok || route.matches("nexthop via").count() == 3 {
+            break route;
+        }
+        if std::time::Instant::now() > deadline {
+            break route;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let (status_ok, status) = lab(&dir, &["status"]);
     let (down_ok, down) = lab(&dir, &["down"]);
     assert!(ok, "lab up failed:\n{text}");
-    assert_eq!(pids.len(), 4, "controller and three agents: {state}");
+    assert_eq!(
+        pids.len(),
+        7,
+        "controller, three agents, FRR's zebra, bgpd and bfdd: {state}"
+    );
     assert!(answered, "10.210.0.100 unanswered in the lab");
+    assert_eq!(routed.matches("nexthop via").count(), 3, "{routed}");
     assert!(
-        status_ok && status.matches("running").count() >= 4,
+        status_ok && status.matches("running").count() >= 7,
         "{status}"
     );
     assert!(down_ok, "lab down failed:\n{down}");
@@ -73,8 +103,8 @@ fn lab_up_serves_the_example_vips_and_lab_down_leaves_nothing_behind() {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists()
                 || !std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                    .unwrap_or_default()
-                    .contains("lb-"),
+                    .map(|c| c.contains("lb-") || c.contains("/usr/lib/frr/"))
+                    .unwrap_or(false),
             "pid {pid} still runs"
         );
     }
