@@ -128,6 +128,15 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The logs of several agents, one after the other, for a failure message.
+    pub fn logs<'a>(agents: impl IntoIterator<Item = &'a Agent>) -> String {
+        agents
+            .into_iter()
+            .map(Agent::log_text)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
     /// Sends `signal` to the agent.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid.

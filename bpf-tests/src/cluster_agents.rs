@@ -6,10 +6,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, agent::Agent, lab::Lab, netns::mac_str};
+use crate::{PinDir, agent::Agent, apiserver::ApiServer, lab::Lab, netns::mac_str};
 
 /// The nodes' names, in the lab's order.
 pub const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+/// The lab's nodes as Node objects (name and InternalIP), as the kubelet registers them.
+pub fn apply_nodes(api: &ApiServer, lab: &Lab) {
+    for (name, host) in NAMES.iter().zip(&lab.nodes) {
+        api.apply(serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": host.ipv4}]}}));
+    }
+}
 
 pub struct ClusterAgents<'a> {
     lab: &'a Lab,
@@ -99,12 +108,7 @@ impl<'a> ClusterAgents<'a> {
     }
 
     pub fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .flatten()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        Agent::logs(self.agents.iter().flatten())
     }
 
     /// The nodes that answer one ARP request (one neighbour solicitation for an IPv6 `vip`)

@@ -273,12 +273,7 @@ impl Group {
     }
 
     pub fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .flatten()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        Agent::logs(self.agents.iter().flatten())
     }
 
     /// The nodes that answer one ARP request for `vip`.

@@ -51,6 +51,35 @@ fn first_answer(fleet: &Fleet, g: &Group) {
     }
 }
 
+/// Waits until client i resolves `vip` to the node `want[i]`, each: a node still joining has
+/// no slots yet, so a client may meet the group a moment early.
+fn each_client_resolves(fleet: &Fleet, g: &Group, vip: &str, want: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    for (i, node) in want.iter().enumerate() {
+        loop {
+            let seen = fleet.resolve(i, vip).and_then(|m| g.macs.get(&m).cloned());
+            if seen.as_ref() == Some(node) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "client {i} resolved {vip} to {seen:?}, not {node}\n{}",
+                g.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Every node but `victim`.
+fn others(g: &Group, victim: usize) -> Vec<&'static str> {
+    g.names
+        .iter()
+        .copied()
+        .filter(|n| *n != g.names[victim])
+        .collect()
+}
+
 #[test]
 fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     if !privileged("clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move") {
@@ -71,25 +100,8 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
 
     let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for vip in [VIP4, VIP6] {
-        let want = fleet.owners(vip, &g.names);
-        let mut got = Vec::new();
-        // A node still joining has no slots yet: a client may meet the group a moment early.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (i, node) in want.iter().enumerate() {
-            loop {
-                let seen = name_of(&fleet.resolve(i, vip));
-                if seen.as_deref() == Some(node.as_str()) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "client {i} resolved {vip} to {seen:?}, not {node}\n{}",
-                    g.logs()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            got.push(node.clone());
-        }
+        let got = fleet.owners(vip, &g.names);
+        each_client_resolves(&fleet, &g, vip, &got, Duration::from_secs(5));
         for n in g.names {
             let share = got.iter().filter(|o| *o == n).count() as f64 / CLIENTS as f64;
             eprintln!("{vip}: {n} serves {:.0}% of the clients", share * 100.0);
@@ -141,12 +153,7 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     // Linux takes an unsolicited reply only a `locktime` (1 s) after the entry's last update.
     std::thread::sleep(Duration::from_millis(1100));
     let victim = 1;
-    let survivors: Vec<&str> = g
-        .names
-        .iter()
-        .copied()
-        .filter(|n| *n != g.names[victim])
-        .collect();
+    let survivors = others(&g, victim);
     let survivor_macs: Vec<String> = g
         .macs
         .iter()
@@ -283,16 +290,7 @@ fn a_node_cut_off_and_back_calls_its_clients_back() {
     let fleet = Fleet::attach(&g.lab, "ab", 24);
     let name_of = |mac: Option<String>| mac.and_then(|m| g.macs.get(&m).cloned());
     let want = fleet.owners(VIP4, &g.names);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (i, node) in want.iter().enumerate() {
-        while name_of(fleet.resolve(i, VIP4)).as_ref() != Some(node) {
-            assert!(
-                Instant::now() < deadline,
-                "client {i} never resolved {VIP4} to {node}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    each_client_resolves(&fleet, &g, VIP4, &want, Duration::from_secs(10));
     let cut = 1;
     let theirs: Vec<usize> = (0..want.len())
         .filter(|i| want[*i] == g.names[cut])
@@ -332,27 +330,12 @@ fn with_afpacket_a_dead_nodes_clients_are_told_too() {
     let name_of = |mac: &Option<String>| mac.as_ref().and_then(|m| macs.get(m).cloned());
     first_answer(&fleet, &g);
     let owners = fleet.owners(VIP4, &g.names);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (i, node) in owners.iter().enumerate() {
-        while name_of(&fleet.resolve(i, VIP4)).as_ref() != Some(node) {
-            assert!(
-                Instant::now() < deadline,
-                "client {i} never resolved {VIP4} to {node}\n{}",
-                g.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    each_client_resolves(&fleet, &g, VIP4, &owners, Duration::from_secs(10));
     // The node with the most clients dies.
     let victim = (0..3)
         .max_by_key(|n| owners.iter().filter(|o| **o == g.names[*n]).count())
         .unwrap_or(0);
-    let survivors: Vec<&str> = g
-        .names
-        .iter()
-        .copied()
-        .filter(|n| *n != g.names[victim])
-        .collect();
+    let survivors = others(&g, victim);
     let after = fleet.owners(VIP4, &survivors);
     std::thread::sleep(Duration::from_millis(1100));
     g.kill(victim);

@@ -131,11 +131,7 @@ impl<R> Bgp<R> {
     }
 
     fn logs(&self) -> String {
-        self.agents
-            .iter()
-            .map(Agent::log_text)
-            .collect::<Vec<_>>()
-            .join("\n----\n")
+        Agent::logs(&self.agents)
     }
 
     /// Waits until `up` says each of `nodes` has its session Established.

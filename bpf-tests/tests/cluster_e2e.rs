@@ -107,11 +107,7 @@ fn setup(api: &ApiServer, lab: &Lab) {
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
                      "metadata": {"name": "l2", "namespace": NS}}),
     );
-    for (i, host) in lab.nodes.iter().enumerate() {
-        api.apply(json!({"apiVersion": "v1", "kind": "Node",
-                         "metadata": {"name": format!("node-{}", i + 1)},
-                         "status": {"addresses": [{"type": "InternalIP", "address": host.ipv4}]}}));
-    }
+    bpf_tests::cluster_agents::apply_nodes(api, lab);
     api.apply(json!({"apiVersion": "v1", "kind": "Service",
                      "metadata": {"name": "web", "namespace": "default"},
                      "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",

@@ -31,11 +31,7 @@ fn setup(api: &ApiServer, lab: &Lab) {
     api.apply(json!({"apiVersion": "v1", "kind": "Secret",
                      "metadata": {"name": "memberlist", "namespace": NS},
                      "data": {"secretkey": "a3ViZS1sYWItc2VjcmV0LTAxMjM="}}));
-    for (i, host) in lab.nodes.iter().enumerate() {
-        api.apply(json!({"apiVersion": "v1", "kind": "Node",
-                         "metadata": {"name": format!("node-{}", i + 1)},
-                         "status": {"addresses": [{"type": "InternalIP", "address": host.ipv4}]}}));
-    }
+    bpf_tests::cluster_agents::apply_nodes(api, lab);
     // As the controller leaves it: an address in the status.
     api.apply(json!({"apiVersion": "v1", "kind": "Service",
                      "metadata": {"name": "web", "namespace": "default"},

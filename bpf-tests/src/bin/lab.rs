@@ -134,15 +134,17 @@ fn up(dir: &Path, config_src: &Path) -> Result<()> {
             // The router the example's BGPPeer names, with BFD; left running for `down`.
             let frr = Frr::start(&lab.client.ns, &lab_router_conf(&lab), true);
             let name = frr.name.clone();
-            let conf = std::env::temp_dir().join(&name).join("frr.conf");
-            for (daemon, pid) in frr.daemons() {
+            let daemons = frr.daemons();
+            let dirs = frr.leave_running();
+            let conf = dirs[0].join("frr.conf");
+            for (daemon, pid) in daemons {
                 processes.push(Process {
                     what: format!("frr {daemon}"),
                     pid: u32::try_from(pid).unwrap_or_default(),
                     log: conf.clone(),
                 });
             }
-            let router = Some((name, frr.leave_running().to_vec()));
+            let router = Some((name, dirs.to_vec()));
             pins.push(lab.pass_pins().to_owned());
             let state = State {
                 segment: lab.segment.name.clone(),
