@@ -49,6 +49,13 @@ pub struct Context {
     pub ipv4_via_ipv6: bool,
 }
 
+/// The next hop of IPv4 routes: the NEXT_HOP attribute, or (RFC 8950) IPv6 next hops in
+/// MP_REACH_NLRI.
+enum V4NextHop {
+    Attribute(Ipv4Addr),
+    ViaIpv6(Vec<IpAddr>),
+}
+
 impl Context {
     /// Whether this session can carry `net` now: the family was negotiated and we have a next
     /// hop of that family. Others wait ("pending" in the metrics).
@@ -59,11 +66,11 @@ impl Context {
         }
     }
 
-    /// How IPv4 routes go: a NEXT_HOP, or (RFC 8950) IPv6 next hops in MP_REACH_NLRI.
-    fn v4_next_hops(&self) -> Option<Result<Ipv4Addr, Vec<IpAddr>>> {
+    /// How IPv4 routes go now, if they can.
+    fn v4_next_hops(&self) -> Option<V4NextHop> {
         match (self.next_hop_v4, self.next_hop_v6) {
-            (Some(v4), _) if !self.ipv4_via_ipv6 => Some(Ok(v4)),
-            (_, Some(v6)) if self.ipv4_via_ipv6 => Some(Err(v6_hops(v6))),
+            (Some(v4), _) if !self.ipv4_via_ipv6 => Some(V4NextHop::Attribute(v4)),
+            (_, Some(v6)) if self.ipv4_via_ipv6 => Some(V4NextHop::ViaIpv6(v6_hops(v6))),
             _ => None,
         }
     }
@@ -195,12 +202,12 @@ fn announcements(attrs: &RouteAttrs, nets: &[IpNet], ctx: &Context) -> Vec<Vec<u
     let mut out = Vec::new();
     let base = ctx.attributes(attrs);
     match ctx.v4_next_hops().filter(|_| !v4.is_empty()) {
-        Some(Ok(nh)) => {
+        Some(V4NextHop::Attribute(nh)) => {
             let mut a = base.clone();
             a.next_hop = Some(nh);
             packed(&a, &v4, ctx, &mut out);
         }
-        Some(Err(next_hops)) => {
+        Some(V4NextHop::ViaIpv6(next_hops)) => {
             let mut a = base.clone();
             a.mp_reach = Some(MpReach {
                 family: Family::IPV4_UNICAST,

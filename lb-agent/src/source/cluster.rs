@@ -62,13 +62,9 @@ fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
     })
 }
 
-/// The agent's configuration from a snapshot of the cluster (settled by a
-/// [`super::LastGood`]); `Err` names the first problem.
-pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
-    let report = lb_controller::config::validate::validate(objects);
-    if let Some(e) = report.errors.first() {
-        return Err(e.to_string());
-    }
+/// The agent's configuration from a snapshot of the cluster, valid as a
+/// [`super::LastGood`] settled it.
+pub fn build(objects: &Objects, opts: &Options) -> Config {
     let pools = pool_defs(&objects.pools);
     let allocations: Vec<PlanEntry> = objects
         .services
@@ -85,7 +81,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         .map(|b| b.0.clone());
     let inputs = Inputs::new(objects);
     let bgp = plan(&opts.node, &BgpInputs::new(objects), &inputs, &allocations);
-    Ok(Config {
+    Config {
         bgp_ips: advertised_ips(&bgp, &allocations),
         bgp_services: service_peers(&bgp, &allocations),
         inputs,
@@ -94,7 +90,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Result<Config, String> {
         secret,
         bgp,
         refused: None,
-    })
+    }
 }
 
 /// Starts the reflectors: the receiver gets a reading once every cache holds its first list,
@@ -120,7 +116,10 @@ pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>
             objects.endpoint_slices = slices.state().iter().map(|s| (**s).clone()).collect();
             let result = good
                 .settle(&mut objects, &[])
-                .and_then(|refused| build(&objects, &opts).map(|c| Config { refused, ..c }))
+                .map(|refused| Config {
+                    refused,
+                    ..build(&objects, &opts)
+                })
                 .map(relocate);
             drop(objects);
             trim_heap();

@@ -127,7 +127,7 @@ impl Reconciler {
     async fn pass(&mut self, snapshot: Objects) -> bool {
         let report = validate::validate(&snapshot);
         let problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
-        configstate::say(&self.config_state, problems);
+        configstate::say(&self.config_state, problems.clone());
         let objects = if report.errors.is_empty() {
             self.metrics.config_applied();
             self.problems.clear();
@@ -141,7 +141,7 @@ impl Reconciler {
             snapshot
         } else {
             self.metrics.config_rejected();
-            let now: BTreeSet<String> = report.errors.iter().map(ToString::to_string).collect();
+            let now: BTreeSet<String> = problems.into_iter().collect();
             for p in &report.errors {
                 let text = p.to_string();
                 if self.problems.contains(&text) {
