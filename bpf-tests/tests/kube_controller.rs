@@ -133,11 +133,18 @@ async fn allocates_writes_status_annotation_and_events() {
         "a key of at least 16 bytes (base64): {secret}"
     );
     let log = api.requests();
-    let conflict = log
+    let status_a = "PATCH /api/v1/namespaces/default/services/a/status";
+    // The refusal is logged before the controller hears of it, so before its retry.
+    let refused = log
         .iter()
-        .position(|l| l.contains("/services/a/status"))
-        .and_then(|i| log.get(i + 1))
-        .is_some_and(|l| l.trim() == "-> 409");
+        .position(|l| l.trim() == format!("-> 409 {status_a}"));
+    let retried = log
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with(status_a))
+        .nth(1)
+        .map(|(i, _)| i);
+    let conflict = matches!((refused, retried), (Some(r), Some(t)) if r < t);
     assert!(
         conflict,
         "the first status write to a did not conflict: {log:#?}"

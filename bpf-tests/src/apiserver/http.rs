@@ -205,7 +205,8 @@ pub async fn handle(
     Ok(match result {
         Ok((code, obj)) => full(code, &obj),
         Err(e) => {
-            shared.log(format!("  -> {}", e.code()));
+            // Named, since concurrent requests interleave in the log.
+            shared.log(format!("  -> {} {method} {path}", e.code()));
             error(&e)
         }
     })

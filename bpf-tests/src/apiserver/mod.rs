@@ -294,7 +294,8 @@ impl ApiServer {
         self.shared.store().compact();
     }
 
-    /// The requests served so far (`METHOD path?query`, and `  -> code` after a refusal).
+    /// The requests served so far (`METHOD path?query`, and `  -> code METHOD path` when one is
+    /// refused).
     pub fn requests(&self) -> Vec<String> {
         self.shared
             .log
