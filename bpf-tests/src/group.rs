@@ -103,13 +103,7 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
 
 /// What the controller wrote to `dir/status/allocations.yaml`.
 fn allocations(dir: &Path) -> Vec<lb_controller::plan::PlanEntry> {
-    lb_controller::standalone::Standalone::new(
-        dir.to_path_buf(),
-        None,
-        std::sync::Arc::new(lb_controller::metrics::Metrics::default()),
-    )
-    .read_allocations()
-    .allocations
+    lb_controller::allocations::read(dir).allocations
 }
 
 /// The first address allocated to `service` (`namespace/name`).

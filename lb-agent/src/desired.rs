@@ -19,10 +19,10 @@ use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use kube::ResourceExt;
 use lb_controller::{
     config::{
-        l2mode::{self, L2Mode, selects_pool, selects_service},
+        l2mode::{self, L2Mode},
         manifest::Objects,
+        selector::{self, Advertisement},
         types::L2Advertisement,
-        validate::selector_matches,
     },
     plan::PlanEntry,
 };
@@ -171,20 +171,11 @@ impl Inputs {
     }
 }
 
-fn selects_node(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> bool {
-    ad.spec.node_selectors.is_empty()
-        || ad
-            .spec
-            .node_selectors
-            .iter()
-            .any(|s| selector_matches(s, labels))
-}
-
 fn preference(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> u32 {
     ad.spec
         .preferred_node_selectors
         .iter()
-        .filter(|p| selector_matches(&p.preference, labels))
+        .filter(|p| selector::matches(&p.preference, labels))
         .map(|p| u32::try_from(p.weight).unwrap_or(0))
         .sum()
 }
@@ -218,7 +209,8 @@ pub fn elections(
             .l2_advertisements
             .iter()
             .filter(|ad| {
-                selects_pool(ad, pool, labels) && selects_service(ad, svc.map(|s| &s.labels))
+                ad.spec.selects_pool(pool, labels)
+                    && ad.spec.selects_service(svc.map(|s| &s.labels))
             })
             .collect();
         let local = svc.and_then(|s| s.local_nodes.as_ref());
@@ -229,7 +221,10 @@ pub fn elections(
             .filter(|(name, _)| local.is_none_or(|nodes| nodes.contains(*name)))
             .filter(|(_, labels)| !labels.contains_key(EXCLUDE_LABEL))
             .filter_map(|(name, labels)| {
-                let chosen: Vec<_> = ads.iter().filter(|ad| selects_node(ad, labels)).collect();
+                let chosen: Vec<_> = ads
+                    .iter()
+                    .filter(|ad| ad.spec.selects_node(labels))
+                    .collect();
                 (!chosen.is_empty()).then(|| Candidate {
                     node: name.clone(),
                     preference: chosen
@@ -308,7 +303,7 @@ pub fn layer2(
         for ad in inputs
             .l2_advertisements
             .iter()
-            .filter(|ad| selects_pool(ad, pool, labels) && selects_node(ad, node_labels))
+            .filter(|ad| ad.spec.selects_pool(pool, labels) && ad.spec.selects_node(node_labels))
         {
             if ad.spec.interfaces.is_empty() {
                 all = true;

@@ -19,8 +19,8 @@ use std::{
 use anyhow::Context;
 use lb_common::{SlotBits, VIP_FLAG_SPREAD};
 use lb_controller::{
-    cluster::configstate,
     config::types::{ServiceBGPStatus, ServiceL2Status},
+    configstate,
 };
 use tokio::{net::UdpSocket, sync::watch};
 use tracing::{info, warn};

@@ -1,5 +1,5 @@
 //! Standalone mode: the configuration is a directory of manifests (DESIGN.md §4); the
-//! allocations go to `DIR/status/allocations.yaml`, written atomically (write, then rename).
+//! allocations go to `DIR/status/allocations.yaml` ([`crate::allocations`]).
 //!
 //! # Guarantees
 //! - A bad edit (unreadable YAML, an invalid object) never replaces a good configuration: the
@@ -15,24 +15,13 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
+    allocations::{self, AllocationsFile, STATUS_DIR, WriteError},
     config::{manifest, validate},
     ipam::allocator::PoolUsage,
     metrics::{self, Metrics},
-    plan::{self, PlanEntry},
+    plan,
 };
-
-pub const STATUS_DIR: &str = "status";
-pub const ALLOCATIONS_FILE: &str = "allocations.yaml";
-const HEADER: &str = "# Written by lb-controller (standalone mode); agents read it. Do not edit.\n";
-
-/// The content of `status/allocations.yaml`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllocationsFile {
-    pub allocations: Vec<PlanEntry>,
-}
 
 /// What one pass over the directory did.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,18 +34,6 @@ pub enum Pass {
     },
     /// The configuration was rejected; the previous allocations stay. One line per problem.
     Rejected { problems: Vec<String> },
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StandaloneError {
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot render the allocations: {0}")]
-    Render(String),
 }
 
 /// The controller over one configuration directory.
@@ -87,22 +64,8 @@ impl Standalone {
         }
     }
 
-    pub fn allocations_path(&self) -> PathBuf {
-        self.dir.join(STATUS_DIR).join(ALLOCATIONS_FILE)
-    }
-
-    /// The allocations last written, if any (an unreadable file counts as none).
-    pub fn read_allocations(&self) -> AllocationsFile {
-        std::fs::read_to_string(self.allocations_path())
-            .ok()
-            .and_then(|text| {
-                serde_saphyr::from_str_with_options(&text, manifest::yaml_options()).ok()
-            })
-            .unwrap_or_default()
-    }
-
     /// Reads the directory, validates, plans and writes the allocations when they change.
-    pub fn reconcile(&self) -> Result<Pass, StandaloneError> {
+    pub fn reconcile(&self) -> Result<Pass, WriteError> {
         let loaded = match manifest::load_with(
             std::slice::from_ref(&self.dir),
             manifest::Strictness::Lenient,
@@ -131,7 +94,7 @@ impl Standalone {
             self.count(&pass, None);
             return Ok(pass);
         }
-        let old = self.read_allocations();
+        let old = allocations::read(&self.dir);
         let previous: BTreeMap<String, Vec<IpAddr>> = old
             .allocations
             .iter()
@@ -142,7 +105,7 @@ impl Standalone {
         let pending = allocations.iter().filter(|e| e.pending.is_some()).count();
         let services = allocations.len();
         let new = AllocationsFile { allocations };
-        let changed = new != old || !self.allocations_path().exists();
+        let changed = new != old || !allocations::path(&self.dir).exists();
         let pass = Pass::Applied {
             services,
             pending,
@@ -150,32 +113,15 @@ impl Standalone {
         };
         // Metrics first: whoever sees the new file finds them already in agreement.
         self.count(&pass, Some(&usage));
-        if changed && let Err(e) = self.write(&new) {
+        if changed && let Err(e) = allocations::write(&self.dir, &new) {
             self.metrics.config.update_errors.inc();
             return Err(e);
         }
         Ok(pass)
     }
-
-    fn write(&self, file: &AllocationsFile) -> Result<(), StandaloneError> {
-        let yaml =
-            serde_saphyr::to_string(file).map_err(|e| StandaloneError::Render(e.to_string()))?;
-        let path = self.allocations_path();
-        let err = |source| StandaloneError::Write {
-            path: path.clone(),
-            source,
-        };
-        let status = self.dir.join(STATUS_DIR);
-        std::fs::create_dir_all(&status).map_err(err)?;
-        // Write beside the target and rename over it: readers see the old or the new file,
-        // never half of one.
-        let tmp = status.join(format!(".{ALLOCATIONS_FILE}.tmp"));
-        std::fs::write(&tmp, format!("{HEADER}{yaml}")).map_err(err)?;
-        std::fs::rename(&tmp, &path).map_err(err)
-    }
 }
 
-fn log_pass(pass: &Result<Pass, StandaloneError>) {
+fn log_pass(pass: &Result<Pass, WriteError>) {
     match pass {
         Ok(Pass::Applied {
             services,

@@ -10,7 +10,6 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,7 +22,7 @@ use bpf_tests::{
     lab::Lab,
     netns::{NetNs, mac_str},
 };
-use lb_controller::{metrics::Metrics, standalone::Standalone};
+use lb_controller::allocations;
 
 /// The example configuration the demo runs from (relative to the workspace root).
 const EXAMPLE: &str = "deploy/examples/standalone";
@@ -167,18 +166,17 @@ fn controller_step(dir: &std::path::Path) -> Result<(Controller, String, String)
             .spawn()
             .context("start lb-controller")?,
     );
-    let reader = Standalone::new(dir.to_path_buf(), None, Arc::new(Metrics::default()));
+    let path = allocations::path(dir);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !reader.allocations_path().exists() && Instant::now() < deadline {
+    while !path.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let text = std::fs::read_to_string(reader.allocations_path())
-        .context("the controller wrote no allocations")?;
+    let text = std::fs::read_to_string(&path).context("the controller wrote no allocations")?;
     for line in text.lines() {
         println!("   | {line}");
     }
-    let allocations = reader.read_allocations();
-    let web = allocations
+    let written = allocations::read(dir);
+    let web = written
         .allocations
         .iter()
         .find(|e| e.service == "default/web")

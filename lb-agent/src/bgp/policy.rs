@@ -14,10 +14,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use lb_controller::{
     config::{
+        community::Community,
         manifest::Objects,
         rules::duration,
+        selector::{self, Advertisement},
         types::{BFDProfileSpec, BGPAdvertisement, DynamicAsn, v1beta2::BGPPeer},
-        validate::selector_matches,
     },
     plan::PlanEntry,
 };
@@ -160,21 +161,6 @@ fn seconds(text: Option<&str>) -> Option<u16> {
     Some(u16::try_from(d.as_secs()).unwrap_or(u16::MAX))
 }
 
-/// A community value or alias as a standard (`Ok(Left)`) or large (`Right`) community.
-fn community(text: &str, aliases: &BTreeMap<String, String>) -> Option<Result<u32, [u32; 3]>> {
-    let value = aliases.get(text).map_or(text, String::as_str);
-    if let Some(large) = value.strip_prefix("large:") {
-        let parts: Vec<u32> = large.split(':').filter_map(|p| p.parse().ok()).collect();
-        return match parts[..] {
-            [a, b, c] => Some(Err([a, b, c])),
-            _ => None,
-        };
-    }
-    let (a, b) = value.split_once(':')?;
-    let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
-    Some(Ok(u32::from(a) << 16 | u32::from(b)))
-}
-
 fn attrs(ad: &BGPAdvertisement, aliases: &BTreeMap<String, String>) -> RouteAttrs {
     let mut a = RouteAttrs {
         local_pref: ad.spec.local_pref.filter(|lp| *lp != 0),
@@ -185,13 +171,13 @@ fn attrs(ad: &BGPAdvertisement, aliases: &BTreeMap<String, String>) -> RouteAttr
         .spec
         .communities
         .iter()
-        .filter_map(|c| community(c, aliases))
+        .filter_map(|c| Community::resolve(c, aliases).ok())
     {
         match c {
-            Ok(std) => {
+            Community::Standard(std) => {
                 a.communities.insert(std);
             }
-            Err(large) => {
+            Community::Large(large) => {
                 a.large_communities.insert(large);
             }
         }
@@ -257,27 +243,6 @@ fn settings(peer: &BGPPeer, node_ips: &[IpAddr], node: &str) -> Option<Settings>
     })
 }
 
-fn selects_pool(
-    ad: &BGPAdvertisement,
-    pool: &str,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    let s = &ad.spec;
-    let empty = BTreeMap::new();
-    (s.ip_address_pools.is_empty() && s.ip_address_pool_selectors.is_empty())
-        || s.ip_address_pools.iter().any(|p| p == pool)
-        || s.ip_address_pool_selectors
-            .iter()
-            .any(|sel| selector_matches(sel, labels.unwrap_or(&empty)))
-}
-
-fn selects_all(
-    selectors: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector],
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    selectors.is_empty() || selectors.iter().any(|s| selector_matches(s, labels))
-}
-
 /// The sessions `node` runs and the routes each carries.
 pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEntry]) -> Plan {
     let empty = BTreeMap::new();
@@ -289,7 +254,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
     let mut out = Plan::new();
     let mut distinct: Vec<Arc<Routes>> = Vec::new();
     for peer in &bgp.peers {
-        if !selects_all(&peer.spec.node_selectors, labels) {
+        if !selector::admits(&peer.spec.node_selectors, labels) {
             continue;
         }
         let Some(settings) = settings(peer, &node_ips, node) else {
@@ -338,9 +303,9 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                 let svc_labels = svc.map_or(&empty, |s| &s.labels);
                 for ad in &bgp.advertisements {
                     let s = &ad.spec;
-                    if !selects_pool(ad, pool, inputs.pools.get(pool))
-                        || !selects_all(&s.node_selectors, labels)
-                        || !selects_all(&s.service_selectors, svc_labels)
+                    if !s.selects_pool(pool, inputs.pools.get(pool).unwrap_or(&empty))
+                        || !s.selects_node(labels)
+                        || !selector::admits(&s.service_selectors, svc_labels)
                         || !(s.peers.is_empty() || s.peers.iter().any(|p| *p == peer.name_any()))
                     {
                         continue;

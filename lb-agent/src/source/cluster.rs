@@ -14,13 +14,16 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{Api, Client, ResourceExt};
 use lb_controller::{
-    cluster::sources::{Sources, watch as reflect},
-    config::manifest::Objects,
+    config::{
+        manifest::Objects,
+        settle::{LastGood, OnRefusal},
+    },
     ipam::{
         allocator::PoolDef,
         service::{is_ours, status_ips},
     },
     plan::{PlanEntry, pool_defs},
+    sources::{Sources, watch as reflect},
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -28,8 +31,7 @@ use super::{Config, peers, relocate, trim_heap};
 use crate::desired::Inputs;
 
 /// MetalLB's membership Secret and its key.
-pub const MEMBERLIST_SECRET: &str = lb_controller::cluster::memberlist::SECRET;
-pub const MEMBERLIST_KEY: &str = lb_controller::cluster::memberlist::KEY;
+pub use lb_controller::config::memberlist::{KEY as MEMBERLIST_KEY, SECRET as MEMBERLIST_SECRET};
 
 /// Changes within this window are read together.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -63,7 +65,7 @@ fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
 }
 
 /// The agent's configuration from a snapshot of the cluster, valid as a
-/// [`super::LastGood`] settled it.
+/// [`LastGood`] settled it.
 pub fn build(objects: &Objects, opts: &Options) -> Config {
     let pools = pool_defs(&objects.pools);
     let allocations: Vec<PlanEntry> = objects
@@ -110,14 +112,14 @@ pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>
     tokio::spawn(async move {
         sources.wait_ready().await;
         let _ = slices.wait_until_ready().await;
-        let mut good = super::LastGood::new(super::OnRefusal::LastConfigObjects);
+        let mut good = LastGood::new(OnRefusal::LastConfigObjects);
         loop {
             let mut objects = sources.objects();
             objects.endpoint_slices = slices.state().iter().map(|s| (**s).clone()).collect();
             let result = good
                 .settle(&mut objects, &[])
-                .map(|refused| Config {
-                    refused,
+                .map(|settled| Config {
+                    refused: settled.into_refused(),
                     ..build(&objects, &opts)
                 })
                 .map(relocate);

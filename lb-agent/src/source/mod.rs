@@ -14,7 +14,7 @@
 //! a cluster, as the controller there does, the last good configuration objects stay in place
 //! of the reading's, and the rest (Services, Nodes, EndpointSlices) is followed. An agent that
 //! starts while the configuration is invalid has no last good one: it acts on the valid part
-//! (see [`LastGood::settle`]).
+//! ([`lb_controller::config::settle`]).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
@@ -27,10 +27,12 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use lb_controller::{
-    config::{Problem, manifest, manifest::Objects, validate},
-    metrics::Metrics,
+    allocations,
+    config::{
+        manifest,
+        settle::{LastGood, OnRefusal},
+    },
     plan::PlanEntry,
-    standalone::Standalone,
 };
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -58,90 +60,6 @@ pub struct Config {
     /// Why the reading's own configuration objects were refused (the last good ones, or the
     /// valid part, stand in for them).
     pub refused: Option<String>,
-}
-
-/// What stays when a reading is refused after a good one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnRefusal {
-    /// Everything: the reading is dropped (`Err`), the caller keeps what it has.
-    LastReading,
-    /// The configuration objects: the rest of the reading is followed.
-    LastConfigObjects,
-}
-
-/// The configuration objects of the last reading that passed validation.
-pub struct LastGood {
-    on_refusal: OnRefusal,
-    objects: Option<Objects>,
-}
-
-impl LastGood {
-    pub fn new(on_refusal: OnRefusal) -> Self {
-        Self {
-            on_refusal,
-            objects: None,
-        }
-    }
-
-    /// Makes `objects` something to act on. A valid reading stays as it is and becomes the
-    /// last good one (`Ok(None)`). A refused one after a good one is dropped (`Err`) or, with
-    /// [`OnRefusal::LastConfigObjects`], gets the last good IPAddressPools, advertisements,
-    /// BGPPeers, BFDProfiles and Communities in place of its own (`Ok(Some(why))`). Without a
-    /// good one yet, or if those no longer pass, the valid part of what there is is used
-    /// (`Ok(Some(why))`). `Err` too when nothing valid is left to act on.
-    pub fn settle(
-        &mut self,
-        objects: &mut Objects,
-        load_errors: &[Problem],
-    ) -> Result<Option<String>, String> {
-        let report = validate::validate(objects);
-        let Some(why) = load_errors.iter().chain(&report.errors).next() else {
-            self.objects = Some(config_part(objects));
-            return Ok(None);
-        };
-        let why = why.to_string();
-        if let Some(good) = &self.objects {
-            if self.on_refusal == OnRefusal::LastReading {
-                return Err(why);
-            }
-            let mut kept = objects.clone();
-            put_config(&mut kept, good);
-            if validate::validate(&kept).errors.is_empty() {
-                *objects = kept;
-                return Ok(Some(why));
-            }
-        }
-        let (part, left_out) = validate::valid_part(objects).ok_or_else(|| why.clone())?;
-        *objects = part;
-        let left: Vec<String> = left_out
-            .iter()
-            .map(|p| format!("{}/{}", p.kind, p.name))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if left.is_empty() {
-            return Ok(Some(why));
-        }
-        Ok(Some(format!(
-            "{why} (left out until fixed: {})",
-            left.join(", ")
-        )))
-    }
-}
-
-fn config_part(o: &Objects) -> Objects {
-    let mut part = Objects::default();
-    put_config(&mut part, o);
-    part
-}
-
-fn put_config(into: &mut Objects, from: &Objects) {
-    into.pools.clone_from(&from.pools);
-    into.l2_advertisements.clone_from(&from.l2_advertisements);
-    into.bgp_advertisements.clone_from(&from.bgp_advertisements);
-    into.peers.clone_from(&from.peers);
-    into.bfd_profiles.clone_from(&from.bfd_profiles);
-    into.communities.clone_from(&from.communities);
 }
 
 pub mod cluster;
@@ -181,9 +99,9 @@ pub fn read(dir: &Path, node: &str, port: u16, good: &Mutex<LastGood>) -> Result
     let refused = good
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .settle(&mut loaded.objects, &loaded.errors)?;
-    let reader = Standalone::new(dir.to_path_buf(), None, Arc::new(Metrics::default()));
-    let allocations = reader.read_allocations().allocations;
+        .settle(&mut loaded.objects, &loaded.errors)?
+        .into_refused();
+    let allocations = allocations::read(dir).allocations;
     let peers = peers(&loaded.objects.nodes, node, port);
     let inputs = Inputs::new(&loaded.objects);
     let bgp = plan(
@@ -224,10 +142,7 @@ type Fingerprint = Vec<(PathBuf, u64, u64, Option<SystemTime>)>;
 fn fingerprint(dir: &Path) -> Fingerprint {
     use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
-    for d in [
-        dir.to_path_buf(),
-        dir.join(lb_controller::standalone::STATUS_DIR),
-    ] {
+    for d in [dir.to_path_buf(), dir.join(allocations::STATUS_DIR)] {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;
         };
@@ -292,136 +207,4 @@ pub fn watch(
         }
     });
     Ok(rx)
-}
-
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::api::core::v1::Service;
-    use lb_controller::config::types::{IPAddressPool, IPAddressPoolSpec, L2Advertisement};
-
-    use super::*;
-
-    fn pool(name: &str, cidr: &str) -> IPAddressPool {
-        IPAddressPool::new(
-            name,
-            IPAddressPoolSpec {
-                addresses: vec![cidr.into()],
-                ..IPAddressPoolSpec::default()
-            },
-        )
-    }
-
-    fn service(name: &str) -> Service {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap_or_default()
-    }
-
-    fn names<T: ResourceExt>(v: &[T]) -> Vec<String> {
-        v.iter().map(|o| o.name_any()).collect()
-    }
-
-    #[test]
-    fn a_refused_configuration_keeps_the_last_good_objects_and_follows_the_rest() {
-        let mut good = LastGood::new(OnRefusal::LastConfigObjects);
-        let mut first = Objects {
-            pools: vec![pool("lab", "10.0.0.0/24")],
-            l2_advertisements: vec![L2Advertisement::new("l2", Default::default())],
-            services: vec![service("web")],
-            ..Objects::default()
-        };
-        assert_eq!(good.settle(&mut first, &[]), Ok(None));
-
-        // The pool is edited into something invalid while a Service is added.
-        let mut second = Objects {
-            pools: vec![pool("lab", "10.0.0.0/33")],
-            services: vec![service("web"), service("api")],
-            ..first.clone()
-        };
-        let why = good
-            .settle(&mut second, &[])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        assert!(
-            why.contains("IPAddressPool/lab") && why.contains("spec.addresses"),
-            "{why}"
-        );
-        assert_eq!(second.pools[0].spec.addresses, ["10.0.0.0/24"]);
-        assert_eq!(names(&second.services), ["web", "api"]);
-
-        // Fixed: the reading is taken as it is again.
-        let mut third = Objects {
-            pools: vec![pool("lab", "10.0.1.0/24")],
-            ..second.clone()
-        };
-        assert_eq!(good.settle(&mut third, &[]), Ok(None));
-        assert_eq!(third.pools[0].spec.addresses, ["10.0.1.0/24"]);
-    }
-
-    #[test]
-    fn with_nothing_good_yet_the_valid_part_is_used() {
-        let mut good = LastGood::new(OnRefusal::LastConfigObjects);
-        let mut objects = Objects {
-            pools: vec![pool("lab", "10.0.0.0/24"), pool("bad", "10.0.0.0/33")],
-            services: vec![service("web")],
-            ..Objects::default()
-        };
-        let why = good
-            .settle(&mut objects, &[])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        assert!(
-            why.contains("left out until fixed: IPAddressPool/bad"),
-            "{why}"
-        );
-        assert_eq!(names(&objects.pools), ["lab"]);
-        // What was settled this way is not remembered as good: a later invalid reading
-        // still starts from its own valid part.
-        let mut again = Objects {
-            pools: vec![pool("other", "10.9.0.0/24"), pool("bad", "10.0.0.0/33")],
-            ..Objects::default()
-        };
-        assert!(good.settle(&mut again, &[]).is_ok_and(|w| w.is_some()));
-        assert_eq!(names(&again.pools), ["other"]);
-    }
-
-    #[test]
-    fn standalone_a_refused_reading_is_dropped_whole_once_one_was_good() {
-        let mut good = LastGood::new(OnRefusal::LastReading);
-        let mut bad = Objects {
-            pools: vec![pool("lab", "10.0.0.0/24"), pool("bad", "10.0.0.0/33")],
-            ..Objects::default()
-        };
-        assert!(good.settle(&mut bad, &[]).is_ok_and(|w| w.is_some()));
-        let mut fine = Objects {
-            pools: vec![pool("lab", "10.0.0.0/24")],
-            ..Objects::default()
-        };
-        assert_eq!(good.settle(&mut fine, &[]), Ok(None));
-        let mut broken = Objects {
-            pools: vec![pool("lab", "10.0.0.0/33")],
-            ..Objects::default()
-        };
-        let err = good.settle(&mut broken, &[]).err().unwrap_or_default();
-        assert!(err.contains("IPAddressPool/lab"), "{err}");
-    }
-
-    #[test]
-    fn a_load_error_refuses_the_reading() {
-        let mut good = LastGood::new(OnRefusal::LastConfigObjects);
-        let mut first = Objects {
-            pools: vec![pool("lab", "10.0.0.0/24")],
-            ..Objects::default()
-        };
-        assert_eq!(good.settle(&mut first, &[]), Ok(None));
-        let broken = Problem::new("", "pools.yaml", "", "not YAML");
-        let mut second = Objects::default();
-        let why = good
-            .settle(&mut second, &[broken])
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        assert!(why.contains("not YAML"), "{why}");
-        assert_eq!(names(&second.pools), ["lab"]);
-    }
 }

@@ -8,9 +8,7 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, ResourceExt, api::PostParams};
 
-/// The Secret's name and key, MetalLB's.
-pub const SECRET: &str = "memberlist";
-pub const KEY: &str = "secretkey";
+pub use crate::config::memberlist::{KEY, SECRET};
 /// Bytes of key material, as many as MetalLB generates.
 const KEY_BYTES: usize = 128;
 

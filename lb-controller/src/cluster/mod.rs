@@ -13,11 +13,9 @@
 //! - Status writes carry the resourceVersion they were computed from; a 409 means the Service
 //!   changed meanwhile, and the watch brings the change that triggers the next pass.
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
-pub mod configstate;
 mod leader;
 pub mod lease;
 pub mod memberlist;
-pub mod sources;
 pub mod status;
 
 use std::{
@@ -38,9 +36,15 @@ use tokio::sync::{Notify, watch};
 pub use leader::{LEASE_NAME, Timing};
 
 use crate::{
-    config::{Problem, manifest::Objects, validate},
+    config::{
+        Problem,
+        manifest::Objects,
+        settle::{LastGood, OnRefusal, Settled},
+        validate,
+    },
+    configstate,
     metrics::{self, Metrics},
-    plan,
+    plan, sources,
 };
 
 /// How long changes are gathered before a pass.
@@ -64,7 +68,7 @@ struct Reconciler {
     metrics: Arc<Metrics>,
     recorder: Recorder,
     /// The configuration part of the last valid snapshot.
-    last_good: Option<Objects>,
+    last_good: LastGood,
     /// The pending reason last raised per Service.
     reported: BTreeMap<String, String>,
     /// The configuration problems last raised.
@@ -73,11 +77,10 @@ struct Reconciler {
     config_state: watch::Sender<Option<Vec<String>>>,
 }
 
-/// What a replica with no last good configuration allocates from: the valid part of the
-/// snapshot. A Service holding an address outside the valid part's pools (from a pool left
-/// out) is left alone, not renumbered.
-fn without_invalid(snapshot: &Objects) -> Option<Objects> {
-    let (mut part, _) = validate::valid_part(snapshot)?;
+/// When a replica allocates from the valid part of the configuration (it has no last good
+/// one), a Service holding an address outside the valid part's pools (from a pool left out)
+/// is left alone, not renumbered.
+fn leave_out_renumbered(part: &mut Objects) {
     let ranges: Vec<_> = plan::pool_defs(&part.pools)
         .into_iter()
         .flat_map(|p| p.ranges)
@@ -87,7 +90,6 @@ fn without_invalid(snapshot: &Objects) -> Option<Objects> {
             .iter()
             .all(|ip| ranges.iter().any(|r| r.contains(*ip)))
     });
-    Some(part)
 }
 
 fn reference_of(problem: &Problem, namespace: &str) -> ObjectReference {
@@ -128,17 +130,12 @@ impl Reconciler {
         let report = validate::validate(&snapshot);
         let problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         configstate::say(&self.config_state, problems.clone());
-        let objects = if report.errors.is_empty() {
+        if report.errors.is_empty() {
             self.metrics.config_applied();
             self.problems.clear();
             for w in &report.warnings {
                 tracing::debug!(problem = %w, "configuration warning");
             }
-            self.last_good = Some(Objects {
-                services: Vec::new(),
-                ..snapshot.clone()
-            });
-            snapshot
         } else {
             self.metrics.config_rejected();
             let now: BTreeSet<String> = problems.into_iter().collect();
@@ -161,20 +158,15 @@ impl Reconciler {
                 .await;
             }
             self.problems = now;
-            match &self.last_good {
-                // The old configuration, today's Services and Namespaces.
-                Some(good) => Objects {
-                    services: snapshot.services,
-                    namespaces: snapshot.namespaces,
-                    ..good.clone()
-                },
-                // Started (or took the lease) while the configuration is invalid.
-                None => match without_invalid(&snapshot) {
-                    Some(part) => part,
-                    None => return true,
-                },
-            }
-        };
+        }
+        // The old configuration objects with today's Services, or, for a replica that started
+        // (or took the lease) while the configuration is invalid, the valid part.
+        let mut objects = snapshot;
+        match self.last_good.settle(&mut objects, &[]) {
+            Ok(Settled::ValidPart(_)) => leave_out_renumbered(&mut objects),
+            Ok(Settled::Valid | Settled::LastGood(_)) => {}
+            Err(_) => return true,
+        }
         let (entries, usage) =
             plan::plan_with_usage(&objects, self.opts.lb_class.as_deref(), &BTreeMap::new());
         self.metrics.record_usage(&usage);
@@ -364,7 +356,7 @@ pub async fn run(
         opts,
         metrics,
         recorder,
-        last_good: None,
+        last_good: LastGood::new(OnRefusal::LastConfigObjects),
         reported: BTreeMap::new(),
         problems: BTreeSet::new(),
         config_state,

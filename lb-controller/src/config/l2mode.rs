@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use kube::ResourceExt;
 
-use super::{manifest::Objects, types::L2Advertisement, validate::selector_matches};
+use super::{manifest::Objects, selector::Advertisement, types::L2Advertisement};
 
 /// The annotation that chooses the Layer 2 mode.
 pub const ANNOTATION: &str = "xdplb.io/l2-mode";
@@ -58,33 +58,6 @@ pub fn annotated(annotations: &BTreeMap<String, String>) -> Option<Result<L2Mode
     annotations.get(ANNOTATION).map(|v| v.parse())
 }
 
-/// Whether `ad` covers addresses of pool `pool` (labelled `pool_labels`).
-pub fn selects_pool(
-    ad: &L2Advertisement,
-    pool: &str,
-    pool_labels: &BTreeMap<String, String>,
-) -> bool {
-    let spec = &ad.spec;
-    (spec.ip_address_pools.is_empty() && spec.ip_address_pool_selectors.is_empty())
-        || spec.ip_address_pools.iter().any(|p| p == pool)
-        || spec
-            .ip_address_pool_selectors
-            .iter()
-            .any(|s| selector_matches(s, pool_labels))
-}
-
-/// Whether `ad` covers a Service labelled `labels` (`None`: a Service not known, which only
-/// an advertisement without `serviceSelectors` covers).
-pub fn selects_service(ad: &L2Advertisement, labels: Option<&BTreeMap<String, String>>) -> bool {
-    ad.spec.service_selectors.is_empty()
-        || labels.is_some_and(|l| {
-            ad.spec
-                .service_selectors
-                .iter()
-                .any(|sel| selector_matches(sel, l))
-        })
-}
-
 /// The mode of a Service whose own annotation asks for `service` (`None`: no valid
 /// annotation) and which the advertisements `ads` cover: the Service's choice when it made
 /// one, else active-active when any of the advertisements asks for it. Invalid annotations
@@ -127,7 +100,8 @@ pub fn of_service(objects: &Objects, service: &str, pool: &str) -> Option<L2Mode
         .l2_advertisements
         .iter()
         .filter(|ad| {
-            selects_pool(ad, pool, pool_labels) && selects_service(ad, svc.map(|s| s.labels()))
+            ad.spec.selects_pool(pool, pool_labels)
+                && ad.spec.selects_service(svc.map(|s| s.labels()))
         })
         .collect();
     if ads.is_empty() {

@@ -1,12 +1,25 @@
-//! MetalLB-compatible configuration: the metallb.io types ([`types`]), reading manifests
-//! ([`manifest`]), pool addresses ([`address`]), MetalLB's validation rules ([`validate`]) and
-//! the Layer 2 mode of a Service ([`l2mode`]).
+//! MetalLB-compatible configuration.
+//!
+//! Layout, from the ground up (no module imports one above it):
+//! - [`types`]: the metallb.io types; [`crds`]: their CustomResourceDefinitions.
+//! - Value syntax, one parser each: [`address`] (pool entries), [`community`] (BGP communities).
+//! - [`selector`]: which advertisement selects which pool, node and Service.
+//! - [`manifest`]: reading YAML documents into [`manifest::Objects`]; [`memberlist`]: where the
+//!   agents' membership key lives.
+//! - [`l2mode`]: the Layer 2 mode of a Service.
+//! - [`rules`] (the cross-object rules) and, above them, [`validate`]: MetalLB's validation as
+//!   a [`Report`] of [`Problem`]s.
+//! - [`settle`]: what to act on when validation refuses a reading.
 
 pub mod address;
+pub mod community;
 pub mod crds;
 pub mod l2mode;
 pub mod manifest;
+pub mod memberlist;
 pub mod rules;
+pub mod selector;
+pub mod settle;
 pub mod types;
 pub mod validate;
 
@@ -43,5 +56,35 @@ impl std::fmt::Display for Problem {
             "{}/{}: {}: {}",
             self.kind, self.name, self.field, self.reason
         )
+    }
+}
+
+/// What validation found: errors make the configuration invalid; warnings (references to
+/// pools or peers that do not exist, which MetalLB accepts) do not.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
+}
+
+impl Report {
+    pub fn error(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.errors.push(Problem::new(kind, name, field, reason));
+    }
+
+    pub fn warning(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.warnings.push(Problem::new(kind, name, field, reason));
     }
 }

@@ -9,10 +9,7 @@ use std::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use super::{
-    manifest::Objects,
-    validate::{Report, selector_matches},
-};
+use super::{Report, manifest::Objects, selector};
 
 /// Selector syntax: known operators, values where required and absent where not, no duplicate
 /// values, and no selector listed twice.
@@ -20,7 +17,7 @@ pub fn selectors(kind: &str, name: &str, field: &str, list: &[LabelSelector], re
     let mut seen = Vec::new();
     for (i, sel) in list.iter().enumerate() {
         if seen.contains(&sel) {
-            report.push_error(
+            report.error(
                 kind,
                 name,
                 format!("{field}[{i}]"),
@@ -44,10 +41,42 @@ pub fn selectors(kind: &str, name: &str, field: &str, list: &[LabelSelector], re
                 other => Some(format!("unknown operator {other:?}")),
             };
             if let Some(p) = problem {
-                report.push_error(kind, name, at, p);
+                report.error(kind, name, at, p);
             }
         }
     }
+}
+
+/// The selector lists and the pool list every advertisement has, in the order `validate`
+/// reports them.
+pub fn advertisement_lists(
+    kind: &str,
+    name: &str,
+    ad: &impl selector::Advertisement,
+    report: &mut Report,
+) {
+    selectors(
+        kind,
+        name,
+        "spec.ipAddressPoolSelectors",
+        ad.pool_selectors(),
+        report,
+    );
+    selectors(
+        kind,
+        name,
+        "spec.nodeSelectors",
+        ad.node_selectors(),
+        report,
+    );
+    selectors(
+        kind,
+        name,
+        "spec.serviceSelectors",
+        ad.service_selectors(),
+        report,
+    );
+    unique(kind, name, "spec.ipAddressPools", ad.pools(), report);
 }
 
 /// No entry listed twice.
@@ -55,7 +84,7 @@ pub fn unique(kind: &str, name: &str, field: &str, list: &[String], report: &mut
     let mut seen = BTreeSet::new();
     for (i, item) in list.iter().enumerate() {
         if !seen.insert(item) {
-            report.push_error(
+            report.error(
                 kind,
                 name,
                 format!("{field}[{i}]"),
@@ -85,7 +114,7 @@ pub fn timers(
         match duration(text) {
             Ok(d) => Some(d),
             Err(e) => {
-                report.push_error(KIND, name, field, e);
+                report.error(KIND, name, field, e);
                 None
             }
         }
@@ -97,7 +126,7 @@ pub fn timers(
         && !h.is_zero()
         && h < Duration::from_secs(3)
     {
-        report.push_error(
+        report.error(
             KIND,
             name,
             "spec.holdTime",
@@ -107,7 +136,7 @@ pub fn timers(
     if let Some(c) = connect_d
         && (c.subsec_nanos() != 0 || !(1..=65_535).contains(&c.as_secs()))
     {
-        report.push_error(
+        report.error(
             KIND,
             name,
             "spec.connectTime",
@@ -121,7 +150,7 @@ pub fn timers(
         (None, None) => return,
     };
     if k > h {
-        report.push_error(
+        report.error(
             KIND,
             name,
             "spec.keepaliveTime",
@@ -140,9 +169,7 @@ fn nodes(objects: &Objects, selectors: &[LabelSelector]) -> Option<BTreeSet<Stri
         objects
             .nodes
             .iter()
-            .filter(|n| {
-                selectors.is_empty() || selectors.iter().any(|s| selector_matches(s, n.labels()))
-            })
+            .filter(|n| selector::admits(selectors, n.labels()))
             .map(|n| n.name_any())
             .collect(),
     )
@@ -172,7 +199,7 @@ pub fn peers_per_node(objects: &Objects, report: &mut Report) {
             let (sa, sb) = (&a.spec, &b.spec);
             let other = format!("BGPPeer/{}", a.name_any());
             if sa.router_id != sb.router_id {
-                report.push_error(
+                report.error(
                     KIND,
                     &b.name_any(),
                     "spec.routerID",
@@ -181,7 +208,7 @@ pub fn peers_per_node(objects: &Objects, report: &mut Report) {
             }
             let same_vrf = sa.vrf == sb.vrf;
             if same_vrf && sa.my_asn != sb.my_asn {
-                report.push_error(
+                report.error(
                     KIND,
                     &b.name_any(),
                     "spec.myASN",
@@ -189,7 +216,7 @@ pub fn peers_per_node(objects: &Objects, report: &mut Report) {
                 );
             }
             if same_vrf && sa.peer_address.is_some() && sa.peer_address == sb.peer_address {
-                report.push_error(
+                report.error(
                     KIND,
                     &b.name_any(),
                     "spec.peerAddress",
@@ -226,7 +253,7 @@ pub fn ipv6_and_echo(objects: &Objects, pool_has_v6: &BTreeMap<String, bool>, re
                     .as_ref()
                     .is_some_and(|b| echo.contains(b))
             {
-                report.push_error(
+                report.error(
                     "BGPAdvertisement",
                     &ad.name_any(),
                     "spec.ipAddressPools",
@@ -266,7 +293,7 @@ pub fn local_pref_conflicts(objects: &Objects, report: &mut Report) {
                 &nodes(objects, &sb.node_selectors),
             );
             if !(aggregation_differs || peers_disjoint || nodes_disjoint) {
-                report.push_error(
+                report.error(
                     "BGPAdvertisement",
                     &b.name_any(),
                     "spec.localPref",

@@ -9,51 +9,14 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 
 use super::{
-    Problem,
+    Problem, Report,
     address::{self, AddrRange},
+    community::Community,
     manifest::Objects,
     rules,
+    selector::Advertisement,
     types::{BGPAdvertisement, DynamicAsn, IPAddressPool, v1beta2::BGPPeer},
 };
-
-/// What [`validate`] found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub errors: Vec<Problem>,
-    pub warnings: Vec<Problem>,
-}
-
-impl Report {
-    /// Records an error (for the rule modules beside this one).
-    pub fn push_error(
-        &mut self,
-        kind: &str,
-        name: &str,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
-        self.error(kind, name, field, reason);
-    }
-
-    fn error(
-        &mut self,
-        kind: &str,
-        name: &str,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
-        self.errors.push(Problem::new(kind, name, field, reason));
-    }
-    fn warning(
-        &mut self,
-        kind: &str,
-        name: &str,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
-        self.warnings.push(Problem::new(kind, name, field, reason));
-    }
-}
 
 /// The configuration without the objects that make it invalid, and the problems that left
 /// them out: what an agent starting with no last good configuration can still act on. An
@@ -145,43 +108,13 @@ fn list_rules(objects: &Objects, report: &mut Report) {
     for ad in &objects.l2_advertisements {
         let (name, s) = (ad.name_any(), &ad.spec);
         const K: &str = "L2Advertisement";
-        rules::selectors(
-            K,
-            &name,
-            "spec.ipAddressPoolSelectors",
-            &s.ip_address_pool_selectors,
-            report,
-        );
-        rules::selectors(K, &name, "spec.nodeSelectors", &s.node_selectors, report);
-        rules::selectors(
-            K,
-            &name,
-            "spec.serviceSelectors",
-            &s.service_selectors,
-            report,
-        );
-        rules::unique(K, &name, "spec.ipAddressPools", &s.ip_address_pools, report);
+        rules::advertisement_lists(K, &name, s, report);
         rules::unique(K, &name, "spec.interfaces", &s.interfaces, report);
     }
     for ad in &objects.bgp_advertisements {
         let (name, s) = (ad.name_any(), &ad.spec);
         const K: &str = "BGPAdvertisement";
-        rules::selectors(
-            K,
-            &name,
-            "spec.ipAddressPoolSelectors",
-            &s.ip_address_pool_selectors,
-            report,
-        );
-        rules::selectors(K, &name, "spec.nodeSelectors", &s.node_selectors, report);
-        rules::selectors(
-            K,
-            &name,
-            "spec.serviceSelectors",
-            &s.service_selectors,
-            report,
-        );
-        rules::unique(K, &name, "spec.ipAddressPools", &s.ip_address_pools, report);
+        rules::advertisement_lists(K, &name, s, report);
         rules::unique(K, &name, "spec.peers", &s.peers, report);
         rules::unique(K, &name, "spec.communities", &s.communities, report);
     }
@@ -298,26 +231,6 @@ fn bfd_profiles(objects: &Objects, report: &mut Report) {
     }
 }
 
-/// Why a community value is not `A:B` (16-bit each) or `large:X:Y:Z` (32-bit each), if it is not.
-pub fn community_format(value: &str) -> Option<String> {
-    if let Some(large) = value.strip_prefix("large:") {
-        let parts: Vec<&str> = large.split(':').collect();
-        if parts.len() != 3 || parts.iter().any(|p| p.parse::<u32>().is_err()) {
-            return Some(format!(
-                "{value:?} is not a large community (large:X:Y:Z, each 0..=4294967295)"
-            ));
-        }
-        return None;
-    }
-    let parts: Vec<&str> = value.split(':').collect();
-    if parts.len() != 2 || parts.iter().any(|p| p.parse::<u16>().is_err()) {
-        return Some(format!(
-            "{value:?} is not a community (A:B, each 0..=65535)"
-        ));
-    }
-    None
-}
-
 /// Community alias rules; returns the aliases.
 fn communities(objects: &Objects, report: &mut Report) -> BTreeMap<String, String> {
     const KIND: &str = "Community";
@@ -325,7 +238,7 @@ fn communities(objects: &Objects, report: &mut Report) -> BTreeMap<String, Strin
     for c in &objects.communities {
         let name = c.name_any();
         for (i, alias) in c.spec.communities.iter().enumerate() {
-            if let Some(why) = community_format(&alias.value) {
+            if let Err(why) = Community::parse(&alias.value) {
                 report.error(KIND, &name, format!("spec.communities[{i}].value"), why);
             }
             if aliases
@@ -387,18 +300,12 @@ fn bgp_advertisements(
             );
         }
         for (i, c) in s.communities.iter().enumerate() {
-            let looks_literal = c.contains(':');
-            if looks_literal {
-                if let Some(why) = community_format(c) {
-                    report.error(KIND, &name, format!("spec.communities[{i}]"), why);
-                }
-            } else if !aliases.contains_key(c) {
-                report.error(
-                    KIND,
-                    &name,
-                    format!("spec.communities[{i}]"),
-                    format!("{c:?} is neither a community value nor a Community alias"),
-                );
+            // A bad alias value is reported on its Community object, not again here.
+            if !c.contains(':') && aliases.contains_key(c) {
+                continue;
+            }
+            if let Err(why) = Community::resolve(c, aliases) {
+                report.error(KIND, &name, format!("spec.communities[{i}]"), why);
             }
         }
         for (i, pool) in s.ip_address_pools.iter().enumerate() {
@@ -437,17 +344,9 @@ fn aggregation_fits(
     report: &mut Report,
 ) {
     let name = ad.name_any();
-    let selected = pools.iter().filter(|p| {
-        let by_name = ad.spec.ip_address_pools.contains(&p.name_any());
-        let all =
-            ad.spec.ip_address_pools.is_empty() && ad.spec.ip_address_pool_selectors.is_empty();
-        let by_label = ad
-            .spec
-            .ip_address_pool_selectors
-            .iter()
-            .any(|sel| selector_matches(sel, p.labels()));
-        by_name || all || by_label
-    });
+    let selected = pools
+        .iter()
+        .filter(|p| ad.spec.selects_pool(&p.name_any(), p.labels()));
     for pool in selected {
         let pool_name = pool.name_any();
         let nets: Vec<IpNet> = ranges
@@ -478,29 +377,6 @@ fn aggregation_fits(
             }
         }
     }
-}
-
-/// Whether `labels` satisfy the selector's `matchLabels` and `matchExpressions`.
-pub fn selector_matches(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let by_labels = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_exprs = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    });
-    by_labels && by_exprs
 }
 
 fn l2_advertisements(objects: &Objects, report: &mut Report) {
@@ -799,10 +675,10 @@ mod tests {
 
     #[test]
     fn communities_must_be_values_or_defined_aliases() {
-        assert_eq!(community_format("65000:100"), None);
-        assert_eq!(community_format("large:4200000000:1:2"), None);
-        assert!(community_format("65536:1").is_some());
-        assert!(community_format("large:1:2").is_some());
+        assert!(Community::parse("65000:100").is_ok());
+        assert!(Community::parse("large:4200000000:1:2").is_ok());
+        assert!(Community::parse("65536:1").is_err());
+        assert!(Community::parse("large:1:2").is_err());
         let yaml = r#"
 apiVersion: metallb.io/v1beta1
 kind: Community

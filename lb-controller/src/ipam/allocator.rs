@@ -107,19 +107,10 @@ pub struct Restriction {
 impl Restriction {
     /// MetalLB: every kind of restriction that is set must match.
     fn admits(&self, req: &Request) -> bool {
-        use crate::config::validate::selector_matches;
+        use crate::config::selector::admits;
         let ns = self.namespaces.is_empty() || self.namespaces.contains(&req.namespace);
-        let ns_sel = self.namespace_selectors.is_empty()
-            || self
-                .namespace_selectors
-                .iter()
-                .any(|s| selector_matches(s, &req.namespace_labels));
-        let svc_sel = self.service_selectors.is_empty()
-            || self
-                .service_selectors
-                .iter()
-                .any(|s| selector_matches(s, &req.labels));
-        ns && ns_sel && svc_sel
+        ns && admits(&self.namespace_selectors, &req.namespace_labels)
+            && admits(&self.service_selectors, &req.labels)
     }
 }
 

@@ -1,6 +1,6 @@
-//! The controller's view of the cluster: one reflector per kind it reads. The metallb.io
-//! objects and Secrets are read in the controller's own namespace (as MetalLB does), Services,
-//! Namespaces and Nodes cluster-wide. Every change wakes the reconcile loop.
+//! The cluster as the controller and the agents read it: one reflector per kind. The metallb.io
+//! objects and Secrets are read in the installation's namespace (as MetalLB does), Services,
+//! Namespaces and Nodes cluster-wide. Every change wakes the reader's loop.
 use std::{fmt::Debug, hash::Hash, sync::Arc};
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
