@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_agent::{l2::maps::addr_key, slots::SlotTable};
+use lb_agent::{election::slots::SlotTable, l2::maps::addr_key};
 use lb_common::requester_slot;
 
 use crate::{

@@ -17,7 +17,8 @@ use lb_agent::l2::{
     responder::{self, Outcome, VipLookup},
 };
 use lb_common::{
-    Counter, PROG_XDP_L2, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipValue, requester_slot,
+    Counter, PROG_XDP_L2, SlotBits, VIP_FLAG_ACTIVE_ACTIVE, VIP_FLAG_LEASED, VipValue,
+    requester_slot,
 };
 
 /// `BPF_PROG_TEST_RUN` delivers frames on the loopback device's queue: ifindex 1.
@@ -640,7 +641,7 @@ fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_rec
             addr,
             ifindex: LO,
             mac: OWNER_MAC,
-            flags: VIP_FLAG_SPREAD,
+            flags: VIP_FLAG_ACTIVE_ACTIVE,
         })
         .collect();
     let mut h = Harness::with(&shared, &slots);

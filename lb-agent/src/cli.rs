@@ -7,18 +7,19 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use lb_common::{Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, SLOTS, VIP_FLAG_LEASED, VIP_FLAG_SPREAD};
+use clap::{Parser, Subcommand};
+use lb_common::{
+    Counter, DEFAULT_BPFFS, LINK_PIN_PREFIX, SLOTS, VIP_FLAG_ACTIVE_ACTIVE, VIP_FLAG_LEASED,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 use crate::l2::{
     afpacket::PacketSocket,
     announce,
-    datapath::XdpModes,
     iface::{self, Interface},
     maps::{VipEntry, VipMaps, monotonic_ns},
-    responders::{Choice, Responders},
+    responders::{Mode, Responders},
     vipdev,
 };
 
@@ -42,21 +43,6 @@ pub enum Command {
     /// Run as a node of a group (standalone: a configuration directory and UDP heartbeats):
     /// announce the VIPs this node is elected for, take over when a peer dies.
     Run(Box<crate::run::RunArgs>),
-}
-
-/// How ARP/NDP is answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    /// XDP (native, then generic), else the AF_PACKET responder.
-    Auto,
-    /// XDP, native then generic; fail if neither attaches.
-    Xdp,
-    /// XDP in driver mode only.
-    XdpNative,
-    /// XDP in generic (SKB) mode only.
-    XdpGeneric,
-    /// The userspace AF_PACKET responder.
-    Afpacket,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,17 +91,6 @@ fn log_level() -> u8 {
         LevelFilter::WARN => 2,
         LevelFilter::ERROR => 1,
         _ => 0,
-    }
-}
-
-/// Which responders a `--mode` asks for.
-pub(crate) fn choice(mode: Mode) -> Choice {
-    match mode {
-        Mode::Auto => Choice::Auto,
-        Mode::Afpacket => Choice::AfPacket,
-        Mode::Xdp => Choice::Xdp(XdpModes::NativeThenGeneric),
-        Mode::XdpNative => Choice::Xdp(XdpModes::NativeOnly),
-        Mode::XdpGeneric => Choice::Xdp(XdpModes::GenericOnly),
     }
 }
 
@@ -176,7 +151,7 @@ async fn announce(args: AnnounceArgs) -> anyhow::Result<()> {
     };
 
     let mut responders =
-        Responders::start(&args.bpffs, &ifaces, choice(args.mode), log_level(), false)
+        Responders::start(&args.bpffs, &ifaces, args.mode.into(), log_level(), false)
             .context("starting the ARP/NDP responders")?;
     if let Some(logger) = responders.take_logger() {
         spawn_log_reader(logger);
@@ -280,11 +255,14 @@ pub fn render_maps(bpffs: &Path) -> anyhow::Result<String> {
     writeln!(out, "{:<40} {:<20} {:<18} FLAGS", "VIP", "INTERFACE", "MAC")?;
     for e in &entries {
         let ifname = iface::name_of(e.ifindex).unwrap_or_else(|| "?".to_owned());
-        let named: Vec<&str> = [(VIP_FLAG_LEASED, "leased"), (VIP_FLAG_SPREAD, "shared")]
-            .into_iter()
-            .filter(|(bit, _)| e.flags & bit != 0)
-            .map(|(_, name)| name)
-            .collect();
+        let named: Vec<&str> = [
+            (VIP_FLAG_LEASED, "leased"),
+            (VIP_FLAG_ACTIVE_ACTIVE, "shared"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| e.flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
         let flags = if named.is_empty() {
             "-".to_owned()
         } else {

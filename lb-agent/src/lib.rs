@@ -6,27 +6,28 @@
 //!   ([`l2::responder`], driven over AF_PACKET by [`l2::afpacket`]), gratuitous ARP and
 //!   unsolicited NA ([`l2::announce`]), and the `xdplb0` interface that makes a VIP local on
 //!   plain hosts ([`l2::vipdev`]).
-//! - [`election`]: which node announces a VIP (MetalLB's rule), pure; [`slots`]: which node
-//!   answers which requesters of an active-active VIP, pure.
-//! - [`membership`]: which agents are alive, from heartbeats; the failure detector is pure.
-//! - [`desired`]: what this node announces, from the configuration, the allocations and the
-//!   alive set, pure.
-//! - [`run`]: `lb-agent run`, the standalone agent loop; [`source`] reads its configuration
-//!   directory off that loop; [`metrics`] is what it exports.
-//! - [`statuses`]: MetalLB's ServiceL2Status and ServiceBGPStatus objects, in a cluster.
+//! - [`inputs`]: the part of a configuration snapshot the planners read, built by [`source`]
+//!   (a directory, or the API server) off the agent's loop.
+//! - [`election`]: who announces a VIP at Layer 2 (MetalLB's rule, or active-active slots) and
+//!   when the maps follow (the hand-over), pure.
+//! - [`membership`]: which agents are alive, from heartbeats; the failure detector is pure,
+//!   its UDP edge is [`membership::driver`].
+//! - [`run`]: `lb-agent run`, the driver that wires the pieces and moves events between them;
+//!   [`metrics`] is what it exports; [`statuses`] reports to the API server in a cluster
+//!   (ServiceL2Status, ServiceBGPStatus, Events, ConfigurationState).
 //! - [`bgp`]: the BGP speaker, from its wire codec up; [`bfd`] guards its sessions.
 //! - [`cli`]: the subcommands of the `lb-agent` binary.
 
 pub mod bfd;
 pub mod bgp;
 pub mod cli;
-pub mod desired;
 pub mod election;
+pub mod heap;
+pub mod inputs;
 pub mod l2;
 pub mod membership;
 pub mod metrics;
 pub mod run;
-pub mod slots;
 pub mod source;
 pub mod statuses;
 

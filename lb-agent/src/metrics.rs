@@ -29,6 +29,7 @@ use prometheus_client::{
 use crate::bfd::service::BfdMetrics;
 use crate::bgp::speaker::BgpMetrics;
 use crate::l2::maps::VipMaps;
+use crate::membership::Rejected;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct IpLabel {
@@ -48,27 +49,6 @@ pub struct CounterLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabel {
     pub mode: String,
-}
-
-/// Why a heartbeat was not taken into account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejected {
-    /// Not a heartbeat, truncated, or of another version.
-    Malformed,
-    /// The HMAC does not verify: another secret, or altered in flight.
-    Auth,
-    /// Not newer than the last one accepted from that node.
-    Replay,
-}
-
-impl Rejected {
-    pub fn label(self) -> &'static str {
-        match self {
-            Rejected::Malformed => "malformed",
-            Rejected::Auth => "auth",
-            Rejected::Replay => "replay",
-        }
-    }
 }
 
 /// Every metric the agent exports.

@@ -27,6 +27,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::warn;
 
+use crate::{election::Announcement, l2::iface::Interface};
+
 pub const LABEL_NODE: &str = "metallb.io/node";
 pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
 pub const LABEL_SERVICE_NAMESPACE: &str = "metallb.io/service-namespace";
@@ -225,4 +227,189 @@ pub fn spawn<K: StatusKind>(
             }
         }
     });
+}
+
+/// Everything this agent tells the API server about itself, in a cluster: MetalLB's
+/// `nodeAssigned` Events, the ServiceL2Status and ServiceBGPStatus objects and the node's
+/// ConfigurationState. Standalone there is no client and every method does nothing. Writes
+/// happen on tasks of their own: the agent's loop never waits for the API server.
+pub struct Reporter {
+    inner: Option<Cluster>,
+}
+
+struct Cluster {
+    client: Client,
+    namespace: String,
+    node: String,
+    recorder: kube::runtime::events::Recorder,
+    l2: watch::Sender<Wanted>,
+    bgp: watch::Sender<Wanted>,
+    config_state: watch::Sender<Option<Vec<String>>>,
+    /// The Services advertised over BGP at the last report (Events go to the new ones).
+    bgp_assigned: BTreeSet<String>,
+}
+
+impl Reporter {
+    /// Starts the status tasks; `None` standalone.
+    pub fn start(client: Option<&Client>, namespace: &str, node: &str, pod: Option<Pod>) -> Self {
+        let inner = client.map(|c| {
+            let task = |kind: fn(Client, String, String, Option<Pod>, watch::Receiver<Wanted>)| {
+                let (tx, rx) = watch::channel(Wanted::new());
+                kind(c.clone(), namespace.into(), node.into(), pod.clone(), rx);
+                tx
+            };
+            let (config_state, rx) = watch::channel(None);
+            lb_controller::configstate::spawn(
+                c.clone(),
+                lb_controller::configstate::Reporter::speaker(
+                    namespace,
+                    node,
+                    pod.as_ref().map(Pod::owner),
+                ),
+                rx,
+            );
+            Cluster {
+                client: c.clone(),
+                namespace: namespace.into(),
+                node: node.into(),
+                recorder: kube::runtime::events::Recorder::new(
+                    c.clone(),
+                    kube::runtime::events::Reporter {
+                        controller: "xdplb-agent".into(),
+                        instance: Some(node.into()),
+                    },
+                ),
+                l2: task(spawn::<ServiceL2Status>),
+                bgp: task(spawn::<ServiceBGPStatus>),
+                config_state,
+                bgp_assigned: BTreeSet::new(),
+            }
+        });
+        Self { inner }
+    }
+
+    /// The node's ConfigurationState: valid without problems, else invalid with them.
+    pub fn configuration(&self, problems: Vec<String>) {
+        if let Some(c) = &self.inner {
+            lb_controller::configstate::say(&c.config_state, problems);
+        }
+    }
+
+    /// The Services this node advertises over BGP, each with its peers: the ServiceBGPStatus
+    /// objects, and a `nodeAssigned` Event on each Service new in the set.
+    pub fn bgp(&mut self, services: &Wanted) {
+        let Some(c) = &mut self.inner else {
+            return;
+        };
+        c.bgp.send_if_modified(|w| {
+            let changed = w != services;
+            w.clone_from(services);
+            changed
+        });
+        let now: BTreeSet<String> = services.keys().cloned().collect();
+        let fresh: BTreeSet<String> = now.difference(&c.bgp_assigned).cloned().collect();
+        if !fresh.is_empty() {
+            tokio::spawn(node_assigned(
+                c.recorder.clone(),
+                fresh,
+                c.node.clone(),
+                "bgp",
+            ));
+        }
+        c.bgp_assigned = now;
+    }
+
+    /// The VIPs this node announces at Layer 2 on `ifaces` (the ServiceL2Status objects: each
+    /// Service with its interfaces), and those it just started announcing (`gained`: a
+    /// `nodeAssigned` Event on each of their Services).
+    pub fn layer2(
+        &self,
+        announced: &BTreeSet<Announcement>,
+        gained: &BTreeSet<Announcement>,
+        ifaces: &[Interface],
+    ) {
+        let Some(c) = &self.inner else {
+            return;
+        };
+        let mut services = Wanted::new();
+        for a in announced {
+            let names = services.entry(a.service.clone()).or_default();
+            if a.interfaces.is_empty() {
+                names.extend(ifaces.iter().map(|i| i.name.clone()));
+            } else {
+                names.extend(a.interfaces.iter().cloned());
+            }
+        }
+        let gained: BTreeSet<String> = gained.iter().map(|a| a.service.clone()).collect();
+        if !gained.is_empty() {
+            tokio::spawn(node_assigned(
+                c.recorder.clone(),
+                gained,
+                c.node.clone(),
+                "layer2",
+            ));
+        }
+        c.l2.send_replace(services);
+    }
+
+    /// At shutdown: this node announces nothing any more, so its status objects go too.
+    pub async fn clear(self) {
+        let Some(c) = self.inner else {
+            return;
+        };
+        drop((c.l2, c.bgp));
+        clear::<ServiceL2Status>(&c.client, &c.namespace, &c.node).await;
+        clear::<ServiceBGPStatus>(&c.client, &c.namespace, &c.node).await;
+    }
+}
+
+/// MetalLB's `nodeAssigned` Event on each Service this node started announcing.
+async fn node_assigned(
+    recorder: kube::runtime::events::Recorder,
+    services: BTreeSet<String>,
+    node: String,
+    protocol: &'static str,
+) {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use kube::runtime::events::{Event, EventType};
+    for service in services {
+        let Some((namespace, name)) = service.split_once('/') else {
+            continue;
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "nodeAssigned".into(),
+            note: Some(format!(
+                "announcing from node {node:?} with protocol {protocol:?}"
+            )),
+            action: "Announce".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            warn!(%service, error = %e, "cannot record the nodeAssigned Event");
+        }
+    }
+}
+
+/// Deletes this node's status objects of kind `K`, giving up after 2 s.
+async fn clear<K: StatusKind>(client: &Client, namespace: &str, node: &str) {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let cleared = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sync(&api, node, None, &Wanted::new()),
+    )
+    .await;
+    if !matches!(cleared, Ok(Ok(()))) {
+        warn!(
+            kind = K::KIND,
+            "could not delete this node's status objects"
+        );
+    }
 }

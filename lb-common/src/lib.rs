@@ -49,7 +49,7 @@ pub const VIP_FLAG_LEASED: u16 = 1;
 /// The VIP is answered by several nodes, each for the requesters whose [`requester_slot`] is
 /// set in the VIP's [`SlotBits`] in [`MAP_SLOTS`] (active-active Layer 2). Without a table
 /// the VIP is not answered: a half-written configuration must not make every node answer.
-pub const VIP_FLAG_SPREAD: u16 = 2;
+pub const VIP_FLAG_ACTIVE_ACTIVE: u16 = 2;
 
 /// Slots of an active-active VIP's table. A power of two, so a slot is the low bits of a hash.
 pub const SLOTS: u32 = 4096;

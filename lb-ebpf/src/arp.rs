@@ -3,7 +3,7 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::debug;
-use lb_common::{Counter, VIP_FLAG_SPREAD, Vip4Key, VipStatsKey};
+use lb_common::{Counter, VIP_FLAG_ACTIVE_ACTIVE, Vip4Key, VipStatsKey};
 
 use crate::{
     hdr::{self, Arp, Eth},
@@ -61,7 +61,7 @@ pub fn handle<const L3: usize>(ctx: &XdpContext, tally: &mut Tally) -> Verdict {
         return Verdict::Pass;
     }
     let stats = VipStatsKey::v4(key.addr);
-    if value.flags & VIP_FLAG_SPREAD != 0 {
+    if value.flags & VIP_FLAG_ACTIVE_ACTIVE != 0 {
         let Some(asker) = asker() else {
             return Verdict::Pass;
         };

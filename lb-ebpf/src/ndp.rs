@@ -3,7 +3,7 @@ use aya_ebpf::{
     helpers::{bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
     programs::XdpContext,
 };
-use lb_common::{Counter, VIP_FLAG_SPREAD, Vip6Key, VipStatsKey};
+use lb_common::{Counter, VIP_FLAG_ACTIVE_ACTIVE, Vip6Key, VipStatsKey};
 
 use crate::{
     csum,
@@ -155,7 +155,7 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut T
         return Verdict::Pass;
     }
     let stats = VipStatsKey { addr: target };
-    if value.flags & VIP_FLAG_SPREAD != 0 {
+    if value.flags & VIP_FLAG_ACTIVE_ACTIVE != 0 {
         let Some(asker) = asker() else {
             return Verdict::Pass;
         };

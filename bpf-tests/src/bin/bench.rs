@@ -407,7 +407,7 @@ fn live_cost() -> Result<(f64, f64)> {
         maps.apply(
             &[
                 entry(frames::VIP4, 0),
-                entry(SHARED_VIP4, lb_common::VIP_FLAG_SPREAD),
+                entry(SHARED_VIP4, lb_common::VIP_FLAG_ACTIVE_ACTIVE),
             ],
             &shared_slots(),
         )
@@ -533,7 +533,7 @@ fn program_cost() -> Result<Cost> {
                 addr: SHARED_VIP4.into(),
                 ifindex: 1,
                 mac: frames::OWNER_MAC,
-                flags: lb_common::VIP_FLAG_SPREAD,
+                flags: lb_common::VIP_FLAG_ACTIVE_ACTIVE,
             },
         ],
         // This node holds the client's slot, so the shared request is answered too.

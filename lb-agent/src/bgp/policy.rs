@@ -25,7 +25,7 @@ use lb_controller::{
 
 use super::rib_out::{RouteAttrs, Routes};
 use super::session::{PeerAs, Settings};
-use crate::desired::{EXCLUDE_LABEL, Inputs};
+use crate::inputs::{EXCLUDE_LABEL, Inputs};
 
 /// MetalLB's defaults.
 const HOLD_TIME: u16 = 90;

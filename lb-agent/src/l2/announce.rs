@@ -93,6 +93,15 @@ pub struct Held {
 }
 
 impl Held {
+    /// Holding `vips`, of which those with a table in `slots` only for those slots.
+    pub fn new(vips: impl IntoIterator<Item = IpAddr>, slots: BTreeMap<IpAddr, SlotBits>) -> Self {
+        let whole = vips
+            .into_iter()
+            .filter(|v| !slots.contains_key(v))
+            .collect();
+        Self { whole, slots }
+    }
+
     /// Whether the notice's slot is still this node's.
     pub fn holds(&self, n: &Notice) -> bool {
         self.slots.get(&n.vip).is_some_and(|b| b.contains(n.slot))
@@ -128,4 +137,35 @@ pub fn send_notices(
         |n| (n.ifindex, n.vip, n.frame.clone()),
         on_sent,
     )
+}
+
+/// Sends `burst` (VIPs taken whole) and `notices` (clients of slots taken over) on the
+/// [`SCHEDULE`], from a task of its own. Each round sends only what `held` still holds: a
+/// repeat for a VIP (or slot) handed on since would pull its clients back. `on_sent` is called
+/// with the VIP of each frame that went out.
+pub fn spawn(
+    sockets: std::sync::Arc<Vec<(u32, PacketSocket)>>,
+    burst: Vec<VipEntry>,
+    notices: Vec<Notice>,
+    mut held: tokio::sync::watch::Receiver<Held>,
+    on_sent: impl Fn(IpAddr) + Send + 'static,
+) {
+    if burst.is_empty() && notices.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for at in SCHEDULE {
+            tokio::time::sleep_until(start + at).await;
+            let now = held.borrow_and_update().clone();
+            let burst: Vec<VipEntry> = burst
+                .iter()
+                .filter(|e| now.whole.contains(&e.addr))
+                .copied()
+                .collect();
+            let notices: Vec<Notice> = notices.iter().filter(|n| now.holds(n)).cloned().collect();
+            send_round(&sockets, &burst, |e| on_sent(e.addr));
+            send_notices(&sockets, &notices, |n| on_sent(n.vip));
+        }
+    });
 }

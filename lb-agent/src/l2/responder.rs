@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::checksum::Sum16BitWords;
 use lb_common::{
-    ClientKey, ClientValue, Counter, SlotBits, VIP_FLAG_LEASED, VIP_FLAG_SPREAD, VipStatsKey,
-    VipValue, requester_slot,
+    ClientKey, ClientValue, Counter, SlotBits, VIP_FLAG_ACTIVE_ACTIVE, VIP_FLAG_LEASED,
+    VipStatsKey, VipValue, requester_slot,
 };
 
 const ETH_LEN: usize = 14;
@@ -143,10 +143,10 @@ fn slot_ok(
     ctx: &mut Ctx,
 ) -> bool {
     let (vip, requester) = (&asker.0.vip, &asker.0.client);
-    if value.flags & VIP_FLAG_SPREAD != 0 && record {
+    if value.flags & VIP_FLAG_ACTIVE_ACTIVE != 0 && record {
         ctx.asker = Some(asker);
     }
-    if value.flags & VIP_FLAG_SPREAD == 0
+    if value.flags & VIP_FLAG_ACTIVE_ACTIVE == 0
         || vips
             .slots(vip)
             .is_some_and(|b| b.contains(requester_slot(vip, requester)))

@@ -16,7 +16,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use lb_common::{SlotBits, VIP_FLAG_LEASED};
+use lb_common::{SlotBits, VIP_FLAG_ACTIVE_ACTIVE, VIP_FLAG_LEASED};
 use tracing::{info, warn};
 
 use super::{
@@ -26,6 +26,62 @@ use super::{
     iface::Interface,
     maps::{ApplyStats, Client, VipEntry, VipMaps, monotonic_ns},
 };
+use crate::election::Announcement;
+
+/// How ARP/NDP is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// XDP (native, then generic), else the AF_PACKET responder.
+    Auto,
+    /// XDP, native then generic; fail if neither attaches.
+    Xdp,
+    /// XDP in driver mode only.
+    XdpNative,
+    /// XDP in generic (SKB) mode only.
+    XdpGeneric,
+    /// The userspace AF_PACKET responder.
+    Afpacket,
+}
+
+impl From<Mode> for Choice {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Auto => Choice::Auto,
+            Mode::Afpacket => Choice::AfPacket,
+            Mode::Xdp => Choice::Xdp(XdpModes::NativeThenGeneric),
+            Mode::XdpNative => Choice::Xdp(XdpModes::NativeOnly),
+            Mode::XdpGeneric => Choice::Xdp(XdpModes::GenericOnly),
+        }
+    }
+}
+
+/// The map entries that answer for `announced` on `ifaces`: one per VIP and interface it is
+/// announced on; the VIPs in `active_active` are flagged so.
+pub fn entries<'a>(
+    announced: impl IntoIterator<Item = &'a Announcement>,
+    ifaces: &[Interface],
+    active_active: &BTreeMap<IpAddr, SlotBits>,
+) -> Vec<VipEntry> {
+    announced
+        .into_iter()
+        .flat_map(|a| {
+            let flags = if active_active.contains_key(&a.vip) {
+                VIP_FLAG_ACTIVE_ACTIVE
+            } else {
+                0
+            };
+            ifaces
+                .iter()
+                .filter(|i| a.interfaces.is_empty() || a.interfaces.contains(&i.name))
+                .map(move |i| VipEntry {
+                    addr: a.vip,
+                    ifindex: i.index,
+                    mac: i.mac,
+                    flags,
+                })
+        })
+        .collect()
+}
 
 /// Which responders to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +213,26 @@ impl Responders {
         }
         out.sort();
         out
+    }
+
+    /// The notices telling the recorded clients of the slots `took` (per active-active VIP)
+    /// where their VIP is now: at the MAC of the interface each was heard on.
+    pub fn notices(
+        &self,
+        took: &BTreeMap<IpAddr, SlotBits>,
+        ifaces: &[Interface],
+    ) -> Vec<super::announce::Notice> {
+        if took.is_empty() {
+            return Vec::new();
+        }
+        self.clients()
+            .iter()
+            .filter(|c| took.get(&c.vip).is_some_and(|g| g.contains(c.slot())))
+            .filter_map(|c| {
+                let iface = ifaces.iter().find(|i| i.index == c.ifindex)?;
+                super::announce::notice(c, iface.mac)
+            })
+            .collect()
     }
 
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).

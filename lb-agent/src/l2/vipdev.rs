@@ -206,3 +206,55 @@ pub async fn discover(handle: &Handle) -> Result<Vec<String>, L2Error> {
     names.sort();
     Ok(names)
 }
+
+/// `xdplb0` while the agent runs: it holds what this node answers for, so the host accepts
+/// the VIPs' traffic. A task of its own keeps the addresses: with thousands of VIPs a sync
+/// takes long enough to delay heartbeats, and only the latest wanted set matters.
+pub struct Local {
+    handle: Handle,
+    index: u32,
+    wanted: tokio::sync::watch::Sender<BTreeSet<IpAddr>>,
+}
+
+impl Local {
+    /// Creates `xdplb0` if needed, and stops `ifaces` answering ARP for it.
+    pub async fn start(ifaces: &[super::iface::Interface]) -> Result<Self, L2Error> {
+        let handle = connect()?;
+        let index = ensure(&handle).await?;
+        for iface in ifaces {
+            quiet_arp(&iface.name)?;
+        }
+        let (wanted, mut rx) = tokio::sync::watch::channel(BTreeSet::<IpAddr>::new());
+        let task = handle.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let vips = rx.borrow_and_update().clone();
+                if let Err(e) = sync(&task, index, &vips).await {
+                    tracing::warn!(error = %e, "cannot update xdplb0");
+                }
+                crate::heap::trim_heap();
+            }
+        });
+        Ok(Self {
+            handle,
+            index,
+            wanted,
+        })
+    }
+
+    /// Makes `xdplb0` hold exactly `vips` (soon).
+    pub fn hold(&self, vips: BTreeSet<IpAddr>) {
+        self.wanted.send_if_modified(|current| {
+            let changed = *current != vips;
+            *current = vips;
+            changed
+        });
+    }
+
+    /// Takes every address off `xdplb0`, and the device away when nothing else uses it.
+    pub async fn remove(self) -> Result<(), L2Error> {
+        drop(self.wanted);
+        sync(&self.handle, self.index, &BTreeSet::new()).await?;
+        remove_if_empty(&self.handle).await
+    }
+}

@@ -130,6 +130,65 @@ impl Default for Detector {
     }
 }
 
+/// What changed in the alive set since the last look ([`Changes::look`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    /// The alive peers and this node.
+    pub alive: BTreeSet<String>,
+    /// Whether `alive` differs from the last look.
+    pub changed: bool,
+    /// A peer came back in the same run (epoch) it was lost in: it lived through a partition,
+    /// and believing this node dead it may have told this node's clients to go to it. A peer
+    /// that restarted told no one anything.
+    pub rejoined: bool,
+    /// For each peer that died silently (not a goodbye) since the last look, how long the
+    /// silence lasted until now: the detection time.
+    pub detected: Vec<Duration>,
+}
+
+/// Follows the alive set from look to look.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    last_alive: BTreeSet<String>,
+    /// The run (epoch) each lost peer was in when it was lost.
+    lost_in: BTreeMap<String, u64>,
+}
+
+impl Changes {
+    /// The alive set at `now` (with `me`, always alive to itself), and how it changed.
+    pub fn look(&mut self, detector: &Detector, me: &str, now: Instant) -> View {
+        let mut alive = detector.alive(now);
+        alive.insert(me.to_owned());
+        let mut view = View {
+            changed: alive != self.last_alive,
+            ..View::default()
+        };
+        if view.changed {
+            for back in alive.difference(&self.last_alive) {
+                if let (Some(lost), Some(current)) =
+                    (self.lost_in.remove(back), detector.epoch(back))
+                {
+                    view.rejoined |= lost == current;
+                }
+            }
+            for gone in self.last_alive.difference(&alive) {
+                if let Some(epoch) = detector.epoch(gone) {
+                    self.lost_in.insert(gone.clone(), epoch);
+                }
+                if let Some(heard) = detector.last_heard(gone) {
+                    let silence = now.saturating_duration_since(heard);
+                    if silence >= detector.timeout {
+                        view.detected.push(silence);
+                    }
+                }
+            }
+            self.last_alive.clone_from(&alive);
+        }
+        view.alive = alive;
+        view
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +323,45 @@ mod tests {
         d.heard("n1", 1, 1, Phase::Joining, Some(t0 + 5_000 * MS), t0);
         assert!(d.alive(t0 + MS).is_empty());
         assert_eq!(d.next_deadline(t0), None);
+    }
+
+    #[test]
+    fn a_peer_back_in_the_run_it_was_lost_in_rejoined_and_a_restarted_one_did_not() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        let mut c = Changes::default();
+        d.heard("b", 1, 1, Phase::Active, None, t0);
+        d.heard("c", 1, 1, Phase::Active, None, t0);
+        let first = c.look(&d, "a", t0);
+        assert!(first.changed && !first.rejoined);
+        assert_eq!(first.alive.len(), 3);
+        assert!(!c.look(&d, "a", t0 + 10 * MS).changed);
+
+        // Both fall silent; the loss is seen 150 ms after the last heartbeat.
+        let lost = c.look(&d, "a", t0 + 150 * MS);
+        assert!(lost.changed);
+        assert_eq!(lost.alive, BTreeSet::from(["a".to_owned()]));
+        assert_eq!(lost.detected, vec![150 * MS, 150 * MS]);
+
+        // b comes back in the same run (a partition healed); c restarted (a new epoch).
+        d.heard("c", 2, 1, Phase::Active, None, t0 + 200 * MS);
+        let restarted = c.look(&d, "a", t0 + 200 * MS);
+        assert!(restarted.changed && !restarted.rejoined);
+        d.heard("b", 1, 2, Phase::Active, None, t0 + 210 * MS);
+        let healed = c.look(&d, "a", t0 + 210 * MS);
+        assert!(healed.changed && healed.rejoined);
+        assert!(healed.detected.is_empty());
+    }
+
+    #[test]
+    fn a_goodbye_is_not_a_detection() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * MS);
+        let mut c = Changes::default();
+        d.heard("b", 1, 1, Phase::Active, None, t0);
+        c.look(&d, "a", t0);
+        d.heard("b", 1, 2, Phase::Leaving, None, t0 + 20 * MS);
+        let view = c.look(&d, "a", t0 + 20 * MS);
+        assert!(view.changed && view.detected.is_empty());
     }
 }

@@ -1,10 +1,32 @@
 //! Agent membership: who is alive, from UDP heartbeats between agents.
 //!
 //! Layout:
-//! - [`detector`]: the pure failure detector (time passed in).
+//! - [`detector`]: the pure failure detector (time passed in), and what changed between two
+//!   looks at it.
 //! - [`heartbeat`]: the wire format, authenticated with HMAC-SHA256.
-//!
-//! The UDP driver is the agent loop in [`crate::run`].
+//! - [`driver`]: the UDP edge: sends this agent's heartbeats, receives and checks the peers'.
 
 pub mod detector;
+pub mod driver;
 pub mod heartbeat;
+
+/// Why a heartbeat was not taken into account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a heartbeat, truncated, or of another version.
+    Malformed,
+    /// The HMAC does not verify: another secret, or altered in flight.
+    Auth,
+    /// Not newer than the last one accepted from that node.
+    Replay,
+}
+
+impl Rejected {
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::Auth => "auth",
+            Rejected::Replay => "replay",
+        }
+    }
+}

@@ -27,8 +27,9 @@ use lb_controller::{
 };
 use tokio::sync::{Notify, mpsc};
 
-use super::{Config, peers, relocate, trim_heap};
-use crate::desired::Inputs;
+use super::{Config, peers};
+use crate::heap::{relocate, trim_heap};
+use crate::inputs::Inputs;
 
 /// MetalLB's membership Secret and its key.
 pub use lb_controller::config::memberlist::{KEY as MEMBERLIST_KEY, SECRET as MEMBERLIST_SECRET};

@@ -1,6 +1,14 @@
-//! Which VIPs this node announces at Layer 2, from the configuration, the controller's
-//! allocations and who is alive. Pure, and the same on every node: each agent computes every
-//! owner and keeps the VIPs it owns (DESIGN.md §6).
+//! Who announces a VIP at Layer 2, and which VIPs this node announces, from the configuration,
+//! the controller's allocations and who is alive. Pure, and the same on every node: each agent
+//! computes every owner and keeps the VIPs it owns (DESIGN.md §6).
+//!
+//! Layout:
+//! - this module: the candidates of each Service and the [`Election`] among them;
+//!   [`layer2`], what this node answers.
+//! - [`order`]: MetalLB's hash order of the candidates (single owner).
+//! - [`slots`]: the active-active table (which node answers which requesters).
+//! - [`handover`]: when the maps follow a new election (make before break, linger, slots
+//!   gained), time passed in.
 //!
 //! For a Service's addresses, the candidates are the nodes that are alive, not labelled
 //! `node.kubernetes.io/exclude-from-external-load-balancers`, and selected (`nodeSelectors`) by
@@ -15,25 +23,23 @@ use std::{
     sync::Arc,
 };
 
-use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
-use kube::ResourceExt;
 use lb_controller::{
     config::{
         l2mode::{self, L2Mode},
-        manifest::Objects,
         selector::{self, Advertisement},
         types::L2Advertisement,
     },
     plan::PlanEntry,
 };
 
-use crate::election::{self, Candidate};
+pub use crate::inputs::EXCLUDE_LABEL;
+use crate::inputs::{Inputs, Labels};
 
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub mod handover;
+pub mod order;
+pub mod slots;
 
-/// The label that keeps a node out of every election.
-pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+use order::Candidate;
 
 /// One VIP this node announces.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,132 +49,6 @@ pub struct Announcement {
     pub service: String,
     /// Interfaces to announce on; empty: all of the agent's.
     pub interfaces: BTreeSet<String>,
-}
-
-type Labels = BTreeMap<String, String>;
-
-/// What the election reads of the configuration: the pools' and nodes' labels, the
-/// L2Advertisements and the Services' labels. A small part of the objects, which an agent
-/// keeps for as long as it runs (10,000 full Service objects would be most of its memory).
-#[derive(Clone, Debug, Default)]
-pub struct Inputs {
-    /// Pool name → labels.
-    pub pools: BTreeMap<String, Labels>,
-    pub l2_advertisements: Vec<L2Advertisement>,
-    /// Node name → labels.
-    pub nodes: BTreeMap<String, Labels>,
-    /// Nodes whose `NetworkUnavailable` condition is true (as in MetalLB) or whose `Ready`
-    /// condition is not: never candidates.
-    pub unavailable: BTreeSet<String>,
-    /// `namespace/name` → what the election needs of the Service.
-    pub services: BTreeMap<String, ServiceFacts>,
-    /// Services whose annotations could not be read, one line each naming the Service and the
-    /// annotation: they keep the default (the agent logs these).
-    pub problems: Vec<String>,
-}
-
-/// What the election needs of a Service.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceFacts {
-    pub labels: Labels,
-    /// The Layer 2 mode its `xdplb.io/l2-mode` annotation asks for, when valid.
-    pub l2_mode: Option<L2Mode>,
-    /// `externalTrafficPolicy: Local`: the nodes that hold a ready endpoint (ready, or serving
-    /// and not terminating, as MetalLB counts them). `None`: `Cluster`, any node may announce.
-    pub local_nodes: Option<BTreeSet<String>>,
-}
-
-/// The nodes holding a usable endpoint of each Service (`namespace/name`), from its
-/// EndpointSlices (label `kubernetes.io/service-name`).
-fn endpoint_nodes(slices: &[EndpointSlice]) -> BTreeMap<String, BTreeSet<String>> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for slice in slices {
-        let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
-            continue;
-        };
-        let ns = slice.namespace().unwrap_or_else(|| "default".into());
-        let nodes = out.entry(format!("{ns}/{service}")).or_default();
-        for ep in slice.endpoints.iter().flatten() {
-            let c = ep.conditions.as_ref();
-            // The API says an unknown readiness is to be taken as ready.
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(false);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            if let (true, Some(node)) = (ready || (serving && !terminating), &ep.node_name) {
-                nodes.insert(node.clone());
-            }
-        }
-    }
-    out
-}
-
-/// A node that cannot carry traffic: its network is unavailable (MetalLB's rule), or it
-/// reports a `Ready` condition that is not true (the kubelet stopped, say). A node without
-/// conditions (a standalone host) is usable.
-fn unusable(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                (c.type_ == "NetworkUnavailable" && c.status == "True")
-                    || (c.type_ == "Ready" && c.status != "True")
-            })
-        })
-}
-
-impl Inputs {
-    pub fn new(objects: &Objects) -> Self {
-        let mut inputs = Self {
-            pools: objects
-                .pools
-                .iter()
-                .map(|p| (p.name_any(), p.labels().clone()))
-                .collect(),
-            l2_advertisements: objects.l2_advertisements.clone(),
-            nodes: objects
-                .nodes
-                .iter()
-                .map(|n| (n.name_any(), n.labels().clone()))
-                .collect(),
-            unavailable: objects
-                .nodes
-                .iter()
-                .filter(|n| unusable(n))
-                .map(ResourceExt::name_any)
-                .collect(),
-            services: BTreeMap::new(),
-            problems: Vec::new(),
-        };
-        let mut endpoints = endpoint_nodes(&objects.endpoint_slices);
-        for s in &objects.services {
-            let ns = s.namespace().unwrap_or_else(|| "default".into());
-            let key = format!("{ns}/{}", s.name_any());
-            let local = s
-                .spec
-                .as_ref()
-                .and_then(|spec| spec.external_traffic_policy.as_deref())
-                == Some("Local");
-            let l2_mode = match l2mode::annotated(s.annotations()) {
-                None => None,
-                Some(Ok(mode)) => Some(mode),
-                Some(Err(e)) => {
-                    inputs.problems.push(format!(
-                        "Service {key}: metadata.annotations[{}]: {e}; using the advertisements' mode",
-                        l2mode::ANNOTATION
-                    ));
-                    None
-                }
-            };
-            let facts = ServiceFacts {
-                labels: s.labels().clone(),
-                l2_mode,
-                local_nodes: local.then(|| endpoints.remove(&key).unwrap_or_default()),
-            };
-            inputs.services.insert(key, facts);
-        }
-        inputs
-    }
 }
 
 fn preference(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> u32 {
@@ -186,9 +66,9 @@ pub enum Election {
     /// One node answers every requester (MetalLB's Layer 2).
     Owner(String),
     /// Active-active: these nodes (sorted) share the requesters through a
-    /// [`crate::slots::SlotTable`]. Only the candidates of the highest preference take part,
+    /// [`slots::SlotTable`]. Only the candidates of the highest preference take part,
     /// as only they could own the VIP in single-owner mode.
-    Spread(Arc<[String]>),
+    ActiveActive(Arc<[String]>),
 }
 
 /// The election of each allocated Service (`namespace/name`) that has a candidate.
@@ -236,7 +116,7 @@ pub fn elections(
             })
             .collect();
         let election = match l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied()) {
-            L2Mode::SingleOwner => election::owner(*first, &candidates).map(Election::Owner),
+            L2Mode::SingleOwner => order::owner(*first, &candidates).map(Election::Owner),
             L2Mode::ActiveActive => {
                 let top = candidates.iter().map(|c| c.preference).max();
                 let nodes: Arc<[String]> = candidates
@@ -244,7 +124,7 @@ pub fn elections(
                     .filter(|c| Some(c.preference) == top)
                     .map(|c| c.node.clone())
                     .collect();
-                (!nodes.is_empty()).then_some(Election::Spread(nodes))
+                (!nodes.is_empty()).then_some(Election::ActiveActive(nodes))
             }
         };
         if let Some(e) = election {
@@ -265,7 +145,7 @@ pub fn owners(
         .into_iter()
         .filter_map(|(svc, e)| match e {
             Election::Owner(node) => Some((svc, node)),
-            Election::Spread(_) => None,
+            Election::ActiveActive(_) => None,
         })
         .collect()
 }
@@ -276,7 +156,7 @@ pub struct Layer2 {
     pub announcements: BTreeSet<Announcement>,
     /// The active-active VIPs among them, with every node that shares each one (this one
     /// included).
-    pub spread: BTreeMap<IpAddr, Arc<[String]>>,
+    pub active_active: BTreeMap<IpAddr, Arc<[String]>>,
 }
 
 /// What `node` announces, and which of it is shared with other nodes.
@@ -291,9 +171,11 @@ pub fn layer2(
     let node_labels = inputs.nodes.get(node).unwrap_or(&no_labels);
     let mut out = Layer2::default();
     for entry in allocations {
-        let spread = match elections.get(&entry.service) {
+        let sharing = match elections.get(&entry.service) {
             Some(Election::Owner(owner)) if owner == node => None,
-            Some(Election::Spread(nodes)) if nodes.iter().any(|n| n == node) => Some(nodes.clone()),
+            Some(Election::ActiveActive(nodes)) if nodes.iter().any(|n| n == node) => {
+                Some(nodes.clone())
+            }
             _ => continue,
         };
         let pool = entry.pool.as_deref().unwrap_or("");
@@ -319,8 +201,8 @@ pub fn layer2(
                 service: entry.service.clone(),
                 interfaces: interfaces.clone(),
             });
-            if let Some(nodes) = &spread {
-                out.spread.insert(*ip, nodes.clone());
+            if let Some(nodes) = &sharing {
+                out.active_active.insert(*ip, nodes.clone());
             }
         }
     }
@@ -329,8 +211,12 @@ pub fn layer2(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use k8s_openapi::api::core::v1::Node;
+    use lb_controller::config::manifest::Objects;
     use serde_json::json;
+
+    use super::*;
+    use crate::inputs::ServiceFacts;
 
     fn objects(ads: serde_json::Value, nodes: &[(&str, serde_json::Value)]) -> Inputs {
         Inputs::new(&Objects {
@@ -410,8 +296,11 @@ mod tests {
         for node in ["a", "b"] {
             let l2 = layer2(node, &o, &allocs, &up);
             assert_eq!(l2.announcements.len(), 2, "{node} announces both addresses");
-            assert_eq!(l2.spread.len(), 2);
-            assert!(l2.spread.values().all(|n| *n == sharing), "{node}: {l2:?}");
+            assert_eq!(l2.active_active.len(), 2);
+            assert!(
+                l2.active_active.values().all(|n| *n == sharing),
+                "{node}: {l2:?}"
+            );
         }
         for node in ["c", "d"] {
             assert_eq!(layer2(node, &o, &allocs, &up), Layer2::default(), "{node}");
@@ -419,7 +308,7 @@ mod tests {
         // Without the preferred nodes, the next class shares it.
         let l2 = layer2("c", &o, &allocs, &alive(&["c", "d"]));
         assert_eq!(
-            l2.spread.values().next().map(|n| n.to_vec()),
+            l2.active_active.values().next().map(|n| n.to_vec()),
             Some(vec!["c".to_owned()])
         );
         assert!(owners(&o, &allocs, &up).is_empty(), "no single owner");
@@ -449,7 +338,7 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            matches!(e.get("default/many"), Some(Election::Spread(n)) if n.len() == 2),
+            matches!(e.get("default/many"), Some(Election::ActiveActive(n)) if n.len() == 2),
             "{e:?}"
         );
     }
@@ -617,7 +506,7 @@ mod tests {
         let allocs = [alloc("default/web", &["10.0.0.7"])];
         let e = elections(&inputs, &allocs, &alive(&["a", "b", "c"]));
         let want: Arc<[String]> = ["a".to_owned(), "b".to_owned()].into();
-        assert_eq!(e.get("default/web"), Some(&Election::Spread(want)));
+        assert_eq!(e.get("default/web"), Some(&Election::ActiveActive(want)));
         // The endpoint on b goes: a alone answers every requester.
         let mut inputs = local_service(json!([ep("a")]), &[]);
         if let Some(svc) = inputs.services.get_mut("default/web") {
@@ -626,7 +515,7 @@ mod tests {
         let e = elections(&inputs, &allocs, &alive(&["a", "b", "c"]));
         assert_eq!(
             e.get("default/web"),
-            Some(&Election::Spread(["a".to_owned()].into()))
+            Some(&Election::ActiveActive(["a".to_owned()].into()))
         );
     }
 

@@ -1,0 +1,119 @@
+//! The flags of `lb-agent run`.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+
+use tracing::info;
+
+use crate::{
+    l2::{iface::Interface, responders::Mode, vipdev},
+    membership::driver::check_secret,
+    source,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// This node's name, as in the Node objects.
+    #[arg(long)]
+    pub node_name: String,
+    /// The standalone configuration directory (the controller writes status/ inside it).
+    /// Without it the agent runs in a cluster (in-cluster credentials, or `$KUBECONFIG`).
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
+    /// In a cluster: where the metallb.io objects and the `memberlist` Secret live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "metallb-system")]
+    pub namespace: String,
+    /// In a cluster: this agent's Pod name and UID (the downward API's `metadata.name` and
+    /// `metadata.uid`): it owns the ServiceL2Status, ServiceBGPStatus and ConfigurationState
+    /// objects the agent writes, so they go with the Pod.
+    #[arg(long, env = "POD_NAME", requires = "pod_uid")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_UID", requires = "pod_name")]
+    pub pod_uid: Option<String>,
+    /// In a cluster: serve only Services with this spec.loadBalancerClass (default: those with
+    /// none, like MetalLB).
+    #[arg(long)]
+    pub lb_class: Option<String>,
+    /// Interface to announce on (repeat for several). Default: every interface that is up,
+    /// Ethernet, not loopback and has a global address, as MetalLB's speaker does.
+    #[arg(long = "interface", short = 'i')]
+    pub interfaces: Vec<String>,
+    #[arg(long, default_value = lb_common::DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// How ARP/NDP is answered: XDP where it attaches and AF_PACKET elsewhere (`auto`), or
+    /// only one of them.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// The shared membership secret (default: DIR/secret; in a cluster, the `memberlist`
+    /// Secret's `secretkey`).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// UDP port of the membership heartbeats (MetalLB's memberlist port).
+    #[arg(long, default_value_t = 7946)]
+    pub port: u16,
+    /// How often a heartbeat goes to every peer.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer is dead (and the data-path lease of this node's VIPs).
+    #[arg(long, default_value = "180ms", value_parser = humantime::parse_duration)]
+    pub failure_timeout: Duration,
+    /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
+    #[arg(long, default_value = "0.0.0.0:7472")]
+    pub metrics_addr: SocketAddr,
+    /// TCP port to accept BGP peers' connections on (sessions are also opened from here).
+    #[arg(long, default_value_t = 179)]
+    pub bgp_port: u16,
+    /// Do not put owned VIPs on the local `xdplb0` device.
+    #[arg(long)]
+    pub no_local_vip: bool,
+}
+
+impl RunArgs {
+    /// The membership secret from `--secret-file` or DIR/secret, read now: it must be right.
+    /// In a cluster (`None`) the Secret arrives with the configuration.
+    pub fn file_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let path = self
+            .secret_file
+            .clone()
+            .or_else(|| self.config_dir.as_ref().map(|d| d.join("secret")));
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("reading the membership secret {}", path.display()))?;
+        let secret = check_secret(bytes.trim_ascii())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(secret))
+    }
+
+    /// The interfaces to announce on: `--interface`, else every one that is up, Ethernet and
+    /// addressed.
+    pub async fn interfaces(&self) -> anyhow::Result<Vec<Interface>> {
+        let names = if self.interfaces.is_empty() {
+            let found = vipdev::discover(&vipdev::connect()?).await?;
+            if found.is_empty() {
+                anyhow::bail!(
+                    "no interface to announce on: none is up, Ethernet and addressed; name one with --interface"
+                );
+            }
+            info!(interfaces = ?found, "announcing on the interfaces found (--interface to choose)");
+            found
+        } else {
+            self.interfaces.clone()
+        };
+        Ok(names
+            .iter()
+            .map(|n| Interface::lookup(n))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Who this agent is, for the API server source.
+    pub fn cluster_source(&self) -> source::cluster::Options {
+        source::cluster::Options {
+            namespace: self.namespace.clone(),
+            node: self.node_name.clone(),
+            port: self.port,
+            lb_class: self.lb_class.clone(),
+        }
+    }
+}
