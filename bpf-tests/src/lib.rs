@@ -30,6 +30,7 @@ pub mod prober;
 pub mod scrape;
 pub mod spread_bench;
 pub mod testrun;
+pub mod xdp_bench;
 
 use std::path::{Path, PathBuf};
 

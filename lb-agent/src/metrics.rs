@@ -10,10 +10,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use lb_controller::metrics::{ConfigMetrics, Exporter};
@@ -26,15 +23,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub mod family;
+
+pub use family::{Counts, IpLabel, PeerLabel, PerIp};
+
 use crate::bfd::service::BfdMetrics;
 use crate::bgp::speaker::BgpMetrics;
 use crate::l2::maps::VipMaps;
 use crate::membership::Rejected;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct IpLabel {
-    pub ip: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -242,64 +238,6 @@ impl AgentMetrics {
             })
             .inc();
     }
-}
-
-/// Counters per label set written without the `_total` suffix prometheus-client adds to its
-/// own, as MetalLB's Go client exposes `metallb_layer2_gratuitous_sent` and its FRR mode the
-/// `metallb_bfd_*` counters.
-#[derive(Debug, Clone)]
-pub struct Counts<L>(Arc<Mutex<BTreeMap<L, u64>>>);
-
-impl<L> Default for Counts<L> {
-    fn default() -> Self {
-        Counts(Arc::default())
-    }
-}
-
-impl<L: Ord + Clone> Counts<L> {
-    pub fn add(&self, label: &L, n: u64) {
-        if let Ok(mut m) = self.0.lock() {
-            *m.entry(label.clone()).or_default() += n;
-        }
-    }
-
-    pub fn remove(&self, label: &L) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(label);
-        }
-    }
-}
-
-pub type PerIp = Counts<IpLabel>;
-
-impl<L: Ord + Clone + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> EncodeMetric
-    for Counts<L>
-{
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::MetricEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        let snapshot: Vec<(L, u64)> = match self.0.lock() {
-            Ok(m) => m.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            Err(_) => Vec::new(),
-        };
-        for (label, value) in snapshot {
-            let value = i64::try_from(value).unwrap_or(i64::MAX);
-            ConstGauge::new(value).encode(encoder.encode_family(&label)?)?;
-        }
-        Ok(())
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Counter
-    }
-}
-
-/// The label of the BGP and BFD metrics: the peer (`address:port` for BGP, as MetalLB's native
-/// speaker; the address for BFD, as its FRR mode).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct PeerLabel {
-    pub peer: String,
 }
 
 impl Exporter for AgentMetrics {

@@ -6,6 +6,8 @@
 //! mismatch with the loaded object then fails at startup instead of corrupting entries.
 #![no_std]
 
+pub mod wire;
+
 /// Name of the XDP program that answers ARP and NDP for the VIPs.
 pub const PROG_XDP_L2: &str = "xdp_l2";
 /// Name of a program that passes every frame. Native XDP on a veth drops `XDP_TX` frames unless the

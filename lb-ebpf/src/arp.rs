@@ -7,14 +7,11 @@ use lb_common::{Counter, VIP_FLAG_ACTIVE_ACTIVE, Vip4Key, VipStatsKey};
 
 use crate::{
     hdr::{self, Arp, Eth},
-    prog::{Tally, VIP4, Verdict, answers, asker, count_vip, ifindex, lease_valid},
+    maps::{Tally, VIP4, Verdict, answers, asker, count_vip, ifindex, lease_valid},
     ptr::frame_start,
 };
 
-const ARPHRD_ETHER: u16 = 1;
-const ARPOP_REQUEST: u16 = 1;
-const ARPOP_REPLY: u16 = 2;
-const BROADCAST: [u8; 6] = [0xff; 6];
+use lb_common::wire::{ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, BROADCAST};
 
 /// Handles an ARP frame whose ARP header starts at `L3`.
 ///

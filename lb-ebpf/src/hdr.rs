@@ -1,13 +1,8 @@
 //! Wire headers as byte arrays, so no field needs alignment in packet memory.
 
-pub const ETH_LEN: usize = 14;
-pub const VLAN_LEN: usize = 4;
-pub const ETH_P_ARP: u16 = 0x0806;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_8021Q: u16 = 0x8100;
-pub const IPV6_LEN: usize = 40;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub use lb_common::wire::{
+    ETH_LEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMPV6, IPV6_LEN, VLAN_LEN,
+};
 
 #[repr(C)]
 pub struct Eth {

@@ -8,24 +8,17 @@ use lb_common::{Counter, VIP_FLAG_ACTIVE_ACTIVE, Vip6Key, VipStatsKey};
 use crate::{
     csum,
     hdr::{self, Eth, IPV6_LEN, Ipv6, NaWithTlla},
-    prog::{Tally, VIP6, Verdict, answers, asker, count_vip, ifindex, lease_valid},
+    maps::{Tally, VIP6, Verdict, answers, asker, count_vip, ifindex, lease_valid},
     ptr::{frame_start, ptr_at},
 };
 
-const ICMPV6_NS: u8 = 135;
-const ICMPV6_NA: u8 = 136;
-const NS_LEN: usize = 24;
-const NA_LEN: u16 = 32;
-const OPT_SOURCE_LLA: u8 = 1;
-const OPT_TARGET_LLA: u8 = 2;
-/// NA flags: Solicited | Override. Router is never set: a VIP is not a router.
-const NA_SOLICITED_OVERRIDE: u8 = 0x60;
-/// NA flags for an answer to DAD: Override only (RFC 4861 §7.2.4).
-const NA_OVERRIDE: u8 = 0x20;
-const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-const SOLICITED_NODE_PREFIX: [u8; 13] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
-const UNSPECIFIED: [u8; 16] = [0; 16];
+use lb_common::wire::{
+    ALL_NODES, ALL_NODES_MAC, ICMPV6_NA, ICMPV6_NS, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN,
+    OPT_SOURCE_LLA, OPT_TARGET_LLA, SOLICITED_NODE_PREFIX, UNSPECIFIED,
+};
+
+/// The advertisement's length as the IPv6 payload length field holds it.
+const NA_LEN: u16 = lb_common::wire::NA_LEN as u16;
 
 /// Handles an IPv6 frame whose IPv6 header starts at `L3`.
 #[inline(always)]

@@ -1,145 +1,200 @@
 //! `cargo xtask bench`: one table, every figure beside a comparison measured in the same run.
+//! `xdplb-bench SECTION...` measures and prints only those sections' rows.
 //!
-//! 1. Cost per reply (ARP, NDP) vs the trivial `xdp_pass` program: each frame run through
-//!    `BPF_PROG_TEST_RUN` one at a time (so every run sees the original request; with `repeat`
-//!    the buffer is reused and later runs would see the reply), timed two ways: the `duration`
-//!    the kernel reports for the run, and the kernel's per-program statistics
-//!    (`BPF_ENABLE_STATS`), which count the program alone.
-//! 2. An ARP request flood on a veth pair for a fixed time, answered by XDP (native) and then by
-//!    the AF_PACKET fallback: replies the client received per second, and replies per CPU-second
-//!    of the responder (agent process CPU time plus the XDP program's own run time).
-//! 3. IPAM against MetalLB's linear search, and the controller at scale (see
-//!    `bpf_tests::controller_bench`); `xdplb-bench controller` prints those rows alone.
-//! 4. Active-active Layer 2 against single-owner (`bpf_tests::spread_bench`; `xdplb-bench
-//!    spread` alone).
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    time::{Duration, Instant},
-};
+//! - `cost`, `flood`: the XDP program against `xdp_pass` and against the AF_PACKET responder
+//!   (`bpf_tests::xdp_bench`).
+//! - `ipam`: the allocator against MetalLB's linear search (`bpf_tests::ipam_bench`).
+//! - `controller`: the controller at scale (`bpf_tests::controller_bench`).
+//! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::failover_bench`).
+//! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::spread_bench`).
+//! - `agent`: the agent owning 10,000 VIPs against owning one (`bpf_tests::agent_bench`).
+//! - `bgp`: FRR learning routes from xdplb and from GoBGP (`bpf_tests::bgp_bench`).
+use std::{str::FromStr, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use bpf_tests::{PinDir, agent::Agent, frames, netns::Link, testrun};
-use lb_agent::l2::{
-    afpacket::PacketSocket,
-    datapath::Datapath,
-    iface::Interface,
-    maps::{VipEntry, VipMaps},
-};
-use lb_common::{PROG_XDP_L2, PROG_XDP_PASS};
+use anyhow::{Result, bail};
 
-const RUNS: u32 = 200_000;
-const BATCHES: u32 = 20;
-const FLOOD: Duration = Duration::from_secs(3);
+/// One section of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Cost,
+    Flood,
+    Ipam,
+    Controller,
+    Failover,
+    Spread,
+    Agent,
+    Bgp,
+}
+
+impl Section {
+    /// In the order the table prints them.
+    const ALL: [Section; 8] = [
+        Section::Cost,
+        Section::Flood,
+        Section::Ipam,
+        Section::Controller,
+        Section::Failover,
+        Section::Spread,
+        Section::Agent,
+        Section::Bgp,
+    ];
+}
+
+impl FromStr for Section {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "cost" => Section::Cost,
+            "flood" => Section::Flood,
+            "ipam" => Section::Ipam,
+            "controller" => Section::Controller,
+            "failover" => Section::Failover,
+            "spread" => Section::Spread,
+            "agent" => Section::Agent,
+            "bgp" => Section::Bgp,
+            other => {
+                return Err(format!(
+                    "no section {other:?} (cost, flood, ipam, controller, failover, spread, agent, bgp)"
+                ));
+            }
+        })
+    }
+}
+
+/// What was measured, each section's figures if it ran.
+#[derive(Default)]
+struct Table {
+    cost: Option<bpf_tests::xdp_bench::CostFigures>,
+    flood: Option<bpf_tests::xdp_bench::FloodFigures>,
+    ipam: Option<bpf_tests::ipam_bench::IpamTimes>,
+    controller: Option<bpf_tests::controller_bench::ScaleFigures>,
+    failover: Option<Failover>,
+    spread: Option<bpf_tests::spread_bench::SpreadFigures>,
+    agent: Option<AgentScale>,
+    bgp: Option<bpf_tests::bgp_bench::BgpFigures>,
+}
 
 fn main() -> Result<()> {
     if !bpf_tests::privileged("xdplb-bench") {
         bail!("the bench needs root and a bpf filesystem");
     }
-    let only = std::env::args().nth(1);
-    if only.as_deref() == Some("cost") {
-        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("BPF_ENABLE_STATS (run-time statistics)")?;
-        print_cost(&program_cost()?, live_cost()?);
-        return Ok(());
+    let asked: Vec<Section> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    let whole = asked.is_empty();
+    let sections: Vec<Section> = if whole { Section::ALL.to_vec() } else { asked };
+    let mut t = measure(&sections)?;
+    if whole {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        println!();
+        println!(
+            "xdplb bench — kernel {}, {} CPUs",
+            kernel.trim(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        println!();
+        println!("| measure | xdplb | comparison (same run) | ratio | target |");
+        println!("|---|---|---|---|---|");
     }
-    eprintln!(
-        "active-active: {} clients over 3 and 5 nodes; {} kills with {} client namespaces...",
-        bpf_tests::spread_bench::CLIENTS,
-        bpf_tests::spread_bench::ROUNDS,
-        bpf_tests::spread_bench::FLEET
-    );
-    let mut spread = bpf_tests::spread_bench::run().map_err(anyhow::Error::msg)?;
-    if only.as_deref() == Some("spread") {
-        spread.print();
-        return Ok(());
+    for section in Section::ALL {
+        match section {
+            Section::Cost => t.cost.iter().for_each(|f| f.print()),
+            Section::Flood => t.flood.iter().for_each(|f| f.print()),
+            Section::Ipam => t.ipam.iter().for_each(print_ipam),
+            Section::Controller => t.controller.iter().for_each(print_scale),
+            Section::Failover => t.failover.iter().for_each(Failover::print),
+            Section::Spread => t.spread.iter_mut().for_each(|f| f.print()),
+            Section::Agent => t.agent.iter().for_each(AgentScale::print),
+            Section::Bgp => t.bgp.iter().for_each(|f| f.print()),
+        }
     }
-    eprintln!(
-        "BGP: FRR learning {} routes, from xdplb then from gobgpd...",
-        bpf_tests::bgp_bench::ROUTES
-    );
-    let bgp = bpf_tests::bgp_bench::run().map_err(anyhow::Error::msg)?;
-    if only.as_deref() == Some("bgp") {
-        bgp.print();
-        return Ok(());
+    if whole {
+        println!();
+        println!(
+            "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
+             prints the same); bpf_stats counts the program alone, whose floor is mostly the clock \
+             reads around it. The IPAM linear walk is MetalLB's search (every address from the start \
+             of each pool against the set in use), on the same requests, checked to give the same \
+             plan. Responder CPU = agent process CPU time + the XDP program's run time (bpf_stats). \
+             The flood comes from one AF_PACKET sender thread in the client namespace, so replies/s is \
+             capped by the sender; the share answered and the CPU per reply are the comparison."
+        );
     }
-    eprintln!(
-        "the agent at scale: {} VIPs owned, then 1...",
-        bpf_tests::agent_bench::VIPS
-    );
-    let agent = AgentScale::measure()?;
-    if only.as_deref() == Some("agent") {
-        agent.print();
-        return Ok(());
-    }
-    eprintln!(
-        "the controller at scale: {} Services over {} pools...",
-        bpf_tests::controller_bench::SERVICES,
-        bpf_tests::controller_bench::POOLS
-    );
-    let scale = bpf_tests::controller_bench::run().map_err(anyhow::Error::msg)?;
-    if only.as_deref() == Some("controller") {
-        print_scale(&scale);
-        return Ok(());
-    }
-    eprintln!(
-        "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
-    );
-    let failover = Failover::measure()?;
-    if only.as_deref() == Some("failover") {
-        failover.print();
-        return Ok(());
-    }
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("BPF_ENABLE_STATS (run-time statistics)")?;
-    eprintln!("measuring program cost ({RUNS} runs per frame)...");
-    let cost = program_cost()?;
-    let live = live_cost()?;
-    eprintln!(
-        "planning {} Services, ours and MetalLB's linear walk...",
-        bpf_tests::ipam_bench::SERVICES
-    );
-    let ipam = bpf_tests::ipam_bench::run().map_err(anyhow::Error::msg)?;
-    eprintln!("flooding with ARP requests, XDP then AF_PACKET ({FLOOD:?} each)...");
-    let xdp = flood("xdp-native")?;
-    let afp = flood("afpacket")?;
+    Ok(())
+}
 
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!();
-    println!(
-        "xdplb bench — kernel {}, {} CPUs",
-        kernel.trim(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!();
-    println!("| measure | xdplb | comparison (same run) | ratio | target |");
-    println!("|---|---|---|---|---|");
+/// Runs the sections asked for, and only those, in the order the whole bench always measured
+/// them (the slow lab sections first, the program cost and the flood on a quiet machine last).
+fn measure(sections: &[Section]) -> Result<Table> {
+    let on = |s| sections.contains(&s);
+    let msg = anyhow::Error::msg;
+    let mut t = Table::default();
+    if on(Section::Spread) {
+        eprintln!(
+            "active-active: {} clients over 3 and 5 nodes; {} kills with {} client namespaces...",
+            bpf_tests::spread_bench::CLIENTS,
+            bpf_tests::spread_bench::ROUNDS,
+            bpf_tests::spread_bench::FLEET
+        );
+        t.spread = Some(bpf_tests::spread_bench::run().map_err(msg)?);
+    }
+    if on(Section::Bgp) {
+        eprintln!(
+            "BGP: FRR learning {} routes, from xdplb then from gobgpd...",
+            bpf_tests::bgp_bench::ROUTES
+        );
+        t.bgp = Some(bpf_tests::bgp_bench::run().map_err(msg)?);
+    }
+    if on(Section::Agent) {
+        eprintln!(
+            "the agent at scale: {} VIPs owned, then 1...",
+            bpf_tests::agent_bench::VIPS
+        );
+        t.agent = Some(AgentScale::measure()?);
+    }
+    if on(Section::Controller) {
+        eprintln!(
+            "the controller at scale: {} Services over {} pools...",
+            bpf_tests::controller_bench::SERVICES,
+            bpf_tests::controller_bench::POOLS
+        );
+        t.controller = Some(bpf_tests::controller_bench::run().map_err(msg)?);
+    }
+    if on(Section::Failover) {
+        eprintln!(
+            "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
+        );
+        t.failover = Some(Failover::measure()?);
+    }
+    if on(Section::Cost) {
+        eprintln!(
+            "measuring program cost ({} runs per frame)...",
+            bpf_tests::xdp_bench::RUNS
+        );
+        t.cost = Some(bpf_tests::xdp_bench::cost().map_err(msg)?);
+    }
+    if on(Section::Ipam) {
+        eprintln!(
+            "planning {} Services, ours and MetalLB's linear walk...",
+            bpf_tests::ipam_bench::SERVICES
+        );
+        t.ipam = Some(bpf_tests::ipam_bench::run().map_err(msg)?);
+    }
+    if on(Section::Flood) {
+        eprintln!(
+            "flooding with ARP requests, XDP then AF_PACKET ({:?} each)...",
+            bpf_tests::xdp_bench::FLOOD
+        );
+        t.flood = Some(bpf_tests::xdp_bench::floods().map_err(msg)?);
+    }
+    Ok(t)
+}
+
+/// The IPAM rows.
+fn print_ipam(ipam: &bpf_tests::ipam_bench::IpamTimes) {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
-    print_cost(&cost, live);
-    println!(
-        "| ARP flood on veth, replies/s | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | — |",
-        xdp.replies_per_s(),
-        afp.replies_per_s(),
-        ratio(xdp.replies_per_s(), afp.replies_per_s())
-    );
-    println!(
-        "| ARP flood, share of requests answered | XDP {:.1}% | AF_PACKET {:.1}% | — | — |",
-        xdp.answered_pct(),
-        afp.answered_pct()
-    );
-    println!(
-        "| ARP flood, replies per responder CPU-second | XDP {:.0} | AF_PACKET {:.0} | {:.1}× | ≥ 10× |",
-        xdp.per_cpu_s(),
-        afp.per_cpu_s(),
-        ratio(xdp.per_cpu_s(), afp.per_cpu_s())
-    );
-    println!(
-        "| ARP flood, agent process CPU (s over {:?}) | XDP {:.3} | AF_PACKET {:.3} | — | — |",
-        FLOOD, xdp.agent_cpu_s, afp.agent_cpu_s
-    );
-    println!(
-        "| ARP flood, requests sent | XDP run {} | AF_PACKET run {} | — | — |",
-        xdp.sent, afp.sent
-    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "| IPAM: plan {} Services over {} pools (ms) | {:.1} | linear walk {:.1} | {:.0}× faster | — |",
@@ -155,51 +210,6 @@ fn main() -> Result<()> {
         ms(ipam.replan.0),
         ms(ipam.replan.1),
         ratio(ms(ipam.replan.1), ms(ipam.replan.0))
-    );
-    print_scale(&scale);
-    failover.print();
-    spread.print();
-    agent.print();
-    bgp.print();
-    println!();
-    println!(
-        "BPF_PROG_TEST_RUN duration is what the kernel reports for one run (bpftool prog run \
-         prints the same); bpf_stats counts the program alone, whose floor is mostly the clock \
-         reads around it. The IPAM linear walk is MetalLB's search (every address from the start \
-         of each pool against the set in use), on the same requests, checked to give the same \
-         plan. Responder CPU = agent process CPU time + the XDP program's run time (bpf_stats). \
-         The flood comes from one AF_PACKET sender thread in the client namespace, so replies/s is \
-         capped by the sender; the share answered and the CPU per reply are the comparison."
-    );
-    Ok(())
-}
-
-/// The program-cost rows of the table.
-fn print_cost(cost: &Cost, (live_single, live_shared): (f64, f64)) {
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
-    for (what, ns, target) in [("ARP", cost.arp, "≤ 2×"), ("NDP", cost.ndp, "—")] {
-        println!(
-            "| {what} reply, ns per frame, BPF_PROG_TEST_RUN duration | {:.1} | xdp_pass {:.1} | {:.2}× | {target} |",
-            ns.test_run,
-            cost.pass.test_run,
-            ratio(ns.test_run, cost.pass.test_run)
-        );
-        println!(
-            "| {what} reply, ns per frame, program alone (bpf_stats) | {:.1} | xdp_pass {:.1} | {:.2}× | — |",
-            ns.program,
-            cost.pass.program,
-            ratio(ns.program, cost.pass.program)
-        );
-    }
-    println!(
-        "| ARP reply for an active-active VIP (slot lookup + requester record), ns per frame, program alone | {:.1} | single-owner ARP {:.1} | {:.2}× | — |",
-        cost.shared_arp.program,
-        cost.arp.program,
-        ratio(cost.shared_arp.program, cost.arp.program)
-    );
-    println!(
-        "| ARP request → reply transmitted on a veth, live frames (one per run, the run's setup included), ns: active-active VIP | {live_shared:.0} | single-owner VIP {live_single:.0} | {:.2}× | — |",
-        ratio(live_shared, live_single)
     );
 }
 
@@ -347,333 +357,4 @@ fn print_scale(f: &bpf_tests::controller_bench::ScaleFigures) {
         ),
         None => println!("| controller RSS | not measured | — | — | — |"),
     }
-}
-
-/// Nanoseconds per frame, two ways.
-#[derive(Clone, Copy)]
-struct Ns {
-    /// The program alone: the kernel's per-program run-time statistics.
-    program: f64,
-    /// One `BPF_PROG_TEST_RUN` as the kernel times it (the `duration` it reports, as
-    /// `bpftool prog run` prints): the program plus the harness's own work for one run.
-    test_run: f64,
-}
-
-struct Cost {
-    arp: Ns,
-    ndp: Ns,
-    pass: Ns,
-    /// ARP answered for an active-active VIP: slot lookup and requester record on top.
-    shared_arp: Ns,
-}
-
-/// The active-active VIP of the cost bench.
-const SHARED_VIP4: [u8; 4] = [10, 1, 0, 103];
-/// Repetitions per live-frames run.
-const LIVE_RUNS: u32 = 20_000;
-
-/// The slots of the cost bench's shared VIP: just the bench client's, so it is answered.
-fn shared_slots() -> std::collections::BTreeMap<std::net::IpAddr, lb_common::SlotBits> {
-    let mut bits = lb_common::SlotBits::EMPTY;
-    bits.insert(lb_common::requester_slot(
-        &lb_common::VipStatsKey::v4(SHARED_VIP4).addr,
-        &lb_common::VipStatsKey::v4(frames::CLIENT_IP4).addr,
-    ));
-    std::collections::BTreeMap::from([(SHARED_VIP4.into(), bits)])
-}
-
-/// ns per request → reply with `BPF_F_TEST_XDP_LIVE_FRAMES`: the reply is really transmitted
-/// (`XDP_TX` on a veth whose peer runs `xdp_pass`), for a single-owner VIP and for a shared
-/// one; the kernel's duration of single runs, medians of interleaved batches.
-fn live_cost() -> Result<(f64, f64)> {
-    let link = Link::new("live");
-    let pass_pins = PinDir::new("livepass");
-    link.pass_on_client(&pass_pins);
-    let pins = PinDir::new("live");
-    let dir = pins.path().to_owned();
-    let node_if = link.node_if.clone();
-    let measured = link.node.within(move || -> Result<(f64, f64), String> {
-        let ifindex = Interface::lookup(&node_if)
-            .map_err(|e| e.to_string())?
-            .index;
-        let mut dp = Datapath::load(&dir, 0).map_err(|e| e.to_string())?;
-        let mut maps = VipMaps::open_pinned(&dir).map_err(|e| e.to_string())?;
-        let entry = |addr: [u8; 4], flags| VipEntry {
-            addr: addr.into(),
-            ifindex,
-            mac: frames::OWNER_MAC,
-            flags,
-        };
-        maps.apply(
-            &[
-                entry(frames::VIP4, 0),
-                entry(SHARED_VIP4, lb_common::VIP_FLAG_ACTIVE_ACTIVE),
-            ],
-            &shared_slots(),
-        )
-        .map_err(|e| e.to_string())?;
-        let fd = dp
-            .program(PROG_XDP_L2)
-            .map_err(|e| e.to_string())?
-            .fd()
-            .map_err(|e| e.to_string())?
-            .as_fd()
-            .as_raw_fd();
-        let replies = |maps: &VipMaps| {
-            maps.counters()
-                .map(|c| c.get(lb_common::Counter::ArpReplies))
-                .map_err(|e| e.to_string())
-        };
-        let run = |frame: &[u8]| -> Result<f64, String> {
-            let before = replies(&maps)?;
-            let ctx = testrun::XdpMd {
-                data_end: frame.len() as u32,
-                ingress_ifindex: ifindex,
-                ..Default::default()
-            };
-            // One repetition per call: in live mode the kernel initialises a frame's data only
-            // when its page is new, so later repetitions of one call would see the reply.
-            let mut total = 0u64;
-            for _ in 0..LIVE_RUNS {
-                let r = testrun::run(fd, frame, 1, testrun::BPF_F_TEST_XDP_LIVE_FRAMES, Some(ctx))
-                    .map_err(|e| format!("live-frames run: {e}"))?;
-                total += u64::from(r.duration_ns);
-            }
-            // Every repetition must have been answered, or this times another path.
-            let answered = replies(&maps)? - before;
-            if answered != u64::from(LIVE_RUNS) {
-                return Err(format!(
-                    "live frames: {answered} of {LIVE_RUNS} requests answered"
-                ));
-            }
-            Ok(total as f64 / f64::from(LIVE_RUNS))
-        };
-        let single = frames::arp_request(frames::BROADCAST, frames::VIP4);
-        let shared = frames::arp_request(frames::BROADCAST, SHARED_VIP4);
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            a.push(run(&single)?);
-            b.push(run(&shared)?);
-        }
-        let mid = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        Ok((mid(a), mid(b)))
-    });
-    measured.map_err(anyhow::Error::msg)
-}
-
-/// Nanoseconds per run of program `name` over `runs` single runs on `frame`.
-fn per_run(
-    dp: &mut Datapath,
-    name: &'static str,
-    frame: &[u8],
-    expect: u32,
-    runs: u32,
-) -> Result<Ns> {
-    let prog = dp.program(name)?;
-    let fd = prog.fd()?.as_fd().as_raw_fd();
-    let before = prog.info()?;
-    let mut reported = 0u64;
-    for _ in 0..runs {
-        let r = testrun::run(fd, frame, 1, 0, None)?;
-        reported += u64::from(r.duration_ns);
-        if r.retval != expect {
-            bail!(
-                "{name} returned {} on the bench frame, expected {expect}",
-                r.retval
-            );
-        }
-    }
-    let after = dp.program(name)?.info()?;
-    let count = after.run_count() - before.run_count();
-    let time = after.run_time() - before.run_time();
-    Ok(Ns {
-        program: time.as_nanos() as f64 / count.max(1) as f64,
-        test_run: reported as f64 / f64::from(runs.max(1)),
-    })
-}
-
-fn median(xs: &[Ns]) -> Ns {
-    let mid = |f: fn(&Ns) -> f64| {
-        let mut v: Vec<f64> = xs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    Ns {
-        program: mid(|n| n.program),
-        test_run: mid(|n| n.test_run),
-    }
-}
-
-/// Batches of the three measurements interleaved, medians reported: the VM's clock and
-/// neighbours drift by tens of percent between seconds, and interleaving makes that drift hit
-/// the program and its floor alike.
-fn program_cost() -> Result<Cost> {
-    let pins = PinDir::new("bench");
-    let mut dp = Datapath::load(pins.path(), 0)?;
-    let mut maps = VipMaps::open_pinned(pins.path())?;
-    // Test runs arrive on the loopback device (ifindex 1).
-    maps.apply(
-        &[
-            VipEntry {
-                addr: frames::VIP4.into(),
-                ifindex: 1,
-                mac: frames::OWNER_MAC,
-                flags: 0,
-            },
-            VipEntry {
-                addr: frames::VIP6.into(),
-                ifindex: 1,
-                mac: frames::OWNER_MAC,
-                flags: 0,
-            },
-            VipEntry {
-                addr: SHARED_VIP4.into(),
-                ifindex: 1,
-                mac: frames::OWNER_MAC,
-                flags: lb_common::VIP_FLAG_ACTIVE_ACTIVE,
-            },
-        ],
-        // This node holds the client's slot, so the shared request is answered too.
-        &shared_slots(),
-    )?;
-    let arp = frames::arp_request(frames::BROADCAST, frames::VIP4);
-    let shared = frames::arp_request(frames::BROADCAST, SHARED_VIP4);
-    let ns = frames::ns_multicast(frames::VIP6);
-    let (mut a, mut n, mut p, mut sh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..BATCHES {
-        let runs = RUNS / BATCHES;
-        a.push(per_run(&mut dp, PROG_XDP_L2, &arp, testrun::XDP_TX, runs)?);
-        sh.push(per_run(
-            &mut dp,
-            PROG_XDP_L2,
-            &shared,
-            testrun::XDP_TX,
-            runs,
-        )?);
-        n.push(per_run(&mut dp, PROG_XDP_L2, &ns, testrun::XDP_TX, runs)?);
-        p.push(per_run(
-            &mut dp,
-            PROG_XDP_PASS,
-            &arp,
-            testrun::XDP_PASS,
-            runs,
-        )?);
-    }
-    Ok(Cost {
-        arp: median(&a),
-        ndp: median(&n),
-        pass: median(&p),
-        shared_arp: median(&sh),
-    })
-}
-
-struct Flood {
-    sent: u64,
-    replies: u64,
-    elapsed: Duration,
-    agent_cpu_s: f64,
-    xdp_cpu_s: f64,
-}
-
-impl Flood {
-    fn replies_per_s(&self) -> f64 {
-        self.replies as f64 / self.elapsed.as_secs_f64()
-    }
-    fn answered_pct(&self) -> f64 {
-        100.0 * self.replies as f64 / (self.sent.max(1)) as f64
-    }
-    fn per_cpu_s(&self) -> f64 {
-        self.replies as f64 / (self.agent_cpu_s + self.xdp_cpu_s).max(1e-9)
-    }
-}
-
-fn process_cpu_s(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
-fn rx_packets(link: &Link) -> Result<u64> {
-    let out = link
-        .client
-        .exec("cat")
-        .arg(format!(
-            "/sys/class/net/{}/statistics/rx_packets",
-            link.client_if
-        ))
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
-}
-
-fn xdp_run_time(pins: &PinDir) -> Duration {
-    aya::programs::ProgramInfo::from_pin(pins.path().join(PROG_XDP_L2))
-        .map(|i| i.run_time())
-        .unwrap_or_default()
-}
-
-fn flood(mode: &str) -> Result<Flood> {
-    let link = Link::new("fl");
-    let (pins, pass_pins) = (PinDir::new("fl"), PinDir::new("flpass"));
-    // Native XDP_TX on a veth needs a program on the peer; attach it in both runs alike.
-    link.pass_on_client(&pass_pins);
-    let agent = Agent::announce(
-        &link.node,
-        &link.node_if,
-        "10.200.0.100",
-        pins.path(),
-        &["--mode", mode, "--no-local-vip"],
-    );
-    std::thread::sleep(Duration::from_millis(300));
-
-    let client_if = link.client_if.clone();
-    let rx_before = rx_packets(&link)?;
-    let agent_before = process_cpu_s(agent.child.id())?;
-    let xdp_before = xdp_run_time(&pins);
-    let start = Instant::now();
-    let sent = link.client.within(move || -> Result<u64> {
-        let iface = Interface::lookup(&client_if)?;
-        let frame = frames::arp(
-            false,
-            iface.mac,
-            frames::BROADCAST,
-            etherparse::ArpOperation::REQUEST,
-            iface.mac,
-            [10, 200, 0, 1],
-            [0; 6],
-            [10, 200, 0, 100],
-        );
-        let socket = PacketSocket::open(&iface, false)?;
-        let deadline = Instant::now() + FLOOD;
-        let mut sent = 0u64;
-        while Instant::now() < deadline {
-            for _ in 0..64 {
-                if socket.send(&frame).is_ok() {
-                    sent += 1;
-                }
-            }
-        }
-        Ok(sent)
-    })?;
-    // Let replies in flight arrive before reading the counters.
-    std::thread::sleep(Duration::from_millis(200));
-    let elapsed = start.elapsed() - Duration::from_millis(200);
-    let replies = rx_packets(&link)? - rx_before;
-    let agent_cpu_s = process_cpu_s(agent.child.id())? - agent_before;
-    let xdp_cpu_s = (xdp_run_time(&pins) - xdp_before).as_secs_f64();
-    agent.stop();
-    Ok(Flood {
-        sent,
-        replies,
-        elapsed,
-        agent_cpu_s,
-        xdp_cpu_s,
-    })
 }

@@ -13,28 +13,15 @@ use prometheus_client::metrics::{family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::Request;
 use super::packet::{Control, State};
-use super::session::{Output, Session, Settings};
-use crate::metrics::{Counts, PeerLabel};
+use super::session::{Output, Session};
+use crate::metrics::family::{Counts, PeerLabel};
 
 pub const SINGLE_HOP_PORT: u16 = 3784;
 pub const MULTIHOP_PORT: u16 = 4784;
 /// RFC 5881 §4: source ports from this range.
 const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
-
-/// What a BGP peer asks of BFD.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Request {
-    pub peer: IpAddr,
-    /// The interface a link-local `peer` is on (unnumbered BGP sessions); 0 otherwise.
-    pub scope: u32,
-    /// The address to send from (the BGP session's source), if fixed.
-    pub local: Option<IpAddr>,
-    pub multihop: bool,
-    pub settings: Settings,
-    /// Multihop: the lowest TTL accepted (BFDProfile `minimumTtl`, default 254).
-    pub min_ttl: u8,
-}
 
 /// MetalLB's BFD metrics (its FRR mode's names; label `peer`).
 #[derive(Clone, Default)]
@@ -466,6 +453,7 @@ fn deliver(e: &mut Entry, out: &[Output], metrics: &BfdMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bfd::session::Settings;
     use std::time::Duration;
 
     /// A session to 127.0.0.1 hears its own packets (TTL 255 on loopback): Down, then Init

@@ -56,7 +56,7 @@ pub struct PeerPlan {
     pub node_v4: Option<Ipv4Addr>,
     pub node_v6: Option<Ipv6Addr>,
     /// The BFD session that guards this one (BGPPeer `bfdProfile`).
-    pub bfd: Option<crate::bfd::service::Request>,
+    pub bfd: Option<crate::bfd::Request>,
     /// Shared between peers that carry the same routes (the common case).
     pub routes: Arc<Routes>,
 }
@@ -369,9 +369,9 @@ fn bfd_request(
     peer: IpAddr,
     local: Option<IpAddr>,
     multihop: bool,
-) -> crate::bfd::service::Request {
+) -> crate::bfd::Request {
     let ms = |v: Option<u32>| Duration::from_millis(u64::from(v.unwrap_or(300)));
-    crate::bfd::service::Request {
+    crate::bfd::Request {
         peer,
         scope: 0,
         local,

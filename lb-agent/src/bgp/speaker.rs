@@ -22,7 +22,7 @@ use super::session::{Action, ConnId, Direction, Event, Local, Session, Stop};
 use super::socket;
 use crate::bfd::packet::State as BfdState;
 use crate::bfd::service::{Bfd, BfdMetrics};
-use crate::metrics::PeerLabel;
+use crate::metrics::family::PeerLabel;
 
 /// MetalLB's BGP metrics (label `peer`, `address:port`).
 #[derive(Clone, Default)]

@@ -275,7 +275,7 @@ mod tests {
         // Its BFD session goes to the same neighbour.
         let mut with_bfd = plan.clone();
         if let Some(p) = with_bfd.get_mut("ns/tor") {
-            p.bfd = Some(crate::bfd::service::Request {
+            p.bfd = Some(crate::bfd::Request {
                 peer: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 scope: 0,
                 local: None,

@@ -11,24 +11,15 @@ use lb_common::{
     VipStatsKey, VipValue, requester_slot,
 };
 
-const ETH_LEN: usize = 14;
-const VLAN_LEN: usize = 4;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const IPV6_LEN: usize = 40;
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMPV6_NS: u8 = 135;
-const ICMPV6_NA: u8 = 136;
-const NS_LEN: usize = 24;
-const NA_LEN: usize = 32;
+use lb_common::wire::{
+    ALL_NODES, ALL_NODES_MAC, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, BROADCAST, ETH_LEN,
+    ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_LEN,
+    NA_LEN, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN, OPT_SOURCE_LLA, OPT_TARGET_LLA,
+    SOLICITED_NODE_PREFIX, VLAN_LEN,
+};
+
 /// The largest NS payload the XDP program answers; longer option lists go to the kernel.
 const NS_MAX_LEN: usize = 64;
-const BROADCAST: [u8; 6] = [0xff; 6];
-const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-const SOLICITED_NODE_PREFIX: [u8; 13] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
 
 /// Where the responder looks VIPs up.
 pub trait VipLookup {
@@ -164,10 +155,10 @@ fn arp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     let (Some(htype), Some(ptype), Some(op)) = (be16(arp, 0), be16(arp, 2), be16(arp, 6)) else {
         return Outcome::Malformed;
     };
-    if htype != 1 || ptype != ETH_P_IPV4 || arp[4] != 6 || arp[5] != 4 {
+    if htype != ARPHRD_ETHER || ptype != ETH_P_IPV4 || arp[4] != 6 || arp[5] != 4 {
         return Outcome::Malformed;
     }
-    if op != 1 {
+    if op != ARPOP_REQUEST {
         return Outcome::Pass;
     }
     let (Some(sha), Some(spa), Some(tpa), Some(eth_dst)) = (
@@ -213,7 +204,7 @@ fn arp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     out[0..6].copy_from_slice(&sha);
     out[6..12].copy_from_slice(&value.mac);
     let a = l3;
-    out[a + 6..a + 8].copy_from_slice(&2u16.to_be_bytes());
+    out[a + 6..a + 8].copy_from_slice(&ARPOP_REPLY.to_be_bytes());
     out[a + 8..a + 14].copy_from_slice(&value.mac);
     out[a + 14..a + 18].copy_from_slice(&tpa);
     out[a + 18..a + 24].copy_from_slice(&sha);
@@ -316,9 +307,9 @@ fn ndp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
         return Outcome::Pass;
     }
     let (dst_ip, dst_mac, flags) = if dad {
-        (ALL_NODES, ALL_NODES_MAC, 0x20)
+        (ALL_NODES, ALL_NODES_MAC, NA_OVERRIDE)
     } else {
-        (src, eth_src, 0x60)
+        (src, eth_src, NA_SOLICITED_OVERRIDE)
     };
     let mut out = frame[..l3].to_vec();
     out[0..6].copy_from_slice(&dst_mac);
@@ -334,7 +325,7 @@ fn options_valid(ns: &[u8], dad: bool) -> bool {
         let (Some(&kind), Some(&len)) = (ns.get(off), ns.get(off + 1)) else {
             return false;
         };
-        if len == 0 || (dad && kind == 1) {
+        if len == 0 || (dad && kind == OPT_SOURCE_LLA) {
             return false;
         }
         off += usize::from(len) * 8;
@@ -348,7 +339,7 @@ fn write_na(out: &mut Vec<u8>, target: &[u8; 16], mac: &[u8; 6], dst: &[u8; 16],
     na[0] = ICMPV6_NA;
     na[4] = flags;
     na[8..24].copy_from_slice(target);
-    na[24] = 2;
+    na[24] = OPT_TARGET_LLA;
     na[25] = 1;
     na[26..32].copy_from_slice(mac);
     // Sum16BitWords adds native-endian words, so its result is stored in native order.
@@ -384,7 +375,7 @@ pub fn unsolicited_na(vip: Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
     f.extend_from_slice(&ALL_NODES_MAC);
     f.extend_from_slice(&mac);
     f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-    write_na(&mut f, &vip.octets(), &mac, &ALL_NODES, 0x20);
+    write_na(&mut f, &vip.octets(), &mac, &ALL_NODES, NA_OVERRIDE);
     f
 }
 
@@ -416,7 +407,13 @@ pub fn na_to(vip: Ipv6Addr, mac: [u8; 6], client_ip: Ipv6Addr, client_mac: [u8; 
     f.extend_from_slice(&client_mac);
     f.extend_from_slice(&mac);
     f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-    write_na(&mut f, &vip.octets(), &mac, &client_ip.octets(), 0x20);
+    write_na(
+        &mut f,
+        &vip.octets(),
+        &mac,
+        &client_ip.octets(),
+        NA_OVERRIDE,
+    );
     f
 }
 
