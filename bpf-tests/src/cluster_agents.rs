@@ -11,6 +11,26 @@ use crate::{PinDir, agent::Agent, apiserver::ApiServer, lab::Lab, netns::mac_str
 /// The nodes' names, in the lab's order.
 pub const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];
 
+/// What the cluster tests start from: namespace `namespace`, an IPAddressPool `lab` of
+/// `addresses`, an L2Advertisement `l2` for every pool, and the agents' memberlist Secret
+/// (`secret_b64`: the key, base64-encoded as Secret data is).
+pub fn apply_baseline(api: &ApiServer, namespace: &str, addresses: &[&str], secret_b64: &str) {
+    use serde_json::json;
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}));
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+        "metadata": {"name": "lab", "namespace": namespace},
+        "spec": {"addresses": addresses}}),
+    );
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+        "metadata": {"name": "l2", "namespace": namespace}, "spec": {}}),
+    );
+    api.apply(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "memberlist", "namespace": namespace},
+        "data": {"secretkey": secret_b64}}));
+}
+
 /// The lab's nodes as Node objects (name and InternalIP), as the kubelet registers them.
 pub fn apply_nodes(api: &ApiServer, lab: &Lab) {
     for (name, host) in NAMES.iter().zip(&lab.nodes) {

@@ -2,14 +2,14 @@
 //! MetalLB's way of finding a free address (walk each pool from its first address, checking
 //! every address against the set in use), run on the same pools and requests.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
 use lb_controller::{
     config::address::AddrRange,
-    ipam::allocator::{Allocator, Families, Family, PoolDef, Request},
+    ipam::allocator::{Allocator, PoolDef, Request},
 };
 
 pub const SERVICES: usize = 10_000;
@@ -36,15 +36,8 @@ fn pools(skip_first: bool) -> Vec<PoolDef> {
 
 fn request(i: usize, current: Vec<IpAddr>) -> Request {
     Request {
-        key: format!("default/svc-{i}"),
-        namespace: "default".into(),
-        namespace_labels: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        families: Families::Single(Family::V4),
-        requested: Vec::new(),
-        pool: None,
-        sharing: None,
         current,
+        ..Request::ipv4("default", &format!("svc-{i}"))
     }
 }
 

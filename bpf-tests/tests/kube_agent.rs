@@ -42,20 +42,13 @@ fn slice(service: &str, node: &str) -> Value {
 }
 
 fn setup(api: &ApiServer) {
-    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
-    api.apply(
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
-                     "metadata": {"name": "lab", "namespace": NS},
-                     "spec": {"addresses": ["10.30.0.0/28"]}}),
-    );
-    api.apply(
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
-                     "metadata": {"name": "l2", "namespace": NS}, "spec": {}}),
-    );
     // "a secret of sixteen+" in base64.
-    api.apply(json!({"apiVersion": "v1", "kind": "Secret",
-                     "metadata": {"name": "memberlist", "namespace": NS},
-                     "data": {"secretkey": "YSBzZWNyZXQgb2Ygc2l4dGVlbis="}}));
+    bpf_tests::cluster_agents::apply_baseline(
+        api,
+        NS,
+        &["10.30.0.0/28"],
+        "YSBzZWNyZXQgb2Ygc2l4dGVlbis=",
+    );
     for (i, n) in ["node-1", "node-2", "node-3"].iter().enumerate() {
         api.apply(node(n, &format!("10.1.0.{}", i + 1)));
     }

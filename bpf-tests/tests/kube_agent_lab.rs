@@ -17,20 +17,13 @@ const NS: &str = "metallb-system";
 const VIP: &str = "10.210.0.120";
 
 fn setup(api: &ApiServer, lab: &Lab) {
-    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
-    api.apply(
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
-                     "metadata": {"name": "lab", "namespace": NS},
-                     "spec": {"addresses": ["10.210.0.100-10.210.0.150"]}}),
-    );
-    api.apply(
-        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
-                     "metadata": {"name": "l2", "namespace": NS}, "spec": {}}),
-    );
     // "kube-lab-secret-0123" in base64.
-    api.apply(json!({"apiVersion": "v1", "kind": "Secret",
-                     "metadata": {"name": "memberlist", "namespace": NS},
-                     "data": {"secretkey": "a3ViZS1sYWItc2VjcmV0LTAxMjM="}}));
+    bpf_tests::cluster_agents::apply_baseline(
+        api,
+        NS,
+        &["10.210.0.100-10.210.0.150"],
+        "a3ViZS1sYWItc2VjcmV0LTAxMjM=",
+    );
     bpf_tests::cluster_agents::apply_nodes(api, lab);
     // As the controller leaves it: an address in the status.
     api.apply(json!({"apiVersion": "v1", "kind": "Service",

@@ -758,18 +758,13 @@ fn negotiate(s: &Settings, open: &Open) -> Negotiated {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ipnet::IpNet;
-
-    use crate::bgp::rib_out::RouteAttrs;
-
-    const PEER_AS: u32 = 65001;
-
-    fn settings() -> Settings {
+impl Settings {
+    /// AS 64512 to AS 65001, router ID 10.0.0.5, MetalLB's timers, both families, graceful
+    /// restart: the session the unit tests start from.
+    pub(crate) fn for_tests() -> Self {
         Settings {
             local_as: 64512,
-            peer_as: PeerAs::Fixed(PEER_AS),
+            peer_as: PeerAs::Fixed(65001),
             router_id: Ipv4Addr::new(10, 0, 0, 5),
             hold_time: 90,
             keepalive: None,
@@ -780,6 +775,20 @@ mod tests {
             graceful_restart: Some(120),
             extended_next_hop: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipnet::IpNet;
+
+    use crate::bgp::rib_out::RouteAttrs;
+
+    const PEER_AS: u32 = 65001;
+
+    fn settings() -> Settings {
+        Settings::for_tests()
     }
 
     fn local() -> Local {

@@ -229,17 +229,11 @@ mod tests {
             password: None,
             multihop: false,
             settings: crate::bgp::session::Settings {
-                local_as: 64512,
                 peer_as: crate::bgp::session::PeerAs::External,
                 router_id: std::net::Ipv4Addr::new(10, 0, 0, 1),
-                hold_time: 90,
-                keepalive: None,
-                connect_time: Duration::from_secs(30),
-                passive: false,
-                ipv4: true,
-                ipv6: true,
                 graceful_restart: None,
                 extended_next_hop: interface.is_some(),
+                ..crate::bgp::session::Settings::for_tests()
             },
             node_v4: None,
             node_v6: None,

@@ -95,6 +95,24 @@ pub struct Request {
     pub current: Vec<IpAddr>,
 }
 
+impl Request {
+    /// Service `namespace/name` without labels, asking for one IPv4 address from any pool: the
+    /// plainest request, which tests and benches start from.
+    pub fn ipv4(namespace: &str, name: &str) -> Self {
+        Self {
+            key: format!("{namespace}/{name}"),
+            namespace: namespace.into(),
+            namespace_labels: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            families: Families::Single(Family::V4),
+            requested: Vec::new(),
+            pool: None,
+            sharing: None,
+            current: Vec::new(),
+        }
+    }
+}
+
 /// Which Services a pool is restricted to (`serviceAllocation`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Restriction {
@@ -512,17 +530,7 @@ mod tests {
     }
 
     fn req(key: &str) -> Request {
-        Request {
-            key: format!("default/{key}"),
-            namespace: "default".into(),
-            namespace_labels: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            families: Families::Single(Family::V4),
-            requested: Vec::new(),
-            pool: None,
-            sharing: None,
-            current: Vec::new(),
-        }
+        Request::ipv4("default", key)
     }
 
     fn ip(s: &str) -> IpAddr {
