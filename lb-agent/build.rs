@@ -10,6 +10,11 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("cargo:rerun-if-changed={dir}");
     }
+    // aya-build forwards every line the inner cargo prints as a cargo warning, so its progress
+    // ("Compiling ...") would make a clean build look like one with forty warnings. Quiet, it
+    // prints only what is worth reading: compiler warnings and errors, which still come through.
+    // SAFETY: the build script is single-threaded here; nothing reads the environment meanwhile.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let package = aya_build::Package {
         name: "lb-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),

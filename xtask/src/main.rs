@@ -102,7 +102,10 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf(&root),
-        Task::Build => cargo(&root, &["build", "--workspace", "--release"]),
+        Task::Build => {
+            step(BUILDING);
+            cargo(&root, &["build", "--workspace", "--release"])
+        }
         Task::Test => test(&root),
         Task::Bench => run_release_bin(&root, "xdplb-bench", &[]),
         Task::Demo => run_release_bin(&root, "xdplb-demo", &[]),
@@ -139,6 +142,7 @@ fn main() -> Result<()> {
 /// `bpf-tests`: it drives the real `lb-agent` in network namespaces).
 fn run_release_bin(root: &Path, name: &str, args: &[&str]) -> Result<()> {
     setup()?;
+    step(BUILDING);
     cargo(
         root,
         &[
@@ -191,6 +195,11 @@ fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Said before a build: the XDP program's own compilation prints nothing unless it has
+/// something to say, and on a fresh checkout it takes a while.
+const BUILDING: &str =
+    "cargo build (lb-agent's build script compiles the XDP program with nightly and bpf-linker)";
 
 fn step(what: &str) {
     eprintln!("==> {what}");
@@ -354,7 +363,7 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    step("cargo build");
+    step(BUILDING);
     cargo(root, &["build", "--workspace"])?;
     step("cargo test");
     let mut cmd = Command::new(env!("CARGO"));

@@ -255,8 +255,9 @@ fn print_guide(dir: &Path, s: &State) {
         println!("  ip netns exec {} ip route show 198.51.100.10", s.client);
     }
     if let Some((name, ns, _)) = s.nodes.first() {
+        // In the node's namespace: the maps name interfaces by index, which only resolve there.
         println!(
-            "  target/release/lb-agent maps --bpffs {PINS}/{}/{name}",
+            "  ip netns exec {ns} target/release/lb-agent maps --bpffs {PINS}/{}/{name}",
             s.segment
         );
         println!("  ip netns exec {ns} curl -s 127.0.0.1:7472/metrics");
