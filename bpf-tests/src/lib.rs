@@ -1,36 +1,27 @@
-//! Helpers for privileged tests, the bench and the demo: network namespaces and veth pairs that
-//! clean up after themselves, pin directories, `BPF_PROG_TEST_RUN`, crafted frames, and running
-//! the real `lb-agent` binary inside a namespace.
+//! Helpers for privileged tests, the bench and the demo: everything that needs the real kernel,
+//! real peers or a real API server to test xdplb the way a user runs it.
 //!
-//! Layout:
-//! - [`netns`]: `NetNs` and `Veth` guards, running commands and closures inside a namespace.
-//! - [`testrun`]: `BPF_PROG_TEST_RUN` through the `bpf(2)` syscall (aya does not expose it).
-//! - [`frames`]: request frames and independently built expected replies (etherparse).
-//! - [`agent`]: the agent binary as a child process in a namespace.
-//! - [`lab`], [`group`], [`fleet`]: the bridge segment, three agents on it, many clients;
-//!   [`cluster_agents`]: three agents reading an API server instead of a directory.
+//! Layout, in four wings and the API server (each uses only the ones listed before it):
+//! - [`apiserver`]: an in-process Kubernetes API server (list/watch, 410, 409, the status
+//!   subresource, garbage collection) the kube tests run against.
+//! - [`datapath`]: crafted frames and independently built replies ([`datapath::frames`]),
+//!   `BPF_PROG_TEST_RUN` through the `bpf(2)` syscall ([`datapath::testrun`]).
+//! - [`harness`]: network namespaces and veth pairs that clean up after themselves
+//!   ([`harness::netns`]); the bridge segment with a client and nodes, and who answers a VIP
+//!   ([`harness::lab`]); the real binaries as children ([`harness::agent`]: `Agent`,
+//!   `Controller`); three agents on a directory ([`harness::group`]) or on an API server
+//!   ([`harness::cluster_agents`]); many clients ([`harness::fleet`]); an ARP prober for
+//!   failover times ([`harness::prober`]); `/metrics` scrapes ([`harness::scrape`]).
+//! - [`peers`]: FRR, BIRD and GoBGP as BGP peers in a namespace.
+//! - [`bench`]: the sections of `cargo xtask bench`, each measuring and printing its rows.
+//!
+//! The binaries: `xdplb-bench`, `xdplb-demo`, `xdplb-lab`.
 
-pub mod agent;
-pub mod agent_bench;
 pub mod apiserver;
-pub mod bgp_bench;
-pub mod bird;
-pub mod cluster_agents;
-pub mod controller_bench;
-pub mod failover_bench;
-pub mod fleet;
-pub mod frames;
-pub mod frr;
-pub mod gobgp;
-pub mod group;
-pub mod ipam_bench;
-pub mod lab;
-pub mod netns;
-pub mod prober;
-pub mod scrape;
-pub mod spread_bench;
-pub mod testrun;
-pub mod xdp_bench;
+pub mod bench;
+pub mod datapath;
+pub mod harness;
+pub mod peers;
 
 use std::path::{Path, PathBuf};
 

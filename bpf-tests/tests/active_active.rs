@@ -7,13 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bpf_tests::{
-    agent::workspace_bin,
-    fleet::{self, Fleet},
-    group::{Group, nodes_yaml},
-    lab::Lab,
-    privileged, scrape,
-};
+use bpf_tests::{harness::agent::workspace_bin, harness::fleet::{self, Fleet}, harness::group::{Group, nodes_yaml}, harness::lab::Lab, privileged, harness::scrape};
 
 const CLIENTS: usize = 36;
 const VIP4: &str = "10.210.0.200";

@@ -10,19 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{
-    PinDir,
-    agent::Agent,
-    bird::Bird,
-    frr::Frr,
-    gobgp::{self, GoBgp},
-    group::{METRICS, SECRET, allocate},
-    lab::Lab,
-    netns::NetNs,
-    privileged,
-    scrape::sample,
-    unique,
-};
+use bpf_tests::{PinDir, harness::agent::Agent, peers::bird::Bird, peers::frr::Frr, peers::gobgp::{self, GoBgp}, harness::group::{METRICS, SECRET, allocate}, harness::lab::Lab, harness::netns::NetNs, privileged, harness::scrape::sample, unique};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -151,12 +139,12 @@ impl<R> Bgp<R> {
     }
 
     fn vip(&self, service: &str) -> String {
-        bpf_tests::group::vip_of(&self.dir, &format!("default/{service}"))
+        bpf_tests::harness::group::vip_of(&self.dir, &format!("default/{service}"))
     }
 
     fn metrics(&self, i: usize) -> String {
         let addr = METRICS.parse().expect("metrics address");
-        match bpf_tests::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
+        match bpf_tests::harness::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
             Ok((200, body)) => body,
             other => panic!("/metrics: {other:?}"),
         }
@@ -175,8 +163,7 @@ fn start_agent(lab: &Lab, dir: &Path, i: usize, pins: &PinDir) -> Agent {
 
 /// FRR's paths for `prefix` in `family` (`ipv4` / `ipv6`).
 fn paths(frr: &Frr, family: &str, prefix: &str) -> Vec<Value> {
-    let v = frr.json(&format!("show bgp {family} unicast {prefix} json"));
-    v["paths"].as_array().cloned().unwrap_or_default()
+    frr.paths(family, prefix)
 }
 
 fn next_hops(paths: &[Value]) -> Vec<String> {
@@ -692,7 +679,7 @@ fn an_unnumbered_session_runs_over_link_local_addresses_with_ipv4_via_ipv6() {
     let bgp = Bgp::start("bgpu", peers, &["web", "web6"], |lab| {
         let rt = NetNs::new(&unique("bgpurt"));
         let node = &lab.nodes[0].ns;
-        bpf_tests::netns::ip(&[
+        bpf_tests::harness::netns::ip(&[
             "link", "add", "un0", "netns", &node.name, "type", "veth", "peer", "name", "rt1",
             "netns", &rt.name,
         ]);

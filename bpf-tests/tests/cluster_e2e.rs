@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{
-    agent::workspace_bin, apiserver::ApiServer, cluster_agents::ClusterAgents, frr::Frr, lab::Lab,
-    privileged, unique,
-};
+use bpf_tests::{harness::agent::{Controller, workspace_bin}, apiserver::ApiServer, harness::cluster_agents::ClusterAgents, peers::frr::Frr, harness::lab::Lab, privileged, unique};
 use serde_json::{Value, json};
 
 const NS: &str = "metallb-system";
@@ -31,7 +28,7 @@ fn pool(addresses: &[&str]) -> Value {
 
 /// A Pod for node `i`'s agent, as the DaemonSet would create it: (name, UID).
 fn agent_pod(api: &ApiServer, i: usize, generation: u32) -> (String, String) {
-    let node = bpf_tests::cluster_agents::NAMES[i];
+    let node = bpf_tests::harness::cluster_agents::NAMES[i];
     let pod = api.apply(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": format!("xdplb-agent-{node}-{generation}"), "namespace": NS},
         "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "xdplb/lb-agent"}]}}));
@@ -107,7 +104,7 @@ fn setup(api: &ApiServer, lab: &Lab) {
         json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
                      "metadata": {"name": "l2", "namespace": NS}}),
     );
-    bpf_tests::cluster_agents::apply_nodes(api, lab);
+    bpf_tests::harness::cluster_agents::apply_nodes(api, lab);
     api.apply(json!({"apiVersion": "v1", "kind": "Service",
                      "metadata": {"name": "web", "namespace": "default"},
                      "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10",
@@ -205,18 +202,7 @@ fn bgp_objects(api: &ApiServer) {
 
 /// How many paths FRR has for `vip`/32.
 fn paths(frr: &Frr, vip: &str) -> usize {
-    frr.json(&format!("show bgp ipv4 unicast {vip}/32 json"))["paths"]
-        .as_array()
-        .map_or(0, Vec::len)
-}
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    frr.paths("ipv4", &format!("{vip}/32")).len()
 }
 
 #[test]
@@ -415,7 +401,7 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
             let states = config_states(&api);
             let running: Vec<String> = (0..3)
                 .filter(|i| group.agents[*i].is_some())
-                .map(|i| format!("speaker-{}", bpf_tests::cluster_agents::NAMES[i]))
+                .map(|i| format!("speaker-{}", bpf_tests::harness::cluster_agents::NAMES[i]))
                 .chain(["controller".to_owned()])
                 .collect();
             running

@@ -43,7 +43,7 @@ fn slice(service: &str, node: &str) -> Value {
 
 fn setup(api: &ApiServer) {
     // "a secret of sixteen+" in base64.
-    bpf_tests::cluster_agents::apply_baseline(
+    bpf_tests::harness::cluster_agents::apply_baseline(
         api,
         NS,
         &["10.30.0.0/28"],

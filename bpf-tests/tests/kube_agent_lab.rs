@@ -8,9 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{
-    apiserver::ApiServer, cluster_agents::ClusterAgents, lab::Lab, privileged, unique,
-};
+use bpf_tests::{apiserver::ApiServer, harness::cluster_agents::ClusterAgents, harness::lab::Lab, privileged, unique};
 use serde_json::json;
 
 const NS: &str = "metallb-system";
@@ -18,13 +16,13 @@ const VIP: &str = "10.210.0.120";
 
 fn setup(api: &ApiServer, lab: &Lab) {
     // "kube-lab-secret-0123" in base64.
-    bpf_tests::cluster_agents::apply_baseline(
+    bpf_tests::harness::cluster_agents::apply_baseline(
         api,
         NS,
         &["10.210.0.100-10.210.0.150"],
         "a3ViZS1sYWItc2VjcmV0LTAxMjM=",
     );
-    bpf_tests::cluster_agents::apply_nodes(api, lab);
+    bpf_tests::harness::cluster_agents::apply_nodes(api, lab);
     // As the controller leaves it: an address in the status.
     api.apply(json!({"apiVersion": "v1", "kind": "Service",
                      "metadata": {"name": "web", "namespace": "default"},

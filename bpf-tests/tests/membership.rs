@@ -8,11 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{
-    group::{Group, SECRET, expected},
-    privileged,
-    scrape::sample,
-};
+use bpf_tests::{harness::group::{Group, SECRET, expected}, privileged, harness::scrape::sample};
 use lb_agent::membership::heartbeat::{Heartbeat, Phase};
 
 fn index_of(g: &Group, name: &str) -> usize {
@@ -84,7 +80,7 @@ fn a_gracefully_restarted_owner_takes_its_vips_back_without_a_lost_reply() {
                     .args(["-I", "eth0", &lab_vip])
                     .output()
                     .expect("arping");
-                let who: BTreeSet<String> = bpf_tests::netns::arping_macs(&out.stdout)
+                let who: BTreeSet<String> = bpf_tests::harness::netns::arping_macs(&out.stdout)
                     .iter()
                     .map(|m| macs.get(m).cloned().unwrap_or_default())
                     .collect();
@@ -355,7 +351,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
     std::fs::remove_file(g.dir.join("secret")).expect("remove secret");
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &g.lab.nodes[third].ns.name])
-        .arg(bpf_tests::agent::agent_bin())
+        .arg(bpf_tests::harness::agent::agent_bin())
         .args([
             "run",
             "--node-name",
@@ -432,7 +428,7 @@ fn an_etp_local_service_is_announced_where_its_endpoint_is_and_follows_it() {
             g.allocate();
         }
         let owners = expected(&g.dir, &g.names);
-        let vip = bpf_tests::group::vip_of(&g.dir, "default/web");
+        let vip = bpf_tests::harness::group::vip_of(&g.dir, "default/web");
         assert_eq!(
             owners.get(&vip).map(String::as_str),
             Some(node),

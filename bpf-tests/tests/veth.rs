@@ -8,12 +8,7 @@ use std::{
     time::Duration,
 };
 
-use bpf_tests::{
-    PinDir,
-    agent::Agent,
-    netns::{Link, mac_str},
-    privileged,
-};
+use bpf_tests::{PinDir, harness::agent::Agent, harness::netns::{Link, mac_str}, privileged};
 use lb_agent::l2::maps::VipMaps;
 use lb_common::Counter;
 
@@ -304,7 +299,7 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
     assert_eq!(link.arping(VIP4, 2).len(), 2, "VIP4 unanswered");
     let maps = link
         .node
-        .enter(bpf_tests::agent::agent_bin().to_str().expect("utf-8"))
+        .enter(bpf_tests::harness::agent::agent_bin().to_str().expect("utf-8"))
         .args(["maps", "--bpffs"])
         .arg(pins.path())
         .output()
@@ -403,7 +398,7 @@ fn explicit_xdp_mode_fails_loudly_instead_of_falling_back() {
     let not_bpffs = std::env::temp_dir().join(bpf_tests::unique("not-bpffs"));
     let out = link
         .node
-        .enter(bpf_tests::agent::agent_bin().to_str().expect("utf-8"))
+        .enter(bpf_tests::harness::agent::agent_bin().to_str().expect("utf-8"))
         .args([
             "announce",
             "--interface",

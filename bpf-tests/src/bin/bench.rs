@@ -2,13 +2,13 @@
 //! `xdplb-bench SECTION...` measures and prints only those sections' rows.
 //!
 //! - `cost`, `flood`: the XDP program against `xdp_pass` and against the AF_PACKET responder
-//!   (`bpf_tests::xdp_bench`).
-//! - `ipam`: the allocator against MetalLB's linear search (`bpf_tests::ipam_bench`).
-//! - `controller`: the controller at scale (`bpf_tests::controller_bench`).
-//! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::failover_bench`).
-//! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::spread_bench`).
-//! - `agent`: the agent owning 10,000 VIPs against owning one (`bpf_tests::agent_bench`).
-//! - `bgp`: FRR learning routes from xdplb and from GoBGP (`bpf_tests::bgp_bench`).
+//!   (`bpf_tests::bench::xdp`).
+//! - `ipam`: the allocator against MetalLB's linear search (`bpf_tests::bench::ipam`).
+//! - `controller`: the controller at scale (`bpf_tests::bench::controller`).
+//! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::bench::failover`).
+//! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::bench::spread`).
+//! - `agent`: the agent owning 10,000 VIPs against owning one (`bpf_tests::bench::agent`).
+//! - `bgp`: FRR learning routes from xdplb and from GoBGP (`bpf_tests::bench::bgp`).
 use std::{str::FromStr, time::Duration};
 
 use anyhow::{Result, bail};
@@ -65,14 +65,14 @@ impl FromStr for Section {
 /// What was measured, each section's figures if it ran.
 #[derive(Default)]
 struct Table {
-    cost: Option<bpf_tests::xdp_bench::CostFigures>,
-    flood: Option<bpf_tests::xdp_bench::FloodFigures>,
-    ipam: Option<bpf_tests::ipam_bench::IpamTimes>,
-    controller: Option<bpf_tests::controller_bench::ScaleFigures>,
+    cost: Option<bpf_tests::bench::xdp::CostFigures>,
+    flood: Option<bpf_tests::bench::xdp::FloodFigures>,
+    ipam: Option<bpf_tests::bench::ipam::IpamTimes>,
+    controller: Option<bpf_tests::bench::controller::ScaleFigures>,
     failover: Option<Failover>,
-    spread: Option<bpf_tests::spread_bench::SpreadFigures>,
+    spread: Option<bpf_tests::bench::spread::SpreadFigures>,
     agent: Option<AgentScale>,
-    bgp: Option<bpf_tests::bgp_bench::BgpFigures>,
+    bgp: Option<bpf_tests::bench::bgp::BgpFigures>,
 }
 
 fn main() -> Result<()> {
@@ -134,33 +134,33 @@ fn measure(sections: &[Section]) -> Result<Table> {
     if on(Section::Spread) {
         eprintln!(
             "active-active: {} clients over 3 and 5 nodes; {} kills with {} client namespaces...",
-            bpf_tests::spread_bench::CLIENTS,
-            bpf_tests::spread_bench::ROUNDS,
-            bpf_tests::spread_bench::FLEET
+            bpf_tests::bench::spread::CLIENTS,
+            bpf_tests::bench::spread::ROUNDS,
+            bpf_tests::bench::spread::FLEET
         );
-        t.spread = Some(bpf_tests::spread_bench::run().map_err(msg)?);
+        t.spread = Some(bpf_tests::bench::spread::run().map_err(msg)?);
     }
     if on(Section::Bgp) {
         eprintln!(
             "BGP: FRR learning {} routes, from xdplb then from gobgpd...",
-            bpf_tests::bgp_bench::ROUTES
+            bpf_tests::bench::bgp::ROUTES
         );
-        t.bgp = Some(bpf_tests::bgp_bench::run().map_err(msg)?);
+        t.bgp = Some(bpf_tests::bench::bgp::run().map_err(msg)?);
     }
     if on(Section::Agent) {
         eprintln!(
             "the agent at scale: {} VIPs owned, then 1...",
-            bpf_tests::agent_bench::VIPS
+            bpf_tests::bench::agent::VIPS
         );
         t.agent = Some(AgentScale::measure()?);
     }
     if on(Section::Controller) {
         eprintln!(
             "the controller at scale: {} Services over {} pools...",
-            bpf_tests::controller_bench::SERVICES,
-            bpf_tests::controller_bench::POOLS
+            bpf_tests::bench::controller::SERVICES,
+            bpf_tests::bench::controller::POOLS
         );
-        t.controller = Some(bpf_tests::controller_bench::run().map_err(msg)?);
+        t.controller = Some(bpf_tests::bench::controller::run().map_err(msg)?);
     }
     if on(Section::Failover) {
         eprintln!(
@@ -171,35 +171,35 @@ fn measure(sections: &[Section]) -> Result<Table> {
     if on(Section::Cost) {
         eprintln!(
             "measuring program cost ({} runs per frame)...",
-            bpf_tests::xdp_bench::RUNS
+            bpf_tests::bench::xdp::RUNS
         );
-        t.cost = Some(bpf_tests::xdp_bench::cost().map_err(msg)?);
+        t.cost = Some(bpf_tests::bench::xdp::cost().map_err(msg)?);
     }
     if on(Section::Ipam) {
         eprintln!(
             "planning {} Services, ours and MetalLB's linear walk...",
-            bpf_tests::ipam_bench::SERVICES
+            bpf_tests::bench::ipam::SERVICES
         );
-        t.ipam = Some(bpf_tests::ipam_bench::run().map_err(msg)?);
+        t.ipam = Some(bpf_tests::bench::ipam::run().map_err(msg)?);
     }
     if on(Section::Flood) {
         eprintln!(
             "flooding with ARP requests, XDP then AF_PACKET ({:?} each)...",
-            bpf_tests::xdp_bench::FLOOD
+            bpf_tests::bench::xdp::FLOOD
         );
-        t.flood = Some(bpf_tests::xdp_bench::floods().map_err(msg)?);
+        t.flood = Some(bpf_tests::bench::xdp::floods().map_err(msg)?);
     }
     Ok(t)
 }
 
 /// The IPAM rows.
-fn print_ipam(ipam: &bpf_tests::ipam_bench::IpamTimes) {
+fn print_ipam(ipam: &bpf_tests::bench::ipam::IpamTimes) {
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "| IPAM: plan {} Services over {} pools (ms) | {:.1} | linear walk {:.1} | {:.0}× faster | — |",
-        bpf_tests::ipam_bench::SERVICES,
-        bpf_tests::ipam_bench::POOLS,
+        bpf_tests::bench::ipam::SERVICES,
+        bpf_tests::bench::ipam::POOLS,
         ms(ipam.plan.0),
         ms(ipam.plan.1),
         ratio(ms(ipam.plan.1), ms(ipam.plan.0))
@@ -215,13 +215,13 @@ fn print_ipam(ipam: &bpf_tests::ipam_bench::IpamTimes) {
 
 /// The agent owning 10,000 VIPs beside the same agent owning one.
 struct AgentScale {
-    many: bpf_tests::agent_bench::AgentFigures,
-    one: bpf_tests::agent_bench::AgentFigures,
+    many: bpf_tests::bench::agent::AgentFigures,
+    one: bpf_tests::bench::agent::AgentFigures,
 }
 
 impl AgentScale {
     fn measure() -> Result<Self> {
-        use bpf_tests::agent_bench::{VIPS, measure};
+        use bpf_tests::bench::agent::{VIPS, measure};
         Ok(Self {
             many: measure(VIPS).map_err(anyhow::Error::msg)?,
             one: measure(1).map_err(anyhow::Error::msg)?,
@@ -249,7 +249,7 @@ impl AgentScale {
         println!(
             "| agent: {} VIPs owned, CPU at rest (% of one CPU over {:?}) | {:.2} | {} VIP {:.2} | — | — |",
             m.vips,
-            bpf_tests::agent_bench::WINDOW,
+            bpf_tests::bench::agent::WINDOW,
             m.cpu_share * 100.0,
             o.vips,
             o.cpu_share * 100.0
@@ -271,7 +271,7 @@ struct Failover {
 
 impl Failover {
     fn measure() -> Result<Self> {
-        use bpf_tests::failover_bench::{keepalived, xdplb};
+        use bpf_tests::bench::failover::{keepalived, xdplb};
         Ok(Self {
             xdplb: xdplb(FAILOVER_RUNS, &[]).map_err(anyhow::Error::msg)?,
             xdplb_fast: xdplb(
@@ -285,7 +285,7 @@ impl Failover {
     }
 
     fn print(&self) {
-        use bpf_tests::prober::percentile;
+        use bpf_tests::harness::prober::percentile;
         let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
         let p = |s: &[Duration], q| ms(percentile(s, q));
         let other = |r: &Result<Vec<Duration>, String>, label: &str| match r {
@@ -319,8 +319,8 @@ impl Failover {
 }
 
 /// The controller rows (also printed alone by `xdplb-bench controller`).
-fn print_scale(f: &bpf_tests::controller_bench::ScaleFigures) {
-    use bpf_tests::controller_bench::{POOLS, SERVICES};
+fn print_scale(f: &bpf_tests::bench::controller::ScaleFigures) {
+    use bpf_tests::bench::controller::{POOLS, SERVICES};
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::INFINITY };
     println!(

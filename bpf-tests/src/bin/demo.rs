@@ -14,16 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bpf_tests::{
-    PinDir,
-    agent::{Agent, agent_bin, workspace_bin},
-    failover_bench::PROBE,
-    fleet::{self, Fleet},
-    frr::Frr,
-    lab::Lab,
-    netns::{NetNs, mac_str},
-    prober::{Prober, takeover},
-};
+use bpf_tests::{PinDir, harness::agent::{Agent, Controller, agent_bin, workspace_bin}, bench::failover::PROBE, harness::fleet::{self, Fleet}, peers::frr::Frr, harness::lab::Lab, harness::netns::{NetNs, mac_str}, harness::prober::{Prober, takeover}};
 use lb_controller::allocations;
 
 /// The example configuration the demo runs from (relative to the workspace root).
@@ -60,15 +51,6 @@ fn show(cmd: &mut Command) -> Result<String> {
 }
 
 /// Kills the controller when the demo ends, however it ends.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An HTTP responder on port 8080 of every node, saying which node answered.
 fn serve_hello(lab: &Lab, names: &[&'static str]) -> Result<()> {
     for (node, name) in lab.nodes.iter().zip(names) {
@@ -115,10 +97,7 @@ fn http_get(from: &NetNs, vip: &'static str) -> Result<String> {
 
 /// FRR's paths for `vip`/32.
 fn paths(frr: &Frr, vip: &str) -> Vec<serde_json::Value> {
-    frr.json(&format!("show bgp ipv4 unicast {vip}/32 json"))["paths"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    frr.paths("ipv4", &format!("{vip}/32"))
 }
 
 /// Waits until FRR has `n` paths for `vip`, at most `within`.
@@ -208,19 +187,6 @@ fn controller_step(dir: &std::path::Path) -> Result<(Controller, String, String)
     }
 }
 
-/// Who answers one ARP request for `vip` (node names; `?` for an unknown MAC).
-fn answerers(
-    lab: &Lab,
-    macs: &BTreeMap<String, &'static str>,
-    vip: &str,
-    wait: &str,
-) -> Vec<&'static str> {
-    lab.arping_within(vip, 1, wait)
-        .iter()
-        .map(|m| macs.get(m).copied().unwrap_or("?"))
-        .collect()
-}
-
 fn main() -> Result<()> {
     if !bpf_tests::privileged("xdplb-demo") {
         bail!("the demo needs root and a bpf filesystem (it creates network namespaces)");
@@ -245,7 +211,7 @@ fn main() -> Result<()> {
     let lab = Lab::new("demo", 3);
     // Dropped before the lab: the router's daemons, then the host behind it.
     let outside = lab.routed_host("demoout");
-    let router = Frr::start(&lab.client.ns, &bpf_tests::frr::lab_router_conf(&lab), true);
+    let router = Frr::start(&lab.client.ns, &bpf_tests::peers::frr::lab_router_conf(&lab), true);
     // Spread flows over the ECMP paths by ports too, not only by addresses.
     show(
         lab.client
@@ -307,8 +273,11 @@ fn main() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let owner = loop {
-        if let [one] = answerers(&lab, &macs, vip4, "0.2").as_slice() {
-            break *one;
+        let who = lab.answerers(vip4, "0.2", &names);
+        if let [one] = who.iter().collect::<Vec<_>>().as_slice()
+            && let Some(name) = names.iter().find(|n| **n == one.as_str())
+        {
+            break *name;
         }
         if Instant::now() > deadline {
             bail!("nobody answers for {vip4}");
@@ -356,7 +325,7 @@ fn main() -> Result<()> {
     }
 
     let shop: &'static str =
-        Box::leak(bpf_tests::group::vip_of(&dir, "default/shop").into_boxed_str());
+        Box::leak(bpf_tests::harness::group::vip_of(&dir, "default/shop").into_boxed_str());
     say(
         "7. Active-active Layer 2: one VIP, every node",
         &format!(
@@ -392,7 +361,7 @@ fn main() -> Result<()> {
     println!("   (In single-owner mode one node would answer all {FLEET}.)");
 
     let api: &'static str =
-        Box::leak(bpf_tests::group::vip_of(&dir, "default/api").into_boxed_str());
+        Box::leak(bpf_tests::harness::group::vip_of(&dir, "default/api").into_boxed_str());
     say(
         "8. Layer 3: a routed pool over BGP",
         &format!(
@@ -489,28 +458,9 @@ fn main() -> Result<()> {
         let _ = agent.child.kill();
         let _ = agent.child.wait();
     }
-    std::thread::sleep(Duration::from_millis(800));
-    let replies = prober.finish();
-    let took = takeover(&replies, killed_at, owner_mac)
-        .with_context(|| format!("nobody took {vip4} over"))?;
-    let new_owner = replies
-        .iter()
-        .find(|(at, mac)| *at >= killed_at && *mac != owner_mac)
-        .and_then(|(_, mac)| macs.get(&mac_str(mac)).copied())
-        .unwrap_or("?");
-    println!(
-        "   => {new_owner} answers for {vip4} {:.0} ms after the kill (the README's failover\n   \
-         figures are this, over many kills)",
-        took.as_secs_f64() * 1e3
-    );
-    show(
-        lab.client
-            .ns
-            .exec("ndisc6")
-            .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
-    )?;
-    // The shared VIP: the survivors tell exactly the dead node's clients (unicast ARP
-    // replies to the clients they recorded), and nobody else's entry changes.
+    // While the client probes web, the shared VIP: the survivors tell exactly the dead
+    // node's clients (unicast ARP replies to the clients they recorded), and nobody else's
+    // entry changes.
     let orphans: Vec<usize> = (0..FLEET).filter(|i| by_client[*i] == owner).collect();
     let dead_mac: Vec<&String> = macs
         .iter()
@@ -531,6 +481,27 @@ fn main() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    // The prober ran meanwhile; give it the bench's 800 ms at least.
+    std::thread::sleep((killed_at + Duration::from_millis(800)).saturating_duration_since(Instant::now()));
+    let replies = prober.finish();
+    let took = takeover(&replies, killed_at, owner_mac)
+        .with_context(|| format!("nobody took {vip4} over"))?;
+    let new_owner = replies
+        .iter()
+        .find(|(at, mac)| *at >= killed_at && *mac != owner_mac)
+        .and_then(|(_, mac)| macs.get(&mac_str(mac)).copied())
+        .unwrap_or("?");
+    println!(
+        "   => {new_owner} answers for {vip4} {:.0} ms after the kill (the README's failover\n   \
+         figures are this, over many kills)",
+        took.as_secs_f64() * 1e3
+    );
+    show(
+        lab.client
+            .ns
+            .exec("ndisc6")
+            .args(["-1", "-r", "3", "-w", "500", vip6, "eth0"]),
+    )?;
     let kept = (0..FLEET)
         .filter(|i| by_client[*i] != owner)
         .filter(|i| {

@@ -12,12 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bpf_tests::{
-    agent::workspace_bin,
-    frr::{Frr, lab_router_conf},
-    lab::Lab,
-    privileged,
-};
+use bpf_tests::{harness::agent::workspace_bin, peers::frr::{Frr, lab_router_conf}, harness::lab::Lab, privileged};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 

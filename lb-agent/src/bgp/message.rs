@@ -7,6 +7,8 @@
 //! prescribes for a malformed one. It checks every length before reading and never panics.
 use bytes::{BufMut, BytesMut};
 
+use super::notification::{code, header_error, open_error};
+
 /// The header: 16 bytes of marker, a length, a type.
 pub const HEADER_LEN: usize = 19;
 /// RFC 4271's largest message (RFC 8654 extended messages are not negotiated).
@@ -20,34 +22,6 @@ const UPDATE: u8 = 2;
 const NOTIFICATION: u8 = 3;
 const KEEPALIVE: u8 = 4;
 const ROUTE_REFRESH: u8 = 5;
-
-/// NOTIFICATION error codes (RFC 4271 §4.5).
-pub mod code {
-    pub const MESSAGE_HEADER: u8 = 1;
-    pub const OPEN_MESSAGE: u8 = 2;
-    pub const UPDATE_MESSAGE: u8 = 3;
-    pub const HOLD_TIMER_EXPIRED: u8 = 4;
-    pub const FSM: u8 = 5;
-    pub const CEASE: u8 = 6;
-    pub const ROUTE_REFRESH_MESSAGE: u8 = 7;
-}
-
-/// Message Header Error subcodes.
-pub mod header_error {
-    pub const NOT_SYNCHRONIZED: u8 = 1;
-    pub const BAD_LENGTH: u8 = 2;
-    pub const BAD_TYPE: u8 = 3;
-}
-
-/// OPEN Message Error subcodes.
-pub mod open_error {
-    pub const UNSUPPORTED_VERSION: u8 = 1;
-    pub const BAD_PEER_AS: u8 = 2;
-    pub const BAD_BGP_IDENTIFIER: u8 = 3;
-    pub const UNSUPPORTED_OPTIONAL_PARAMETER: u8 = 4;
-    pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
-    pub const UNSUPPORTED_CAPABILITY: u8 = 7;
-}
 
 /// A NOTIFICATION: what a malformed message is answered with, and a message of its own.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -5,6 +5,7 @@
 //! - [`message`]: the header, OPEN and its capabilities, KEEPALIVE, NOTIFICATION,
 //!   ROUTE-REFRESH; malformed input becomes the NOTIFICATION RFC 4271 prescribes.
 //! - [`update`]: UPDATE bodies: routes, path attributes, MP-BGP, with RFC 7606 error handling.
+//! - [`notification`]: every NOTIFICATION code and subcode.
 //!
 //! - [`rib_out`]: what a peer should hold from us, and the packed UPDATEs that get it there.
 //! - [`session`]: one session's state machine (RFC 4271 §8), time passed in.
@@ -16,6 +17,7 @@
 //! Not yet: VRFs.
 
 pub mod message;
+pub mod notification;
 pub mod policy;
 pub mod rib_out;
 pub mod session;

@@ -9,26 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message::{
-    AS_TRANS, Capability, Family, GracefulFamily, IPV4_VIA_IPV6, Message, Notification, Open, code,
-    open_error,
+    AS_TRANS, Capability, Family, GracefulFamily, IPV4_VIA_IPV6, Message, Notification, Open,
 };
+use super::notification::{cease, code, fsm_error, open_error};
 use super::rib_out::{self, Context, Routes};
 use super::update::{self, Codec, Received};
-
-/// Cease subcodes (RFC 4486, RFC 9384).
-pub mod cease {
-    pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
-    pub const PEER_DECONFIGURED: u8 = 3;
-    pub const CONNECTION_COLLISION: u8 = 7;
-    pub const BFD_DOWN: u8 = 10;
-}
-
-/// FSM error subcodes (RFC 6608): an unexpected message in OpenSent, OpenConfirm, Established.
-pub mod fsm_error {
-    pub const IN_OPEN_SENT: u8 = 1;
-    pub const IN_OPEN_CONFIRM: u8 = 2;
-    pub const IN_ESTABLISHED: u8 = 3;
-}
 
 /// The hold time while waiting for the peer's OPEN (RFC 4271 §8.2.2 suggests 4 minutes).
 const LARGE_HOLD: Duration = Duration::from_secs(240);
@@ -169,29 +154,95 @@ pub enum Stop {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// An outbound connection came up, or the peer's was accepted.
+    /// An outbound connection came up, or the peer's was accepted (RFC 4271 events 16/17,
+    /// `Tcp_CR_Acked`/`TcpConnectionConfirmed`).
     Connected(ConnId, Direction, Local),
+    /// An outbound connection could not be opened (event 18, `TcpConnectionFails`).
     ConnectFailed(ConnId),
-    /// The peer closed or reset the connection.
+    /// The peer closed or reset the connection (event 18 too).
     Closed(ConnId),
+    /// A whole message arrived and decoded (events 19-28: OPEN, KEEPALIVE, UPDATE,
+    /// NOTIFICATION, ROUTE-REFRESH).
     Received(ConnId, Message),
-    /// The bytes did not decode: this NOTIFICATION goes back.
+    /// The bytes did not decode: this NOTIFICATION goes back (events 21/22/28).
     Malformed(ConnId, Notification),
     /// BFD declared the path down (RFC 5882): the session goes down at once.
     BfdDown,
+}
+
+/// Why an Established session went down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Down {
+    /// This side stopped it.
+    Stopped(Stop),
+    /// The connection closed or was reset.
+    Closed,
+    /// This side sent the NOTIFICATION (an error found here, the hold timer, BFD).
+    Sent(Notification),
+    /// The peer sent the NOTIFICATION.
+    Received(Notification),
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Down::Stopped(why) => write!(f, "stopped ({why:?})"),
+            Down::Closed => f.write_str("the connection closed"),
+            Down::Sent(n) => write!(f, "{n}"),
+            Down::Received(n) => write!(f, "the peer sent {n}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Open a connection to the peer under this number.
     Connect(ConnId),
+    /// Write this message on the connection, after what was written before.
     Send(ConnId, Message),
     /// Close after what was sent before it.
     Close(ConnId),
+    /// The session is Established with what both sides agreed on: routes may flow.
     Up(Negotiated),
-    Down(String),
+    /// The session left Established: what it advertised is gone from the peer.
+    Down(Down),
     /// Worth a log line: a refused OPEN, a NOTIFICATION, a treat-as-withdraw.
     Note(String),
+}
+
+/// The session's timers (RFC 4271 §10), each armed at an instant or not: the whole list of
+/// what [`Session::tick`] acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// The session's: when to open the next connection (with back-off).
+    ConnectRetry,
+    /// A connection's: when the peer's silence ends it (hold time, or 4 minutes before its
+    /// OPEN arrives).
+    Hold,
+    /// A connection's: when our next KEEPALIVE is due.
+    Keepalive,
+}
+
+/// One deadline per [`Timer`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Timers([Option<Instant>; 3]);
+
+impl Timers {
+    fn get(&self, timer: Timer) -> Option<Instant> {
+        self.0[timer as usize]
+    }
+
+    fn set(&mut self, timer: Timer, at: Option<Instant>) {
+        self.0[timer as usize] = at;
+    }
+
+    fn due(&self, timer: Timer, now: Instant) -> bool {
+        self.get(timer).is_some_and(|t| t <= now)
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,19 +259,27 @@ struct Conn {
     direction: Direction,
     state: State,
     local: Local,
-    hold_deadline: Option<Instant>,
-    keepalive_at: Option<Instant>,
+    /// [`Timer::Hold`] and [`Timer::Keepalive`].
+    timers: Timers,
     negotiated: Option<Negotiated>,
 }
 
 /// A BGP session to one peer.
+///
+/// RFC 4271's six states are kept per connection (`Connecting` stands for Connect/Active,
+/// then OpenSent, OpenConfirm, Established) with a session-level `running` flag for Idle:
+/// during collision resolution (§6.8) one session holds two connections in different states,
+/// which a single session state cannot express. A driver calls [`Session::handle`] for each
+/// [`Event`], [`Session::tick`] at [`Session::next_deadline`], and carries out the returned
+/// [`Action`]s in order.
 #[derive(Debug)]
 pub struct Session {
     settings: Settings,
     running: bool,
     conns: Vec<Conn>,
     next_id: u64,
-    retry_at: Option<Instant>,
+    /// [`Timer::ConnectRetry`].
+    timers: Timers,
     backoff: Duration,
     desired: Arc<Routes>,
     sent: Arc<Routes>,
@@ -233,7 +292,7 @@ impl Session {
             running: false,
             conns: Vec::new(),
             next_id: 0,
-            retry_at: None,
+            timers: Timers::default(),
             backoff: FIRST_RETRY,
             desired: Arc::default(),
             sent: Arc::default(),
@@ -268,12 +327,8 @@ impl Session {
 
     /// The next instant [`Session::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let conns = self
-            .conns
-            .iter()
-            .flat_map(|c| [c.hold_deadline, c.keepalive_at])
-            .flatten();
-        conns.chain(self.retry_at).min()
+        let conns = self.conns.iter().filter_map(|c| c.timers.next());
+        conns.chain(self.timers.next()).min()
     }
 
     fn new_conn(&mut self, direction: Direction, state: State) -> ConnId {
@@ -284,8 +339,7 @@ impl Session {
             direction,
             state,
             local: Local::default(),
-            hold_deadline: None,
-            keepalive_at: None,
+            timers: Timers::default(),
             negotiated: None,
         });
         id
@@ -295,13 +349,14 @@ impl Session {
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
         self.running = true;
         self.backoff = FIRST_RETRY;
-        self.retry_at = (!self.settings.passive).then_some(now);
+        let retry = (!self.settings.passive).then_some(now);
+        self.timers.set(Timer::ConnectRetry, retry);
         self.tick(now)
     }
 
     pub fn stop(&mut self, why: Stop) -> Vec<Action> {
         self.running = false;
-        self.retry_at = None;
+        self.timers.set(Timer::ConnectRetry, None);
         let mut out = Vec::new();
         let graceful = why == Stop::Restart
             && self.settings.graceful_restart.is_some()
@@ -319,7 +374,7 @@ impl Session {
             }
             out.push(Action::Close(c.id));
             if c.state == State::Established {
-                out.push(Action::Down(format!("stopped ({why:?})")));
+                out.push(Action::Down(Down::Stopped(why)));
             }
         }
         self.sent = Arc::default();
@@ -364,7 +419,8 @@ impl Session {
             .collect()
     }
 
-    /// Whether `net` waits for a family or next hop the session does not have.
+    /// How many of the routes to advertise the peer does not hold (yet, or at all: a family
+    /// or next hop the session does not have).
     pub fn pending(&self) -> usize {
         self.desired.len() - self.sent.len().min(self.desired.len())
     }
@@ -376,7 +432,7 @@ impl Session {
                 self.connected(id, direction, local, now, &mut out)
             }
             Event::ConnectFailed(id) | Event::Closed(id) => {
-                self.drop_conn(id, "the connection closed", &mut out);
+                self.drop_conn(id, Down::Closed, &mut out);
                 self.schedule_retry(now);
             }
             Event::Malformed(id, n) => {
@@ -408,15 +464,15 @@ impl Session {
     /// Runs the timers due at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.running && self.conns.is_empty() && self.retry_at.is_some_and(|t| t <= now) {
-            self.retry_at = None;
+        if self.running && self.conns.is_empty() && self.timers.due(Timer::ConnectRetry, now) {
+            self.timers.set(Timer::ConnectRetry, None);
             let id = self.new_conn(Direction::Outbound, State::Connecting);
             out.push(Action::Connect(id));
         }
         let expired: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|c| c.hold_deadline.is_some_and(|t| t <= now))
+            .filter(|c| c.timers.due(Timer::Hold, now))
             .map(|c| c.id)
             .collect();
         for id in expired {
@@ -424,7 +480,7 @@ impl Session {
             self.fail(id, n, &mut out);
         }
         for c in &mut self.conns {
-            let Some(at) = c.keepalive_at.filter(|t| *t <= now) else {
+            let Some(at) = c.timers.get(Timer::Keepalive).filter(|t| *t <= now) else {
                 continue;
             };
             out.push(Action::Send(c.id, Message::Keepalive));
@@ -436,7 +492,7 @@ impl Session {
             while next <= now {
                 next += every;
             }
-            c.keepalive_at = Some(next);
+            c.timers.set(Timer::Keepalive, Some(next));
         }
         self.schedule_retry(now);
         out
@@ -446,9 +502,10 @@ impl Session {
         if self.running
             && !self.settings.passive
             && self.conns.is_empty()
-            && self.retry_at.is_none()
+            && self.timers.get(Timer::ConnectRetry).is_none()
         {
-            self.retry_at = Some(now + self.backoff);
+            self.timers
+                .set(Timer::ConnectRetry, Some(now + self.backoff));
             self.backoff = (self.backoff * 2).min(self.settings.connect_time.max(FIRST_RETRY));
         }
     }
@@ -473,8 +530,7 @@ impl Session {
                 direction,
                 state: State::Connecting,
                 local,
-                hold_deadline: None,
-                keepalive_at: None,
+                timers: Timers::default(),
                 negotiated: None,
             });
         }
@@ -486,18 +542,17 @@ impl Session {
         };
         c.state = State::OpenSent;
         c.local = local;
-        c.hold_deadline = Some(now + LARGE_HOLD);
+        c.timers.set(Timer::Hold, Some(now + LARGE_HOLD));
         out.push(Action::Send(id, Message::Open(open)));
     }
 
     /// Sends `n` on `id`, closes it, and reports the session down if it was up.
     fn fail(&mut self, id: ConnId, n: Notification, out: &mut Vec<Action>) {
-        let why = n.to_string();
-        out.push(Action::Send(id, Message::Notification(n)));
-        self.drop_conn(id, &why, out);
+        out.push(Action::Send(id, Message::Notification(n.clone())));
+        self.drop_conn(id, Down::Sent(n), out);
     }
 
-    fn drop_conn(&mut self, id: ConnId, why: &str, out: &mut Vec<Action>) {
+    fn drop_conn(&mut self, id: ConnId, why: Down, out: &mut Vec<Action>) {
         let Some(at) = self.conns.iter().position(|c| c.id == id) else {
             return;
         };
@@ -505,7 +560,7 @@ impl Session {
         out.push(Action::Close(id));
         if c.state == State::Established {
             self.sent = Arc::default();
-            out.push(Action::Down(why.to_string()));
+            out.push(Action::Down(why));
         }
     }
 
@@ -515,7 +570,7 @@ impl Session {
         };
         if let Message::Notification(n) = &msg {
             out.push(Action::Note(format!("the peer sent {n}")));
-            self.drop_conn(id, &format!("the peer sent {n}"), out);
+            self.drop_conn(id, Down::Received(n.clone()), out);
             return;
         }
         let unexpected = |sub| Notification::new(code::FSM, sub, []);
@@ -564,7 +619,8 @@ impl Session {
     fn refresh_hold(&mut self, id: ConnId, now: Instant) {
         if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
             let hold = c.negotiated.as_ref().map_or(0, |n| n.hold_time);
-            c.hold_deadline = (hold > 0).then(|| now + Duration::from_secs(u64::from(hold)));
+            let at = (hold > 0).then(|| now + Duration::from_secs(u64::from(hold)));
+            c.timers.set(Timer::Hold, at);
         }
     }
 
@@ -607,10 +663,9 @@ impl Session {
             return;
         };
         c.state = State::OpenConfirm;
-        c.hold_deadline =
-            (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(n.hold_time)));
-        c.keepalive_at =
-            (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(n.keepalive)));
+        let armed = |secs: u16| (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(secs)));
+        c.timers.set(Timer::Hold, armed(n.hold_time));
+        c.timers.set(Timer::Keepalive, armed(n.keepalive));
         c.negotiated = Some(n);
         out.push(Action::Send(id, Message::Keepalive));
     }

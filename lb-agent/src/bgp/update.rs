@@ -12,14 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::{BufMut, BytesMut};
 use ipnet::{IpNet, Ipv4Net};
 
-use super::message::{Family, MAX_LEN, Notification, be16, code};
-
-/// UPDATE Message Error subcodes (RFC 4271 §6.3).
-pub mod update_error {
-    pub const MALFORMED_ATTRIBUTE_LIST: u8 = 1;
-    pub const INVALID_NETWORK_FIELD: u8 = 10;
-    pub const OPTIONAL_ATTRIBUTE_ERROR: u8 = 9;
-}
+use super::message::{Family, MAX_LEN, Notification, be16};
+use super::notification::{code, update_error};
 
 const ORIGIN: u8 = 1;
 const AS_PATH: u8 = 2;

@@ -1,11 +1,12 @@
-//! Address management, pure and deterministic: no I/O, no clock, no Kubernetes types.
+//! Address management, pure and deterministic: no I/O, no clock.
 //!
 //! Layout:
 //! - [`space`]: the free space of one pool, with first-free lookups that cost the same for a
 //!   /8 or a /64 as for a /24.
-//!
-//! Still to come (see the issue): the allocator over pools (requests, annotations, sharing,
-//! dual-stack, serviceAllocation), and `plan`.
+//! - [`allocator`]: requests over pools (annotations, sharing, dual-stack,
+//!   `serviceAllocation`), MetalLB's rules in a numbered preference order.
+//! - [`service`]: the adapter from a Kubernetes Service to a [`allocator::Request`] (the one
+//!   module here that reads Kubernetes types); [`crate::plan`] runs a whole configuration.
 
 pub mod allocator;
 pub mod service;

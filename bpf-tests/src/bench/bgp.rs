@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, agent::Agent, frr::Frr, gobgp::GoBgp, group::allocate, lab::Lab, unique};
+use crate::{PinDir, harness::agent::Agent, peers::frr::Frr, peers::gobgp::GoBgp, harness::group::allocate, harness::lab::Lab, unique};
 
 pub const ROUTES: usize = 10_000;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -196,7 +196,7 @@ fn start_agent(lab: &Lab, dir: &std::path::Path, pins: &PinDir) -> Result<Agent,
     ))
 }
 
-use crate::agent::METRICS;
+use crate::harness::agent::METRICS;
 
 pub fn run() -> Result<BgpFigures, String> {
     let lab = Lab::new("bgb", 1);
@@ -212,8 +212,8 @@ pub fn run() -> Result<BgpFigures, String> {
     let loaded = Instant::now();
     let pending = || -> Option<f64> {
         let (_, body) =
-            crate::scrape::get(&lab.nodes[0].ns, METRICS.parse().ok()?, "/metrics").ok()?;
-        crate::scrape::sample(
+            crate::harness::scrape::get(&lab.nodes[0].ns, METRICS.parse().ok()?, "/metrics").ok()?;
+        crate::harness::scrape::sample(
             &body,
             "metallb_bgp_pending_prefixes_total",
             &[("peer", "10.210.0.1:179")],
@@ -348,15 +348,11 @@ fn bfd(lab: &Lab) -> Result<(Vec<Duration>, Vec<Duration>), String> {
     let pins = PinDir::new("bgbfpins");
     let mut agent = start_agent(lab, &dir, &pins)?;
     let vip = "10.230.0.0/32";
-    let routes = |f: &Frr| -> usize {
-        f.json(&format!("show bgp ipv4 unicast {vip} json"))["paths"]
-            .as_array()
-            .map_or(0, Vec::len)
-    };
+    let routes = |f: &Frr| -> usize { f.paths("ipv4", vip).len() };
     let agent_bfd_up = || -> Option<bool> {
         let addr = METRICS.parse().ok()?;
-        let (_, body) = crate::scrape::get(&lab.nodes[0].ns, addr, "/metrics").ok()?;
-        crate::scrape::sample(&body, "metallb_bfd_session_up", &[("peer", "10.210.0.1")])
+        let (_, body) = crate::harness::scrape::get(&lab.nodes[0].ns, addr, "/metrics").ok()?;
+        crate::harness::scrape::sample(&body, "metallb_bfd_session_up", &[("peer", "10.210.0.1")])
             .map(|v| v == 1.0)
     };
     let wait = |what: &str, ok: &dyn Fn() -> bool, within: Duration| -> Result<(), String> {

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, body::Bytes};
 
-use crate::netns::NetNs;
+use crate::harness::netns::NetNs;
 
 /// `GET path` on `addr` from inside `ns`: the status and the body.
 pub fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {

@@ -4,10 +4,9 @@
 //!
 //! Addresses: the segment is 10.210.0.0/24 and fd00:210::/64; the client is .1 / ::1, node i
 //! (from 1) is .(10 + i) / ::(10 + i) on `eth0`. Router namespaces (BGP) attach the same way.
-use crate::{
-    PinDir,
-    netns::{NetNs, ip},
-};
+use std::collections::BTreeSet;
+
+use crate::{PinDir, harness::netns::{NetNs, ip}};
 
 /// One host on the segment.
 pub struct Host {
@@ -25,6 +24,8 @@ pub struct Lab {
     /// Pins of the `xdp_pass` programs on the bridge ports (native XDP_TX on a veth needs a
     /// program on the other end).
     _pass_pins: PinDir,
+    /// The nodes' MACs, read once.
+    macs: std::sync::OnceLock<Vec<[u8; 6]>>,
 }
 
 fn attach_host(segment: &NetNs, tag: &str, index: usize, addr: u8) -> Host {
@@ -87,6 +88,7 @@ impl Lab {
             client,
             nodes,
             _pass_pins: pass_pins,
+            macs: std::sync::OnceLock::new(),
         }
     }
 
@@ -125,7 +127,7 @@ impl Lab {
             ])
             .output()
             .expect("run arping");
-        crate::netns::arping_macs(&out.stdout)
+        crate::harness::netns::arping_macs(&out.stdout)
     }
 
     /// One neighbour solicitation for `target` from the client, waiting `wait_ms` for every
@@ -207,10 +209,42 @@ impl Lab {
 
     /// The MAC of node `i`'s `eth0` (i from 0).
     pub fn node_mac(&self, i: usize) -> [u8; 6] {
-        self.nodes[i].ns.within(|| {
-            lb_agent::l2::iface::Interface::lookup("eth0")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .mac
+        self.node_macs()[i]
+    }
+
+    fn node_macs(&self) -> &[[u8; 6]] {
+        self.macs.get_or_init(|| {
+            self.nodes
+                .iter()
+                .map(|n| {
+                    n.ns.within(|| {
+                        lb_agent::l2::iface::Interface::lookup("eth0")
+                            .unwrap_or_else(|e| panic!("{e}"))
+                            .mac
+                    })
+                })
+                .collect()
         })
+    }
+
+    /// The node a MAC belongs to, by `names` (node `i` is `names[i]`); `unknown MAC` else.
+    pub fn node_of(&self, mac: &str, names: &[&str]) -> String {
+        self.node_macs()
+            .iter()
+            .zip(names)
+            .find(|(m, _)| crate::harness::netns::mac_str(m) == mac)
+            .map_or_else(|| format!("unknown {mac}"), |(_, n)| (*n).to_owned())
+    }
+
+    /// Who answers one request for `vip` from the client (ARP, or NDP for an IPv6 address,
+    /// every answer counted), waiting at most `deadline` seconds: the nodes by `names`.
+    pub fn answerers(&self, vip: &str, deadline: &str, names: &[&str]) -> BTreeSet<String> {
+        let macs = if vip.contains(':') {
+            let ms = (deadline.parse::<f64>().unwrap_or(0.2) * 1e3) as u32;
+            self.ndisc6_all(vip, ms)
+        } else {
+            self.arping_within(vip, 1, deadline)
+        };
+        macs.iter().map(|m| self.node_of(m, names)).collect()
     }
 }

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::NetNs, unique};
+use crate::{harness::netns::NetNs, unique};
 
 pub struct Frr {
     /// The pathspace: sockets and pid files in /var/run/frr/NAME.
@@ -37,14 +37,14 @@ impl Frr {
         let name = unique("frr");
         let run_dir = PathBuf::from("/var/run/frr").join(&name);
         std::fs::create_dir_all(&run_dir).expect("frr run dir");
-        crate::netns::run(Command::new("chown").args(["frr:frr"]).arg(&run_dir));
+        crate::harness::netns::run(Command::new("chown").args(["frr:frr"]).arg(&run_dir));
         let conf_dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&conf_dir).expect("frr conf dir");
         let conf = conf_dir.join("frr.conf");
         std::fs::write(&conf, config).expect("write frr.conf");
         // bgpd runs as user frr and must read it.
-        crate::netns::run(Command::new("chmod").arg("755").arg(&conf_dir));
-        crate::netns::run(Command::new("chmod").arg("644").arg(&conf));
+        crate::harness::netns::run(Command::new("chmod").arg("755").arg(&conf_dir));
+        crate::harness::netns::run(Command::new("chmod").arg("644").arg(&conf));
         let me = Frr {
             name,
             run_dir,
@@ -89,6 +89,14 @@ impl Frr {
             "vtysh {lines:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The paths FRR holds for `prefix` (`10.0.0.1/32`) of `family` (`ipv4`, `ipv6`).
+    pub fn paths(&self, family: &str, prefix: &str) -> Vec<serde_json::Value> {
+        self.json(&format!("show bgp {family} unicast {prefix} json"))["paths"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// A `... json` command's output, parsed (`Null` when it is not JSON).
@@ -161,7 +169,7 @@ impl Frr {
 /// The lab's router: FRR in the client's namespace (10.210.0.1), AS 65000, every node a
 /// neighbour in AS 64512 with BFD (profile `fast`, 100 ms × 3), ECMP over up to 8 paths: the
 /// other side of `deploy/examples/standalone/bgp.yaml`.
-pub fn lab_router_conf(lab: &crate::lab::Lab) -> String {
+pub fn lab_router_conf(lab: &crate::harness::lab::Lab) -> String {
     let mut c = String::from(
         "frr defaults datacenter\nhostname router\n!\nrouter bgp 65000\n bgp router-id 10.210.0.1\n \
          no bgp ebgp-requires-policy\n neighbor NODES peer-group\n neighbor NODES remote-as 64512\n \

@@ -14,7 +14,7 @@ use std::{
 use etherparse::ArpOperation;
 use lb_agent::l2::{afpacket::PacketSocket, iface::Interface};
 
-use crate::netns::NetNs;
+use crate::harness::netns::NetNs;
 
 /// One reply: when it arrived and who sent it.
 pub type Reply = (Instant, [u8; 6]);
@@ -41,7 +41,7 @@ impl Prober {
             (iface, tx, rx)
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let request = crate::frames::arp(
+        let request = crate::datapath::frames::arp(
             false,
             iface.mac,
             [0xff; 6],

@@ -88,7 +88,7 @@ fn write_dir(with_services: bool) -> Result<PathBuf, String> {
 
 /// VmRSS of `lb-controller run --config-dir DIR` once it has written its allocations.
 fn controller_rss(dir: &Path) -> Result<u64, String> {
-    let bin = crate::agent::workspace_bin("lb-controller");
+    let bin = crate::harness::agent::workspace_bin("lb-controller");
     let mut child = Command::new(bin)
         .args(["run", "--metrics-addr", "127.0.0.1:0", "--config-dir"])
         .arg(dir)

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::NetNs;
+use crate::harness::netns::NetNs;
 
 /// Path of the built `lb-agent` (next to this test binary's `deps/` directory), or
 /// `$XDPLB_AGENT_BIN`.
@@ -173,5 +173,16 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A running `lb-controller` child: killed and reaped when dropped, so a failing test or demo
+/// leaves no controller behind.
+pub struct Controller(pub std::process::Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

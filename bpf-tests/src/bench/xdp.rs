@@ -23,7 +23,7 @@ use lb_agent::l2::{
 };
 use lb_common::{PROG_XDP_L2, PROG_XDP_PASS};
 
-use crate::{PinDir, agent::Agent, frames, netns::Link, testrun};
+use crate::{PinDir, harness::agent::Agent, datapath::frames, harness::netns::Link, datapath::testrun};
 
 pub const RUNS: u32 = 200_000;
 const BATCHES: u32 = 20;

@@ -10,12 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    group::{Group, expected},
-    lab::Lab,
-    netns::mac_str,
-    prober::{Prober, takeover},
-};
+use crate::{harness::group::{Group, expected}, harness::lab::Lab, harness::netns::mac_str, harness::prober::{Prober, takeover}};
 
 pub const PROBE: Duration = Duration::from_millis(10);
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, agent::Agent, lab::Lab, scrape, unique};
+use crate::{PinDir, harness::agent::Agent, harness::lab::Lab, harness::scrape, unique};
 
 pub const VIPS: usize = 10_000;
 /// How long CPU use is sampled once the agent has settled.
@@ -72,7 +72,7 @@ pub fn measure(services: usize) -> Result<AgentFigures, String> {
     let lab = Lab::new("ag", 1);
     let dir = write_dir(&lab, services)?;
     let result = (|| {
-        crate::group::allocate(&dir);
+        crate::harness::group::allocate(&dir);
         let pins = PinDir::new("agb");
         let started = Instant::now();
         let mut agent = Agent::run_node(

@@ -10,19 +10,13 @@ use std::{
 
 use lb_controller::config::manifest;
 
-use crate::{
-    PinDir,
-    agent::{Agent, workspace_bin},
-    lab::Lab,
-    netns::mac_str,
-    unique,
-};
+use crate::{PinDir, harness::agent::{Agent, workspace_bin}, harness::lab::Lab, harness::netns::mac_str, unique};
 
 pub const SERVICES: usize = 6;
 
 pub const SECRET: &str = "lab-secret-0123456789abcdef";
 /// Where every agent of the group serves its metrics, inside its node's namespace.
-pub const METRICS: &str = crate::agent::METRICS;
+pub const METRICS: &str = crate::harness::agent::METRICS;
 
 /// The group's configuration, with `l2_spec` as the L2Advertisement's spec (flow YAML).
 fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
@@ -225,7 +219,7 @@ impl Group {
     /// Node `i`'s agent's `/metrics`.
     pub fn metrics(&self, i: usize) -> String {
         let addr = METRICS.parse().expect("metrics address");
-        match crate::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
+        match crate::harness::scrape::get(&self.lab.nodes[i].ns, addr, "/metrics") {
             Ok((200, body)) => body,
             other => panic!("{}: /metrics: {other:?}\n{}", self.names[i], self.logs()),
         }
@@ -272,16 +266,7 @@ impl Group {
 
     /// The nodes that answer one ARP request for `vip`.
     pub fn answerers(&self, vip: &str, deadline: &str) -> BTreeSet<String> {
-        self.lab
-            .arping_within(vip, 1, deadline)
-            .iter()
-            .map(|m| {
-                self.macs
-                    .get(m)
-                    .cloned()
-                    .unwrap_or_else(|| format!("unknown {m}"))
-            })
-            .collect()
+        self.lab.answerers(vip, deadline, &self.names)
     }
 
     /// Waits until every VIP is answered by exactly its owner in `owners`.

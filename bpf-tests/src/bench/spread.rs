@@ -18,11 +18,7 @@ use std::{
 use lb_agent::{election::slots::SlotTable, l2::maps::addr_key};
 use lb_common::requester_slot;
 
-use crate::{
-    fleet::{self, Fleet},
-    group::{Group, nodes_yaml},
-    lab::Lab,
-};
+use crate::{harness::fleet::{self, Fleet}, harness::group::{Group, nodes_yaml}, harness::lab::Lab};
 
 /// Synthetic clients for the distribution figures.
 pub const CLIENTS: u32 = 10_000;
@@ -105,7 +101,7 @@ pub fn failover() -> Result<FailoverTimes, String> {
         // Every client resolves both VIPs (after a restart, until the node answers again).
         let deadline = Instant::now() + Duration::from_secs(15);
         let expected = fleet.owners(SHARED, &g.names);
-        let victim_name = crate::group::expected(&g.dir, &g.names)
+        let victim_name = crate::harness::group::expected(&g.dir, &g.names)
             .remove(SINGLE)
             .ok_or("the single-owner VIP has no owner")?;
         for (i, want) in expected.iter().enumerate() {

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{netns::NetNs, unique};
+use crate::{harness::netns::NetNs, unique};
 
 pub struct GoBgp {
     child: Child,

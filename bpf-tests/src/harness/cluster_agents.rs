@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, agent::Agent, apiserver::ApiServer, lab::Lab, netns::mac_str};
+use crate::{PinDir, harness::agent::Agent, apiserver::ApiServer, harness::lab::Lab, harness::netns::mac_str};
 
 /// The nodes' names, in the lab's order.
 pub const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -134,18 +134,7 @@ impl<'a> ClusterAgents<'a> {
     /// The nodes that answer one ARP request (one neighbour solicitation for an IPv6 `vip`)
     /// from the client.
     pub fn answerers(&self, vip: &str) -> BTreeSet<String> {
-        let macs = if vip.contains(':') {
-            self.lab.ndisc6_all(vip, 200)
-        } else {
-            self.lab.arping_within(vip, 1, "0.2")
-        };
-        macs.iter()
-            .map(|m| {
-                self.macs
-                    .get(m)
-                    .map_or_else(|| format!("unknown {m}"), |n| (*n).to_owned())
-            })
-            .collect()
+        self.lab.answerers(vip, "0.2", &NAMES)
     }
 
     /// The node that answers `vip`, alone, three probes in a row (agents joining one by one

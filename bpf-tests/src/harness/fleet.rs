@@ -12,7 +12,7 @@ use std::{
 use lb_agent::{election::slots::SlotTable, l2::maps::addr_key};
 use lb_common::requester_slot;
 
-use crate::lab::{Host, Lab};
+use crate::harness::lab::{Host, Lab};
 
 /// The last octet (IPv4) / last group (IPv6, hex) of the first client.
 pub const FIRST: u8 = 160;
