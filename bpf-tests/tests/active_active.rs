@@ -7,7 +7,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bpf_tests::{harness::agent::workspace_bin, harness::fleet::{self, Fleet}, harness::group::{Group, nodes_yaml}, harness::lab::Lab, privileged, harness::scrape};
+use bpf_tests::{
+    harness::agent::workspace_bin,
+    harness::fleet::{self, Fleet},
+    harness::group::{Group, nodes_yaml},
+    harness::lab::Lab,
+    harness::scrape,
+    privileged,
+};
 
 const CLIENTS: usize = 36;
 const VIP4: &str = "10.210.0.200";

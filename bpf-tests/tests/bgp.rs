@@ -10,7 +10,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{PinDir, harness::agent::Agent, peers::bird::Bird, peers::frr::Frr, peers::gobgp::{self, GoBgp}, harness::group::{METRICS, SECRET, allocate}, harness::lab::Lab, harness::netns::NetNs, privileged, harness::scrape::sample, unique};
+use bpf_tests::{
+    PinDir,
+    harness::agent::Agent,
+    harness::group::{METRICS, SECRET, allocate},
+    harness::lab::Lab,
+    harness::netns::NetNs,
+    harness::scrape::sample,
+    peers::bird::Bird,
+    peers::frr::Frr,
+    peers::gobgp::{self, GoBgp},
+    privileged, unique,
+};
 use serde_json::Value;
 
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];

@@ -11,11 +11,18 @@
 //! client namespace, and a routed Service whose address the router learns from every node
 //! (three paths, two while a node's agent is gone).
 use std::{
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use bpf_tests::{harness::agent::{Controller, workspace_bin}, apiserver::ApiServer, harness::cluster_agents::ClusterAgents, peers::frr::Frr, harness::lab::Lab, privileged, unique};
+use bpf_tests::{
+    apiserver::ApiServer,
+    harness::agent::{Controller, workspace_bin},
+    harness::cluster_agents::ClusterAgents,
+    harness::lab::Lab,
+    peers::frr::Frr,
+    privileged, unique,
+};
 use serde_json::{Value, json};
 
 const NS: &str = "metallb-system";

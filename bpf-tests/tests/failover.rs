@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{harness::group::{Group, SERVICES, expected}, privileged};
+use bpf_tests::{
+    harness::group::{Group, SERVICES, expected},
+    privileged,
+};
 
 #[test]
 fn the_elected_node_answers_and_a_killed_owner_is_replaced_within_the_detection_time() {

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{apiserver::ApiServer, harness::cluster_agents::ClusterAgents, harness::lab::Lab, privileged, unique};
+use bpf_tests::{
+    apiserver::ApiServer, harness::cluster_agents::ClusterAgents, harness::lab::Lab, privileged,
+    unique,
+};
 use serde_json::json;
 
 const NS: &str = "metallb-system";

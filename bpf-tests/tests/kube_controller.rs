@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{harness::agent::workspace_bin, apiserver::ApiServer, unique};
+use bpf_tests::{apiserver::ApiServer, harness::agent::workspace_bin, unique};
 use lb_controller::cluster::{self, Options, Timing};
 use serde_json::{Value, json};
 

@@ -1,6 +1,8 @@
 //! The lab itself: every host reaches every other over the bridge, and an agent on one node
 //! answers the client through it with native XDP.
-use bpf_tests::{PinDir, harness::agent::Agent, harness::lab::Lab, harness::netns::mac_str, privileged};
+use bpf_tests::{
+    PinDir, harness::agent::Agent, harness::lab::Lab, harness::netns::mac_str, privileged,
+};
 
 #[test]
 fn a_three_node_lab_is_one_l2_segment_and_xdp_answers_across_it() {

@@ -8,7 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bpf_tests::{harness::group::{Group, SECRET, expected}, privileged, harness::scrape::sample};
+use bpf_tests::{
+    harness::group::{Group, SECRET, expected},
+    harness::scrape::sample,
+    privileged,
+};
 use lb_agent::membership::heartbeat::{Heartbeat, Phase};
 
 fn index_of(g: &Group, name: &str) -> usize {

@@ -8,7 +8,7 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use bpf_tests::{PinDir, datapath::frames::*, privileged, datapath::testrun};
+use bpf_tests::{PinDir, datapath::frames::*, datapath::testrun, privileged};
 use etherparse::ArpOperation;
 use lb_agent::l2::{
     afpacket::Table,

@@ -8,7 +8,12 @@ use std::{
     time::Duration,
 };
 
-use bpf_tests::{PinDir, harness::agent::Agent, harness::netns::{Link, mac_str}, privileged};
+use bpf_tests::{
+    PinDir,
+    harness::agent::Agent,
+    harness::netns::{Link, mac_str},
+    privileged,
+};
 use lb_agent::l2::maps::VipMaps;
 use lb_common::Counter;
 
@@ -299,7 +304,11 @@ fn bpftool_and_lb_agent_maps_show_the_announced_vips() {
     assert_eq!(link.arping(VIP4, 2).len(), 2, "VIP4 unanswered");
     let maps = link
         .node
-        .enter(bpf_tests::harness::agent::agent_bin().to_str().expect("utf-8"))
+        .enter(
+            bpf_tests::harness::agent::agent_bin()
+                .to_str()
+                .expect("utf-8"),
+        )
         .args(["maps", "--bpffs"])
         .arg(pins.path())
         .output()
@@ -398,7 +407,11 @@ fn explicit_xdp_mode_fails_loudly_instead_of_falling_back() {
     let not_bpffs = std::env::temp_dir().join(bpf_tests::unique("not-bpffs"));
     let out = link
         .node
-        .enter(bpf_tests::harness::agent::agent_bin().to_str().expect("utf-8"))
+        .enter(
+            bpf_tests::harness::agent::agent_bin()
+                .to_str()
+                .expect("utf-8"),
+        )
         .args([
             "announce",
             "--interface",

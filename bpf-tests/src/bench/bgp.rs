@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, harness::agent::Agent, peers::frr::Frr, peers::gobgp::GoBgp, harness::group::allocate, harness::lab::Lab, unique};
+use crate::{
+    PinDir, harness::agent::Agent, harness::group::allocate, harness::lab::Lab, peers::frr::Frr,
+    peers::gobgp::GoBgp, unique,
+};
 
 pub const ROUTES: usize = 10_000;
 const LIMIT: Duration = Duration::from_secs(120);
@@ -212,7 +215,8 @@ pub fn run() -> Result<BgpFigures, String> {
     let loaded = Instant::now();
     let pending = || -> Option<f64> {
         let (_, body) =
-            crate::harness::scrape::get(&lab.nodes[0].ns, METRICS.parse().ok()?, "/metrics").ok()?;
+            crate::harness::scrape::get(&lab.nodes[0].ns, METRICS.parse().ok()?, "/metrics")
+                .ok()?;
         crate::harness::scrape::sample(
             &body,
             "metallb_bgp_pending_prefixes_total",

@@ -10,7 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{harness::group::{Group, expected}, harness::lab::Lab, harness::netns::mac_str, harness::prober::{Prober, takeover}};
+use crate::{
+    harness::group::{Group, expected},
+    harness::lab::Lab,
+    harness::netns::mac_str,
+    harness::prober::{Prober, takeover},
+};
 
 pub const PROBE: Duration = Duration::from_millis(10);
 

@@ -18,7 +18,11 @@ use std::{
 use lb_agent::{election::slots::SlotTable, l2::maps::addr_key};
 use lb_common::requester_slot;
 
-use crate::{harness::fleet::{self, Fleet}, harness::group::{Group, nodes_yaml}, harness::lab::Lab};
+use crate::{
+    harness::fleet::{self, Fleet},
+    harness::group::{Group, nodes_yaml},
+    harness::lab::Lab,
+};
 
 /// Synthetic clients for the distribution figures.
 pub const CLIENTS: u32 = 10_000;

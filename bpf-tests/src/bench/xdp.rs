@@ -23,7 +23,9 @@ use lb_agent::l2::{
 };
 use lb_common::{PROG_XDP_L2, PROG_XDP_PASS};
 
-use crate::{PinDir, harness::agent::Agent, datapath::frames, harness::netns::Link, datapath::testrun};
+use crate::{
+    PinDir, datapath::frames, datapath::testrun, harness::agent::Agent, harness::netns::Link,
+};
 
 pub const RUNS: u32 = 200_000;
 const BATCHES: u32 = 20;

@@ -9,12 +9,21 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use bpf_tests::{PinDir, harness::agent::{Agent, Controller, agent_bin, workspace_bin}, bench::failover::PROBE, harness::fleet::{self, Fleet}, peers::frr::Frr, harness::lab::Lab, harness::netns::{NetNs, mac_str}, harness::prober::{Prober, takeover}};
+use bpf_tests::{
+    PinDir,
+    bench::failover::PROBE,
+    harness::agent::{Agent, Controller, agent_bin, workspace_bin},
+    harness::fleet::{self, Fleet},
+    harness::lab::Lab,
+    harness::netns::{NetNs, mac_str},
+    harness::prober::{Prober, takeover},
+    peers::frr::Frr,
+};
 use lb_controller::allocations;
 
 /// The example configuration the demo runs from (relative to the workspace root).
@@ -211,7 +220,11 @@ fn main() -> Result<()> {
     let lab = Lab::new("demo", 3);
     // Dropped before the lab: the router's daemons, then the host behind it.
     let outside = lab.routed_host("demoout");
-    let router = Frr::start(&lab.client.ns, &bpf_tests::peers::frr::lab_router_conf(&lab), true);
+    let router = Frr::start(
+        &lab.client.ns,
+        &bpf_tests::peers::frr::lab_router_conf(&lab),
+        true,
+    );
     // Spread flows over the ECMP paths by ports too, not only by addresses.
     show(
         lab.client
@@ -482,7 +495,9 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     };
     // The prober ran meanwhile; give it the bench's 800 ms at least.
-    std::thread::sleep((killed_at + Duration::from_millis(800)).saturating_duration_since(Instant::now()));
+    std::thread::sleep(
+        (killed_at + Duration::from_millis(800)).saturating_duration_since(Instant::now()),
+    );
     let replies = prober.finish();
     let took = takeover(&replies, killed_at, owner_mac)
         .with_context(|| format!("nobody took {vip4} over"))?;

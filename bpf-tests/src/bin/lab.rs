@@ -12,7 +12,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use bpf_tests::{harness::agent::workspace_bin, peers::frr::{Frr, lab_router_conf}, harness::lab::Lab, privileged};
+use bpf_tests::{
+    harness::agent::workspace_bin,
+    harness::lab::Lab,
+    peers::frr::{Frr, lab_router_conf},
+    privileged,
+};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{PinDir, harness::agent::Agent, apiserver::ApiServer, harness::lab::Lab, harness::netns::mac_str};
+use crate::{
+    PinDir, apiserver::ApiServer, harness::agent::Agent, harness::lab::Lab, harness::netns::mac_str,
+};
 
 /// The nodes' names, in the lab's order.
 pub const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];

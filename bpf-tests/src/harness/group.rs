@@ -10,7 +10,13 @@ use std::{
 
 use lb_controller::config::manifest;
 
-use crate::{PinDir, harness::agent::{Agent, workspace_bin}, harness::lab::Lab, harness::netns::mac_str, unique};
+use crate::{
+    PinDir,
+    harness::agent::{Agent, workspace_bin},
+    harness::lab::Lab,
+    harness::netns::mac_str,
+    unique,
+};
 
 pub const SERVICES: usize = 6;
 

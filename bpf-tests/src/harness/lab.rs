@@ -6,7 +6,10 @@
 //! (from 1) is .(10 + i) / ::(10 + i) on `eth0`. Router namespaces (BGP) attach the same way.
 use std::collections::BTreeSet;
 
-use crate::{PinDir, harness::netns::{NetNs, ip}};
+use crate::{
+    PinDir,
+    harness::netns::{NetNs, ip},
+};
 
 /// One host on the segment.
 pub struct Host {

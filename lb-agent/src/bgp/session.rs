@@ -181,6 +181,10 @@ pub enum Down {
     Sent(Notification),
     /// The peer sent the NOTIFICATION.
     Received(Notification),
+    /// The peer came back with graceful restart on a new connection: the old one is dead.
+    PeerRestarted,
+    /// Another connection to the peer took this one's place.
+    Superseded,
 }
 
 impl std::fmt::Display for Down {
@@ -190,6 +194,8 @@ impl std::fmt::Display for Down {
             Down::Closed => f.write_str("the connection closed"),
             Down::Sent(n) => write!(f, "{n}"),
             Down::Received(n) => write!(f, "the peer sent {n}"),
+            Down::PeerRestarted => f.write_str("the peer restarted"),
+            Down::Superseded => f.write_str("superseded"),
         }
     }
 }
@@ -663,7 +669,8 @@ impl Session {
             return;
         };
         c.state = State::OpenConfirm;
-        let armed = |secs: u16| (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(secs)));
+        let armed =
+            |secs: u16| (n.hold_time > 0).then(|| now + Duration::from_secs(u64::from(secs)));
         c.timers.set(Timer::Hold, armed(n.hold_time));
         c.timers.set(Timer::Keepalive, armed(n.keepalive));
         c.negotiated = Some(n);
@@ -699,7 +706,7 @@ impl Session {
                         .iter()
                         .any(|c| matches!(c, Capability::GracefulRestart { .. }));
                     if restarted {
-                        self.drop_conn(other, "the peer restarted", out);
+                        self.drop_conn(other, Down::PeerRestarted, out);
                     } else {
                         self.fail(id, collision(), out);
                         return false;
@@ -719,7 +726,7 @@ impl Session {
                     }
                 }
                 // Our own attempt still connecting: no longer needed.
-                State::Connecting => self.drop_conn(other, "superseded", out),
+                State::Connecting => self.drop_conn(other, Down::Superseded, out),
                 // Resolved when that one's OPEN arrives.
                 State::OpenSent => {}
             }
