@@ -272,15 +272,8 @@ async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
                             .collect()
                     })
                     .unwrap_or_default();
-                (
-                    s["node"].as_str().unwrap_or("").to_owned(),
-                    format!(
-                        "{}/{}",
-                        s["serviceNamespace"].as_str().unwrap_or(""),
-                        s["serviceName"].as_str().unwrap_or("")
-                    ),
-                    peers,
-                )
+                let (node, service) = bpf_tests::harness::cluster_agents::status_of(s);
+                (node, service, peers)
             })
             .collect();
         v.sort();

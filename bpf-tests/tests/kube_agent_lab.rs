@@ -43,15 +43,8 @@ fn l2_statuses(api: &ApiServer) -> BTreeSet<(String, String, String)> {
                 .as_array()
                 .map(|a| a.iter().filter_map(|i| i["name"].as_str()).collect())
                 .unwrap_or_default();
-            (
-                s["node"].as_str().unwrap_or("").to_owned(),
-                format!(
-                    "{}/{}",
-                    s["serviceNamespace"].as_str().unwrap_or(""),
-                    s["serviceName"].as_str().unwrap_or("")
-                ),
-                interfaces.join(","),
-            )
+            let (node, service) = bpf_tests::harness::cluster_agents::status_of(s);
+            (node, service, interfaces.join(","))
         })
         .collect()
 }

@@ -33,6 +33,19 @@ pub fn apply_baseline(api: &ApiServer, namespace: &str, addresses: &[&str], secr
         "data": {"secretkey": secret_b64}}));
 }
 
+/// The node and the Service (`namespace/name`) of a ServiceL2Status or ServiceBGPStatus
+/// object's `status`.
+pub fn status_of(status: &serde_json::Value) -> (String, String) {
+    (
+        status["node"].as_str().unwrap_or("").to_owned(),
+        format!(
+            "{}/{}",
+            status["serviceNamespace"].as_str().unwrap_or(""),
+            status["serviceName"].as_str().unwrap_or("")
+        ),
+    )
+}
+
 /// The lab's nodes as Node objects (name and InternalIP), as the kubelet registers them.
 pub fn apply_nodes(api: &ApiServer, lab: &Lab) {
     for (name, host) in NAMES.iter().zip(&lab.nodes) {

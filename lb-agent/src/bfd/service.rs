@@ -272,7 +272,7 @@ fn listen(tx: mpsc::UnboundedSender<Received>) {
             let sock = match receiver(v6, port).and_then(tokio::net::UdpSocket::from_std) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!("BFD: cannot listen on UDP {port} (IPv6 {v6}): {e}");
+                    tracing::warn!(port, ipv6 = v6, error = %e, "BFD: cannot listen");
                     continue;
                 }
             };
@@ -335,7 +335,7 @@ async fn run(mut cmds: mpsc::UnboundedReceiver<Cmd>, metrics: BfdMetrics) {
                     let sock = match sender(&request) {
                         Ok(s) => s,
                         Err(e) => {
-                            tracing::warn!("BFD to {}: no socket: {e}", request.peer);
+                            tracing::warn!(peer = %request.peer, error = %e, "BFD: no socket");
                             continue;
                         }
                     };
@@ -430,10 +430,11 @@ fn deliver(e: &mut Entry, out: &[Output], metrics: &BfdMetrics) {
             }
             Output::Changed { from, to, diag } => {
                 tracing::info!(
-                    "BFD to {}: {} -> {} (diagnostic {diag})",
-                    e.request.peer,
-                    from.name(),
-                    to.name()
+                    peer = %e.request.peer,
+                    from = from.name(),
+                    to = to.name(),
+                    diagnostic = %diag,
+                    "BFD: session state changed"
                 );
                 if *to == State::Up {
                     metrics.up_events.add(&e.label, 1);

@@ -172,7 +172,7 @@ async fn manage(
                     match listener(listen) {
                         Ok(l) => listening = Some(l),
                         // Sessions still come up from our side.
-                        Err(e) => tracing::warn!("BGP: cannot listen on {listen}: {e}; connecting out only"),
+                        Err(e) => tracing::warn!(%listen, error = %e, "BGP: cannot listen; connecting out only"),
                     }
                 }
                 if let Some(l) = &listening {
@@ -185,7 +185,7 @@ async fn manage(
                 let from_ip = canonical(from.ip());
                 match peers.values().find(|p| p.plan.address == from_ip) {
                     Some(p) => { let _ = p.cmds.send(Cmd::Inbound(stream)); }
-                    None => tracing::debug!("BGP: connection from {from} refused: not a configured peer"),
+                    None => tracing::debug!(%from, "BGP: connection refused: not a configured peer"),
                 }
             }
             why = &mut stop => {
@@ -222,7 +222,7 @@ fn sync_keys(l: &TcpListener, plan: &Plan, keys: &mut HashMap<IpAddr, String>) {
         if keys.get(ip) != Some(key)
             && let Err(e) = socket::set_md5(l, listen_form(*ip), key.as_bytes())
         {
-            tracing::warn!("BGP: cannot set the TCP MD5 password for {ip} on the listener: {e}");
+            tracing::warn!(peer = %ip, error = %e, "BGP: cannot set the TCP MD5 password on the listener");
         }
     }
     *keys = want;
@@ -245,9 +245,9 @@ fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMe
     for k in gone {
         if let Some(p) = peers.remove(&k) {
             if plan.contains_key(&k) {
-                tracing::info!("BGP peer {k}: session parameters changed, resetting");
+                tracing::info!(peer = %k, "BGP: session parameters changed, resetting");
             } else {
-                tracing::info!("BGP peer {k}: removed");
+                tracing::info!(peer = %k, "BGP: peer removed");
             }
             let _ = p.cmds.send(Cmd::Stop(Stop::Deconfigured));
             metrics.forget(&label(&p.plan));
@@ -382,7 +382,7 @@ async fn peer_task(
                         p.session.handle(Event::Connected(id, Direction::Outbound, local), now)
                     }
                     ConnEvent::Failed(id, why) => {
-                        tracing::debug!("BGP peer {}: connect: {why}", p.key);
+                        tracing::debug!(peer = %p.key, error = %why, "BGP: connect failed");
                         p.session.handle(Event::ConnectFailed(id), now)
                     }
                     ConnEvent::Message(id, m) => p.session.handle(Event::Received(id, m), now),
@@ -399,7 +399,7 @@ async fn peer_task(
                 Ok(state) => {
                     let was_up = std::mem::replace(&mut bfd_up, state == BfdState::Up);
                     if was_up && !bfd_up {
-                        tracing::warn!("BGP peer {}: BFD down", p.key);
+                        tracing::warn!(peer = %p.key, "BGP: BFD down");
                         p.session.handle(Event::BfdDown, Instant::now())
                     } else {
                         Vec::new()
@@ -438,7 +438,7 @@ impl Peer {
                 Action::Send(id, msg) => {
                     let mut buf = BytesMut::new();
                     if let Err(e) = message::encode(&msg, &mut buf) {
-                        tracing::error!("BGP peer {}: cannot encode a message: {e}", self.key);
+                        tracing::error!(peer = %self.key, error = %e, "BGP: cannot encode a message");
                         continue;
                     }
                     if matches!(msg, Message::Update(_)) {
@@ -456,19 +456,22 @@ impl Peer {
                     }
                 }
                 Action::Up(n) => tracing::info!(
-                    "BGP peer {} ({}): established, AS {}, router id {}, hold {} s, IPv4 {}, IPv6 {}",
-                    self.key,
-                    self.label.peer,
-                    n.peer_as,
-                    n.peer_id,
-                    n.hold_time,
-                    n.ipv4,
-                    n.ipv6
+                    peer = %self.key,
+                    address = %self.label.peer,
+                    asn = n.peer_as,
+                    router_id = %n.peer_id,
+                    hold_s = n.hold_time,
+                    ipv4 = n.ipv4,
+                    ipv6 = n.ipv6,
+                    "BGP: session established"
                 ),
-                Action::Down(why) => {
-                    tracing::warn!("BGP peer {} ({}): down: {why}", self.key, self.label.peer)
-                }
-                Action::Note(what) => tracing::info!("BGP peer {}: {what}", self.key),
+                Action::Down(why) => tracing::warn!(
+                    peer = %self.key,
+                    address = %self.label.peer,
+                    reason = %why,
+                    "BGP: session down"
+                ),
+                Action::Note(what) => tracing::info!(peer = %self.key, "BGP: {what}"),
             }
         }
         self.closing.retain(|w| !w.is_finished());

@@ -166,7 +166,7 @@ async fn interface(iface: String, found: watch::Sender<Found>) {
     let (sock, ifindex) = match socket(&iface) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!("BGP: unnumbered peer on {iface}: {e}");
+            tracing::warn!(%iface, error = %e, "BGP: unnumbered peer");
             return;
         }
     };
@@ -184,7 +184,7 @@ async fn interface(iface: String, found: watch::Sender<Found>) {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
                 if let Err(e) = sock.get_ref().send_to(&ra, &all_nodes) {
-                    tracing::debug!("BGP: router advertisement on {iface}: {e}");
+                    tracing::debug!(%iface, error = %e, "BGP: router advertisement");
                 }
                 next += schedule.next().unwrap_or(INTERVAL);
             }
@@ -201,10 +201,10 @@ async fn interface(iface: String, found: watch::Sender<Found>) {
                         let n = Neighbor { address: *from.ip(), ifindex };
                         let fresh = found.send_if_modified(|f| f.insert(iface.clone(), n) != Some(n));
                         if fresh {
-                            tracing::info!("BGP: unnumbered peer on {iface}: {}", n.address);
+                            tracing::info!(%iface, peer = %n.address, "BGP: unnumbered peer found");
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!("BGP: reading on {iface}: {e}"),
+                    Ok(Err(e)) => tracing::debug!(%iface, error = %e, "BGP: reading router advertisements"),
                     Err(_would_block) => {}
                 }
             }
