@@ -1,7 +1,8 @@
 //! Types shared by the XDP program (`lb-ebpf`) and userspace (`lb-agent`, `bpf-tests`).
 //!
 //! Everything that crosses the kernel/user boundary is defined once here: the layout of the
-//! pinned maps, the counter slots and the names under which programs, maps and links are pinned.
+//! pinned maps, the counter slots and the names under which programs, maps and links are pinned;
+//! and ([`wire`]) the protocol numbers the XDP program and its userspace twin both read frames by.
 //! The `user` feature adds `aya::Pod` so userspace can open the maps as typed handles; a size
 //! mismatch with the loaded object then fails at startup instead of corrupting entries.
 #![no_std]

@@ -286,7 +286,7 @@ fn main() -> Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let owner = loop {
-        let who = lab.answerers(vip4, "0.2", &names);
+        let who = lab.answerers(vip4, "0.2");
         if let [one] = who.iter().collect::<Vec<_>>().as_slice()
             && let Some(name) = names.iter().find(|n| **n == one.as_str())
         {

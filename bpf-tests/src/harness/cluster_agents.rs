@@ -149,7 +149,7 @@ impl<'a> ClusterAgents<'a> {
     /// The nodes that answer one ARP request (one neighbour solicitation for an IPv6 `vip`)
     /// from the client.
     pub fn answerers(&self, vip: &str) -> BTreeSet<String> {
-        self.lab.answerers(vip, "0.2", &NAMES)
+        self.lab.answerers(vip, "0.2")
     }
 
     /// The node that answers `vip`, alone, three probes in a row (agents joining one by one

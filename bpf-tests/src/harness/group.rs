@@ -272,7 +272,7 @@ impl Group {
 
     /// The nodes that answer one ARP request for `vip`.
     pub fn answerers(&self, vip: &str, deadline: &str) -> BTreeSet<String> {
-        self.lab.answerers(vip, deadline, &self.names)
+        self.lab.answerers(vip, deadline)
     }
 
     /// Waits until every VIP is answered by exactly its owner in `owners`.

@@ -24,6 +24,9 @@ pub struct Lab {
     pub segment: NetNs,
     pub client: Host,
     pub nodes: Vec<Host>,
+    /// The nodes' names, as the Node objects and the agents' `--node-name` give them:
+    /// `node-1`, `node-2`, ...
+    pub names: Vec<String>,
     /// Pins of the `xdp_pass` programs on the bridge ports (native XDP_TX on a veth needs a
     /// program on the other end).
     _pass_pins: PinDir,
@@ -89,6 +92,7 @@ impl Lab {
         Self {
             segment,
             client,
+            names: (1..=nodes.len()).map(|i| format!("node-{i}")).collect(),
             nodes,
             _pass_pins: pass_pins,
             macs: std::sync::OnceLock::new(),
@@ -230,24 +234,24 @@ impl Lab {
         })
     }
 
-    /// The node a MAC belongs to, by `names` (node `i` is `names[i]`); `unknown MAC` else.
-    pub fn node_of(&self, mac: &str, names: &[&str]) -> String {
+    /// The name of the node a MAC belongs to; `unknown MAC` for another.
+    pub fn node_of(&self, mac: &str) -> String {
         self.node_macs()
             .iter()
-            .zip(names)
+            .zip(&self.names)
             .find(|(m, _)| crate::harness::netns::mac_str(m) == mac)
-            .map_or_else(|| format!("unknown {mac}"), |(_, n)| (*n).to_owned())
+            .map_or_else(|| format!("unknown {mac}"), |(_, n)| n.clone())
     }
 
     /// Who answers one request for `vip` from the client (ARP, or NDP for an IPv6 address,
-    /// every answer counted), waiting at most `deadline` seconds: the nodes by `names`.
-    pub fn answerers(&self, vip: &str, deadline: &str, names: &[&str]) -> BTreeSet<String> {
+    /// every answer counted), waiting at most `deadline` seconds: the nodes' names.
+    pub fn answerers(&self, vip: &str, deadline: &str) -> BTreeSet<String> {
         let macs = if vip.contains(':') {
             let ms = (deadline.parse::<f64>().unwrap_or(0.2) * 1e3) as u32;
             self.ndisc6_all(vip, ms)
         } else {
             self.arping_within(vip, 1, deadline)
         };
-        macs.iter().map(|m| self.node_of(m, names)).collect()
+        macs.iter().map(|m| self.node_of(m)).collect()
     }
 }
