@@ -32,8 +32,7 @@ use lb_controller::{
     plan::PlanEntry,
 };
 
-pub use crate::inputs::EXCLUDE_LABEL;
-use crate::inputs::{Inputs, Labels};
+use crate::inputs::{EXCLUDE_LABEL, Inputs, Labels};
 
 pub mod handover;
 pub mod order;

@@ -162,7 +162,10 @@ impl Reconciler {
         // The old configuration objects with today's Services, or, for a replica that started
         // (or took the lease) while the configuration is invalid, the valid part.
         let mut objects = snapshot;
-        match self.last_good.settle(&mut objects, &[]) {
+        match self
+            .last_good
+            .settle_checked(&mut objects, report.errors.first())
+        {
             Ok(Settled::ValidPart(_)) => leave_out_renumbered(&mut objects),
             Ok(Settled::Valid | Settled::LastGood(_)) => {}
             Err(_) => return true,

@@ -72,7 +72,18 @@ impl LastGood {
         load_errors: &[Problem],
     ) -> Result<Settled, String> {
         let report = validate::validate(objects);
-        let Some(why) = load_errors.iter().chain(&report.errors).next() else {
+        let first = load_errors.iter().chain(&report.errors).next();
+        self.settle_checked(objects, first)
+    }
+
+    /// [`LastGood::settle`] for a caller that has validated `objects` already: `first` is the
+    /// first problem it found, `None` when they passed.
+    pub fn settle_checked(
+        &mut self,
+        objects: &mut Objects,
+        first: Option<&Problem>,
+    ) -> Result<Settled, String> {
+        let Some(why) = first else {
             self.objects = Some(config_part(objects));
             return Ok(Settled::Valid);
         };
@@ -81,12 +92,14 @@ impl LastGood {
             if self.on_refusal == OnRefusal::LastReading {
                 return Err(why);
             }
-            let mut kept = objects.clone();
-            put_config(&mut kept, good);
-            if validate::validate(&kept).errors.is_empty() {
-                *objects = kept;
+            // Only the configuration objects are swapped: the Services, Nodes and
+            // EndpointSlices (most of a large reading) are not copied.
+            let own = config_part(objects);
+            put_config(objects, good);
+            if validate::validate(objects).errors.is_empty() {
                 return Ok(Settled::LastGood(why));
             }
+            put_config(objects, &own);
         }
         let (part, left_out) = validate::valid_part(objects).ok_or_else(|| why.clone())?;
         *objects = part;
@@ -258,5 +271,43 @@ mod tests {
             .unwrap_or_default();
         assert!(why.contains("not YAML"), "{why}");
         assert_eq!(names(&second.pools), ["lab"]);
+    }
+
+    #[test]
+    fn when_the_last_good_objects_no_longer_pass_the_readings_own_valid_part_is_used() {
+        use crate::config::types::v1beta2::BGPPeer;
+        let peer: BGPPeer = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "router"},
+            "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.1",
+                     "passwordSecret": {"name": "bgp-auth"}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "bgp-auth"},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"password": "s3cret"}
+            }))
+            .unwrap_or_default();
+        let mut good = LastGood::new(OnRefusal::LastConfigObjects);
+        let mut first = Objects {
+            pools: vec![pool("old", "10.0.0.0/24")],
+            peers: vec![peer],
+            secrets: vec![secret],
+            ..Objects::default()
+        };
+        assert_eq!(good.settle(&mut first, &[]), Ok(Settled::Valid));
+
+        // The Secret goes (so the last good BGPPeer no longer passes) while the pools are
+        // edited, one of them badly: the reading's own valid part is what is left.
+        let mut second = Objects {
+            pools: vec![pool("new", "10.1.0.0/24"), pool("bad", "10.1.0.0/33")],
+            secrets: Vec::new(),
+            ..first.clone()
+        };
+        let settled = good.settle(&mut second, &[]);
+        assert!(matches!(settled, Ok(Settled::ValidPart(_))), "{settled:?}");
+        assert_eq!(names(&second.pools), ["new"]);
+        assert!(second.peers.is_empty());
     }
 }
