@@ -7,10 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{core::v1::Node, discovery::v1::EndpointSlice};
 use kube::ResourceExt;
-use lb_controller::config::{
-    l2mode::{self, L2Mode},
-    manifest::Objects,
-    types::L2Advertisement,
+use lb_controller::{
+    config::{
+        l2mode::{self, L2Mode},
+        manifest::Objects,
+        types::L2Advertisement,
+    },
+    ipam::pool_for::Pools,
+    plan::{PlanEntry, pool_defs},
 };
 
 /// The label that ties an EndpointSlice to its Service.
@@ -27,6 +31,8 @@ pub use lb_controller::config::selector::Labels;
 pub struct Inputs {
     /// Pool name → labels.
     pub pools: BTreeMap<String, Labels>,
+    /// The pools' addresses, to check what is announced against.
+    pub spaces: Pools,
     pub l2_advertisements: Vec<L2Advertisement>,
     /// Node name → labels.
     pub nodes: BTreeMap<String, Labels>,
@@ -91,6 +97,17 @@ fn unusable(node: &Node) -> bool {
 }
 
 impl Inputs {
+    /// The labels of the pool that holds all of `entry`'s addresses, if it is the pool the
+    /// entry names. The sources already left out any other entry; the planners ask again,
+    /// so that no path to an announcement skips the check.
+    pub fn pool_of(&self, entry: &PlanEntry) -> Option<(&str, &Labels)> {
+        let pool = self.spaces.pool_for(&entry.ips)?;
+        if entry.pool.as_deref() != Some(pool) {
+            return None;
+        }
+        Some((pool, self.pools.get(pool)?))
+    }
+
     pub fn new(objects: &Objects) -> Self {
         let mut inputs = Self {
             pools: objects
@@ -98,6 +115,7 @@ impl Inputs {
                 .iter()
                 .map(|p| (p.name_any(), p.labels().clone()))
                 .collect(),
+            spaces: Pools::new(&pool_defs(&objects.pools)),
             l2_advertisements: objects.l2_advertisements.clone(),
             nodes: objects
                 .nodes

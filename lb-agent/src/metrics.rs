@@ -58,6 +58,7 @@ pub struct AgentMetrics {
     pub heartbeats_received: Counter,
     pub heartbeats_rejected: Family<ReasonLabel, Counter>,
     pub announced: Gauge,
+    pub services_outside_pools: Gauge,
     pub datapath: Family<ModeLabel, Gauge>,
     pub config: ConfigMetrics,
     pub bgp: BgpMetrics,
@@ -174,6 +175,7 @@ impl AgentMetrics {
             heartbeats_received: Counter::default(),
             heartbeats_rejected: Family::default(),
             announced: Gauge::default(),
+            services_outside_pools: Gauge::default(),
             datapath: Family::default(),
             config: ConfigMetrics::default(),
             bgp: BgpMetrics::default(),
@@ -215,6 +217,11 @@ impl AgentMetrics {
             "xdplb_layer2_announced_vips",
             "VIP addresses this node announces",
             m.announced.clone(),
+        );
+        registry.register(
+            "xdplb_agent_services_outside_pools",
+            "Services not announced because no one IPAddressPool holds all their addresses",
+            m.services_outside_pools.clone(),
         );
         registry.register(
             "xdplb_agent_datapath_info",

@@ -86,6 +86,8 @@ struct Agent {
     config: Option<Arc<Config>>,
     config_error: Option<String>,
     input_problems: Vec<String>,
+    /// The Services last left out for addresses outside the pools (logged when this changes).
+    outside_pools: Vec<String>,
     /// Whether the configuration changed since the announcements were last computed.
     dirty: bool,
     started: Instant,
@@ -216,6 +218,7 @@ impl Agent {
             config: None,
             config_error: None,
             input_problems: Vec::new(),
+            outside_pools: Vec::new(),
             dirty: true,
             started: Instant::now(),
         };
@@ -251,7 +254,20 @@ impl Agent {
         }
         self.config_error.clone_from(&c.refused);
         self.reporter
-            .configuration(c.refused.iter().cloned().collect());
+            .configuration(c.refused.iter().chain(&c.outside_pools).cloned().collect());
+        if c.outside_pools != self.outside_pools {
+            for p in c
+                .outside_pools
+                .iter()
+                .filter(|p| !self.outside_pools.contains(p))
+            {
+                warn!(problem = %p, "addresses outside the pools are never announced");
+            }
+            self.outside_pools.clone_from(&c.outside_pools);
+        }
+        self.metrics
+            .services_outside_pools
+            .set(i64::try_from(c.outside_pools.len()).unwrap_or(i64::MAX));
         if self.secret_from_config {
             self.membership.follow_secret(match &c.secret {
                 Some(bytes) => check_secret(bytes),

@@ -9,6 +9,7 @@ use crate::{
     config::{address, manifest::Objects, types::IPAddressPool},
     ipam::{
         allocator::{Allocator, PoolDef, PoolUsage, Request, Restriction},
+        pool_for::Pools,
         service::{self, RequestError},
     },
 };
@@ -43,6 +44,34 @@ impl std::fmt::Display for PlanEntry {
             }
         }
     }
+}
+
+/// The entries an agent may announce, each with the pool that holds all its addresses, and one
+/// line for each left out (a Service whose addresses lie in no pool, or in several): the
+/// allocations come from a Service's status or a file that anything could have written.
+pub fn announceable(entries: Vec<PlanEntry>, pools: &Pools) -> (Vec<PlanEntry>, Vec<String>) {
+    let mut kept = Vec::with_capacity(entries.len());
+    let mut left_out = Vec::new();
+    for mut entry in entries {
+        if entry.ips.is_empty() {
+            kept.push(entry);
+            continue;
+        }
+        match pools.pool_for(&entry.ips) {
+            Some(pool) => {
+                if entry.pool.as_deref() != Some(pool) {
+                    entry.pool = Some(pool.to_owned());
+                }
+                kept.push(entry);
+            }
+            None => left_out.push(format!(
+                "Service {}: {}; not announced",
+                entry.service,
+                pools.why_not(&entry.ips)
+            )),
+        }
+    }
+    (kept, left_out)
 }
 
 /// The allocator's view of the pools (the configuration is assumed valid: entries that do not

@@ -94,7 +94,19 @@ impl Standalone {
             self.count(&pass, None);
             return Ok(pass);
         }
-        let old = allocations::read(&self.dir);
+        let old = match allocations::read(&self.dir) {
+            Ok(old) => old,
+            Err(e) => {
+                // Planned from nothing, Services would move to other addresses.
+                let pass = Pass::Rejected {
+                    problems: vec![format!(
+                        "{e}; nothing is planned until it is repaired or removed"
+                    )],
+                };
+                self.count(&pass, None);
+                return Ok(pass);
+            }
+        };
         let previous: BTreeMap<String, Vec<IpAddr>> = old
             .allocations
             .iter()
@@ -183,4 +195,37 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_allocations_file_is_kept_not_planned_over() {
+        let dir = std::env::temp_dir().join(format!("xdplb-standalone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(allocations::STATUS_DIR)).expect("dir");
+        std::fs::write(
+            dir.join("config.yaml"),
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: p}\nspec: {addresses: [10.0.0.0/24]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {type: LoadBalancer}\n",
+        )
+        .expect("write");
+        let c = Standalone::new(dir.clone(), None, Arc::new(Metrics::default()));
+        // A power cut left the file empty: planning from nothing would move every Service.
+        std::fs::write(allocations::path(&dir), "").expect("write");
+        let pass = c.reconcile().expect("pass");
+        assert!(
+            matches!(&pass, Pass::Rejected { problems } if problems[0].contains("empty")),
+            "{pass:?}"
+        );
+        assert_eq!(std::fs::read(allocations::path(&dir)).expect("read"), b"");
+        // Removed by the operator, it is planned again.
+        std::fs::remove_file(allocations::path(&dir)).expect("rm");
+        assert!(matches!(
+            c.reconcile(),
+            Ok(Pass::Applied { services: 1, .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

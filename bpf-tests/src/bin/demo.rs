@@ -182,7 +182,7 @@ fn controller_step(dir: &std::path::Path) -> Result<(Controller, String, String)
     for line in text.lines() {
         println!("   | {line}");
     }
-    let written = allocations::read(dir);
+    let written = allocations::read(dir)?;
     let web = written
         .allocations
         .iter()

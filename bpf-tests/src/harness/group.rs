@@ -103,7 +103,9 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
 
 /// What the controller wrote to `dir/status/allocations.yaml`.
 fn allocations(dir: &Path) -> Vec<lb_controller::plan::PlanEntry> {
-    lb_controller::allocations::read(dir).allocations
+    lb_controller::allocations::read(dir)
+        .map(|f| f.allocations)
+        .unwrap_or_default()
 }
 
 /// The first address allocated to `service` (`namespace/name`).

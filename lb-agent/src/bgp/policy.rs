@@ -291,7 +291,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
         let mut routes = Routes::new();
         if advertises {
             for entry in allocations {
-                let Some(pool) = &entry.pool else {
+                let Some((pool, pool_labels)) = inputs.pool_of(entry) else {
                     continue;
                 };
                 let svc = inputs.services.get(&entry.service);
@@ -303,7 +303,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                 let svc_labels = svc.map_or(&empty, |s| &s.labels);
                 for ad in &bgp.advertisements {
                     let s = &ad.spec;
-                    if !s.selects_pool(pool, inputs.pools.get(pool).unwrap_or(&empty))
+                    if !s.selects_pool(pool, pool_labels)
                         || !s.selects_node(labels)
                         || !selector::admits(&s.service_selectors, svc_labels)
                         || !(s.peers.is_empty() || s.peers.iter().any(|p| *p == peer.name_any()))
@@ -633,6 +633,21 @@ endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}
         let mut moved = router.clone();
         moved.routes = Arc::default();
         assert!(moved.same_session(router));
+    }
+
+    #[test]
+    fn no_route_for_an_address_outside_the_pool_its_entry_names() {
+        let o = objects();
+        let (bgp, inputs) = (BgpInputs::new(&o), Inputs::new(&o));
+        let allocations = vec![
+            alloc("default/web", "pool", &["192.0.2.10", "10.9.9.9"]),
+            alloc("default/agg", "pool", &["198.51.100.7"]),
+            alloc("default/gone", "deleted", &["192.0.2.12"]),
+            alloc("default/ok", "pool", &["192.0.2.13"]),
+        ];
+        let p = plan("node-1", &bgp, &inputs, &allocations);
+        let routes: BTreeSet<IpNet> = p.values().flat_map(|s| s.routes.keys().copied()).collect();
+        assert_eq!(routes, [net("192.0.2.13/32")].into());
     }
 
     #[test]

@@ -76,13 +76,11 @@ pub fn elections(
     allocations: &[PlanEntry],
     alive: &BTreeSet<String>,
 ) -> BTreeMap<String, Election> {
-    let no_labels = Labels::new();
     let mut out = BTreeMap::new();
     for entry in allocations {
-        let (Some(pool), Some(first)) = (&entry.pool, entry.ips.first()) else {
+        let (Some((pool, labels)), Some(first)) = (inputs.pool_of(entry), entry.ips.first()) else {
             continue;
         };
-        let labels = inputs.pools.get(pool).unwrap_or(&no_labels);
         let svc = inputs.services.get(&entry.service);
         let ads: Vec<&L2Advertisement> = inputs
             .l2_advertisements
@@ -177,8 +175,9 @@ pub fn layer2(
             }
             _ => continue,
         };
-        let pool = entry.pool.as_deref().unwrap_or("");
-        let labels = inputs.pools.get(pool).unwrap_or(&no_labels);
+        let Some((pool, labels)) = inputs.pool_of(entry) else {
+            continue;
+        };
         let mut interfaces = BTreeSet::new();
         let mut all = false;
         for ad in inputs
@@ -252,6 +251,31 @@ mod tests {
 
     fn alive(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn addresses_outside_the_named_pool_are_never_announced() {
+        // The gateway in a Service's status (patched by hand, or by another implementation)
+        // must not be answered for, whatever the entry claims.
+        let o = objects(
+            json!([{"metadata": {"name": "l2"}, "spec": {}}]),
+            &[("a", json!({})), ("b", json!({}))],
+        );
+        let mut unknown_pool = alloc("default/ghost", &["10.0.0.9"]);
+        unknown_pool.pool = Some("nowhere".into());
+        let allocs = [
+            alloc("default/gateway", &["10.0.0.5", "192.168.1.1"]),
+            alloc("default/outside", &["192.168.1.2"]),
+            unknown_pool,
+            alloc("default/web", &["10.0.0.6"]),
+        ];
+        let up = alive(&["a", "b"]);
+        let announced: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|n| layer2(n, &o, &allocs, &up).announcements)
+            .map(|a| a.vip.to_string())
+            .collect();
+        assert_eq!(announced, vec!["10.0.0.6"]);
     }
 
     #[test]

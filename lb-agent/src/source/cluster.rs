@@ -18,11 +18,8 @@ use lb_controller::{
         manifest::Objects,
         settle::{LastGood, OnRefusal},
     },
-    ipam::{
-        allocator::PoolDef,
-        service::{is_ours, status_ips},
-    },
-    plan::{PlanEntry, pool_defs},
+    ipam::service::{is_ours, status_ips},
+    plan::{PlanEntry, announceable},
     sources::{Sources, watch as reflect},
 };
 use tokio::sync::{Notify, mpsc};
@@ -49,18 +46,17 @@ pub struct Options {
     pub lb_class: Option<String>,
 }
 
-fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
+/// A Service's addresses as its status has them; [`announceable`] then finds their pool.
+fn allocation(svc: &Service) -> Option<PlanEntry> {
     let ips = status_ips(svc);
-    let first = *ips.first()?;
-    let pool = pools
-        .iter()
-        .find(|p| p.ranges.iter().any(|r| r.contains(first)))
-        .map(|p| p.name.clone());
+    if ips.is_empty() {
+        return None;
+    }
     let ns = svc.namespace().unwrap_or_else(|| "default".into());
     Some(PlanEntry {
         service: format!("{ns}/{}", svc.name_any()),
         ips,
-        pool,
+        pool: None,
         pending: None,
     })
 }
@@ -68,13 +64,16 @@ fn allocation(svc: &Service, pools: &[PoolDef]) -> Option<PlanEntry> {
 /// The agent's configuration from a snapshot of the cluster, valid as a
 /// [`LastGood`] settled it.
 pub fn build(objects: &Objects, opts: &Options) -> Config {
-    let pools = pool_defs(&objects.pools);
-    let allocations: Vec<PlanEntry> = objects
-        .services
-        .iter()
-        .filter(|s| is_ours(s, opts.lb_class.as_deref()))
-        .filter_map(|s| allocation(s, &pools))
-        .collect();
+    let inputs = Inputs::new(objects);
+    let (allocations, outside_pools) = announceable(
+        objects
+            .services
+            .iter()
+            .filter(|s| is_ours(s, opts.lb_class.as_deref()))
+            .filter_map(allocation)
+            .collect(),
+        &inputs.spaces,
+    );
     let peers = peers(&objects.nodes, &opts.node, opts.port);
     let secret = objects
         .secrets
@@ -82,7 +81,6 @@ pub fn build(objects: &Objects, opts: &Options) -> Config {
         .find(|s| s.name_any() == MEMBERLIST_SECRET)
         .and_then(|s| s.data.as_ref()?.get(MEMBERLIST_KEY))
         .map(|b| b.0.clone());
-    let inputs = Inputs::new(objects);
     let bgp = plan(&opts.node, &BgpInputs::new(objects), &inputs, &allocations);
     Config {
         bgp_ips: advertised_ips(&bgp, &allocations),
@@ -93,6 +91,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Config {
         secret,
         bgp,
         refused: None,
+        outside_pools,
     }
 }
 
@@ -134,4 +133,65 @@ pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn service(name: &str, ingress: &[&str]) -> Service {
+        let ingress: Vec<_> = ingress.iter().map(|ip| json!({"ip": ip})).collect();
+        parse(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": ingress}},
+        }))
+    }
+
+    #[test]
+    fn a_status_naming_an_address_outside_the_pools_is_not_announced() {
+        let objects = Objects {
+            pools: vec![parse(
+                json!({"metadata": {"name": "p"}, "spec": {"addresses": ["10.0.0.0/24"]}}),
+            )],
+            l2_advertisements: vec![parse(json!({"metadata": {"name": "l2"}, "spec": {}}))],
+            nodes: vec![
+                parse(json!({"metadata": {"name": "a"}})),
+                parse(json!({"metadata": {"name": "b"}})),
+            ],
+            services: vec![
+                service("gateway", &["10.0.0.5", "192.168.1.1"]),
+                service("web", &["10.0.0.6"]),
+            ],
+            ..Objects::default()
+        };
+        let opts = Options {
+            namespace: "metallb-system".into(),
+            node: "a".into(),
+            port: 7946,
+            lb_class: None,
+        };
+        let c = build(&objects, &opts);
+        let entries: Vec<String> = c.allocations.iter().map(ToString::to_string).collect();
+        assert_eq!(entries, vec!["default/web: 10.0.0.6 (pool p)"]);
+        assert_eq!(
+            c.outside_pools,
+            vec!["Service default/gateway: 192.168.1.1 in no IPAddressPool; not announced"]
+        );
+        let alive: std::collections::BTreeSet<String> = ["a".into(), "b".into()].into();
+        let announced: Vec<String> = ["a", "b"]
+            .iter()
+            .flat_map(|n| {
+                crate::election::layer2(n, &c.inputs, &c.allocations, &alive).announcements
+            })
+            .map(|a| a.vip.to_string())
+            .collect();
+        assert_eq!(announced, vec!["10.0.0.6"]);
+    }
 }

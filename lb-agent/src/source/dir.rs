@@ -23,6 +23,7 @@ use super::{Config, peers};
 use crate::bgp::policy::{BgpInputs, advertised_ips, plan};
 use crate::heap::{relocate, trim_heap};
 use crate::inputs::Inputs;
+use lb_controller::plan::announceable;
 
 /// Changes within this window are read together (an editor's save, the controller's
 /// write-and-rename).
@@ -43,9 +44,12 @@ pub fn read(dir: &Path, node: &str, port: u16, good: &Mutex<LastGood>) -> Result
         .unwrap_or_else(|e| e.into_inner())
         .settle(&mut loaded.objects, &loaded.errors)?
         .into_refused();
-    let allocations = allocations::read(dir).allocations;
     let peers = peers(&loaded.objects.nodes, node, port);
     let inputs = Inputs::new(&loaded.objects);
+    // An unreadable file is refused like a broken configuration: read as "no allocations", it
+    // would withdraw every VIP of the cluster.
+    let written = allocations::read(dir).map_err(|e| e.to_string())?;
+    let (allocations, outside_pools) = announceable(written.allocations, &inputs.spaces);
     let bgp = plan(
         node,
         &BgpInputs::new(&loaded.objects),
@@ -62,6 +66,7 @@ pub fn read(dir: &Path, node: &str, port: u16, good: &Mutex<LastGood>) -> Result
         secret: None,
         bgp,
         refused,
+        outside_pools,
     })
 }
 

@@ -50,6 +50,9 @@ pub struct Config {
     /// Why the reading's own configuration objects were refused (the last good ones, or the
     /// valid part, stand in for them).
     pub refused: Option<String>,
+    /// Services left out of `allocations` because no one pool holds their addresses, one
+    /// line each.
+    pub outside_pools: Vec<String>,
 }
 
 fn internal_ip(node: &Node) -> Option<IpAddr> {

@@ -75,12 +75,12 @@ impl Elector {
                     }
                 } else {
                     Step::Acquire {
-                        transitions: record.transitions + 1,
+                        transitions: record.transitions.saturating_add(1),
                     }
                 }
             }
             _ => Step::Acquire {
-                transitions: record.transitions + 1,
+                transitions: record.transitions.saturating_add(1),
             },
         }
     }

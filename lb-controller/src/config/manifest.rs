@@ -26,6 +26,53 @@ pub enum LoadError {
     },
     #[error("{path}: not YAML: {reason}")]
     Yaml { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+}
+
+/// The largest manifest file read: ten times a dump of 100,000 Services. A bigger one is a
+/// mistake (or a symlink to `/proc/kcore`) that would otherwise exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Unknown fields dropped from one document in lenient mode before it counts as an error:
+/// each costs a new deserialisation of the document, so this keeps the cost linear.
+pub const MAX_UNKNOWN_FIELDS: usize = 32;
+
+/// The text of one configuration file, refusing what cannot be one: symlinks are followed
+/// (Kubernetes mounts ConfigMaps through them) but the target must be a regular file of at
+/// most [`MAX_FILE_BYTES`] (devices, FIFOs and `/proc` files are not).
+pub fn read_text(path: &Path) -> Result<String, LoadError> {
+    use std::io::Read;
+    let refused = |reason: String| LoadError::Refused {
+        path: path.to_owned(),
+        reason,
+    };
+    let read_err = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(refused(format!(
+            "{} bytes is more than the {MAX_FILE_BYTES} a configuration file may have",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    // The size can change between the check and the read: the reader is bounded too.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_err)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(refused(format!(
+            "more than the {MAX_FILE_BYTES} bytes a configuration file may have"
+        )));
+    }
+    Ok(text)
 }
 
 /// Everything the configuration is made of, in input order.
@@ -96,10 +143,17 @@ pub fn documents(path: &Path, text: &str) -> Result<Vec<Value>, LoadError> {
         serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
             LoadError::Yaml {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                reason: first_line(&e.to_string()),
             }
         })?;
     Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+/// The parser's message without the excerpt of the input it quotes below it: the file may be
+/// a Secret, and the line and column are enough to find the mistake.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 /// What [`load`] read: the objects, the documents that do not fit their kind's schema
@@ -120,10 +174,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
 pub fn load_with(paths: &[PathBuf], strictness: Strictness) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
     for file in files(paths)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
-            path: file.clone(),
-            source,
-        })?;
+        let text = read_text(&file)?;
         for doc in documents(&file, &text)? {
             sort(doc, &file, strictness, &mut loaded);
         }
@@ -187,7 +238,9 @@ fn typed<T: DeserializeOwned>(
     strictness: Strictness,
     warnings: &mut Vec<Problem>,
 ) -> Result<T, Problem> {
-    // Each retry removes one field, so the document's size bounds the loop.
+    // Each retry removes one field and deserialises again: the count is bounded so that a
+    // document of thousands of unknown fields costs no more than a few dozen passes.
+    let mut dropped = 0;
     loop {
         match serde_path_to_error::deserialize(doc.clone()) {
             Ok(t) => return Ok(t),
@@ -195,8 +248,10 @@ fn typed<T: DeserializeOwned>(
                 let reason = e.inner().to_string();
                 if strictness == Strictness::Lenient
                     && reason.starts_with("unknown field")
+                    && dropped < MAX_UNKNOWN_FIELDS
                     && remove_at(&mut doc, e.path())
                 {
+                    dropped += 1;
                     warnings.push(Problem::new(
                         kind,
                         name,
@@ -205,6 +260,11 @@ fn typed<T: DeserializeOwned>(
                     ));
                     continue;
                 }
+                let reason = if dropped == MAX_UNKNOWN_FIELDS {
+                    format!("{reason}; more than {MAX_UNKNOWN_FIELDS} unknown fields")
+                } else {
+                    reason
+                };
                 return Err(Problem::new(kind, name, field_name(e.path()), reason));
             }
         }
@@ -328,6 +388,72 @@ mod tests {
             fields,
             vec!["spec.colour", "spec.serviceAllocation.flavour"]
         );
+    }
+
+    #[test]
+    fn a_document_of_thousands_of_unknown_fields_is_an_error_not_minutes_of_retries() {
+        let fields: String = (0..4000).map(|i| format!("  x{i}: 1\n")).collect();
+        let text = format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: p}}\nspec:\n  addresses: [10.0.0.0/30]\n{fields}"
+        );
+        let lenient = load_yaml(&text, Strictness::Lenient, "many");
+        assert!(lenient.objects.pools.is_empty());
+        assert_eq!(lenient.warnings.len(), MAX_UNKNOWN_FIELDS);
+        assert_eq!(lenient.errors.len(), 1);
+        assert!(
+            lenient.errors[0]
+                .reason
+                .ends_with("more than 32 unknown fields"),
+            "{}",
+            lenient.errors[0]
+        );
+    }
+
+    #[test]
+    fn files_that_cannot_be_configuration_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("xdplb-manifest-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        // A sparse file: the size is refused before anything is read.
+        let big = dir.join("big.yaml");
+        let f = std::fs::File::create(&big).expect("create");
+        f.set_len(MAX_FILE_BYTES + 1).expect("set_len");
+        let device = dir.join("zero.yaml");
+        let _ = std::fs::remove_file(&device);
+        std::os::unix::fs::symlink("/dev/zero", &device).expect("symlink");
+        let mounted = dir.join("mounted.yaml");
+        let _ = std::fs::remove_file(&mounted);
+        std::fs::write(dir.join("real"), POOL).expect("write");
+        std::os::unix::fs::symlink(dir.join("real"), &mounted).expect("symlink");
+        let outcome = |p: &Path| match load(&[p.to_owned()]) {
+            Ok(l) => format!("{} pools", l.objects.pools.len() + l.errors.len()),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            outcome(&big)
+                .ends_with("bytes is more than the 67108864 a configuration file may have"),
+            "{}",
+            outcome(&big)
+        );
+        assert!(
+            outcome(&device).ends_with("zero.yaml: not a regular file"),
+            "{}",
+            outcome(&device)
+        );
+        assert_eq!(
+            outcome(&mounted),
+            "1 pools",
+            "a ConfigMap's symlink is followed"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn yaml_errors_name_the_place_without_quoting_the_input() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n  key: \"hunter2-not-for-logs\n  other: [\n";
+        let e = documents(Path::new("s.yaml"), text).expect_err("not YAML");
+        let message = e.to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("line 5"), "{message}");
     }
 
     /// MetalLB's own documentation applies an L2Advertisement with metadata only.

@@ -109,9 +109,15 @@ pub fn timers(
     report: &mut Report,
 ) {
     const KIND: &str = "BGPPeer";
+    // The OPEN message carries the hold time in 16 bits of seconds: a longer one is a typo, and
+    // bounding every timer here keeps the arithmetic below (3 × keepalive) far from overflow.
     let mut parse = |field: &str, text: Option<&str>| -> Option<Duration> {
         let text = text?;
         match duration(text) {
+            Ok(d) if d.as_secs() > u64::from(u16::MAX) => {
+                report.error(KIND, name, field, format!("{text:?} is longer than 65535s"));
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 report.error(KIND, name, field, e);
@@ -146,7 +152,7 @@ pub fn timers(
     let (h, k) = match (hold_d, keepalive_d) {
         (Some(h), Some(k)) => (h, k),
         (Some(h), None) => (h, h / 3),
-        (None, Some(k)) => (k * 3, k),
+        (None, Some(k)) => (k.saturating_mul(3), k),
         (None, None) => return,
     };
     if k > h {

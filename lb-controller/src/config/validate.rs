@@ -64,7 +64,32 @@ fn drop_named<T: ResourceExt>(objects: &mut Vec<T>, name: &str) {
 }
 
 /// Checks the whole configuration at once, as MetalLB's parser does.
+///
+/// A bug in a rule must not take down the process that asked (the controller would crash-loop
+/// on the same objects, an agent would stop taking configuration): a panic becomes an error
+/// that refuses the configuration, and the last good one stays.
 pub fn validate(objects: &Objects) -> Report {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checks(objects))).unwrap_or_else(
+        |panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let mut report = Report::default();
+            report.error(
+                "configuration",
+                "",
+                "",
+                format!("validation failed unexpectedly ({why}); please report this input"),
+            );
+            report
+        },
+    )
+}
+
+/// The rules themselves; fuzzed directly so that the guard in [`validate`] hides nothing.
+pub(crate) fn checks(objects: &Objects) -> Report {
     let mut report = Report::default();
     duplicates(objects, &mut report);
     let pool_ranges = pools(&objects.pools, &mut report);
@@ -808,6 +833,38 @@ spec:
                 "BGPPeer/bb: spec.keepaliveTime: 10s is longer than the hold time 9s",
                 "BGPPeer/ccc: spec.connectTime: 1.5s is not whole seconds in 1..=65535",
                 "BGPPeer/dddd: spec.holdTime: \"soon\" is not a duration: expected number at 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn timers_beyond_the_wire_limit_are_errors_not_overflows() {
+        // A keepalive alone once made validation multiply it by three and panic.
+        let (errors, _) = check(
+            &(peer(
+                "a",
+                "  keepaliveTime: 300000000000y
+",
+            ) + &peer(
+                "bb",
+                "  holdTime: 2562047788015215h
+",
+            ) + &peer(
+                "ccc",
+                "  keepaliveTime: 21846s
+",
+            ) + &peer(
+                "dddd",
+                "  holdTime: 65535s
+  keepaliveTime: 65535s
+",
+            )),
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "BGPPeer/a: spec.keepaliveTime: \"300000000000y\" is longer than 65535s",
+                "BGPPeer/bb: spec.holdTime: \"2562047788015215h\" is longer than 65535s",
             ]
         );
     }

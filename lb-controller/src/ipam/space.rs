@@ -98,7 +98,7 @@ impl Space {
             return;
         }
         if self.contains(addr) {
-            self.taken[slot(addr)] += 1;
+            self.taken[slot(addr)] = self.taken[slot(addr)].saturating_add(1);
         }
         let mut start = addr;
         let mut end = addr;
@@ -120,7 +120,7 @@ impl Space {
             return;
         };
         if self.contains(addr) {
-            self.taken[slot(addr)] -= 1;
+            self.taken[slot(addr)] = self.taken[slot(addr)].saturating_sub(1);
         }
         self.used.remove(&start);
         if start < addr
@@ -158,12 +158,14 @@ impl Space {
 
     /// How many addresses the pool can give out (buggy ones excluded when avoided).
     pub fn capacity(&self) -> u128 {
-        self.capacity_of(true) + self.capacity_of(false)
+        // Sums saturate: `::/0` alone is 2^128 addresses, one more than u128 holds.
+        self.capacity_of(true)
+            .saturating_add(self.capacity_of(false))
     }
 
     /// How many addresses are in use.
     pub fn in_use(&self) -> u128 {
-        self.in_use_of(true) + self.in_use_of(false)
+        self.in_use_of(true).saturating_add(self.in_use_of(false))
     }
 
     /// [`Space::capacity`] for one family.
@@ -178,12 +180,12 @@ impl Space {
             .map(|r| {
                 let all = width(r.start, r.end);
                 if self.avoid_buggy {
-                    all - buggy_in(r)
+                    all.saturating_sub(buggy_in(r))
                 } else {
                     all
                 }
             })
-            .sum()
+            .fold(0, u128::saturating_add)
     }
 
     /// [`Space::in_use`] for one family (a run never spans both).
@@ -192,7 +194,7 @@ impl Space {
             .iter()
             .filter(|(s, _)| s.is_ipv4() == ipv4)
             .map(|(s, e)| width(*s, *e))
-            .sum()
+            .fold(0, u128::saturating_add)
     }
 }
 
@@ -210,8 +212,10 @@ fn buggy_in(r: &AddrRange) -> u128 {
 
 fn width(start: IpAddr, end: IpAddr) -> u128 {
     match (start, end) {
-        (IpAddr::V4(s), IpAddr::V4(e)) => u128::from(u32::from(e) - u32::from(s)) + 1,
-        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(e) - u128::from(s)).saturating_add(1),
+        (IpAddr::V4(s), IpAddr::V4(e)) => u128::from(u32::from(e).saturating_sub(u32::from(s))) + 1,
+        (IpAddr::V6(s), IpAddr::V6(e)) => u128::from(e)
+            .saturating_sub(u128::from(s))
+            .saturating_add(1),
         _ => 0,
     }
 }
@@ -287,6 +291,21 @@ mod tests {
         let mut full = space(&["10.0.0.0/8"], false);
         full.take(ip("10.0.0.0"));
         assert_eq!(full.first_free(true), Some(ip("10.0.0.1")));
+    }
+
+    #[test]
+    fn the_whole_ipv6_space_neither_overflows_nor_looks_full() {
+        // Two halves make 2^128 addresses: summed plainly, that panicked in debug builds and
+        // wrapped to an empty pool in release ones.
+        let halves = space(&["::/1", "8000::/1"], false);
+        assert_eq!(halves.capacity_of(false), u128::MAX);
+        assert_eq!(halves.first_free(false), Some(ip("::")));
+        let mut all = space(&["::/0", "10.0.0.0/24"], true);
+        assert_eq!(all.capacity(), u128::MAX);
+        all.take(ip("::"));
+        all.take(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        assert_eq!(all.in_use_of(false), 2);
+        assert_eq!(all.first_free(false), Some(ip("::1")));
     }
 
     /// Random takes and releases on small pools, checked against a naive model that walks
