@@ -124,9 +124,13 @@ async fn the_cluster_source_reads_what_the_agent_needs_and_follows_changes() {
         [("default/web", "10.30.0.3".to_owned(), Some("lab"))],
         "only served Services with an address, with the pool that holds it"
     );
-    let mut peers: Vec<String> = first.peers.iter().map(ToString::to_string).collect();
+    let mut peers: Vec<String> = first
+        .peers
+        .iter()
+        .map(|(node, addr)| format!("{node} {addr}"))
+        .collect();
     peers.sort();
-    assert_eq!(peers, ["10.1.0.2:7946", "10.1.0.3:7946"]);
+    assert_eq!(peers, ["node-2 10.1.0.2:7946", "node-3 10.1.0.3:7946"]);
     assert_eq!(
         first.secret.as_deref(),
         Some(b"a secret of sixteen+".as_slice())

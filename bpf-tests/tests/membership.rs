@@ -261,8 +261,9 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
     let owners = expected(&g.dir, &g.names);
     g.converge(&owners, Duration::from_secs(5), "at start");
 
-    // A flood in the name of every node, saying it is leaving: signed with another secret, replayed
-    // from an earlier life (a valid signature but an old epoch), and plain garbage.
+    // A flood in the name of every node, saying it is leaving: signed with another secret,
+    // replayed from an earlier life (a valid signature, but echoing no run of the receivers),
+    // and plain garbage.
     let mut flood = Vec::new();
     for seq in 0..300u64 {
         for name in g.names {
@@ -270,6 +271,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
                 node: name.to_owned(),
                 epoch: 1,
                 seq: u64::MAX - seq,
+                echo: 0,
                 hold_ms: 0,
                 phase: Phase::Leaving,
             };
@@ -297,13 +299,21 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
     g.converge(&owners, Duration::from_secs(1), "after the flood");
     for i in 0..3 {
         let m = g.metrics(i);
-        for reason in ["auth", "replay", "malformed"] {
-            let n = sample(
+        let count = |reason: &str| {
+            sample(
                 &m,
                 "xdplb_membership_heartbeats_rejected_total",
                 &[("reason", reason)],
             )
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+        };
+        // The recorded ones: the first of each name is new but echoes no run of the receiver
+        // (stale); the rest are not above it (replay).
+        for (reason, n) in [
+            ("auth", count("auth")),
+            ("stale or replay", count("stale") + count("replay")),
+            ("malformed", count("malformed")),
+        ] {
             // Everything sent to this node, less the few the kernel may drop under the burst.
             assert!(
                 n >= sent as f64 * 0.9,
@@ -315,7 +325,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
     }
     let logs = g.logs();
     let lines = logs.matches("heartbeat refused").count();
-    // One line per node and reason (auth, malformed, replay) at most.
+    // One line per node and reason (auth, malformed) at most.
     assert!(lines <= 3 * 3, "the flood flooded the log: {lines} lines");
 
     // An agent with the wrong secret: the others count its heartbeats as forged and do not
@@ -442,6 +452,216 @@ fn an_etp_local_service_is_announced_where_its_endpoint_is_and_follows_it() {
             &BTreeMap::from([(vip.clone(), node.to_owned())]),
             Duration::from_secs(3),
             &format!("web's endpoint on {node}"),
+        );
+    }
+}
+
+/// The UDP payloads of heartbeats `from` sends to the node of namespace `ns`, captured there
+/// for `how_long` (an AF_PACKET socket: what a host on the segment can record).
+fn record_heartbeats(
+    ns: &bpf_tests::harness::netns::NetNs,
+    from: std::net::Ipv4Addr,
+    how_long: Duration,
+) -> Vec<Vec<u8>> {
+    ns.within(move || {
+        let protocol = (libc::ETH_P_IP as u16).to_be();
+        // SAFETY: plain socket(2); the descriptor is closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(protocol)) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: the option value is a timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        let start = Instant::now();
+        while start.elapsed() < how_long {
+            // SAFETY: recv(2) into a buffer of the length given.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else { continue };
+            let Ok(packet) = etherparse::SlicedPacket::from_ip(&buf[..n]) else {
+                continue;
+            };
+            let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) =
+                (&packet.net, &packet.transport)
+            else {
+                continue;
+            };
+            if ip.header().source_addr() == from && udp.destination_port() == 7946 {
+                out.push(udp.payload().to_vec());
+            }
+        }
+        // SAFETY: fd is ours and open.
+        unsafe { libc::close(fd) };
+        out
+    })
+}
+
+/// Sends `recording` to node `to`'s heartbeat port from the client namespace, at the pace it
+/// was sent (50 ms), over and over for `how_long`.
+fn replay(g: &Group, to: usize, recording: &[Vec<u8>], how_long: Duration) {
+    let target = format!("{}:7946", g.lab.nodes[to].ipv4);
+    let recording = recording.to_vec();
+    g.lab.client.ns.within(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let start = Instant::now();
+        'out: loop {
+            for d in &recording {
+                if start.elapsed() >= how_long {
+                    break 'out;
+                }
+                let _ = socket.send_to(d, &target);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+}
+
+/// The replay attacks of review finding 5, by a host on the segment that has no secret but
+/// recorded a node's heartbeats: played back after that node died, and to a receiver that
+/// restarted since. Neither keeps the dead node alive past the failure timeout.
+#[test]
+fn a_recorded_heartbeat_stream_keeps_no_dead_node_alive() {
+    if !privileged("a_recorded_heartbeat_stream_keeps_no_dead_node_alive") {
+        return;
+    }
+    let mut g = Group::start("rp");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let (victim, receiver) = (2, 0);
+    let victim_ip: std::net::Ipv4Addr = g.lab.nodes[victim].ipv4.parse().expect("ipv4");
+    let recording = record_heartbeats(&g.lab.nodes[receiver].ns, victim_ip, Duration::from_secs(2));
+    assert!(
+        recording.len() >= 20,
+        "{} heartbeats recorded",
+        recording.len()
+    );
+
+    let survivors: Vec<&str> = vec![g.names[0], g.names[1]];
+    let after = expected(&g.dir, &survivors);
+    let moved: Vec<(String, String)> = owners
+        .iter()
+        .filter(|(_, o)| *o == g.names[victim])
+        .map(|(v, _)| (v.clone(), after[v].clone()))
+        .collect();
+    assert!(!moved.is_empty(), "{} owns nothing", g.names[victim]);
+    let (vip, heir) = moved[0].clone();
+    let check = |g: &Group, what: &str| {
+        // The heir answers within the failure timeout and some probing slack, while the
+        // recording plays, and goes on answering.
+        let (took, _) = probe_until(g, &vip, Duration::from_secs(2), |who| {
+            who == &BTreeSet::from([heir.clone()])
+        });
+        assert!(
+            took.is_some(),
+            "{what}: {vip} not taken over by {heir}\n{}",
+            g.logs()
+        );
+        let (lost, _) = probe_until(g, &vip, Duration::from_millis(500), |who| {
+            who != &BTreeSet::from([heir.clone()])
+        });
+        assert_eq!(lost, None, "{what}: {vip} left {heir}\n{}", g.logs());
+        let m = g.metrics(receiver);
+        assert_eq!(
+            sample(&m, "xdplb_membership_peers_alive", &[]),
+            Some(1.0),
+            "{what}: the receiver counts the dead node alive\n{m}"
+        );
+    };
+
+    // 1. After the sender died: every recorded heartbeat was already heard.
+    g.kill(victim);
+    std::thread::scope(|s| {
+        let r = s.spawn(|| replay(&g, receiver, &recording, Duration::from_secs(3)));
+        check(&g, "replayed after the sender died");
+        r.join().expect("replay thread");
+    });
+    let m = g.metrics(receiver);
+    let replayed = sample(
+        &m,
+        "xdplb_membership_heartbeats_rejected_total",
+        &[("reason", "replay")],
+    );
+    assert!(replayed.unwrap_or(0.0) >= 10.0, "{m}");
+
+    // 2. To a receiver that restarted since: the recording echoes its previous run.
+    g.restart(receiver);
+    std::thread::scope(|s| {
+        let r = s.spawn(|| replay(&g, receiver, &recording, Duration::from_secs(3)));
+        check(&g, "replayed to a restarted receiver");
+        r.join().expect("replay thread");
+    });
+    let m = g.metrics(receiver);
+    let stale = sample(
+        &m,
+        "xdplb_membership_heartbeats_rejected_total",
+        &[("reason", "stale")],
+    );
+    assert!(stale.unwrap_or(0.0) >= 10.0, "{m}");
+}
+
+/// libfaketime for one agent: its wall clock `offset` away, its monotonic clock (timers, the
+/// data path's lease) left alone.
+fn faked_clock(offset: &'static str) -> [(&'static str, &'static str); 3] {
+    [
+        (
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        ),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+}
+
+/// Review finding 5: a node that restarts with its clock behind its previous run (a Pi
+/// without an RTC, a VM restored from a snapshot) is heard at once, and takes its VIPs back.
+#[test]
+fn a_node_whose_clock_went_back_is_heard_after_its_restart() {
+    if !privileged("a_node_whose_clock_went_back_is_heard_after_its_restart") {
+        return;
+    }
+    if !std::path::Path::new(faked_clock("")[0].1).exists() {
+        panic!("libfaketime missing: cargo xtask setup installs the faketime package");
+    }
+    let mut g = Group::start("ck");
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let node = 2;
+    g.kill(node);
+    g.start_agent_env(node, &[], &faked_clock("+365d"));
+    g.converge(
+        &owners,
+        Duration::from_secs(5),
+        "with the clock a year ahead",
+    );
+    g.kill(node);
+    g.start_agent_env(node, &[], &faked_clock("-365d"));
+    g.converge(
+        &owners,
+        Duration::from_secs(5),
+        "with the clock set back two years",
+    );
+    for i in 0..2 {
+        let m = g.metrics(i);
+        assert_eq!(
+            sample(&m, "xdplb_membership_peers_alive", &[]),
+            Some(2.0),
+            "{}\n{m}",
+            g.names[i]
         );
     }
 }

@@ -51,6 +51,7 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "tcpdump",
     "procps",
+    "faketime",
 ];
 
 #[derive(Parser)]

@@ -46,6 +46,18 @@ impl Agent {
     /// `dir`, pinning under `pins`, metrics on [`METRICS`] inside the namespace, with
     /// `extra` arguments after those.
     pub fn run_node(ns: &NetNs, node: &str, dir: &Path, pins: &Path, extra: &[&str]) -> Self {
+        Self::run_node_env(ns, node, dir, pins, extra, &[])
+    }
+
+    /// [`Agent::run_node`] with `env` added to the agent's environment.
+    pub fn run_node_env(
+        ns: &NetNs,
+        node: &str,
+        dir: &Path,
+        pins: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = dir.to_str().expect("utf-8 config path");
         let pins = pins.to_str().expect("utf-8 pin path");
         let mut args = vec![
@@ -62,7 +74,7 @@ impl Agent {
             METRICS,
         ];
         args.extend_from_slice(extra);
-        Self::start(ns, &args)
+        Self::start_env(ns, &args, env)
     }
 
     /// Starts `lb-agent ARGS` in `ns` (network namespace only, so pins land in the host bpffs).

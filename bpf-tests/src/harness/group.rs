@@ -131,13 +131,21 @@ pub struct Group {
 }
 
 /// Starts the agent of node `i` (with `extra` arguments) and waits until it runs.
-fn spawn(lab: &Lab, dir: &Path, name: &str, i: usize, pins: &PinDir, extra: &[&str]) -> Agent {
+fn spawn(
+    lab: &Lab,
+    dir: &Path,
+    name: &str,
+    i: usize,
+    pins: &PinDir,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Agent {
     let mut args = Vec::new();
     if !extra.contains(&"--mode") {
         args.extend_from_slice(&["--mode", "xdp-native"]);
     }
     args.extend_from_slice(extra);
-    let mut a = Agent::run_node(&lab.nodes[i].ns, name, dir, pins.path(), &args);
+    let mut a = Agent::run_node_env(&lab.nodes[i].ns, name, dir, pins.path(), &args, env);
     a.wait_for_log("running;", Duration::from_secs(20));
     a
 }
@@ -167,6 +175,11 @@ impl Group {
 
     /// Starts node `i`'s agent (none must be running) with `extra` arguments.
     pub fn start_agent(&mut self, i: usize, extra: &[&str]) {
+        self.start_agent_env(i, extra, &[]);
+    }
+
+    /// [`Group::start_agent`] with `env` added to the agent's environment.
+    pub fn start_agent_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
         assert!(self.agents[i].is_none(), "node {i}'s agent still runs");
         let agent = spawn(
             &self.lab,
@@ -175,6 +188,7 @@ impl Group {
             i,
             &self._pins[i],
             &self.all_args(extra),
+            env,
         );
         self.agents[i] = Some(agent);
     }
@@ -255,7 +269,7 @@ impl Group {
             .collect();
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
         let agents = (0..3)
-            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], extra)))
+            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], extra, &[])))
             .collect();
         Self {
             lab,

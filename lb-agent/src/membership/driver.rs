@@ -48,16 +48,36 @@ impl Beats {
             node: self.node.clone(),
             epoch: self.epoch,
             seq: self.seq,
+            echo: 0,
             hold_ms: 0,
             phase,
         }
     }
 }
 
+/// A run's epoch: random, so that no clock (which may go back between runs) is involved, and
+/// never 0, which a heartbeat echoes for "not heard yet".
+fn random_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let random = if n == 8 {
+        u64::from_ne_bytes(bytes)
+    } else {
+        // Without the kernel's generator (never on Linux >= 3.17), the start time and PID
+        // still differ between runs.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        t ^ u64::from(std::process::id()).rotate_left(32)
+    };
+    random.max(1)
+}
+
 /// Logs a refused heartbeat at most once per reason and interval.
 #[derive(Default)]
 struct RejectLog {
-    last: [Option<Instant>; 3],
+    last: [Option<Instant>; 4],
 }
 
 impl RejectLog {
@@ -103,6 +123,7 @@ impl Membership {
         secret: Option<Vec<u8>>,
         metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<Self> {
+        let epoch = random_epoch();
         let udp = match UdpSocket::bind(("::", port)).await {
             Ok(udp) => udp,
             Err(_) => {
@@ -116,13 +137,10 @@ impl Membership {
             node: node.to_owned(),
             beats: Beats {
                 node: node.to_owned(),
-                epoch: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0),
+                epoch,
                 seq: 0,
             },
-            detector: Detector::new(failure_timeout),
+            detector: Detector::new(failure_timeout, epoch),
             changes: Changes::default(),
             secret,
             secret_problem: None,
@@ -153,17 +171,22 @@ impl Membership {
     /// be sent to. Nothing is sent without a secret.
     pub async fn beat(
         &mut self,
-        peers: &[SocketAddr],
+        peers: &[(String, SocketAddr)],
         phase: Phase,
     ) -> Vec<(SocketAddr, std::io::Error)> {
-        let hb = self.beats.next(phase);
+        let mut hb = self.beats.next(phase);
         let mut failed = Vec::new();
-        let Some(Ok(datagram)) = self.secret.as_deref().map(|k| hb.encode(k)) else {
+        let Some(key) = self.secret.as_deref() else {
             return failed;
         };
-        for peer in peers {
-            if let Err(e) = self.udp.send_to(&datagram, peer).await {
-                failed.push((*peer, e));
+        for (node, addr) in peers {
+            // Signed for each peer: each gets its own run echoed.
+            hb.echo = self.detector.echo_for(node);
+            let Ok(datagram) = hb.encode(key) else {
+                return failed;
+            };
+            if let Err(e) = self.udp.send_to(&datagram, addr).await {
+                failed.push((*addr, e));
             }
         }
         failed
@@ -204,8 +227,12 @@ impl Membership {
         let hold = (hb.hold_ms > 0).then(|| now + Duration::from_millis(u64::from(hb.hold_ms)));
         match self
             .detector
-            .heard(&hb.node, hb.epoch, hb.seq, hb.phase, hold, now)
+            .heard(&hb.node, hb.epoch, hb.seq, hb.echo, hb.phase, hold, now)
         {
+            Heard::Unconfirmed => {
+                self.metrics.rejected(Rejected::Stale);
+                false
+            }
             Heard::Replayed => {
                 self.metrics.rejected(Rejected::Replay);
                 if self.reject_log.should_log(Rejected::Replay, now) {

@@ -17,8 +17,11 @@ pub enum Rejected {
     Malformed,
     /// The HMAC does not verify: another secret, or altered in flight.
     Auth,
-    /// Not newer than the last one accepted from that node.
+    /// Not newer than the last one accepted from that node's run.
     Replay,
+    /// Authentic but not made during this agent's run (it echoes another): no proof of life.
+    /// One per peer after either side starts; a steady count is a recording played back.
+    Stale,
 }
 
 impl Rejected {
@@ -27,6 +30,7 @@ impl Rejected {
             Rejected::Malformed => "malformed",
             Rejected::Auth => "auth",
             Rejected::Replay => "replay",
+            Rejected::Stale => "stale",
         }
     }
 }

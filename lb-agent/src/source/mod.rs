@@ -35,8 +35,8 @@ pub use dir::watch;
 pub struct Config {
     pub inputs: Inputs,
     pub allocations: Vec<PlanEntry>,
-    /// Heartbeat targets: every other Node's InternalIP.
-    pub peers: Vec<SocketAddr>,
+    /// Heartbeat targets: every other Node's name and InternalIP.
+    pub peers: Vec<(String, SocketAddr)>,
     /// The membership secret, when the source carries it (in a cluster, MetalLB's Secret);
     /// standalone agents read theirs from a file.
     pub secret: Option<Vec<u8>>,
@@ -64,11 +64,59 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
 }
 
 /// Heartbeat targets: the InternalIP of every Node but `me`, at `port`.
-pub(crate) fn peers(nodes: &[Node], me: &str, port: u16) -> Vec<SocketAddr> {
+pub(crate) fn peers(nodes: &[Node], me: &str, port: u16) -> Vec<(String, SocketAddr)> {
     nodes
         .iter()
         .filter(|n| n.name_any() != me)
-        .filter_map(internal_ip)
-        .map(|ip| SocketAddr::new(ip, port))
+        .filter_map(|n| Some((n.name_any(), SocketAddr::new(internal_ip(n)?, port))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use kube::ResourceExt;
+    use lb_controller::config::{
+        arbitrary::configuration,
+        manifest::{self, Loaded, Strictness},
+        settle::{LastGood, OnRefusal},
+    };
+    use proptest::prelude::*;
+
+    use super::cluster::{Options, build};
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// What an agent makes of any configuration: settled as a cluster agent settles it,
+        /// the addresses from the Services' status checked against the pools, the BGP plan,
+        /// and the Layer 2 election of every node.
+        #[test]
+        fn any_configuration_never_panics_an_agent(text in configuration()) {
+            let mut loaded = Loaded::default();
+            if manifest::add_text(Path::new("fuzz.yaml"), &text, Strictness::Lenient, &mut loaded).is_ok() {
+                let mut good = LastGood::new(OnRefusal::LastConfigObjects);
+                let objects = &mut loaded.objects;
+                if good.settle(objects, &[]).is_ok() {
+                    let mut nodes: Vec<String> = objects.nodes.iter().map(|n| n.name_any()).collect();
+                    nodes.push("a".into());
+                    let alive = nodes.iter().cloned().collect();
+                    for node in &nodes {
+                        let opts = Options {
+                            namespace: "metallb-system".into(),
+                            node: node.clone(),
+                            port: 7946,
+                            lb_class: None,
+                        };
+                        let c = build(objects, &opts);
+                        let _ = crate::election::layer2(node, &c.inputs, &c.allocations, &alive);
+                    }
+                }
+            }
+        }
+    }
 }

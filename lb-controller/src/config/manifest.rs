@@ -175,11 +175,22 @@ pub fn load_with(paths: &[PathBuf], strictness: Strictness) -> Result<Loaded, Lo
     let mut loaded = Loaded::default();
     for file in files(paths)? {
         let text = read_text(&file)?;
-        for doc in documents(&file, &text)? {
-            sort(doc, &file, strictness, &mut loaded);
-        }
+        add_text(&file, &text, strictness, &mut loaded)?;
     }
     Ok(loaded)
+}
+
+/// Adds the objects of one file's `text` (read from `path`) to `loaded`.
+pub fn add_text(
+    path: &Path,
+    text: &str,
+    strictness: Strictness,
+    loaded: &mut Loaded,
+) -> Result<(), LoadError> {
+    for doc in documents(path, text)? {
+        sort(doc, path, strictness, loaded);
+    }
+    Ok(())
 }
 
 fn str_at<'a>(doc: &'a Value, pointer: &str) -> &'a str {

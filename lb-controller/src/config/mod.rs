@@ -10,8 +10,11 @@
 //! - [`rules`] (the cross-object rules) and, above them, [`validate`]: MetalLB's validation as
 //!   a [`Report`] of [`Problem`]s.
 //! - [`settle`]: what to act on when validation refuses a reading.
+//! - `arbitrary` (tests and the `arbitrary` feature): random configurations for fuzzing.
 
 pub mod address;
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arbitrary;
 pub mod community;
 pub mod crds;
 pub mod l2mode;
