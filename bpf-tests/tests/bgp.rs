@@ -521,6 +521,24 @@ fn bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time() {
     );
     assert!(sample(&m, "metallb_bfd_control_packet_input", &label).is_some_and(|n| n > 0.0));
 
+    // Review finding 7: Down packets in the router's name that do not name node-1's session
+    // (Your Discriminator 0, or a guessed one), sent from the segment with TTL 255, as a
+    // host there can. The session and the paths stay.
+    spoof_bfd_down(&bgp.lab, &bgp.lab.nodes[0].ipv4);
+    std::thread::sleep(Duration::from_millis(500));
+    let m = bgp.metrics(0);
+    assert_eq!(
+        sample(&m, "metallb_bfd_session_up", &label),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "metallb_bfd_session_down_events", &label).unwrap_or(0.0),
+        0.0,
+        "a spoofed packet took the session down\n{m}"
+    );
+    assert_eq!(paths(&bgp.router, "ipv4", &web).len(), 3);
+
     // Cut node-1 off the segment: BGP alone would notice after its 9 s hold time.
     bgp.lab.segment.ip(&["link", "set", "p1", "down"]);
     let cut = Instant::now();
@@ -542,6 +560,37 @@ fn bfd_takes_a_cut_node_out_of_ecmp_long_before_the_hold_time() {
         sample(&m, "metallb_bfd_session_down_events", &label).is_some_and(|n| n >= 1.0),
         "{m}"
     );
+}
+
+/// Sends BFD Control packets saying Down to `node`'s single-hop port, from the router's
+/// address in the client namespace (TTL 255): one with Your
+/// Discriminator 0, and some guessing one.
+fn spoof_bfd_down(lab: &Lab, node: &str) {
+    use lb_agent::bfd::packet::{Control, State};
+    let to = format!("{node}:3784");
+    lab.client.ns.within(move || {
+        let sock = std::net::UdpSocket::bind("10.210.0.1:0").expect("bind");
+        sock.set_ttl(255).expect("ttl");
+        for your_discr in [0u32, 1, 2, 0x9e37_79b2, 0x9e37_79b3, u32::MAX] {
+            let c = Control {
+                diag: 0,
+                state: State::Down,
+                poll: false,
+                fin: false,
+                cpi: false,
+                demand: false,
+                detect_mult: 3,
+                my_discr: 4242,
+                your_discr,
+                desired_min_tx: 100_000,
+                required_min_rx: 100_000,
+                required_min_echo_rx: 0,
+            };
+            for _ in 0..5 {
+                sock.send_to(&c.encode(), &to).expect("send");
+            }
+        }
+    });
 }
 
 /// The client's kernel route's next hops for `prefix`, once it has `want` of them or after

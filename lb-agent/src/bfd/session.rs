@@ -182,6 +182,17 @@ impl Session {
         if self.state == State::AdminDown {
             return out;
         }
+        // A packet that does not name this session (Your Discriminator 0) is matched by
+        // address only: taken while the session is Down, when the peer cannot know our
+        // discriminator yet, and discarded otherwise (as FRR's bfdd does), so that one packet
+        // spoofed from the link cannot take an Up session down.
+        if c.your_discr == 0 && self.state != State::Down {
+            return out;
+        }
+        // Once the peer's discriminator is known, packets from another one are not its own.
+        if self.remote_discr != 0 && c.my_discr != self.remote_discr && self.state != State::Down {
+            return out;
+        }
         self.remote_discr = c.my_discr;
         self.remote_state = c.state;
         self.remote_min_rx = c.required_min_rx.max(1);
@@ -355,6 +366,34 @@ mod tests {
                 vec![(State::Down, diag::NEIGHBOR_SIGNALED_DOWN)]
             );
         }
+    }
+
+    #[test]
+    fn a_spoofed_down_that_does_not_name_the_session_changes_nothing() {
+        let t0 = Instant::now();
+        let (mut a, b) = up_pair(t0);
+        // Your Discriminator 0 (the attacker does not know ours), or ours with another
+        // My Discriminator than the peer's: neither is the peer speaking.
+        let mut blind = b.packet(false, false);
+        blind.state = State::Down;
+        blind.your_discr = 0;
+        blind.my_discr = 12345;
+        let mut guessed = b.packet(false, false);
+        guessed.state = State::Down;
+        guessed.my_discr = 12345;
+        for c in [blind, guessed] {
+            let out = a.receive(&c, t0);
+            assert!(out.is_empty(), "{out:?}");
+            assert_eq!(a.state(), State::Up);
+            assert_eq!(a.remote_discr, b.local_discr());
+        }
+        // The peer's own Down still counts.
+        let mut real = b.packet(false, false);
+        real.state = State::Down;
+        assert_eq!(
+            changes(&a.receive(&real, t0)),
+            vec![(State::Down, diag::NEIGHBOR_SIGNALED_DOWN)]
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub mod cease {
     pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     pub const PEER_DECONFIGURED: u8 = 3;
     pub const CONNECTION_COLLISION: u8 = 7;
+    pub const OUT_OF_RESOURCES: u8 = 8;
     pub const BFD_DOWN: u8 = 10;
 }
 

@@ -75,6 +75,24 @@ impl Context {
         }
     }
 
+    /// Whether a route with `r` fits in one UPDATE in every form it may take here (the
+    /// largest: MP_REACH with a global and a link-local next hop, and a /128).
+    pub fn fits(&self, r: &RouteAttrs) -> bool {
+        let mut a = self.attributes(r);
+        a.next_hop = Some(Ipv4Addr::UNSPECIFIED);
+        a.mp_reach = Some(MpReach {
+            family: Family::IPV6_UNICAST,
+            next_hops: vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED); 2],
+            nlri: vec![IpNet::V6(ipnet::Ipv6Net::default())],
+        });
+        let u = Update {
+            attributes: a,
+            ..Update::default()
+        };
+        let mut out = BytesMut::new();
+        update::encode(&u, self.codec, &mut out).is_ok() && out.len() <= BODY_ROOM
+    }
+
     fn attributes(&self, r: &RouteAttrs) -> Attributes {
         Attributes {
             origin: Some(Origin::Igp),
@@ -100,14 +118,13 @@ fn prefix_len(net: &IpNet) -> usize {
     1 + usize::from(net.prefix_len()).div_ceil(8)
 }
 
-fn body(u: &Update, codec: Codec) -> Vec<u8> {
+/// The encoded body; `None` if it does not fit in a message. [`Context::fits`] and the
+/// chunking below keep that from happening; were it to, the message is not sent (an empty
+/// UPDATE would reset the session).
+fn body(u: &Update, codec: Codec) -> Option<Vec<u8>> {
     let mut out = BytesMut::new();
-    // The chunking below keeps every body within MAX_LEN, so this cannot fail; were it
-    // ever to, dropping the message is the safe failure (the peer keeps the old state).
-    if update::encode(u, codec, &mut out).is_err() {
-        return Vec::new();
-    }
-    out.to_vec()
+    update::encode(u, codec, &mut out).ok()?;
+    Some(out.to_vec())
 }
 
 /// The IPv4 ones of `nets` (the runs below hold one family each).
@@ -143,14 +160,22 @@ fn chunks(nets: &[IpNet], room: usize) -> Vec<&[IpNet]> {
 /// new or changed, then the new `sent`. Prefixes the session cannot carry are left out. When
 /// the session carries them all, the new `sent` is `desired` itself, shared, not a copy:
 /// with many peers and 10,000 routes, copies are most of an agent's memory.
+///
+/// A prefix whose attributes do not fit in one message is left out too, and stays pending:
+/// sent, it would have been an empty UPDATE that every peer refuses.
 pub fn updates(sent: &Routes, desired: &Arc<Routes>, ctx: &Context) -> (Vec<Vec<u8>>, Arc<Routes>) {
-    let now: Arc<Routes> = if desired.keys().all(|n| ctx.carries(n)) {
+    let mut fit: BTreeMap<&RouteAttrs, bool> = BTreeMap::new();
+    for a in desired.values() {
+        fit.entry(a).or_insert_with(|| ctx.fits(a));
+    }
+    let ok = |n: &IpNet, a: &RouteAttrs| ctx.carries(n) && fit.get(a).copied().unwrap_or(false);
+    let now: Arc<Routes> = if desired.iter().all(|(n, a)| ok(n, a)) {
         Arc::clone(desired)
     } else {
         Arc::new(
             desired
                 .iter()
-                .filter(|(n, _)| ctx.carries(n))
+                .filter(|(n, a)| ok(n, a))
                 .map(|(n, a)| (*n, a.clone()))
                 .collect(),
         )
@@ -181,7 +206,7 @@ fn withdrawals(gone: &[IpNet], ctx: &Context) -> Vec<Vec<u8>> {
             withdrawn: ipv4(run),
             ..Update::default()
         };
-        out.push(body(&u, ctx.codec));
+        out.extend(body(&u, ctx.codec));
     }
     // MP_UNREACH: 4 bytes of attribute header, 3 of AFI/SAFI.
     for run in chunks(&v6, BODY_ROOM - 4 - 7) {
@@ -192,7 +217,7 @@ fn withdrawals(gone: &[IpNet], ctx: &Context) -> Vec<Vec<u8>> {
             },
             ..Update::default()
         };
-        out.push(body(&u, ctx.codec));
+        out.extend(body(&u, ctx.codec));
     }
     out
 }
@@ -239,20 +264,22 @@ fn v6_hops((global, local): (Ipv6Addr, Option<Ipv6Addr>)) -> Vec<IpAddr> {
 
 /// `nets` in NLRI under attributes `a`, as few UPDATEs as fit.
 fn packed(a: &Attributes, nets: &[IpNet], ctx: &Context, out: &mut Vec<Vec<u8>>) {
-    let empty = body(
+    let Some(empty) = body(
         &Update {
             attributes: a.clone(),
             ..Update::default()
         },
         ctx.codec,
-    );
+    ) else {
+        return;
+    };
     for run in chunks(nets, BODY_ROOM.saturating_sub(empty.len())) {
         let u = Update {
             attributes: a.clone(),
             nlri: ipv4(run),
             ..Update::default()
         };
-        out.push(body(&u, ctx.codec));
+        out.extend(body(&u, ctx.codec));
     }
 }
 
@@ -268,9 +295,11 @@ fn packed_mp(a: &Attributes, nets: &[IpNet], ctx: &Context, out: &mut Vec<Vec<u8
             ..Update::default()
         }
     };
-    let empty = body(&reach(Vec::new()), ctx.codec);
+    let Some(empty) = body(&reach(Vec::new()), ctx.codec) else {
+        return;
+    };
     for run in chunks(nets, BODY_ROOM.saturating_sub(empty.len())) {
-        out.push(body(&reach(run.to_vec()), ctx.codec));
+        out.extend(body(&reach(run.to_vec()), ctx.codec));
     }
 }
 
@@ -288,7 +317,8 @@ pub fn end_of_rib(family: Family, codec: Codec) -> Vec<u8> {
             ..Update::default()
         }
     };
-    body(&u, codec)
+    // Seven bytes at most: always fits.
+    body(&u, codec).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -341,6 +371,28 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn attributes_too_large_for_a_message_stay_pending_instead_of_going_out_empty() {
+        // 1,100 communities: 4.4 KB of attributes, more than a message holds. Once sent as
+        // 19-byte UPDATEs that every peer answers with a NOTIFICATION.
+        let huge = attrs(
+            None,
+            &(0..1100u32).map(|i| 0xfde8_0000 + i).collect::<Vec<_>>(),
+        );
+        let mut want = routes(3, &huge);
+        want.extend(routes(5, &attrs(None, &[7])).into_iter().skip(3));
+        let (bodies, sent) = updates(&Routes::new(), &Arc::new(want), &ctx(false));
+        assert!(bodies.iter().all(|b| b.len() >= 4), "no empty body");
+        assert_eq!(sent.len(), 2, "only the routes that fit count as sent");
+        let nlri: usize = decoded(&bodies).iter().map(|u| u.nlri.len()).sum();
+        assert_eq!(nlri, 2);
+        // At the limit, it still fits (and is sent whole).
+        let most = attrs(None, &(0..950u32).collect::<Vec<_>>());
+        assert!(ctx(false).fits(&most));
+        let (bodies, sent) = updates(&Routes::new(), &Arc::new(routes(1, &most)), &ctx(false));
+        assert_eq!((bodies.len(), sent.len()), (1, 1));
     }
 
     #[test]

@@ -19,6 +19,16 @@ use super::update::{self, Codec, Received};
 const LARGE_HOLD: Duration = Duration::from_secs(240);
 /// The first reconnect waits this long; each failure doubles it up to `connect_time`.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Inbound connections of one peer that may be opening at once.
+const MAX_INBOUND_OPENING: usize = 2;
+/// A session that went down sooner than this after Established flapped: the wait before the
+/// next attempt doubles from [`FIRST_RETRY`] up to [`MAX_DAMPED`] (RFC 4271 §8.1.1,
+/// DampPeerOscillations), instead of re-announcing everything every second.
+const STABLE: Duration = Duration::from_secs(60);
+const MAX_DAMPED: Duration = Duration::from_secs(120);
+/// A peer's ROUTE-REFRESH for a family is served at most this often; one arriving sooner is
+/// served when the time comes (coalesced with any others meanwhile).
+const REFRESH_GAP: Duration = Duration::from_secs(1);
 
 /// The peer AS we accept (BGPPeer peerASN or dynamicASN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,6 +178,9 @@ pub enum Event {
     Malformed(ConnId, Notification),
     /// BFD declared the path down (RFC 5882): the session goes down at once.
     BfdDown,
+    /// The peer does not read what is sent to it: the connection's send queue reached its
+    /// bound. Cease "Out of Resources" (RFC 4486), instead of growing without end.
+    Backlogged(ConnId),
 }
 
 /// Why an Established session went down.
@@ -212,8 +225,11 @@ pub enum Action {
     Up(Negotiated),
     /// The session left Established: what it advertised is gone from the peer.
     Down(Down),
-    /// Worth a log line: a refused OPEN, a NOTIFICATION, a treat-as-withdraw.
+    /// Worth a log line: a refused OPEN, a NOTIFICATION.
     Note(String),
+    /// An UPDATE from the peer was treated as withdraw (RFC 7606), for this reason: worth a
+    /// log line too, but a peer can send thousands a second.
+    TreatedAsWithdraw(String),
 }
 
 /// The session's timers (RFC 4271 §10), each armed at an instant or not: the whole list of
@@ -227,11 +243,13 @@ pub enum Timer {
     Hold,
     /// A connection's: when our next KEEPALIVE is due.
     Keepalive,
+    /// The session's: when the ROUTE-REFRESHes held back by [`REFRESH_GAP`] are served.
+    Refresh,
 }
 
 /// One deadline per [`Timer`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Timers([Option<Instant>; 3]);
+struct Timers([Option<Instant>; 4]);
 
 impl Timers {
     fn get(&self, timer: Timer) -> Option<Instant> {
@@ -287,6 +305,15 @@ pub struct Session {
     /// [`Timer::ConnectRetry`].
     timers: Timers,
     backoff: Duration,
+    /// Sessions in a row that went down before [`STABLE`].
+    flaps: u32,
+    established_at: Option<Instant>,
+    /// When each family's table was last sent again for a ROUTE-REFRESH, and whether one is
+    /// waiting for [`REFRESH_GAP`] to pass ([IPv4, IPv6]).
+    refreshed: [Option<Instant>; 2],
+    refresh_pending: [bool; 2],
+    /// Routes the session carries but cannot send: their attributes overflow a message.
+    oversized: usize,
     desired: Arc<Routes>,
     sent: Arc<Routes>,
 }
@@ -300,6 +327,11 @@ impl Session {
             next_id: 0,
             timers: Timers::default(),
             backoff: FIRST_RETRY,
+            flaps: 0,
+            established_at: None,
+            refreshed: [None; 2],
+            refresh_pending: [false; 2],
+            oversized: 0,
             desired: Arc::default(),
             sent: Arc::default(),
         }
@@ -419,10 +451,24 @@ impl Session {
         let id = c.id;
         let (bodies, sent) = rib_out::updates(&self.sent, &self.desired, &ctx);
         self.sent = sent;
-        bodies
+        let mut out: Vec<Action> = bodies
             .into_iter()
             .map(|b| Action::Send(id, Message::Update(b)))
-            .collect()
+            .collect();
+        let oversized = self
+            .desired
+            .keys()
+            .filter(|n| ctx.carries(n) && !self.sent.contains_key(n))
+            .count();
+        if oversized != self.oversized {
+            self.oversized = oversized;
+            if oversized > 0 {
+                out.push(Action::Note(format!(
+                    "{oversized} prefixes not advertised: their communities do not fit in one UPDATE (counted as pending)"
+                )));
+            }
+        }
+        out
     }
 
     /// How many of the routes to advertise the peer does not hold (yet, or at all: a family
@@ -450,6 +496,14 @@ impl Session {
                 self.received(id, msg, now, &mut out);
                 self.schedule_retry(now);
             }
+            Event::Backlogged(id) => {
+                out.push(Action::Note(
+                    "the peer reads too slowly: the send queue is full".into(),
+                ));
+                let n = Notification::new(code::CEASE, cease::OUT_OF_RESOURCES, []);
+                self.fail(id, n, &mut out);
+                self.schedule_retry(now);
+            }
             Event::BfdDown => {
                 let ids: Vec<ConnId> = self
                     .conns
@@ -470,6 +524,17 @@ impl Session {
     /// Runs the timers due at `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        if self.timers.due(Timer::Refresh, now) {
+            self.timers.set(Timer::Refresh, None);
+            if let Some(id) = self
+                .conns
+                .iter()
+                .find(|c| c.state == State::Established)
+                .map(|c| c.id)
+            {
+                self.serve_refreshes(id, now, &mut out);
+            }
+        }
         if self.running && self.conns.is_empty() && self.timers.due(Timer::ConnectRetry, now) {
             self.timers.set(Timer::ConnectRetry, None);
             let id = self.new_conn(Direction::Outbound, State::Connecting);
@@ -505,13 +570,19 @@ impl Session {
     }
 
     fn schedule_retry(&mut self, now: Instant) {
+        if self.established().is_none() {
+            self.ended(now);
+        }
         if self.running
             && !self.settings.passive
             && self.conns.is_empty()
             && self.timers.get(Timer::ConnectRetry).is_none()
         {
-            self.timers
-                .set(Timer::ConnectRetry, Some(now + self.backoff));
+            let damped = FIRST_RETRY
+                .saturating_mul(1 << self.flaps.saturating_sub(1).min(8))
+                .min(MAX_DAMPED);
+            let wait = if self.flaps > 0 { damped } else { self.backoff };
+            self.timers.set(Timer::ConnectRetry, Some(now + wait));
             self.backoff = (self.backoff * 2).min(self.settings.connect_time.max(FIRST_RETRY));
         }
     }
@@ -529,6 +600,17 @@ impl Session {
             return;
         }
         let known = self.conns.iter().any(|c| c.id == id);
+        let opening = self
+            .conns
+            .iter()
+            .filter(|c| c.direction == Direction::Inbound && c.state != State::Established)
+            .count();
+        if direction == Direction::Inbound && !known && opening >= MAX_INBOUND_OPENING {
+            // Each would get an OPEN and wait minutes for the peer's: a flood of connections
+            // from a spoofed or buggy peer must not pile up.
+            out.push(Action::Close(id));
+            return;
+        }
         if direction == Direction::Inbound && !known {
             // The edge numbers accepted connections from a range of its own.
             self.conns.push(Conn {
@@ -570,6 +652,17 @@ impl Session {
         }
     }
 
+    /// Counts a session that ended at `now`: a short one is a flap.
+    fn ended(&mut self, now: Instant) {
+        if let Some(at) = self.established_at.take() {
+            if now.saturating_duration_since(at) < STABLE {
+                self.flaps = self.flaps.saturating_add(1);
+            } else {
+                self.flaps = 0;
+            }
+        }
+    }
+
     fn received(&mut self, id: ConnId, msg: Message, now: Instant, out: &mut Vec<Action>) {
         let Some(state) = self.conns.iter().find(|c| c.id == id).map(|c| c.state) else {
             return;
@@ -585,7 +678,7 @@ impl Session {
             (State::OpenSent, _) => self.fail(id, unexpected(fsm_error::IN_OPEN_SENT), out),
             (State::OpenConfirm, Message::Keepalive) => {
                 self.refresh_hold(id, now);
-                self.establish(id, out);
+                self.establish(id, now, out);
             }
             (State::OpenConfirm, _) => self.fail(id, unexpected(fsm_error::IN_OPEN_CONFIRM), out),
             (State::Established, Message::Keepalive) => self.refresh_hold(id, now),
@@ -603,23 +696,58 @@ impl Session {
                     // We only originate routes; what the peer sends is checked, not kept.
                     Ok(Received::Update(_)) => {}
                     Ok(Received::TreatAsWithdraw { why, .. }) => {
-                        out.push(Action::Note(format!("treat-as-withdraw: {why}")));
+                        out.push(Action::TreatedAsWithdraw(why.to_string()));
                     }
                     Err(n) => self.fail(id, n, out),
                 }
             }
-            (State::Established, Message::RouteRefresh { family, .. }) => {
+            (State::Established, Message::RouteRefresh { family, subtype }) => {
                 self.refresh_hold(id, now);
-                Arc::make_mut(&mut self.sent).retain(|net, _| match net {
-                    ipnet::IpNet::V4(_) => family != Family::IPV4_UNICAST,
-                    ipnet::IpNet::V6(_) => family != Family::IPV6_UNICAST,
+                // Subtype 0 is a request; 1 and 2 (BoRR/EoRR) mark the peer's own refresh,
+                // meaningful only with Enhanced Route Refresh, which we never advertise;
+                // others MUST be ignored (RFC 7313 §5). A family the session did not
+                // negotiate is ignored too (RFC 2918 §4).
+                let negotiated = self.established().is_some_and(|n| {
+                    (family == Family::IPV4_UNICAST && n.ipv4)
+                        || (family == Family::IPV6_UNICAST && n.ipv6)
                 });
-                out.extend(self.sync_routes());
-                self.end_of_rib(id, &[family], out);
+                if subtype == 0 && negotiated {
+                    let f = usize::from(family == Family::IPV6_UNICAST);
+                    self.refresh_pending[f] = true;
+                    self.serve_refreshes(id, now, out);
+                }
             }
             (State::Established, _) => self.fail(id, unexpected(fsm_error::IN_ESTABLISHED), out),
             (State::Connecting, _) => {}
         }
+    }
+
+    /// Sends the tables asked for by pending ROUTE-REFRESHes whose family was not refreshed
+    /// within [`REFRESH_GAP`]; arms [`Timer::Refresh`] for the others.
+    fn serve_refreshes(&mut self, id: ConnId, now: Instant, out: &mut Vec<Action>) {
+        let mut next: Option<Instant> = None;
+        for (f, family) in [Family::IPV4_UNICAST, Family::IPV6_UNICAST]
+            .into_iter()
+            .enumerate()
+        {
+            if !self.refresh_pending[f] {
+                continue;
+            }
+            let due = self.refreshed[f].map_or(now, |t| t + REFRESH_GAP);
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            self.refresh_pending[f] = false;
+            self.refreshed[f] = Some(now);
+            Arc::make_mut(&mut self.sent).retain(|net, _| match net {
+                ipnet::IpNet::V4(_) => f != 0,
+                ipnet::IpNet::V6(_) => f != 1,
+            });
+            out.extend(self.sync_routes());
+            self.end_of_rib(id, &[family], out);
+        }
+        self.timers.set(Timer::Refresh, next);
     }
 
     fn refresh_hold(&mut self, id: ConnId, now: Instant) {
@@ -633,11 +761,13 @@ impl Session {
     fn open_received(&mut self, id: ConnId, open: Open, now: Instant, out: &mut Vec<Action>) {
         let s = &self.settings;
         let peer_as = open.asn();
-        let as_ok = match s.peer_as {
-            PeerAs::Fixed(want) => peer_as == want,
-            PeerAs::Internal => peer_as == s.local_as,
-            PeerAs::External => peer_as != s.local_as,
-        };
+        // AS 0 is never a peer's (RFC 7607), whatever was configured.
+        let as_ok = peer_as != 0
+            && match s.peer_as {
+                PeerAs::Fixed(want) => peer_as == want,
+                PeerAs::Internal => peer_as == s.local_as,
+                PeerAs::External => peer_as != s.local_as,
+            };
         if !as_ok {
             out.push(Action::Note(format!(
                 "the peer's OPEN says AS {peer_as}, expected {:?}",
@@ -690,21 +820,31 @@ impl Session {
             return false;
         };
         let collision = || Notification::new(code::CEASE, cease::CONNECTION_COLLISION, []);
-        let others: Vec<(ConnId, State)> = self
+        let others: Vec<(ConnId, State, bool)> = self
             .conns
             .iter()
             .filter(|c| c.id != id)
-            .map(|c| (c.id, c.state))
+            .map(|c| {
+                let gr = c
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.peer_graceful_restart)
+                    && self.settings.graceful_restart.is_some();
+                (c.id, c.state, gr)
+            })
             .collect();
-        for (other, state) in others {
+        for (other, state, gr_agreed) in others {
             match state {
                 State::Established => {
-                    // A peer that reconnects with graceful restart has restarted: the old
-                    // connection is dead (RFC 4724 §4.2). Otherwise the new one yields.
-                    let restarted = open
-                        .capabilities
-                        .iter()
-                        .any(|c| matches!(c, Capability::GracefulRestart { .. }));
+                    // A peer that agreed graceful restart on the session it had and comes
+                    // back with it has restarted: the old connection is dead (RFC 4724
+                    // §4.2). Otherwise the new one yields: one spoofed OPEN must not tear a
+                    // healthy session down.
+                    let restarted = gr_agreed
+                        && open
+                            .capabilities
+                            .iter()
+                            .any(|c| matches!(c, Capability::GracefulRestart { .. }));
                     if restarted {
                         self.drop_conn(other, Down::PeerRestarted, out);
                     } else {
@@ -713,7 +853,10 @@ impl Session {
                     }
                 }
                 State::OpenConfirm => {
-                    let keep = if u32::from(self.settings.router_id) > u32::from(peer_id) {
+                    // Equal identifiers (possible on eBGP) are told apart by AS (RFC 6286
+                    // §2.3), so that both sides keep the same connection.
+                    let ours = (u32::from(self.settings.router_id), self.settings.local_as);
+                    let keep = if ours > (u32::from(peer_id), open.asn()) {
                         Direction::Outbound
                     } else {
                         Direction::Inbound
@@ -734,7 +877,7 @@ impl Session {
         true
     }
 
-    fn establish(&mut self, id: ConnId, out: &mut Vec<Action>) {
+    fn establish(&mut self, id: ConnId, now: Instant, out: &mut Vec<Action>) {
         let Some(c) = self.conns.iter_mut().find(|c| c.id == id) else {
             return;
         };
@@ -743,6 +886,9 @@ impl Session {
             return;
         };
         self.backoff = FIRST_RETRY;
+        self.established_at = Some(now);
+        self.refreshed = [None; 2];
+        self.refresh_pending = [false; 2];
         self.sent = Arc::default();
         out.push(Action::Up(n.clone()));
         out.extend(self.sync_routes());
@@ -910,6 +1056,11 @@ mod tests {
 
     /// Drives a session to Established over its first outbound connection.
     fn established(t0: Instant) -> (Session, ConnId) {
+        established_with(t0, vec![])
+    }
+
+    /// Established with the peer's OPEN carrying `extra` capabilities.
+    fn established_with(t0: Instant, extra: Vec<Capability>) -> (Session, ConnId) {
         let mut s = Session::new(settings());
         s.set_routes(Arc::new(routes(3)));
         let a = s.start(t0);
@@ -918,7 +1069,7 @@ mod tests {
         let a = s.handle(Event::Connected(id, Direction::Outbound, local()), t0);
         assert!(matches!(sent(&a)[..], [(_, Message::Open(_))]), "{a:?}");
         let a = s.handle(
-            Event::Received(id, peer_open(PEER_AS, [10, 0, 0, 1], 30, vec![])),
+            Event::Received(id, peer_open(PEER_AS, [10, 0, 0, 1], 30, extra)),
             t0,
         );
         assert_eq!(sent(&a), vec![(id, &Message::Keepalive)]);
@@ -1044,6 +1195,35 @@ mod tests {
     }
 
     #[test]
+    fn a_collision_between_equal_identifiers_keeps_the_higher_as_connection() {
+        // eBGP allows equal identifiers (RFC 6286 §2.3): the AS decides, so that both sides
+        // keep the same connection instead of each closing the other's.
+        let t0 = Instant::now();
+        let mut s = Session::new(Settings {
+            peer_as: PeerAs::Fixed(64000),
+            ..settings()
+        });
+        s.start(t0);
+        let (ours, theirs) = (ConnId(1), ConnId(1 << 32));
+        s.handle(Event::Connected(ours, Direction::Outbound, local()), t0);
+        s.handle(Event::Connected(theirs, Direction::Inbound, local()), t0);
+        let same_id = [10, 0, 0, 5];
+        s.handle(
+            Event::Received(ours, peer_open(64000, same_id, 90, vec![])),
+            t0,
+        );
+        let a = s.handle(
+            Event::Received(theirs, peer_open(64000, same_id, 90, vec![])),
+            t0,
+        );
+        // Our AS 64512 is the higher: our connection stays.
+        assert_eq!(
+            notifications(&a),
+            vec![(theirs, code::CEASE, cease::CONNECTION_COLLISION)]
+        );
+    }
+
+    #[test]
     fn collision_keeps_the_connection_of_the_higher_identifier() {
         for (peer_id, keep) in [
             ([10, 0, 0, 1], Direction::Outbound),
@@ -1096,6 +1276,11 @@ mod tests {
     #[test]
     fn a_second_connection_while_established_yields_unless_the_peer_restarted() {
         let t0 = Instant::now();
+        let gr = || Capability::GracefulRestart {
+            restarting: true,
+            time: 120,
+            families: vec![],
+        };
         let (mut s, id) = established(t0);
         let late = ConnId(1 << 32);
         s.handle(Event::Connected(late, Direction::Inbound, local()), t0);
@@ -1108,16 +1293,23 @@ mod tests {
             vec![(late, code::CEASE, cease::CONNECTION_COLLISION)]
         );
         assert!(s.established().is_some());
+        // Graceful restart never agreed on the session: an OPEN saying it proves nothing
+        // (one spoofed connection must not tear a healthy session down).
+        let spoofed = ConnId((1 << 32) + 7);
+        s.handle(Event::Connected(spoofed, Direction::Inbound, local()), t0);
+        let a = s.handle(
+            Event::Received(spoofed, peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![gr()])),
+            t0,
+        );
+        assert!(!a.contains(&Action::Close(id)), "{a:?}");
+        assert!(s.established().is_some());
+
+        let (mut s, id) = established_with(t0, vec![gr()]);
         // With graceful restart the peer says it restarted: the old session is gone.
         let again = ConnId((1 << 32) + 1);
         s.handle(Event::Connected(again, Direction::Inbound, local()), t0);
-        let gr = Capability::GracefulRestart {
-            restarting: true,
-            time: 120,
-            families: vec![],
-        };
         let a = s.handle(
-            Event::Received(again, peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![gr])),
+            Event::Received(again, peer_open(PEER_AS, [10, 0, 0, 1], 90, vec![gr()])),
             t0,
         );
         assert!(a.contains(&Action::Close(id)));
@@ -1297,6 +1489,122 @@ mod tests {
         );
         // The three routes in one UPDATE, and End-of-RIB.
         assert_eq!(sent(&a).len(), 2, "{a:?}");
+    }
+
+    #[test]
+    fn route_refresh_is_one_table_per_family_and_second_and_only_what_rfc_7313_asks() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        let rr = |afi, safi, subtype| {
+            Event::Received(
+                id,
+                Message::RouteRefresh {
+                    family: Family { afi, safi },
+                    subtype,
+                },
+            )
+        };
+        // BoRR, EoRR, an unknown subtype, a family never negotiated (EVPN; and IPv6, which
+        // this session does not carry): nothing is sent, the session stays.
+        for (afi, safi, subtype) in [(1, 1, 1), (1, 1, 2), (1, 1, 9), (25, 70, 0), (2, 1, 0)] {
+            let a = s.handle(rr(afi, safi, subtype), t0);
+            assert!(sent(&a).is_empty(), "{afi}/{safi} subtype {subtype}: {a:?}");
+        }
+        assert!(s.established().is_some());
+        // A flood of requests costs one table per second, not one per request.
+        let first = s.handle(rr(1, 1, 0), t0);
+        assert_eq!(sent(&first).len(), 2, "the table and End-of-RIB");
+        let mut more = 0;
+        for i in 1..=500u32 {
+            more += sent(&s.handle(rr(1, 1, 0), t0 + Duration::from_micros(u64::from(i)))).len();
+        }
+        assert_eq!(more, 0);
+        assert_eq!(s.next_deadline(), Some(t0 + REFRESH_GAP));
+        let later = s.tick(t0 + REFRESH_GAP);
+        assert_eq!(sent(&later).len(), 2, "the held-back requests, served once");
+        assert!(sent(&s.tick(t0 + REFRESH_GAP * 3)).is_empty());
+    }
+
+    #[test]
+    fn a_session_that_keeps_failing_soon_after_established_waits_longer_each_time() {
+        let t0 = Instant::now();
+        let (mut s, mut id) = established(t0);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for round in 0..9u64 {
+            // The peer resets 5 s after each Established (say, over an UPDATE it dislikes).
+            now += Duration::from_secs(5);
+            let n = Notification::new(code::UPDATE_MESSAGE, 1, []);
+            s.handle(Event::Received(id, Message::Notification(n)), now);
+            let retry = s.next_deadline().expect("a retry is armed");
+            waits.push(retry.saturating_duration_since(now).as_secs());
+            now = retry;
+            let a = s.tick(now);
+            id = ConnId(2 + round);
+            assert_eq!(a, vec![Action::Connect(id)]);
+            s.handle(Event::Connected(id, Direction::Outbound, local()), now);
+            s.handle(
+                Event::Received(id, peer_open(PEER_AS, [10, 0, 0, 1], 30, vec![])),
+                now,
+            );
+            s.handle(Event::Received(id, Message::Keepalive), now);
+            assert!(s.established().is_some());
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 64, 120, 120]);
+        // A session that stays up past a minute is stable: the next wait is one second.
+        now += STABLE;
+        s.handle(Event::Closed(id), now);
+        assert_eq!(s.next_deadline(), Some(now + FIRST_RETRY));
+    }
+
+    #[test]
+    fn as_zero_is_a_bad_peer_as_even_for_a_dynamic_external_peer() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Settings {
+            peer_as: PeerAs::External,
+            ..settings()
+        });
+        s.start(t0);
+        s.handle(
+            Event::Connected(ConnId(1), Direction::Outbound, local()),
+            t0,
+        );
+        let a = s.handle(
+            Event::Received(ConnId(1), peer_open(0, [10, 0, 0, 1], 30, vec![])),
+            t0,
+        );
+        assert_eq!(
+            notifications(&a),
+            vec![(ConnId(1), code::OPEN_MESSAGE, open_error::BAD_PEER_AS)]
+        );
+    }
+
+    #[test]
+    fn connections_a_peer_opens_at_once_are_capped() {
+        let t0 = Instant::now();
+        let mut s = Session::new(settings());
+        s.start(t0);
+        let mut closed = 0;
+        for i in 0..50u64 {
+            let a = s.handle(
+                Event::Connected(ConnId((1 << 32) + i), Direction::Inbound, local()),
+                t0,
+            );
+            closed += usize::from(a == vec![Action::Close(ConnId((1 << 32) + i))]);
+        }
+        assert_eq!(closed, 50 - MAX_INBOUND_OPENING);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_is_told_out_of_resources() {
+        let t0 = Instant::now();
+        let (mut s, id) = established(t0);
+        let a = s.handle(Event::Backlogged(id), t0);
+        assert_eq!(
+            notifications(&a),
+            vec![(id, code::CEASE, cease::OUT_OF_RESOURCES)]
+        );
+        assert!(is_down(&a));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -68,6 +69,17 @@ impl BgpMetrics {
 
 /// How long a connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Decoded messages a connection's reader may queue ahead of the session: beyond it the reader
+/// stops reading, the socket's receive window closes, and TCP slows the peer down.
+const EVENTS_QUEUED: usize = 64;
+/// At most one log line per peer and this interval about treat-as-withdraw UPDATEs.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// The pause after a failed accept.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes a connection may have queued for a peer that does not read: twice a full table of
+/// 10,000 routes (about 50 KB each way, IPv4 and IPv6) and then some. A connection past it
+/// is closed with Cease "Out of Resources" (the stated memory bound per peer).
+const SEND_QUEUE_BYTES: usize = 4 << 20;
 /// How long a stopping session may take to send its last words.
 const FLUSH: Duration = Duration::from_millis(500);
 /// Accepted connections are numbered from here, apart from the session's own.
@@ -181,7 +193,12 @@ async fn manage(
                 reconcile(&mut peers, plan, &metrics, &bfd);
             }
             accepted = async { listening.as_ref()?.accept().await.ok() }, if listening.is_some() => {
-                let Some((stream, from)) = accepted else { continue };
+                let Some((stream, from)) = accepted else {
+                    // EMFILE and the like leave the listener readable: without a pause this
+                    // loop would spin at full speed until a descriptor frees up.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                };
                 let from_ip = canonical(from.ip());
                 match peers.values().find(|p| p.plan.address == from_ip) {
                     Some(p) => { let _ = p.cmds.send(Cmd::Inbound(stream)); }
@@ -294,6 +311,8 @@ enum ConnEvent {
 
 struct Conn {
     writer: mpsc::UnboundedSender<BytesMut>,
+    /// Bytes handed to the writer and not written yet.
+    queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
     written: JoinHandle<()>,
 }
@@ -305,9 +324,12 @@ struct Peer {
     conns: HashMap<ConnId, Conn>,
     /// Writers of closed connections still sending their last messages.
     closing: Vec<JoinHandle<()>>,
-    events: mpsc::UnboundedSender<ConnEvent>,
+    events: mpsc::Sender<ConnEvent>,
     metrics: BgpMetrics,
     label: PeerLabel,
+    /// Treat-as-withdraw UPDATEs since the last line about them, and when that was.
+    withdrawn_seen: u64,
+    withdrawn_logged: Option<Instant>,
 }
 
 async fn peer_task(
@@ -317,7 +339,8 @@ async fn peer_task(
     metrics: BgpMetrics,
     bfd: Bfd,
 ) {
-    let (events, mut ev_rx) = mpsc::unbounded_channel();
+    // Bounded: a reader that gets ahead of the session waits, so TCP makes the peer wait.
+    let (events, mut ev_rx) = mpsc::channel(EVENTS_QUEUED);
     // The BFD session lives as long as this task; its going down takes the BGP session down.
     let mut lease = match plan.bfd {
         Some(r) => bfd.lease(r).await,
@@ -335,6 +358,8 @@ async fn peer_task(
         closing: Vec::new(),
         events,
         metrics,
+        withdrawn_seen: 0,
+        withdrawn_logged: None,
     };
     let mut next_inbound = INBOUND_IDS;
     let actions = p.session.start(Instant::now());
@@ -422,7 +447,25 @@ async fn peer_task(
 }
 
 impl Peer {
-    fn run(&mut self, actions: Vec<Action>) {
+    fn run(&mut self, mut actions: Vec<Action>) {
+        loop {
+            let mut backlogged = Vec::new();
+            self.run_once(actions, &mut backlogged);
+            backlogged.dedup();
+            let Some(id) = backlogged.pop() else {
+                break;
+            };
+            tracing::warn!(
+                peer = %self.key,
+                bound_bytes = SEND_QUEUE_BYTES,
+                "BGP: the peer does not read; closing the connection"
+            );
+            actions = self.session.handle(Event::Backlogged(id), Instant::now());
+        }
+        self.record();
+    }
+
+    fn run_once(&mut self, actions: Vec<Action>, backlogged: &mut Vec<ConnId>) {
         for a in actions {
             match a {
                 Action::Connect(id) => {
@@ -432,7 +475,7 @@ impl Peer {
                             Ok(s) => ConnEvent::Opened(id, s),
                             Err(e) => ConnEvent::Failed(id, e.to_string()),
                         };
-                        let _ = events.send(ev);
+                        let _ = events.send(ev).await;
                     });
                 }
                 Action::Send(id, msg) => {
@@ -445,6 +488,14 @@ impl Peer {
                         self.metrics.updates.get_or_create(&self.label).inc();
                     }
                     if let Some(c) = self.conns.get(&id) {
+                        let queued = c.queued.load(Ordering::Relaxed);
+                        if queued + buf.len() > SEND_QUEUE_BYTES
+                            && !matches!(msg, Message::Notification(_))
+                        {
+                            backlogged.push(id);
+                            continue;
+                        }
+                        c.queued.fetch_add(buf.len(), Ordering::Relaxed);
                         let _ = c.writer.send(buf);
                     }
                 }
@@ -472,8 +523,28 @@ impl Peer {
                     "BGP: session down"
                 ),
                 Action::Note(what) => tracing::info!(peer = %self.key, "BGP: {what}"),
+                Action::TreatedAsWithdraw(why) => {
+                    self.withdrawn_seen += 1;
+                    let now = Instant::now();
+                    if self
+                        .withdrawn_logged
+                        .is_none_or(|t| now.duration_since(t) >= LOG_EVERY)
+                    {
+                        tracing::info!(
+                            peer = %self.key,
+                            reason = %why,
+                            updates = self.withdrawn_seen,
+                            "BGP: UPDATEs treated as withdraw (logged once per 10 s)"
+                        );
+                        self.withdrawn_logged = Some(now);
+                        self.withdrawn_seen = 0;
+                    }
+                }
             }
         }
+    }
+
+    fn record(&mut self) {
         self.closing.retain(|w| !w.is_finished());
         let m = &self.metrics;
         let up = self.session.established().is_some();
@@ -490,14 +561,21 @@ impl Peer {
     /// Starts the reader and writer of a connection; returns our next hops on it.
     fn attach(&mut self, id: ConnId, stream: TcpStream) -> Local {
         let _ = stream.set_nodelay(true);
+        if let Err(e) = socket::set_keepalive(&stream) {
+            tracing::debug!(peer = %self.key, error = %e, "BGP: no TCP keepalives on the connection");
+        }
         let local_ip = stream.local_addr().map(|a| canonical(a.ip())).ok();
         let (mut rd, mut wr) = stream.into_split();
+        // Unbounded as a channel, bounded in bytes by the sender (`queued`).
         let (writer, mut queue) = mpsc::unbounded_channel::<BytesMut>();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let counted = queued.clone();
         let written = tokio::spawn(async move {
             while let Some(buf) = queue.recv().await {
                 if wr.write_all(&buf).await.is_err() {
                     return;
                 }
+                counted.fetch_sub(buf.len(), Ordering::Relaxed);
             }
             let _ = wr.shutdown().await;
         });
@@ -507,7 +585,7 @@ impl Peer {
             loop {
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => {
-                        let _ = events.send(ConnEvent::Closed(id));
+                        let _ = events.send(ConnEvent::Closed(id)).await;
                         return;
                     }
                     Ok(_) => {}
@@ -516,11 +594,13 @@ impl Peer {
                     match message::decode(&buf) {
                         Ok(Some((m, n))) => {
                             let _ = buf.split_to(n);
-                            let _ = events.send(ConnEvent::Message(id, m));
+                            if events.send(ConnEvent::Message(id, m)).await.is_err() {
+                                return;
+                            }
                         }
                         Ok(None) => break,
                         Err(n) => {
-                            let _ = events.send(ConnEvent::Malformed(id, n));
+                            let _ = events.send(ConnEvent::Malformed(id, n)).await;
                             return;
                         }
                     }
@@ -531,6 +611,7 @@ impl Peer {
             id,
             Conn {
                 writer,
+                queued,
                 reader,
                 written,
             },

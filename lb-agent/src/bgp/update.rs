@@ -254,6 +254,10 @@ pub fn decode(body: &[u8], codec: Codec) -> Result<Received, Notification> {
                         .collect();
                 }
             }
+            // Families other than IPv4 and IPv6 unicast were never negotiated (labelled
+            // unicast, VPN, EVPN, flowspec leaked by a route reflector): their routes would
+            // be thrown away anyway, so their attributes are skipped, never a reset.
+            MP_REACH | MP_UNREACH if !unicast_family(value) => {}
             // §5.3: the multiprotocol attributes locate routes: malformed ones reset.
             MP_REACH => a.mp_reach = Some(decode_mp_reach(value)?),
             MP_UNREACH => {
@@ -402,6 +406,18 @@ fn decode_as_path(mut b: &[u8], four: bool) -> Option<Vec<AsSegment>> {
         b = b.get(2 + count * width..)?;
     }
     Some(out)
+}
+
+/// Whether an MP attribute's AFI/SAFI is one this speaker carries (a value too short to say
+/// counts as one, so that it is checked and refused as malformed).
+fn unicast_family(v: &[u8]) -> bool {
+    match (be16(v, 0), v.get(2)) {
+        (Some(afi), Some(safi)) => {
+            let f = Family { afi, safi: *safi };
+            f == Family::IPV4_UNICAST || f == Family::IPV6_UNICAST
+        }
+        _ => true,
+    }
 }
 
 fn decode_mp_reach(v: &[u8]) -> Result<MpReach, Notification> {
@@ -606,6 +622,32 @@ mod tests {
     fn an_announcement_round_trips() {
         let u = announce();
         assert_eq!(decode(&body(&u, FOUR), FOUR), Ok(Received::Update(u)));
+    }
+
+    #[test]
+    fn families_never_negotiated_are_skipped_not_a_reset() {
+        // MP_REACH for labelled unicast (AFI 1, SAFI 4): next hop 10.0.0.1, NLRI label + /32;
+        // and an EVPN MP_UNREACH (AFI 25, SAFI 70) with a route type this speaker cannot parse.
+        let labelled = vec![0, 1, 4, 4, 10, 0, 0, 1, 0, 56, 0, 0, 0x31, 10, 0, 0, 1];
+        let evpn = vec![0, 25, 70, 2, 33, 0xff];
+        let mut attrs = vec![0x40, 1, 1, 0, 0x40, 2, 0];
+        attrs.extend([0x80, 14, labelled.len() as u8]);
+        attrs.extend(&labelled);
+        attrs.extend([0x80, 15, evpn.len() as u8]);
+        attrs.extend(&evpn);
+        let mut body = vec![0, 0];
+        body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        body.extend_from_slice(&attrs);
+        assert!(
+            matches!(decode(&body, FOUR), Ok(Received::Update(u)) if u.attributes.mp_reach.is_none()),
+            "{:?}",
+            decode(&body, FOUR)
+        );
+        // The same damage in a family this speaker carries is still a reset.
+        let mut broken = body.clone();
+        let at = 4 + 7 + 3 + 2;
+        broken[at] = 1; // SAFI 4 -> 1: IPv4 unicast with a labelled NLRI
+        assert!(decode(&broken, FOUR).is_err());
     }
 
     #[test]

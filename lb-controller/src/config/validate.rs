@@ -286,6 +286,11 @@ fn pool_names(objects: &Objects) -> BTreeSet<String> {
     objects.pools.iter().map(|p| p.name_any()).collect()
 }
 
+/// Room for communities in one UPDATE: 4,096 bytes less the header, the other attributes of
+/// the largest route (an MP_REACH with two IPv6 next hops, the AS path, LOCAL_PREF) and a
+/// margin. The agent checks the merged set of each route again before sending.
+const MAX_COMMUNITY_BYTES: usize = 3_800;
+
 fn bgp_advertisements(
     objects: &Objects,
     ranges: &HashMap<String, Vec<AddrRange>>,
@@ -324,14 +329,26 @@ fn bgp_advertisements(
                 "only allowed with the default aggregation lengths (32 and 128)",
             );
         }
+        let mut bytes = 0usize;
         for (i, c) in s.communities.iter().enumerate() {
-            // A bad alias value is reported on its Community object, not again here.
-            if !c.contains(':') && aliases.contains_key(c) {
-                continue;
+            match Community::resolve(c, aliases) {
+                Ok(Community::Standard(_)) => bytes += 4,
+                Ok(Community::Large(_)) => bytes += 12,
+                // A bad alias value is reported on its Community object, not again here.
+                Err(_) if !c.contains(':') && aliases.contains_key(c) => {}
+                Err(why) => report.error(KIND, &name, format!("spec.communities[{i}]"), why),
             }
-            if let Err(why) = Community::resolve(c, aliases) {
-                report.error(KIND, &name, format!("spec.communities[{i}]"), why);
-            }
+        }
+        if bytes > MAX_COMMUNITY_BYTES {
+            report.error(
+                KIND,
+                &name,
+                "spec.communities",
+                format!(
+                    "{} communities take {bytes} bytes; one BGP UPDATE has room for {MAX_COMMUNITY_BYTES} (a standard community takes 4, a large one 12)",
+                    s.communities.len()
+                ),
+            );
         }
         for (i, pool) in s.ip_address_pools.iter().enumerate() {
             if !pools.contains(pool) {
@@ -723,6 +740,39 @@ spec:
             vec![
                 "Community/aliases: spec.communities[1].value: \"1:2:3\" is not a community (A:B, each 0..=65535)",
                 "BGPAdvertisement/ad: spec.communities[1]: \"missing\" is neither a community value nor a Community alias",
+            ]
+        );
+    }
+
+    #[test]
+    fn communities_that_cannot_fit_in_one_update_are_an_error() {
+        let list = |n: usize, large: bool| -> String {
+            (0..n)
+                .map(|i| {
+                    if large {
+                        format!("\"large:1:2:{i}\"")
+                    } else {
+                        format!("\"1:{i}\"")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let ad = |name: &str, communities: String| {
+            format!(
+                "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: {name}}}\nspec:\n  communities: [{communities}]\n"
+            )
+        };
+        let (errors, _) = check(
+            &(ad("fits", list(950, false))
+                + &ad("standard", list(951, false))
+                + &ad("large", list(317, true))),
+        );
+        assert_eq!(
+            errors,
+            vec![
+                "BGPAdvertisement/standard: spec.communities: 951 communities take 3804 bytes; one BGP UPDATE has room for 3800 (a standard community takes 4, a large one 12)",
+                "BGPAdvertisement/large: spec.communities: 317 communities take 3804 bytes; one BGP UPDATE has room for 3800 (a standard community takes 4, a large one 12)",
             ]
         );
     }
