@@ -665,3 +665,157 @@ fn a_node_whose_clock_went_back_is_heard_after_its_restart() {
         );
     }
 }
+
+/// Fills node `i`'s `clients` map (the requesters of active-active VIPs) to capacity, as ARP
+/// requests from random senders would: what makes a dump of it cost a hundred milliseconds.
+fn fill_clients(g: &Group, i: usize, vip: std::net::Ipv4Addr) {
+    use aya::maps::{HashMap, Map, MapData};
+    let data = MapData::from_pin(g.pins(i).join(lb_common::MAP_CLIENTS)).expect("clients pin");
+    let map = Map::from_map_data(data).expect("clients map");
+    let mut clients: HashMap<_, lb_common::ClientKey, lb_common::ClientValue> =
+        HashMap::try_from(map).expect("clients hash map");
+    let key = |n: u32| lb_common::ClientKey {
+        vip: vip.to_ipv6_mapped().octets(),
+        client: std::net::Ipv4Addr::from(0x0a40_0000 + n)
+            .to_ipv6_mapped()
+            .octets(),
+    };
+    for n in 0..lb_common::MAX_CLIENTS {
+        let value = lb_common::ClientValue {
+            mac: [2, 0xee, 0, 0, (n >> 8) as u8, n as u8],
+            _pad: [0; 2],
+            ifindex: 1,
+        };
+        let _ = clients.insert(key(n), value, 0);
+    }
+}
+
+/// Review finding 2: the metrics endpoint flooded from inside a node (idle connections, half
+/// requests, scrapes in a loop) while the group is probed, with the node's `clients` map full
+/// so that every dump of it is expensive. The flooded node keeps its VIPs, nobody takes over,
+/// and every peer keeps hearing it.
+#[test]
+fn a_flood_of_connections_and_scrapes_on_the_metrics_port_moves_nothing() {
+    if !privileged("a_flood_of_connections_and_scrapes_on_the_metrics_port_moves_nothing") {
+        return;
+    }
+    let g = Group::start_config("mf", &[], |lab| {
+        bpf_tests::harness::group::config_yaml(lab, "{}")
+            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: shared, namespace: default, \
+               annotations: {xdplb.io/l2-mode: active-active}}\n\
+               spec: {type: LoadBalancer, ports: [{port: 80}]}\n"
+    });
+    let shared: std::net::Ipv4Addr = bpf_tests::harness::group::vip_of(&g.dir, "default/shared")
+        .parse()
+        .expect("shared VIP");
+    fill_clients(&g, 0, shared);
+    let owners = expected(&g.dir, &g.names);
+    g.converge(&owners, Duration::from_secs(5), "at start");
+    let flooded = 0;
+    let (vip, _) = owners
+        .iter()
+        .find(|(_, o)| *o == g.names[flooded])
+        .map(|(v, o)| (v.clone(), o.clone()))
+        .expect("node-1 owns a VIP");
+    let count = |m: &str, name: &str| sample(m, name, &[]).unwrap_or(0.0);
+    let before: Vec<(f64, f64)> = (0..3)
+        .map(|i| {
+            let m = g.metrics(i);
+            (
+                count(&m, "xdplb_layer2_takeovers_total"),
+                count(&m, "xdplb_membership_detection_seconds_count"),
+            )
+        })
+        .collect();
+
+    let flood_for = Duration::from_secs(5);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let (moved, scrapes) = std::thread::scope(|scope| {
+        let flooder = scope.spawn(|| {
+            g.lab.nodes[flooded].ns.within(move || {
+                let addr: std::net::SocketAddr = bpf_tests::harness::group::METRICS
+                    .parse()
+                    .expect("metrics address");
+                let scrapers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let flag = flag.clone();
+                        std::thread::spawn(move || {
+                            use std::io::{Read, Write};
+                            let mut scrapes = 0u32;
+                            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                                let Ok(mut s) = std::net::TcpStream::connect_timeout(
+                                    &addr,
+                                    Duration::from_millis(200),
+                                ) else {
+                                    continue;
+                                };
+                                let _ = s.set_read_timeout(Some(Duration::from_secs(6)));
+                                let _ = s.write_all(
+                                    b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                                );
+                                let mut sink = Vec::new();
+                                if s.read_to_end(&mut sink).is_ok() && !sink.is_empty() {
+                                    scrapes += 1;
+                                }
+                            }
+                            scrapes
+                        })
+                    })
+                    .collect();
+                // First the scrapes alone (each one a dump of the full map, at most four a
+                // second), then idle and half-request connections on top, as many as this
+                // process may open: they take every place, and the scrapes wait.
+                std::thread::sleep(Duration::from_secs(2));
+                let mut held = Vec::new();
+                for i in 0..800 {
+                    if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(mut s) =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50))
+                    {
+                        if i % 2 == 0 {
+                            use std::io::Write;
+                            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+                        }
+                        held.push(s);
+                    }
+                }
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                drop(held);
+                scrapers
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or(0))
+                    .sum::<u32>()
+            })
+        });
+        // While the flood lasts, the VIP stays with its owner.
+        let (moved, _) = probe_until(&g, &vip, flood_for, |who| {
+            who != &BTreeSet::from([g.names[flooded].to_owned()])
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (moved, flooder.join().expect("flooder"))
+    });
+    assert_eq!(moved, None, "{vip} left {}\n{}", g.names[flooded], g.logs());
+    eprintln!("{scrapes} scrapes answered during the flood");
+    assert!(scrapes > 0, "the scrapers got nothing through");
+    for (i, (takeovers, detections)) in before.iter().enumerate() {
+        let m = g.metrics(i);
+        assert_eq!(
+            count(&m, "xdplb_layer2_takeovers_total"),
+            *takeovers,
+            "{}\n{m}",
+            g.names[i]
+        );
+        assert_eq!(
+            count(&m, "xdplb_membership_detection_seconds_count"),
+            *detections,
+            "{} declared a peer dead during the flood\n{m}",
+            g.names[i]
+        );
+        assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(2.0));
+    }
+}

@@ -3,14 +3,18 @@
 //! MetalLB's speaker names where MetalLB has the metric, so existing dashboards keep working:
 //! `metallb_layer2_requests_received`, `metallb_layer2_responses_sent` and
 //! `metallb_layer2_gratuitous_sent` (label `ip`), exposed without a `_total` suffix as MetalLB's
-//! Go client does. The first two are read from the XDP program's per-CPU `vip_stats` map at
-//! scrape time, so they count what the kernel answered, not what userspace thinks it did. The
+//! Go client does. The first two are read from the XDP program's per-CPU `vip_stats` map
+//! (on a thread of their own, at most every 250 ms however often scraped), so they count what
+//! the kernel answered, not what userspace thinks it did. The
 //! rest (membership, failover, the data path) carry the `xdplb_` prefix.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use lb_controller::metrics::{ConfigMetrics, Exporter};
@@ -68,19 +72,100 @@ pub struct AgentMetrics {
 /// One shared-VIP gauge from the VIP's slots and its (recorded, answered here) clients.
 type ValueOf = fn(&lb_common::SlotBits, (i64, i64)) -> i64;
 
-/// Reads the pinned maps on every scrape.
+/// What the data path's maps held at one moment.
+#[derive(Debug, Default)]
+struct Snapshot {
+    totals: BTreeMap<IpAddr, crate::l2::maps::VipTotals>,
+    tables: BTreeMap<IpAddr, lb_common::SlotBits>,
+    /// Per shared VIP: clients recorded, and those whose slot is this node's.
+    clients: BTreeMap<IpAddr, (i64, i64)>,
+    counters: Option<crate::l2::maps::Counters>,
+}
+
+impl Snapshot {
+    /// Dumps the pinned maps (nothing when they are not pinned yet, or gone at shutdown).
+    fn read(bpffs: &std::path::Path) -> Self {
+        let Ok(maps) = VipMaps::open_pinned(bpffs) else {
+            return Self::default();
+        };
+        let tables = maps.slot_tables();
+        let mut clients: BTreeMap<IpAddr, (i64, i64)> = BTreeMap::new();
+        if !tables.is_empty() {
+            for c in &maps.clients() {
+                let Some(bits) = tables.get(&c.vip) else {
+                    continue;
+                };
+                let (seen, here) = clients.entry(c.vip).or_default();
+                *seen += 1;
+                *here += i64::from(bits.contains(c.slot()));
+            }
+        }
+        Self {
+            totals: maps.vip_totals(),
+            tables,
+            clients,
+            counters: maps.counters().ok(),
+        }
+    }
+}
+
+/// A scrape's request for a snapshot: where to send it.
+type Ask = std::sync::mpsc::SyncSender<Arc<Snapshot>>;
+
+/// Reads the pinned maps for the scrapes, on a thread of its own: a dump of a large map costs
+/// tens to hundreds of milliseconds of bpf() calls, which must never hold up the runtime that
+/// sends heartbeats. Scrapes arriving within [`SNAPSHOT_REUSE`] of a dump share it, so a
+/// flood of scrapes costs at most a few dumps a second, on this one thread.
 #[derive(Debug)]
 struct Datapath {
-    bpffs: PathBuf,
+    ask: std::sync::mpsc::SyncSender<Ask>,
+}
+
+/// How long a snapshot answers scrapes before the maps are read again.
+const SNAPSHOT_REUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a scrape waits for a snapshot before it goes without the data path's metrics.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Datapath {
+    fn spawn(bpffs: PathBuf) -> Self {
+        let (ask, asks) = std::sync::mpsc::sync_channel::<Ask>(64);
+        let _ = std::thread::Builder::new()
+            .name("datapath-metrics".into())
+            .spawn(move || {
+                // The lowest CPU class: on a saturated host the dumps wait (a scrape then goes
+                // without these metrics) rather than take time from the heartbeats.
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sets the calling thread's policy (pid 0) from a valid sched_param.
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                let mut last: Option<(std::time::Instant, Arc<Snapshot>)> = None;
+                // Ends when the metrics (and their sender) are dropped.
+                while let Ok(reply) = asks.recv() {
+                    let snapshot = match &last {
+                        Some((at, snap)) if at.elapsed() < SNAPSHOT_REUSE => snap.clone(),
+                        _ => {
+                            let snap = Arc::new(Snapshot::read(&bpffs));
+                            last = Some((std::time::Instant::now(), snap.clone()));
+                            snap
+                        }
+                    };
+                    let _ = reply.send(snapshot);
+                }
+            });
+        Self { ask }
+    }
+
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.ask.try_send(reply).ok()?;
+        answer.recv_timeout(SNAPSHOT_WAIT).ok()
+    }
 }
 
 impl prometheus_client::collector::Collector for Datapath {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Maps not pinned yet (or gone at shutdown): nothing to report this time.
-        let Ok(maps) = VipMaps::open_pinned(&self.bpffs) else {
+        let Some(snap) = self.snapshot() else {
             return Ok(());
         };
-        let totals = maps.vip_totals();
         for (name, help, pick) in [
             (
                 "metallb_layer2_requests_received",
@@ -95,24 +180,13 @@ impl prometheus_client::collector::Collector for Datapath {
         ] {
             // Declared a counter, written without `_total` like MetalLB's Go client.
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (ip, t) in &totals {
+            for (ip, t) in &snap.totals {
                 let label = IpLabel { ip: ip.to_string() };
                 let value = i64::try_from(pick(t)).unwrap_or(i64::MAX);
                 ConstGauge::new(value).encode(family.encode_family(&label)?)?;
             }
         }
-        let tables = maps.slot_tables();
-        if !tables.is_empty() {
-            let clients = maps.clients();
-            let mut per_vip: BTreeMap<IpAddr, (i64, i64)> = BTreeMap::new();
-            for c in &clients {
-                let Some(bits) = tables.get(&c.vip) else {
-                    continue;
-                };
-                let (seen, here) = per_vip.entry(c.vip).or_default();
-                *seen += 1;
-                *here += i64::from(bits.contains(c.slot()));
-            }
+        if !snap.tables.is_empty() {
             let families: [(&str, &str, ValueOf); 3] = [
                 (
                     "xdplb_layer2_shared_slots",
@@ -132,14 +206,14 @@ impl prometheus_client::collector::Collector for Datapath {
             ];
             for (name, help, value) in families {
                 let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-                for (ip, bits) in &tables {
-                    let counts = per_vip.get(ip).copied().unwrap_or_default();
+                for (ip, bits) in &snap.tables {
+                    let counts = snap.clients.get(ip).copied().unwrap_or_default();
                     let label = IpLabel { ip: ip.to_string() };
                     ConstGauge::new(value(bits, counts)).encode(family.encode_family(&label)?)?;
                 }
             }
         }
-        if let Ok(c) = maps.counters() {
+        if let Some(c) = &snap.counters {
             let mut family = encoder.encode_descriptor(
                 "xdplb_xdp_frames",
                 "Frames seen by the XDP responder, by counter (all CPUs)",
@@ -181,7 +255,7 @@ impl AgentMetrics {
             bgp: BgpMetrics::default(),
             bfd: BfdMetrics::default(),
         };
-        registry.register_collector(Box::new(Datapath { bpffs }));
+        registry.register_collector(Box::new(Datapath::spawn(bpffs)));
         registry.register(
             "metallb_layer2_gratuitous_sent",
             "Number of gratuitous layer2 packets sent for owned IPs as a result of failovers",

@@ -25,7 +25,7 @@ pub const SECRET: &str = "lab-secret-0123456789abcdef";
 pub const METRICS: &str = crate::harness::agent::METRICS;
 
 /// The group's configuration, with `l2_spec` as the L2Advertisement's spec (flow YAML).
-fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
+pub fn config_yaml(lab: &Lab, l2_spec: &str) -> String {
     let mut yaml = format!(
         "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: lab, namespace: metallb-system}}\n\
          spec:\n  addresses: [10.210.0.100-10.210.0.150]\n---\n\
