@@ -616,6 +616,57 @@ fn leased_vip_is_answered_only_while_the_lease_holds() {
 /// An active-active VIP: the program answers the requesters whose slot is in the table and
 /// leaves the others to their nodes, records every requester, and answers no one while the
 /// VIP has no table. The userspace responder decides alike.
+/// Review finding 8: a DAD probe for an active-active IPv6 VIP, on the node whose slots hold
+/// the unspecified address's slot. The answer tells the prober the address is taken without
+/// Override: with it, every host on the link that has the VIP cached would move to this node.
+#[test]
+fn a_dad_probe_for_an_active_active_vip_does_not_pull_every_client_to_one_node() {
+    if !privileged("a_dad_probe_for_an_active_active_vip_does_not_pull_every_client_to_one_node") {
+        return;
+    }
+    let v6 = IpAddr::from(VIP6);
+    let mut mine = SlotBits::EMPTY;
+    mine.insert(requester_slot(
+        &addr_key(v6).addr,
+        &addr_key(IpAddr::from(UNSPECIFIED)).addr,
+    ));
+    let slots = BTreeMap::from([(v6, mine)]);
+    let shared = [VipEntry {
+        addr: v6,
+        ifindex: LO,
+        mac: OWNER_MAC,
+        flags: VIP_FLAG_ACTIVE_ACTIVE,
+    }];
+    let mut h = Harness::with(&shared, &slots);
+    let lookup = Lookup {
+        table: Table::from_entries(&shared, &slots),
+        lease_valid: true,
+    };
+    let group = solicited_node(&VIP6);
+    let f = Fixture {
+        name: "DAD ns for a shared VIP: all-nodes, neither Solicited nor Override",
+        frame: ns(
+            false,
+            multicast_mac(&group),
+            UNSPECIFIED,
+            group,
+            255,
+            VIP6,
+            &[],
+        ),
+        expect: Expect::Tx(na_flags(
+            false,
+            multicast_mac(&ALL_NODES),
+            ALL_NODES,
+            false,
+            false,
+        )),
+        counted: NS_ANSWERED,
+    };
+    let failures = h.check(&f, &lookup);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_recorded() {
     if !privileged(

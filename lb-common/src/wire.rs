@@ -33,6 +33,11 @@ pub const OPT_TARGET_LLA: u8 = 2;
 pub const NA_SOLICITED_OVERRIDE: u8 = 0x60;
 /// NA flags for an answer to DAD, and for unsolicited NAs: Override only (RFC 4861 §7.2.4).
 pub const NA_OVERRIDE: u8 = 0x20;
+/// The NA flags of the answer to a DAD probe for an active-active VIP: neither solicited nor
+/// override, so that the prober learns the address is taken while every host that has the
+/// VIP cached keeps its entry (RFC 4861 §7.2.5). With Override, one probe would move every
+/// client on the link to the one node answering it.
+pub const NA_DAD_ACTIVE_ACTIVE: u8 = 0;
 pub const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 /// `ff02::1:ff00:0/104`: a solicited-node group is this and the low 24 bits of the address.

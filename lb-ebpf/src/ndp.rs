@@ -13,8 +13,9 @@ use crate::{
 };
 
 use lb_common::wire::{
-    ALL_NODES, ALL_NODES_MAC, ICMPV6_NA, ICMPV6_NS, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN,
-    OPT_SOURCE_LLA, OPT_TARGET_LLA, SOLICITED_NODE_PREFIX, UNSPECIFIED,
+    ALL_NODES, ALL_NODES_MAC, ICMPV6_NA, ICMPV6_NS, NA_DAD_ACTIVE_ACTIVE, NA_OVERRIDE,
+    NA_SOLICITED_OVERRIDE, NS_LEN, OPT_SOURCE_LLA, OPT_TARGET_LLA, SOLICITED_NODE_PREFIX,
+    UNSPECIFIED,
 };
 
 /// The advertisement's length as the IPv6 payload length field holds it.
@@ -169,7 +170,9 @@ fn solicitation<const L3: usize, const N: usize>(ctx: &XdpContext, tally: &mut T
         return Verdict::Pass;
     }
 
-    let (dst_ip, dst_mac, flags) = if dad {
+    let (dst_ip, dst_mac, flags) = if dad && value.flags & VIP_FLAG_ACTIVE_ACTIVE != 0 {
+        (ALL_NODES, ALL_NODES_MAC, NA_DAD_ACTIVE_ACTIVE)
+    } else if dad {
         (ALL_NODES, ALL_NODES_MAC, NA_OVERRIDE)
     } else {
         (ip6.src, eth.src, NA_SOLICITED_OVERRIDE)

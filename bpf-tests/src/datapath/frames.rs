@@ -187,6 +187,17 @@ pub fn ns_multicast(target: [u8; 16]) -> Vec<u8> {
 
 /// The advertisement the owner must send to (`dst_mac`, `dst`).
 pub fn na(vlan: bool, dst_mac: [u8; 6], dst: [u8; 16], solicited: bool) -> Vec<u8> {
+    na_flags(vlan, dst_mac, dst, solicited, true)
+}
+
+/// [`na`] with the Override flag as given.
+pub fn na_flags(
+    vlan: bool,
+    dst_mac: [u8; 6],
+    dst: [u8; 16],
+    solicited: bool,
+    r#override: bool,
+) -> Vec<u8> {
     let mut payload = VIP6.to_vec();
     payload.extend_from_slice(&[2, 1]);
     payload.extend_from_slice(&OWNER_MAC);
@@ -200,7 +211,7 @@ pub fn na(vlan: bool, dst_mac: [u8; 6], dst: [u8; 16], solicited: bool) -> Vec<u
         Icmpv6Type::NeighborAdvertisement(NeighborAdvertisementHeader {
             router: false,
             solicited,
-            r#override: true,
+            r#override,
         }),
         &payload,
     )

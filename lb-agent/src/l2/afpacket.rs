@@ -181,12 +181,17 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
     .map(drop)
 }
 
-/// The fallback's VIP table (static mode has no lease, so leased entries never answer here).
+/// The fallback's VIP table. Leased entries answer while the lease it shares with the agent's
+/// main loop runs: the same dead man's switch as the XDP program's, so responder threads stop
+/// answering when the loop that should renew it is stuck. Without a lease (static mode, or a
+/// table built without one) leased entries never answer.
 #[derive(Default, Debug)]
 pub struct Table {
     v4: HashMap<([u8; 4], u32), VipValue>,
     v6: HashMap<([u8; 16], u32), VipValue>,
     slots: HashMap<[u8; 16], SlotBits>,
+    /// `CLOCK_MONOTONIC` nanoseconds until which leased entries answer.
+    lease: Option<Arc<AtomicU64>>,
 }
 
 impl Table {
@@ -211,6 +216,14 @@ impl Table {
         }
         table
     }
+
+    /// The same table, its leased entries answering until `lease` (renewed by the owner).
+    pub fn with_lease(self, lease: Arc<AtomicU64>) -> Self {
+        Self {
+            lease: Some(lease),
+            ..self
+        }
+    }
 }
 
 impl VipLookup for Table {
@@ -221,7 +234,9 @@ impl VipLookup for Table {
         self.v6.get(&(addr, ifindex)).copied()
     }
     fn lease_valid(&self) -> bool {
-        false
+        self.lease
+            .as_ref()
+            .is_some_and(|l| super::maps::monotonic_ns() < l.load(Ordering::Relaxed))
     }
     fn slots(&self, vip: &[u8; 16]) -> Option<&SlotBits> {
         self.slots.get(vip)
@@ -245,6 +260,8 @@ pub struct Shared {
     pub table: RwLock<Table>,
     pub counters: SharedCounters,
     pub requesters: Mutex<Requesters>,
+    /// The lease of the table's leased entries (`CLOCK_MONOTONIC` ns).
+    pub lease: Arc<AtomicU64>,
 }
 
 pub fn spawn_responder(
@@ -293,5 +310,61 @@ fn serve(socket: &PacketSocket, iface: &Interface, shared: &Shared, stop: &Atomi
         {
             tracing::warn!(iface = %iface.name, error = %e, "afpacket reply failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l2::maps::monotonic_ns;
+
+    fn arp_for(vip: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [0xff; 6])
+            .arp(
+                etherparse::ArpPacket::new(
+                    etherparse::ArpHardwareId::ETHERNET,
+                    etherparse::EtherType::IPV4,
+                    etherparse::ArpOperation::REQUEST,
+                    &[2, 0, 0, 0, 0, 9],
+                    &[10, 0, 0, 9],
+                    &[0; 6],
+                    &vip,
+                )
+                .expect("arp"),
+            )
+            .write(&mut out)
+            .expect("write");
+        out
+    }
+
+    /// Review finding 20: a leased entry answers while the lease runs and stops when nobody
+    /// renews it, as the XDP program's do.
+    #[test]
+    fn leased_entries_stop_answering_when_the_lease_is_not_renewed() {
+        let vip = [10, 0, 0, 100];
+        let entries = [VipEntry {
+            addr: IpAddr::from(vip),
+            ifindex: 3,
+            mac: [2, 0, 0, 0, 0, 1],
+            flags: lb_common::VIP_FLAG_LEASED,
+        }];
+        let lease = Arc::new(AtomicU64::new(monotonic_ns() + 1_000_000_000));
+        let table = Table::from_entries(&entries, &BTreeMap::new()).with_lease(lease.clone());
+        let frame = arp_for(vip);
+        assert!(matches!(
+            responder::respond(&frame, 3, &table).outcome,
+            Outcome::Reply(_)
+        ));
+        lease.store(monotonic_ns().saturating_sub(1), Ordering::Relaxed);
+        let expired = responder::respond(&frame, 3, &table);
+        assert!(matches!(expired.outcome, Outcome::Pass));
+        assert!(expired.counted.contains(&Counter::LeaseExpired));
+        // Without a lease at all, a leased entry never answers.
+        let unleased = Table::from_entries(&entries, &BTreeMap::new());
+        assert!(matches!(
+            responder::respond(&frame, 3, &unleased).outcome,
+            Outcome::Pass
+        ));
     }
 }

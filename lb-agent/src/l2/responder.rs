@@ -14,8 +14,8 @@ use lb_common::{
 use lb_common::wire::{
     ALL_NODES, ALL_NODES_MAC, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, BROADCAST, ETH_LEN,
     ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_LEN,
-    NA_LEN, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN, OPT_SOURCE_LLA, OPT_TARGET_LLA,
-    SOLICITED_NODE_PREFIX, VLAN_LEN,
+    NA_DAD_ACTIVE_ACTIVE, NA_LEN, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN, OPT_SOURCE_LLA,
+    OPT_TARGET_LLA, SOLICITED_NODE_PREFIX, VLAN_LEN,
 };
 
 /// The largest NS payload the XDP program answers; longer option lists go to the kernel.
@@ -306,7 +306,9 @@ fn ndp(frame: &[u8], l3: usize, ifindex: u32, vips: &impl VipLookup, ctx: &mut C
     if !lease_ok(&value, vips, ctx) {
         return Outcome::Pass;
     }
-    let (dst_ip, dst_mac, flags) = if dad {
+    let (dst_ip, dst_mac, flags) = if dad && value.flags & VIP_FLAG_ACTIVE_ACTIVE != 0 {
+        (ALL_NODES, ALL_NODES_MAC, NA_DAD_ACTIVE_ACTIVE)
+    } else if dad {
         (ALL_NODES, ALL_NODES_MAC, NA_OVERRIDE)
     } else {
         (src, eth_src, NA_SOLICITED_OVERRIDE)

@@ -2,9 +2,10 @@
 //! attaches, the userspace AF_PACKET responder on the others (`--mode auto`), or only one of
 //! them. `apply` sends each entry to the responder of its interface.
 //!
-//! In a group (`lb-agent run`) XDP entries carry the data-path lease; static `announce` has no
-//! lease. AF_PACKET entries never do: that responder lives in the agent's own process, so it
-//! stops answering when the agent dies without one.
+//! In a group (`lb-agent run`) entries carry the data-path lease, renewed by the main loop;
+//! static `announce` has no lease. The AF_PACKET responder's threads check the same kind of
+//! lease (an atomic deadline beside their table): they live in the agent's process, but a main
+//! loop that is stuck must not leave them answering for VIPs its peers have taken over.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -237,6 +238,7 @@ impl Responders {
 
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
     pub fn renew(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
+        self.af.lease.store(deadline_ns, Ordering::Relaxed);
         match &mut self.maps {
             Some(m) => m.set_lease(deadline_ns),
             None => Ok(()),
@@ -264,15 +266,16 @@ impl Responders {
                 .collect();
             stats = m.apply(&xdp, slots)?;
         }
+        let lease = if self.leased { VIP_FLAG_LEASED } else { 0 };
         let af: Vec<VipEntry> = af
             .into_iter()
             .filter(|e| self.af_ifaces.iter().any(|i| i.index == e.ifindex))
             .map(|e| VipEntry {
-                flags: e.flags & !VIP_FLAG_LEASED,
+                flags: e.flags | lease,
                 ..e
             })
             .collect();
-        let next = Table::from_entries(&af, slots);
+        let next = Table::from_entries(&af, slots).with_lease(self.af.lease.clone());
         if let Ok(mut t) = self.af.table.write() {
             *t = next;
         }
