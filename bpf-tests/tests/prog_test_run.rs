@@ -791,3 +791,50 @@ fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_rec
     let failures = h.check(&f, &no_table);
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// Review finding 6: more VIPs than the maps hold. What fits is written, the rest is
+/// reported, nothing fails (the agent once exited, and crash-looped with every VIP of the
+/// node unanswered); and a full map still changes over to another full set.
+#[test]
+fn a_full_vip_map_keeps_what_fits_and_reports_the_rest() {
+    if !privileged("a_full_vip_map_keeps_what_fits_and_reports_the_rest") {
+        return;
+    }
+    let cap = lb_common::MAX_VIPS;
+    let many = |from: u32, n: u32| -> Vec<VipEntry> {
+        (from..from + n)
+            .map(|i| VipEntry {
+                addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                ifindex: LO,
+                mac: OWNER_MAC,
+                flags: 0,
+            })
+            .collect()
+    };
+    let mut h = Harness::with(&[], &BTreeMap::new());
+    let stats = h
+        .maps
+        .apply(&many(0, cap + 100), &BTreeMap::new())
+        .expect("a full map is not an error");
+    assert_eq!(stats.added, cap as usize);
+    assert_eq!(stats.left_out.len(), 100);
+    assert_eq!(
+        stats.left_out.first().map(|e| e.addr),
+        Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + cap))),
+        "the last ones in address order are left out"
+    );
+    assert_eq!(h.maps.entries().len(), cap as usize);
+    // A failover's worth of change on a full map: 10,000 go, 10,000 others come.
+    let stats = h
+        .maps
+        .apply(&many(10_000, cap), &BTreeMap::new())
+        .expect("changed over");
+    assert_eq!((stats.added, stats.removed), (10_000, 10_000));
+    assert!(stats.left_out.is_empty());
+    let held: std::collections::BTreeSet<IpAddr> =
+        h.maps.entries().into_iter().map(|e| e.addr).collect();
+    assert!(held.contains(&IpAddr::from(std::net::Ipv4Addr::from(
+        0x0a00_0000 + cap + 9_999
+    ))));
+    assert!(!held.contains(&IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + 9_999))));
+}

@@ -63,6 +63,7 @@ pub struct AgentMetrics {
     pub heartbeats_rejected: Family<ReasonLabel, Counter>,
     pub announced: Gauge,
     pub services_outside_pools: Gauge,
+    pub vips_not_announced: Gauge,
     pub datapath: Family<ModeLabel, Gauge>,
     pub config: ConfigMetrics,
     pub bgp: BgpMetrics,
@@ -250,6 +251,7 @@ impl AgentMetrics {
             heartbeats_rejected: Family::default(),
             announced: Gauge::default(),
             services_outside_pools: Gauge::default(),
+            vips_not_announced: Gauge::default(),
             datapath: Family::default(),
             config: ConfigMetrics::default(),
             bgp: BgpMetrics::default(),
@@ -296,6 +298,11 @@ impl AgentMetrics {
             "xdplb_agent_services_outside_pools",
             "Services not announced because no one IPAddressPool holds all their addresses",
             m.services_outside_pools.clone(),
+        );
+        registry.register(
+            "xdplb_layer2_vips_not_announced",
+            "VIP addresses this node should announce but its data path's maps have no room for",
+            m.vips_not_announced.clone(),
         );
         registry.register(
             "xdplb_agent_datapath_info",

@@ -14,8 +14,8 @@
 //! agent dies, its XDP program stops answering for its VIPs by the time the peers have
 //! declared it dead and taken them over.
 use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -88,6 +88,8 @@ struct Agent {
     input_problems: Vec<String>,
     /// The Services last left out for addresses outside the pools (logged when this changes).
     outside_pools: Vec<String>,
+    /// Why some VIPs are not in the data path's maps (full), as last reported.
+    capacity_problem: Option<String>,
     /// Whether the configuration changed since the announcements were last computed.
     dirty: bool,
     started: Instant,
@@ -219,6 +221,7 @@ impl Agent {
             config_error: None,
             input_problems: Vec::new(),
             outside_pools: Vec::new(),
+            capacity_problem: None,
             dirty: true,
             started: Instant::now(),
         };
@@ -338,6 +341,51 @@ impl Agent {
         Ok(())
     }
 
+    /// The ConfigurationState: the reading's problems, and the VIPs the maps cannot hold.
+    fn report_problems(&self, c: &Config) {
+        self.reporter.configuration(
+            c.refused
+                .iter()
+                .chain(&c.outside_pools)
+                .chain(&self.capacity_problem)
+                .cloned()
+                .collect(),
+        );
+    }
+
+    /// Reports the VIPs the data path's maps had no room for (none: the problem is over).
+    fn report_left_out(&mut self, left_out: &[crate::l2::maps::VipEntry], step: &Step) {
+        let addrs: BTreeSet<IpAddr> = left_out.iter().map(|e| e.addr).collect();
+        self.metrics
+            .vips_not_announced
+            .set(i64::try_from(addrs.len()).unwrap_or(i64::MAX));
+        let problem = (!addrs.is_empty()).then(|| {
+            format!(
+                "the data path's maps are full ({} entries per family): {} addresses not announced, from {}",
+                lb_common::MAX_VIPS,
+                addrs.len(),
+                addrs.iter().next().map(ToString::to_string).unwrap_or_default()
+            )
+        });
+        if problem == self.capacity_problem {
+            return;
+        }
+        if let Some(p) = &problem {
+            warn!(problem = %p, "VIPs not announced");
+            let services: BTreeSet<String> = step
+                .announced
+                .iter()
+                .filter(|a| addrs.contains(&a.vip))
+                .map(|a| a.service.clone())
+                .collect();
+            self.reporter.announce_failed(services, p);
+        }
+        self.capacity_problem = problem;
+        if let Some(c) = self.config.clone() {
+            self.report_problems(&c);
+        }
+    }
+
     /// Puts a hand-over step into the maps (make before break: they gain the new VIPs before
     /// losing the old ones), reports it, and announces what was taken over.
     fn apply(&mut self, step: Step) -> anyhow::Result<()> {
@@ -355,10 +403,11 @@ impl Agent {
         if !step.first {
             self.metrics.takeovers.inc_by(step.fresh.len() as u64);
         }
-        self.responders.apply(
+        let stats = self.responders.apply(
             &entries(&step.announced, &self.ifaces, &step.bits),
             &step.bits,
         )?;
+        self.report_left_out(&stats.left_out, &step);
         self.metrics.announced.set(step.announced.len() as i64);
         self.reporter
             .layer2(&step.announced, &step.gained, &self.ifaces);

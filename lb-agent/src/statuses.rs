@@ -352,6 +352,23 @@ impl Reporter {
         c.l2.send_replace(services);
     }
 
+    /// An `announceFailed` Warning Event on each of `services` (the first few), which this
+    /// node should announce and cannot, for the reason `why`.
+    pub fn announce_failed(&self, services: BTreeSet<String>, why: &str) {
+        let Some(c) = &self.inner else {
+            return;
+        };
+        let services = services.into_iter().take(MAX_FAILED_EVENTS).collect();
+        let note = format!("node {:?} cannot announce it: {why}", c.node);
+        tokio::spawn(on_services(
+            c.recorder.clone(),
+            services,
+            true,
+            "announceFailed",
+            note,
+        ));
+    }
+
     /// At shutdown: this node announces nothing any more, so its status objects go too.
     pub async fn clear(self) {
         let Some(c) = self.inner else {
@@ -370,6 +387,22 @@ async fn node_assigned(
     node: String,
     protocol: &'static str,
 ) {
+    let note = format!("announcing from node {node:?} with protocol {protocol:?}");
+    on_services(recorder, services, false, "nodeAssigned", note).await;
+}
+
+/// Services whose addresses this node should announce and cannot, one Warning Event each
+/// (MetalLB's reason `announceFailed`); at most [`MAX_FAILED_EVENTS`] per call.
+const MAX_FAILED_EVENTS: usize = 20;
+
+/// One Event of `reason` with `note` on each of `services` (`namespace/name`).
+async fn on_services(
+    recorder: kube::runtime::events::Recorder,
+    services: BTreeSet<String>,
+    warning: bool,
+    reason: &'static str,
+    note: String,
+) {
     use k8s_openapi::api::core::v1::ObjectReference;
     use kube::runtime::events::{Event, EventType};
     for service in services {
@@ -384,16 +417,18 @@ async fn node_assigned(
             ..ObjectReference::default()
         };
         let event = Event {
-            type_: EventType::Normal,
-            reason: "nodeAssigned".into(),
-            note: Some(format!(
-                "announcing from node {node:?} with protocol {protocol:?}"
-            )),
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note.clone()),
             action: "Announce".into(),
             secondary: None,
         };
         if let Err(e) = recorder.publish(&event, &reference).await {
-            warn!(%service, error = %e, "cannot record the nodeAssigned Event");
+            warn!(%service, error = %e, reason, "cannot record an Event");
         }
     }
 }

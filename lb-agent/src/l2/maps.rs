@@ -30,11 +30,14 @@ impl VipEntry {
 }
 
 /// What an [`VipMaps::apply`] changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
+    /// Entries left out because their family's map is full ([`lb_common::MAX_VIPS`] each):
+    /// the last ones in (address, interface) order, so every run leaves out the same ones.
+    pub left_out: Vec<VipEntry>,
 }
 
 /// Counter totals over all CPUs, indexed like [`Counter`].
@@ -268,10 +271,31 @@ impl VipMaps {
         Ok(stats)
     }
 
+    /// Makes the maps hold `desired`, within their capacity: what does not fit is left out
+    /// (and reported) rather than failing the whole update, which would stop the node
+    /// answering for everything. New entries go in before old ones go (make before break)
+    /// where there is room, and after, where there is not.
     fn apply_entries(&mut self, desired: &[VipEntry]) -> Result<ApplyStats, L2Error> {
         let current: BTreeMap<_, _> = self.entries().into_iter().map(|e| (e.key(), e)).collect();
-        let wanted: BTreeMap<_, _> = desired.iter().map(|e| (e.key(), *e)).collect();
+        let mut wanted: BTreeMap<_, _> = desired.iter().map(|e| (e.key(), *e)).collect();
         let mut stats = ApplyStats::default();
+        let capacity = lb_common::MAX_VIPS as usize;
+        for v6 in [false, true] {
+            let family: Vec<_> = wanted
+                .keys()
+                .filter(|k| k.0.is_ipv6() == v6)
+                .skip(capacity)
+                .copied()
+                .collect();
+            for key in family {
+                stats.left_out.extend(wanted.remove(&key));
+            }
+        }
+        let mut held = [0usize; 2];
+        for k in current.keys() {
+            held[usize::from(k.0.is_ipv6())] += 1;
+        }
+        let mut later = Vec::new();
         for (key, entry) in &wanted {
             match current.get(key) {
                 Some(old) if old == entry => {}
@@ -280,8 +304,14 @@ impl VipMaps {
                     stats.updated += 1;
                 }
                 None => {
-                    self.insert(entry)?;
-                    stats.added += 1;
+                    let f = usize::from(key.0.is_ipv6());
+                    if held[f] < capacity {
+                        self.insert(entry)?;
+                        held[f] += 1;
+                        stats.added += 1;
+                    } else {
+                        later.push(*entry);
+                    }
                 }
             }
         }
@@ -289,7 +319,12 @@ impl VipMaps {
             self.remove(key.0, key.1)?;
             stats.removed += 1;
         }
-        self.sync_stats(desired)?;
+        for entry in &later {
+            self.insert(entry)?;
+            stats.added += 1;
+        }
+        let kept: Vec<VipEntry> = wanted.into_values().collect();
+        self.sync_stats(&kept)?;
         Ok(stats)
     }
 
