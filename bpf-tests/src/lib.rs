@@ -53,6 +53,28 @@ pub fn privileged(test: &str) -> bool {
 }
 
 /// A name unique to this process and call, for namespaces, interfaces and pin directories.
+/// Writes a membership secret file as an agent accepts one: readable by its owner only.
+pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// A fresh membership secret: 32 random bytes, hex-encoded. The example directory's `secret`
+/// is a published placeholder that agents refuse; the demo and the lab write one of these.
+pub fn random_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+}
+
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

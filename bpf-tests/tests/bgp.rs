@@ -113,7 +113,7 @@ impl<R> Bgp<R> {
         let dir = std::env::temp_dir().join(unique("xdplb-bgp"));
         std::fs::create_dir_all(&dir).expect("config dir");
         std::fs::write(dir.join("config.yaml"), config(&lab, peers, services)).expect("config");
-        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("secret");
+        bpf_tests::write_secret(&dir.join("secret"), &format!("{SECRET}\n")).expect("secret");
         allocate(&dir);
         let router = router(&lab);
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();

@@ -333,7 +333,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
     let third = 2;
     g.stop_agent(third);
     let wrong = g.dir.join("wrong-secret");
-    std::fs::write(&wrong, "a-different-secret-of-enough-bytes").expect("write");
+    bpf_tests::write_secret(&wrong, "a-different-secret-of-enough-bytes").expect("write");
     g.start_agent(third, &["--secret-file", wrong.to_str().expect("utf-8")]);
     let without: Vec<&str> = g.names[..2].to_vec();
     let held = expected(&g.dir, &without);

@@ -42,7 +42,7 @@ fn write_dir(lab: &Lab, services: usize) -> Result<PathBuf, String> {
         );
     }
     std::fs::write(dir.join("config.yaml"), yaml).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("secret"), "agent-bench-secret-0123456789\n")
+    crate::write_secret(&dir.join("secret"), "agent-bench-secret-0123456789\n")
         .map_err(|e| e.to_string())?;
     Ok(dir)
 }

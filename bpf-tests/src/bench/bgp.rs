@@ -183,7 +183,7 @@ fn config_dir(yaml: &str) -> Result<std::path::PathBuf, String> {
     let dir = std::env::temp_dir().join(unique("xdplb-bgp-bench"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("config.yaml"), yaml).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("secret"), "bench-secret-0123456789abcdef\n")
+    crate::write_secret(&dir.join("secret"), "bench-secret-0123456789abcdef\n")
         .map_err(|e| e.to_string())?;
     allocate(&dir);
     Ok(dir)

@@ -149,12 +149,16 @@ fn controller_step(dir: &std::path::Path) -> Result<(Controller, String, String)
         std::fs::copy(example.join(file), dir.join(file))
             .with_context(|| format!("copy {EXAMPLE}/{file}"))?;
     }
+    // The example's secret is a published placeholder, which agents refuse.
+    bpf_tests::write_secret(&dir.join("secret"), &bpf_tests::random_secret()?)
+        .context("writing a random secret")?;
     say(
         "2. The configuration: MetalLB's own objects",
         &format!(
             "{EXAMPLE}/ holds an IPAddressPool (ten IPv4 and ten IPv6\n\
              addresses), an L2Advertisement, two Services (`web`, dual-stack; `dns`, asking for\n\
-             10.210.0.105), the three Nodes with their addresses, and the group's secret.\n\
+             10.210.0.105), the three Nodes with their addresses, and a placeholder secret (the\n\
+             demo writes a random one in its copy: agents refuse the published placeholder).\n\
              lb-controller validate checks them with MetalLB's rules:"
         ),
     );

@@ -127,6 +127,8 @@ fn up(dir: &Path, config_src: &Path) -> Result<()> {
             std::fs::copy(&path, config.join(name))?;
         }
     }
+    // The example's secret is a published placeholder, which agents refuse.
+    bpf_tests::write_secret(&config.join("secret"), &bpf_tests::random_secret()?)?;
     let lab = Lab::new("lab", NODES);
     let mut processes = Vec::new();
     match start(&lab, dir, &config, &mut processes) {

@@ -57,7 +57,7 @@ fn config_dir(config: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("xdplb-failover"));
     std::fs::create_dir_all(&dir).expect("config dir");
     std::fs::write(dir.join("config.yaml"), config).expect("write config");
-    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).expect("write secret");
+    crate::write_secret(&dir.join("secret"), &format!("{SECRET}\n")).expect("write secret");
     dir
 }
 

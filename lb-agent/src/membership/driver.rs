@@ -23,15 +23,80 @@ const MIN_SECRET: usize = 16;
 /// Datagrams larger than this are not heartbeats.
 const MAX_DATAGRAM: usize = 1500;
 
-/// A usable membership secret: at least 16 bytes.
+/// The placeholder of `deploy/examples/standalone/secret`: published with xdplb, so anyone
+/// could sign heartbeats with it.
+pub const EXAMPLE_SECRET: &[u8] = b"demo-only-secret-replace-me-with-random-bytes";
+
+/// A usable membership secret, normalised the same way wherever it comes from (a file, a
+/// Secret's data): surrounding ASCII whitespace (a file's trailing newline) is not part of it.
+/// At least 16 bytes, and not the example's placeholder.
 pub fn check_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let bytes = bytes.trim_ascii();
     if bytes.len() < MIN_SECRET {
         return Err(format!(
             "the membership secret must be at least {MIN_SECRET} bytes (it has {})",
             bytes.len()
         ));
     }
+    if bytes == EXAMPLE_SECRET {
+        return Err(
+            "the membership secret is the example's placeholder, published with xdplb; make one: head -c 32 /dev/urandom | base64 > secret"
+                .into(),
+        );
+    }
     Ok(bytes.to_vec())
+}
+
+/// How long the previous secret is still accepted after the cluster's Secret changes (and
+/// still used to sign): long enough for every agent to see the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(120);
+
+/// The membership keys: the current one, and during a rotation the previous one.
+///
+/// Agents see a new Secret seconds apart. Were each to switch at once, every node would
+/// refuse the others' heartbeats during that window and, counting them dead, announce every
+/// VIP. Instead each keeps signing with the previous key for [`ROTATION_OVERLAP`] while it
+/// accepts both, so that all have the new one before any signs with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keys {
+    current: Option<Vec<u8>>,
+    previous: Option<(Vec<u8>, Instant)>,
+}
+
+impl Keys {
+    pub fn new(current: Option<Vec<u8>>) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    /// Takes `key` as the current one at `now`; a different one starts a rotation.
+    pub fn rotate(&mut self, key: Vec<u8>, now: Instant) {
+        match self.current.replace(key) {
+            Some(old) if Some(&old) != self.current.as_ref() => {
+                self.previous = Some((old, now + ROTATION_OVERLAP));
+            }
+            _ => {}
+        }
+    }
+
+    fn overlap(&self, now: Instant) -> Option<&[u8]> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(k, _)| k.as_slice())
+    }
+
+    /// The key to sign with at `now`.
+    pub fn signing(&self, now: Instant) -> Option<&[u8]> {
+        self.overlap(now).or(self.current.as_deref())
+    }
+
+    /// The keys a heartbeat may be signed with at `now`, the current one first.
+    pub fn verifying(&self, now: Instant) -> impl Iterator<Item = &[u8]> {
+        self.current.as_deref().into_iter().chain(self.overlap(now))
+    }
 }
 
 /// This agent's heartbeats: one epoch per run, numbered within it.
@@ -106,7 +171,7 @@ pub struct Membership {
     detector: Detector,
     changes: Changes,
     /// Nothing is sent or accepted without one.
-    secret: Option<Vec<u8>>,
+    keys: Keys,
     /// Why the cluster's secret is not usable, as last logged.
     secret_problem: Option<String>,
     reject_log: RejectLog,
@@ -142,7 +207,7 @@ impl Membership {
             },
             detector: Detector::new(failure_timeout, epoch),
             changes: Changes::default(),
-            secret,
+            keys: Keys::new(secret),
             secret_problem: None,
             reject_log: RejectLog::default(),
             metrics,
@@ -155,7 +220,7 @@ impl Membership {
     pub fn follow_secret(&mut self, from_cluster: Result<Vec<u8>, String>) {
         match from_cluster {
             Ok(s) => {
-                self.secret = Some(s);
+                self.keys.rotate(s, Instant::now());
                 self.secret_problem = None;
             }
             Err(e) => {
@@ -176,7 +241,7 @@ impl Membership {
     ) -> Vec<(SocketAddr, std::io::Error)> {
         let mut hb = self.beats.next(phase);
         let mut failed = Vec::new();
-        let Some(key) = self.secret.as_deref() else {
+        let Some(key) = self.keys.signing(Instant::now()) else {
             return failed;
         };
         for (node, addr) in peers {
@@ -200,14 +265,17 @@ impl Membership {
             return false;
         };
         let now = Instant::now();
-        let Some(key) = &self.secret else {
-            self.metrics.rejected(Rejected::Auth);
-            return false;
-        };
         let Some(datagram) = self.buf.get(..n) else {
             return false;
         };
-        let hb = match Heartbeat::decode(datagram, key) {
+        let mut decoded = Err(HeartbeatError::Auth);
+        for key in self.keys.verifying(now) {
+            decoded = Heartbeat::decode(datagram, key);
+            if !matches!(decoded, Err(HeartbeatError::Auth)) {
+                break;
+            }
+        }
+        let hb = match decoded {
             Ok(hb) => hb,
             Err(e) => {
                 let why = rejected_by(&e);
@@ -268,5 +336,68 @@ impl Membership {
             info!(alive = ?view.alive, "membership changed");
         }
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_normalisation_and_no_published_secret() {
+        let file = check_secret(b"a-secret-of-enough-bytes\n").expect("file");
+        let data = check_secret(b"a-secret-of-enough-bytes").expect("Secret data");
+        assert_eq!(file, data, "a file's newline is not part of the key");
+        assert!(check_secret(b"short\n").is_err());
+        let e = check_secret(b"demo-only-secret-replace-me-with-random-bytes\n")
+            .expect_err("the example's placeholder");
+        assert!(e.contains("placeholder"), "{e}");
+    }
+
+    #[test]
+    fn a_rotation_accepts_both_keys_and_signs_with_the_old_one_until_all_have_the_new() {
+        let t0 = Instant::now();
+        let (old, new) = (
+            b"old-key-0123456789".to_vec(),
+            b"new-key-0123456789".to_vec(),
+        );
+        let mut keys = Keys::new(Some(old.clone()));
+        assert_eq!(keys.signing(t0), Some(old.as_slice()));
+        // The same key again is no rotation.
+        keys.rotate(old.clone(), t0);
+        assert_eq!(keys.verifying(t0).count(), 1);
+        keys.rotate(new.clone(), t0);
+        let during = t0 + ROTATION_OVERLAP - Duration::from_millis(1);
+        assert_eq!(keys.signing(during), Some(old.as_slice()));
+        let accepted: Vec<&[u8]> = keys.verifying(during).collect();
+        assert_eq!(accepted, vec![new.as_slice(), old.as_slice()]);
+        let after = t0 + ROTATION_OVERLAP;
+        assert_eq!(keys.signing(after), Some(new.as_slice()));
+        assert_eq!(
+            keys.verifying(after).collect::<Vec<_>>(),
+            vec![new.as_slice()]
+        );
+        // A heartbeat signed with either verifies while both are accepted.
+        let hb = Heartbeat {
+            node: "b".into(),
+            epoch: 1,
+            seq: 1,
+            echo: 0,
+            hold_ms: 0,
+            phase: Phase::Active,
+        };
+        for key in [&old, &new] {
+            let wire = hb.encode(key).expect("encode");
+            assert!(
+                keys.verifying(during)
+                    .any(|k| Heartbeat::decode(&wire, k).is_ok())
+            );
+        }
+        let wire = hb.encode(&old).expect("encode");
+        assert!(
+            !keys
+                .verifying(after)
+                .any(|k| Heartbeat::decode(&wire, k).is_ok())
+        );
     }
 }

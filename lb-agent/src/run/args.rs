@@ -68,6 +68,25 @@ pub struct RunArgs {
     pub no_local_vip: bool,
 }
 
+/// Whether a secret file's permission bits keep it secret: anyone who can read it can sign
+/// heartbeats ("leaving" in any node's name, or keep a dead one alive). Readable or writable
+/// by every user is refused, as ssh refuses such keys; by the group, a warning.
+pub fn secret_mode(mode: u32) -> Result<(), String> {
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "mode {:o} lets every user read or change the membership secret; chmod 600 it",
+            mode & 0o777
+        ));
+    }
+    if mode & 0o070 != 0 {
+        tracing::warn!(
+            mode = format!("{:o}", mode & 0o777),
+            "the membership secret is accessible to its group; chmod 600 keeps it to its owner"
+        );
+    }
+    Ok(())
+}
+
 impl RunArgs {
     /// The membership secret from `--secret-file` or DIR/secret, read now: it must be right.
     /// In a cluster (`None`) the Secret arrives with the configuration.
@@ -81,8 +100,12 @@ impl RunArgs {
         };
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading the membership secret {}", path.display()))?;
-        let secret = check_secret(bytes.trim_ascii())
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("reading the membership secret {}", path.display()))?;
+        secret_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()))
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let secret =
+            check_secret(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Some(secret))
     }
 
@@ -115,5 +138,20 @@ impl RunArgs {
             port: self.port,
             lb_class: self.lb_class.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_files_others_can_read_or_write_are_refused() {
+        assert!(secret_mode(0o100600).is_ok());
+        assert!(secret_mode(0o100400).is_ok());
+        assert!(secret_mode(0o100640).is_ok(), "the group: a warning only");
+        let e = secret_mode(0o100644).expect_err("world-readable");
+        assert!(e.contains("644") && e.contains("chmod 600"), "{e}");
+        assert!(secret_mode(0o100602).is_err(), "world-writable");
     }
 }
