@@ -75,6 +75,25 @@ fn fixtures() -> Vec<Fixture> {
     let mut truncated_ns = ns_multicast(VIP6);
     truncated_ns.truncate(truncated_ns.len() - 4);
     let arp_request_vip = arp_request(BROADCAST, VIP4);
+    let tagged_arp = arp(
+        true,
+        CLIENT_MAC,
+        BROADCAST,
+        ArpOperation::REQUEST,
+        CLIENT_MAC,
+        CLIENT_IP4,
+        [0; 6],
+        VIP4,
+    );
+    let tagged_ns = ns(
+        true,
+        ns_group_mac,
+        CLIENT_IP6,
+        ns_group,
+        255,
+        VIP6,
+        &slla(CLIENT_MAC),
+    );
 
     vec![
         Fixture {
@@ -114,18 +133,19 @@ fn fixtures() -> Vec<Fixture> {
             counted: ARP_ANSWERED,
         },
         Fixture {
-            name: "arp request behind an 802.1Q tag is answered with the tag",
-            frame: arp(
-                true,
-                CLIENT_MAC,
-                BROADCAST,
-                ArpOperation::REQUEST,
-                CLIENT_MAC,
-                CLIENT_IP4,
-                [0; 6],
-                VIP4,
-            ),
-            expect: Expect::Tx(arp_reply(true, CLIENT_MAC, CLIENT_IP4)),
+            name: "arp request tagged for VLAN 100 is another network's: passed",
+            frame: tagged_arp.clone(),
+            expect: Expect::Pass,
+            counted: PASSED,
+        },
+        Fixture {
+            name: "arp request with a priority-only tag (VLAN 0) is answered with the tag",
+            frame: patch(tagged_arp.clone(), 14, &[0xa0, 0]),
+            expect: Expect::Tx(patch(
+                arp_reply(true, CLIENT_MAC, CLIENT_IP4),
+                14,
+                &[0xa0, 0],
+            )),
             counted: ARP_ANSWERED,
         },
         Fixture {
@@ -287,17 +307,19 @@ fn fixtures() -> Vec<Fixture> {
             counted: NS_ANSWERED,
         },
         Fixture {
-            name: "ns behind an 802.1Q tag is answered with the tag",
-            frame: ns(
-                true,
-                ns_group_mac,
-                CLIENT_IP6,
-                ns_group,
-                255,
-                VIP6,
-                &slla(CLIENT_MAC),
-            ),
-            expect: Expect::Tx(na(true, CLIENT_MAC, CLIENT_IP6, true)),
+            name: "ns tagged for VLAN 100 is another network's: passed",
+            frame: tagged_ns.clone(),
+            expect: Expect::Pass,
+            counted: PASSED,
+        },
+        Fixture {
+            name: "ns with a priority-only tag (VLAN 0) is answered with the tag",
+            frame: patch(tagged_ns.clone(), 14, &[0xa0, 0]),
+            expect: Expect::Tx(patch(
+                na(true, CLIENT_MAC, CLIENT_IP6, true),
+                14,
+                &[0xa0, 0],
+            )),
             counted: NS_ANSWERED,
         },
         Fixture {

@@ -9,6 +9,8 @@ pub const VLAN_LEN: usize = 4;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// The VLAN ID bits of an 802.1Q tag's TCI (the rest are priority and DEI).
+pub const VLAN_VID_MASK: u16 = 0x0fff;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 

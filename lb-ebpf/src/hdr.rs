@@ -2,6 +2,7 @@
 
 pub use lb_common::wire::{
     ETH_LEN, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMPV6, IPV6_LEN, VLAN_LEN,
+    VLAN_VID_MASK,
 };
 
 #[repr(C)]

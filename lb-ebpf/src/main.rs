@@ -70,7 +70,15 @@ mod prog {
             hdr::ETH_P_8021Q => {
                 let vlan: *const hdr::Vlan = ptr_at(ctx, hdr::ETH_LEN)?;
                 // SAFETY: bounds checked by `ptr_at`.
-                let inner = u16::from_be_bytes(unsafe { (*vlan).ethertype });
+                let (tci, inner) = unsafe { ((*vlan).tci, (*vlan).ethertype) };
+                // A VIP is announced on an interface, which is one VLAN: the untagged one of
+                // the device the program is attached to. A request tagged for a VLAN (on a
+                // trunk's parent) is another network's: the kernel gets it. Priority-only
+                // tags (VLAN ID 0) belong to the untagged network.
+                if u16::from_be_bytes(tci) & hdr::VLAN_VID_MASK != 0 {
+                    return Ok(Verdict::Pass);
+                }
+                let inner = u16::from_be_bytes(inner);
                 match inner {
                     hdr::ETH_P_ARP => {
                         Ok(arp::handle::<{ hdr::ETH_LEN + hdr::VLAN_LEN }>(ctx, tally))

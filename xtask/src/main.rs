@@ -73,6 +73,14 @@ enum Task {
     Test,
     /// Run the benchmarks and print the table.
     Bench,
+    /// Run every fuzz target (the decoders of BGP, BFD and heartbeats, the AF_PACKET
+    /// responder's frame parser, the configuration model) for many more inputs than the tests
+    /// do, optimised.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = 100_000)]
+        cases: u32,
+    },
     /// The product tour: announce VIPs from XDP in a small lab and show the answers.
     Demo,
     /// Regenerate deploy/crds from lb-controller's types.
@@ -109,6 +117,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test(&root),
         Task::Bench => run_release_bin(&root, "xdplb-bench", &[]),
+        Task::Fuzz { cases } => fuzz(&root, cases),
         Task::Demo => run_release_bin(&root, "xdplb-demo", &[]),
         Task::Lab { action } => {
             let verb = match action {
@@ -189,6 +198,33 @@ fn output(cmd: &mut Command) -> Option<String> {
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(args).current_dir(root);
+    run(&mut cmd)
+}
+
+/// The fuzz targets are the proptest properties named `*never_panic*`: in the tests they run
+/// the default 256 cases each; here `cases`, in a release build (with overflow checks kept, so
+/// an arithmetic overflow is still found).
+fn fuzz(root: &Path, cases: u32) -> Result<()> {
+    step(&format!(
+        "fuzz targets, {cases} inputs each (cargo test --release -- never_panic)"
+    ));
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "lb-agent",
+        "-p",
+        "lb-controller",
+        "--lib",
+        "--",
+        "never_panic",
+        "--test-threads",
+        "2",
+    ])
+    .env("PROPTEST_CASES", cases.to_string())
+    .env("CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS", "true")
+    .current_dir(root);
     run(&mut cmd)
 }
 

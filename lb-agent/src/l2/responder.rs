@@ -15,7 +15,7 @@ use lb_common::wire::{
     ALL_NODES, ALL_NODES_MAC, ARPHRD_ETHER, ARPOP_REPLY, ARPOP_REQUEST, BROADCAST, ETH_LEN,
     ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS, IPPROTO_ICMPV6, IPV6_LEN,
     NA_DAD_ACTIVE_ACTIVE, NA_LEN, NA_OVERRIDE, NA_SOLICITED_OVERRIDE, NS_LEN, OPT_SOURCE_LLA,
-    OPT_TARGET_LLA, SOLICITED_NODE_PREFIX, VLAN_LEN,
+    OPT_TARGET_LLA, SOLICITED_NODE_PREFIX, VLAN_LEN, VLAN_VID_MASK,
 };
 
 /// The largest NS payload the XDP program answers; longer option lists go to the kernel.
@@ -97,9 +97,13 @@ fn dispatch(frame: &[u8], ifindex: u32, vips: &impl VipLookup, ctx: &mut Ctx) ->
         return Outcome::Malformed;
     };
     let (l3, ethertype) = if ethertype == ETH_P_8021Q {
-        let Some(inner) = be16(frame, ETH_LEN + 2) else {
+        let (Some(tci), Some(inner)) = (be16(frame, ETH_LEN), be16(frame, ETH_LEN + 2)) else {
             return Outcome::Malformed;
         };
+        // Tagged for a VLAN: another network's request (see the XDP program's dispatch).
+        if tci & VLAN_VID_MASK != 0 {
+            return Outcome::Pass;
+        }
         (ETH_LEN + VLAN_LEN, inner)
     } else {
         (ETH_LEN, ethertype)
@@ -495,5 +499,78 @@ mod tests {
         assert!(d.counted.contains(&Counter::LeaseExpired));
         t.value.flags = 0;
         assert!(matches!(respond(&req, 1, &t).outcome, Outcome::Reply(_)));
+    }
+
+    /// Seed frames the mutations start from: a request the responder answers, of each kind.
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut arp = gratuitous_arp(Ipv4Addr::new(10, 0, 0, 1), [2, 0, 0, 0, 0, 9]);
+        arp[38..42].copy_from_slice(&[10, 0, 0, 100]);
+        let vip: Ipv6Addr = "fd00::100".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let mut ns = Vec::new();
+        let _ =
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [0x33, 0x33, 0xff, 0, 1, 0])
+                .ipv6(
+                    "fd00::9"
+                        .parse::<Ipv6Addr>()
+                        .map(|a| a.octets())
+                        .unwrap_or_default(),
+                    "ff02::1:ff00:100"
+                        .parse::<Ipv6Addr>()
+                        .map(|a| a.octets())
+                        .unwrap_or_default(),
+                    255,
+                )
+                .icmpv6(etherparse::Icmpv6Type::Unknown {
+                    type_u8: 135,
+                    code_u8: 0,
+                    bytes5to8: [0; 4],
+                })
+                .write(
+                    &mut ns,
+                    &[vip.octets().as_slice(), &[1, 1, 2, 0, 0, 0, 0, 9]].concat(),
+                );
+        vec![arp, ns]
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_answered() {
+        for frame in seeds() {
+            assert!(matches!(
+                respond(&frame, 1, &table()).outcome,
+                Outcome::Reply(_)
+            ));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// The AF_PACKET responder's parser on whatever a segment can carry: random frames,
+        /// and answered requests with bytes changed, cut short or extended.
+        #[test]
+        fn random_frames_never_panic(
+            random in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            seed in 0usize..2,
+            flips in proptest::collection::vec((0usize..120, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..130,
+            leased in proptest::prelude::any::<bool>(),
+        ) {
+            let mut t = table();
+            if leased {
+                t.value.flags = VIP_FLAG_LEASED;
+            }
+            let _ = respond(&random, 1, &t);
+            let mut frame = seeds().swap_remove(seed);
+            for (at, byte) in flips {
+                if let Some(b) = frame.get_mut(at) {
+                    *b ^= byte;
+                }
+            }
+            frame.truncate(cut.max(1));
+            let _ = respond(&frame, 1, &t);
+        }
     }
 }
