@@ -159,6 +159,9 @@ impl Agent {
             true => None,
             false => Some(vipdev::Local::start(&ifaces).await?),
         };
+        if let Some(problem) = vipdev::strict_arp_problem(std::path::Path::new("/")) {
+            warn!(%problem, "other nodes' kernels answer ARP for the VIPs");
+        }
         let secret_from_config = secret.is_none();
         let membership = Membership::bind(
             args.port,

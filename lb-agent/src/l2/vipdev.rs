@@ -170,6 +170,29 @@ pub fn quiet_arp(iface: &str) -> Result<(), L2Error> {
     Ok(())
 }
 
+/// kube-proxy in IPVS mode puts every Service address on `kube-ipvs0`; unless its `strictARP`
+/// is on (which sets `arp_ignore` 1 and `arp_announce` 2 host-wide), every node's kernel then
+/// answers ARP for every VIP beside the node xdplb elected, and clients reach random nodes.
+/// Returns what is wrong, read under `root` (`/` on a host).
+pub fn strict_arp_problem(root: &std::path::Path) -> Option<String> {
+    if !root.join("sys/class/net/kube-ipvs0").exists() {
+        return None;
+    }
+    let conf = root.join("proc/sys/net/ipv4/conf/all");
+    let value = |name: &str| -> i64 {
+        std::fs::read_to_string(conf.join(name))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (ignore, announce) = (value("arp_ignore"), value("arp_announce"));
+    (ignore < 1 || announce < 2).then(|| {
+        format!(
+            "kube-proxy runs in IPVS mode without strictARP (arp_ignore {ignore}, arp_announce {announce}): every node answers ARP for every VIP; set `ipvs: {{strictARP: true}}` in kube-proxy's configuration"
+        )
+    })
+}
+
 /// The interfaces to announce on when none is named, as MetalLB's speaker chooses them: up,
 /// Ethernet, not loopback, with an address of global scope (pod veths and bridges without
 /// addresses drop out), and never `xdplb0` itself. Sorted by name.
@@ -256,5 +279,27 @@ impl Local {
         drop(self.wanted);
         sync(&self.handle, self.index, &BTreeSet::new()).await?;
         remove_if_empty(&self.handle).await
+    }
+}
+
+#[cfg(test)]
+mod strict_arp_tests {
+    use super::*;
+
+    #[test]
+    fn ipvs_without_strict_arp_is_reported() {
+        let root = std::env::temp_dir().join(format!("xdplb-strictarp-{}", std::process::id()));
+        let conf = root.join("proc/sys/net/ipv4/conf/all");
+        std::fs::create_dir_all(&conf).expect("dir");
+        std::fs::write(conf.join("arp_ignore"), "0\n").expect("write");
+        std::fs::write(conf.join("arp_announce"), "0\n").expect("write");
+        assert_eq!(strict_arp_problem(&root), None, "no kube-ipvs0: no IPVS");
+        std::fs::create_dir_all(root.join("sys/class/net/kube-ipvs0")).expect("dir");
+        let p = strict_arp_problem(&root).expect("reported");
+        assert!(p.contains("strictARP"), "{p}");
+        std::fs::write(conf.join("arp_ignore"), "1\n").expect("write");
+        std::fs::write(conf.join("arp_announce"), "2\n").expect("write");
+        assert_eq!(strict_arp_problem(&root), None);
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
