@@ -16,7 +16,8 @@
 //!   [`metrics`] is what it exports; [`statuses`] reports to the API server in a cluster
 //!   (ServiceL2Status, ServiceBGPStatus, Events, ConfigurationState).
 //! - [`bgp`]: the BGP speaker, from its wire codec up; [`bfd`] guards its sessions.
-//! - [`cli`]: the subcommands of the `lb-agent` binary.
+//! - [`cli`]: the subcommands of the `lb-agent` binary; [`ttl`]: datagrams with the TTL they
+//!   arrived with (BFD, router advertisements).
 
 pub mod bfd;
 pub mod bgp;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod run;
 pub mod source;
 pub mod statuses;
+pub mod ttl;
 
 /// The compiled `lb-ebpf` object, embedded at build time.
 pub fn ebpf_object() -> &'static [u8] {

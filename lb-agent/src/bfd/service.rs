@@ -3,10 +3,11 @@
 //! else by the peer's address), checks their TTL (255 for single hop: only a neighbour on the
 //! link can send that; at least `minimumTtl` for multihop), and reports each session's state
 //! on a watch channel.
+use crate::ttl::{recv_with_ttl, setsockopt_int};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use prometheus_client::metrics::{family::Family, gauge::Gauge};
@@ -121,6 +122,8 @@ struct Entry {
 struct Received {
     control: Control,
     from: IpAddr,
+    /// The interface a link-local source is scoped to (0 otherwise).
+    scope: u32,
     ttl: Option<u8>,
     multihop: bool,
 }
@@ -129,24 +132,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    }
-}
-
-fn setsockopt_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: a c_int option on a valid socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -175,66 +160,6 @@ fn receiver(v6: bool, port: u16) -> io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
-}
-
-/// recvmsg(2) with the TTL / hop limit from the control messages.
-fn recv_with_ttl(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<u8>)> {
-    // SAFETY: all-zero is a valid sockaddr_storage and msghdr; the pointers below stay valid
-    // for the call, and the control buffer is walked only with the CMSG macros within
-    // msg_controllen.
-    unsafe {
-        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut control = [0u64; 16];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        let n = libc::recvmsg(fd, &mut msg, 0);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut ttl = None;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
-                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT)
-            {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                ttl = u8::try_from(v).ok();
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-        let from = match i32::from(addr.ss_family) {
-            libc::AF_INET => {
-                let a = std::ptr::read_unaligned(
-                    (&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
-                );
-                SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
-                    u16::from_be(a.sin_port),
-                )
-            }
-            libc::AF_INET6 => {
-                let a = std::ptr::read_unaligned(
-                    (&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>(),
-                );
-                SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
-                    u16::from_be(a.sin6_port),
-                )
-            }
-            _ => return Err(io::Error::other("not an IP source address")),
-        };
-        Ok((n as usize, from, ttl))
-    }
 }
 
 /// A socket to send one session's packets from: a source port of RFC 5881's range, TTL 255.
@@ -293,9 +218,14 @@ fn listen(tx: mpsc::UnboundedSender<Received>) {
                     let Ok(control) = Control::decode(&buf[..n]) else {
                         continue;
                     };
+                    let scope = match from {
+                        SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => v6.scope_id(),
+                        _ => 0,
+                    };
                     let r = Received {
                         control,
                         from: canonical(from.ip()),
+                        scope,
                         ttl,
                         multihop,
                     };
@@ -397,10 +327,16 @@ async fn run(mut cmds: mpsc::UnboundedReceiver<Cmd>, metrics: BfdMetrics) {
             },
             Some(r) = received.recv() => {
                 let now = Instant::now();
+                // A link-local peer is the one on the interface the packet came in on (RFC
+                // 5881 §3: single-hop sessions are per interface).
+                let same_peer = |e: &Entry| {
+                    e.request.peer == r.from
+                        && (r.scope == 0 || e.request.scope == 0 || e.request.scope == r.scope)
+                };
                 let found = if r.control.your_discr != 0 {
-                    sessions.get_mut(&r.control.your_discr).filter(|e| e.request.peer == r.from)
+                    sessions.get_mut(&r.control.your_discr).filter(|e| same_peer(e))
                 } else {
-                    sessions.values_mut().find(|e| e.request.peer == r.from && e.request.multihop == r.multihop)
+                    sessions.values_mut().find(|e| same_peer(e) && e.request.multihop == r.multihop)
                 };
                 let Some(e) = found else { continue };
                 let ttl_ok = match (r.multihop, r.ttl) {

@@ -200,7 +200,17 @@ async fn manage(
                     continue;
                 };
                 let from_ip = canonical(from.ip());
-                match peers.values().find(|p| p.plan.address == from_ip) {
+                // A link-local address names a peer only together with its interface: two
+                // unnumbered peers may both be fe80::1.
+                let scope = match from {
+                    SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => v6.scope_id(),
+                    _ => 0,
+                };
+                let ours = |p: &&PeerTask| {
+                    p.plan.address == from_ip
+                        && (scope == 0 || p.plan.scope == 0 || p.plan.scope == scope)
+                };
+                match peers.values().find(ours) {
                     Some(p) => { let _ = p.cmds.send(Cmd::Inbound(stream)); }
                     None => tracing::debug!(%from, "BGP: connection refused: not a configured peer"),
                 }

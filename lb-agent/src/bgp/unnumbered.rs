@@ -7,9 +7,9 @@
 //!
 //! The RA codec and [`resolve`] are pure; [`Discovery`] is the socket edge.
 use std::collections::{BTreeMap, BTreeSet};
-use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -27,6 +27,63 @@ const FIRST: [Duration; 3] = [
     Duration::from_secs(1),
     Duration::from_secs(3),
 ];
+
+/// How long the router found on an interface is kept while another one advertises: three of
+/// its advertisement intervals without a word from it.
+const STALE: Duration = Duration::from_secs(30);
+
+/// The router an interface peers with: the first link-local source of a router advertisement
+/// that arrived with hop limit 255 (RFC 4861 §6.1.2: sent on this link, not routed here), kept
+/// while it keeps advertising and replaced only once it has been silent for [`STALE`]. On a
+/// point-to-point link there is one; on anything else (a second router, radvd on a host, a
+/// hostile one) the session must not move to whoever advertised last.
+#[derive(Debug, Default)]
+pub struct Router {
+    current: Option<(Ipv6Addr, Instant)>,
+    /// Other sources heard while `current` holds (each reported once).
+    others: BTreeSet<Ipv6Addr>,
+}
+
+/// What [`Router::heard`] made of an advertisement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Not from this link (hop limit below 255, or a source that is not link-local).
+    Refused,
+    /// The first router: peer with it.
+    Found,
+    /// The router peered with, still there.
+    Kept,
+    /// Another source while the router peered with is alive; `first` the first time.
+    Ignored { first: bool },
+    /// The router peered with fell silent; this one takes its place.
+    Replaced(Ipv6Addr),
+}
+
+impl Router {
+    pub fn heard(&mut self, from: Ipv6Addr, hop_limit: Option<u8>, now: Instant) -> Heard {
+        if hop_limit != Some(255) || !from.is_unicast_link_local() {
+            return Heard::Refused;
+        }
+        match self.current {
+            None => {
+                self.current = Some((from, now));
+                Heard::Found
+            }
+            Some((addr, _)) if addr == from => {
+                self.current = Some((from, now));
+                Heard::Kept
+            }
+            Some((old, last)) if now.saturating_duration_since(last) >= STALE => {
+                self.current = Some((from, now));
+                self.others.clear();
+                Heard::Replaced(old)
+            }
+            Some(_) => Heard::Ignored {
+                first: self.others.insert(from),
+            },
+        }
+    }
+}
 
 /// The peer found on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +211,8 @@ fn socket(iface: &str) -> std::io::Result<(AsyncFd<Socket>, u32)> {
     sock.set_multicast_hops_v6(255)?;
     sock.set_unicast_hops_v6(255)?;
     sock.set_multicast_loop_v6(false)?;
+    // To check that advertisements were sent on the link (hop limit 255).
+    sock.set_recv_hoplimit_v6(true)?;
     sock.set_nonblocking(true)?;
     // SAFETY: the socket owns its descriptor and keeps it open for as long as the AsyncFd
     // owns the socket.
@@ -179,7 +238,8 @@ async fn interface(iface: String, found: watch::Sender<Found>) {
     let ra = advertisement();
     let mut schedule = FIRST.iter().copied().chain(std::iter::repeat(INTERVAL));
     let mut next = tokio::time::Instant::now();
-    let mut buf = [MaybeUninit::<u8>::uninit(); 1500];
+    let mut buf = [0u8; 1500];
+    let mut router = Router::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
@@ -190,18 +250,28 @@ async fn interface(iface: String, found: watch::Sender<Found>) {
             }
             ready = sock.readable() => {
                 let Ok(mut guard) = ready else { return };
-                match guard.try_io(|s| s.get_ref().recv_from(&mut buf)) {
-                    Ok(Ok((n, from))) => {
-                        // SAFETY: recv_from initialised the first n bytes of buf.
-                        let msg = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
-                        let Some(from) = from.as_socket_ipv6() else { continue };
-                        if !is_advertisement(msg) || !from.ip().is_unicast_link_local() {
+                match guard.try_io(|s| crate::ttl::recv_with_ttl(s.get_ref().as_raw_fd(), &mut buf)) {
+                    Ok(Ok((n, from, hop_limit))) => {
+                        let (std::net::SocketAddr::V6(from), Some(msg)) = (from, buf.get(..n)) else {
+                            continue;
+                        };
+                        if !is_advertisement(msg) {
                             continue;
                         }
-                        let n = Neighbor { address: *from.ip(), ifindex };
-                        let fresh = found.send_if_modified(|f| f.insert(iface.clone(), n) != Some(n));
-                        if fresh {
-                            tracing::info!(%iface, peer = %n.address, "BGP: unnumbered peer found");
+                        let address = *from.ip();
+                        match router.heard(address, hop_limit, Instant::now()) {
+                            Heard::Found | Heard::Replaced(_) => {
+                                let n = Neighbor { address, ifindex };
+                                found.send_if_modified(|f| f.insert(iface.clone(), n) != Some(n));
+                                tracing::info!(%iface, peer = %address, "BGP: unnumbered peer found");
+                            }
+                            Heard::Ignored { first: true } => tracing::warn!(
+                                %iface,
+                                other = %address,
+                                "BGP: a second router advertises on an unnumbered interface; staying with the first while it advertises"
+                            ),
+                            Heard::Refused => tracing::debug!(%iface, from = %address, ?hop_limit, "BGP: router advertisement not from the link"),
+                            Heard::Kept | Heard::Ignored { first: false } => {}
                         }
                     }
                     Ok(Err(e)) => tracing::debug!(%iface, error = %e, "BGP: reading router advertisements"),
@@ -217,6 +287,45 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    fn ll(last: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last)
+    }
+
+    #[test]
+    fn the_first_router_stays_until_it_falls_silent() {
+        let t0 = Instant::now();
+        let mut r = Router::default();
+        // Not from the link: routed here (hop limit below 255), unknown, or not link-local.
+        assert_eq!(r.heard(ll(1), Some(254), t0), Heard::Refused);
+        assert_eq!(r.heard(ll(1), None, t0), Heard::Refused);
+        assert_eq!(
+            r.heard(
+                "2001:db8::1".parse().unwrap_or(Ipv6Addr::LOCALHOST),
+                Some(255),
+                t0
+            ),
+            Heard::Refused
+        );
+        assert_eq!(r.heard(ll(1), Some(255), t0), Heard::Found);
+        // A second router (or radvd, or a hostile host) does not take the session.
+        assert_eq!(
+            r.heard(ll(2), Some(255), t0 + INTERVAL),
+            Heard::Ignored { first: true }
+        );
+        assert_eq!(r.heard(ll(1), Some(255), t0 + INTERVAL), Heard::Kept);
+        assert_eq!(
+            r.heard(ll(2), Some(255), t0 + INTERVAL * 2),
+            Heard::Ignored { first: false }
+        );
+        // Once the first has been silent for three intervals, the other is the router.
+        let later = t0 + INTERVAL + STALE;
+        assert_eq!(r.heard(ll(2), Some(255), later), Heard::Replaced(ll(1)));
+        assert_eq!(
+            r.heard(ll(1), Some(255), later),
+            Heard::Ignored { first: true }
+        );
+    }
     use crate::bgp::policy::PeerPlan;
 
     fn plan_with(interface: Option<&str>) -> PeerPlan {
