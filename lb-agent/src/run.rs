@@ -416,14 +416,29 @@ impl Agent {
             .layer2(&step.announced, &step.gained, &self.ifaces);
         // Active-active VIPs are announced to no one but the clients of the slots taken over.
         let burst = entries(&step.fresh, &self.ifaces, &BTreeMap::new());
-        let notices = self.responders.notices(&step.took_slots, &self.ifaces);
-        if !step.took_slots.is_empty() && !step.first {
-            info!(
-                vips = step.took_slots.len(),
-                clients = notices.len(),
-                "took over slots of shared VIPs; telling their recorded clients"
+        let notices = (!step.took_slots.is_empty()).then(|| {
+            let (source, took, ifaces) = (
+                self.responders.clients_source(),
+                step.took_slots.clone(),
+                self.ifaces.clone(),
             );
-        }
+            let log = !step.first;
+            Box::new(move || {
+                let nets: Vec<_> = ifaces
+                    .iter()
+                    .map(|i| (i.clone(), crate::l2::iface::networks(&i.name)))
+                    .collect();
+                let notices = announce::notices(&source.clients(), &took, &nets);
+                if log {
+                    info!(
+                        vips = took.len(),
+                        clients = notices.len(),
+                        "took over slots of shared VIPs; telling their recorded clients"
+                    );
+                }
+                notices
+            }) as Box<dyn FnOnce() -> Vec<announce::Notice> + Send>
+        });
         let vips = step.announced.iter().map(|a| a.vip);
         self.held.send_replace(announce::Held::new(vips, step.bits));
         let metrics = self.metrics.clone();

@@ -124,6 +124,44 @@ pub fn notice(client: &Client, mac: [u8; 6]) -> Option<Notice> {
     })
 }
 
+/// Notices to one destination MAC per takeover at most: the `clients` map is written by
+/// whoever sends ARP on the link, so a host that recorded thousands of addresses with one
+/// victim's MAC must not turn a takeover into a flood at that victim.
+pub const NOTICES_PER_MAC: usize = 4;
+
+/// The notices for a takeover of the slots `took` (per active-active VIP): to each recorded
+/// client of those slots, through the interface it was heard on, at that interface's MAC.
+/// A client whose address is not on that interface's networks (an address no host on the link
+/// can have: recorded from a forged request) is not told; nor is a MAC past
+/// [`NOTICES_PER_MAC`].
+pub fn notices(
+    clients: &[Client],
+    took: &BTreeMap<IpAddr, SlotBits>,
+    ifaces: &[(super::iface::Interface, Vec<ipnet::IpNet>)],
+) -> Vec<Notice> {
+    let mut per_mac: BTreeMap<[u8; 6], usize> = BTreeMap::new();
+    clients
+        .iter()
+        .filter(|c| took.get(&c.vip).is_some_and(|g| g.contains(c.slot())))
+        .filter_map(|c| {
+            let (iface, nets) = ifaces.iter().find(|(i, _)| i.index == c.ifindex)?;
+            let on_link = match c.addr {
+                IpAddr::V6(a) if a.is_unicast_link_local() => true,
+                a => nets.iter().any(|n| n.contains(&a)),
+            };
+            if !on_link {
+                return None;
+            }
+            let sent = per_mac.entry(c.mac).or_default();
+            if *sent >= NOTICES_PER_MAC {
+                return None;
+            }
+            *sent += 1;
+            notice(c, iface.mac)
+        })
+        .collect()
+}
+
 /// Sends every notice through the socket of its interface, calling `on_sent` for each that
 /// went out; returns how many did.
 pub fn send_notices(
@@ -143,18 +181,26 @@ pub fn send_notices(
 /// [`SCHEDULE`], from a task of its own. Each round sends only what `held` still holds: a
 /// repeat for a VIP (or slot) handed on since would pull its clients back. `on_sent` is called
 /// with the VIP of each frame that went out.
+///
+/// The notices come from `notices`, run on a blocking thread first: it reads the whole
+/// `clients` map, which costs up to a hundred milliseconds that must not be the loop's that
+/// sends heartbeats.
 pub fn spawn(
     sockets: std::sync::Arc<Vec<(u32, PacketSocket)>>,
     burst: Vec<VipEntry>,
-    notices: Vec<Notice>,
+    notices: Option<Box<dyn FnOnce() -> Vec<Notice> + Send>>,
     mut held: tokio::sync::watch::Receiver<Held>,
     on_sent: impl Fn(IpAddr) + Send + 'static,
 ) {
-    if burst.is_empty() && notices.is_empty() {
+    if burst.is_empty() && notices.is_none() {
         return;
     }
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
+        let notices = match notices {
+            Some(job) => tokio::task::spawn_blocking(job).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         for at in SCHEDULE {
             tokio::time::sleep_until(start + at).await;
             let now = held.borrow_and_update().clone();
@@ -168,4 +214,50 @@ pub fn spawn(
             send_notices(&sockets, &notices, |n| on_sent(n.vip));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l2::iface::Interface;
+
+    fn client(addr: &str, mac: [u8; 6]) -> Client {
+        Client {
+            vip: "10.0.0.100".parse().expect("vip"),
+            addr: addr.parse().expect("addr"),
+            mac,
+            ifindex: 3,
+        }
+    }
+
+    /// Review finding 9: a takeover tells only clients that can be on the link, and no MAC
+    /// more than a few times, whatever was recorded.
+    #[test]
+    fn notices_go_to_hosts_on_the_link_and_no_mac_gets_many() {
+        let iface = Interface {
+            name: "eth0".into(),
+            index: 3,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let nets = vec![(iface, vec!["10.0.0.0/24".parse().expect("net")])];
+        let victim = [2, 0xee, 0, 0, 0, 1];
+        let mut clients: Vec<Client> = (1..=200)
+            .map(|i| client(&format!("10.0.0.{}", i % 250 + 1), victim))
+            .collect();
+        clients.push(client("10.0.0.7", [2, 0, 0, 0, 0, 7]));
+        clients.push(client("192.168.1.1", [2, 0, 0, 0, 0, 8]));
+        let took = BTreeMap::from([("10.0.0.100".parse().expect("vip"), SlotBits::FULL)]);
+        let sent = notices(&clients, &took, &nets);
+        let to = |mac: [u8; 6]| sent.iter().filter(|n| n.frame[0..6] == mac).count();
+        assert_eq!(to(victim), NOTICES_PER_MAC);
+        assert_eq!(to([2, 0, 0, 0, 0, 7]), 1);
+        assert_eq!(
+            to([2, 0, 0, 0, 0, 8]),
+            0,
+            "192.168.1.1 is not on eth0's network"
+        );
+        // Slots not taken over: nobody is told.
+        let none = BTreeMap::from([("10.0.0.100".parse().expect("vip"), SlotBits::EMPTY)]);
+        assert!(notices(&clients, &none, &nets).is_empty());
+    }
 }

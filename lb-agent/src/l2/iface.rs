@@ -90,3 +90,58 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
     )
 }
+
+/// The networks of `name`'s addresses (IPv4 and IPv6), as `getifaddrs(3)` lists them: where a
+/// host on that link may have its address. Empty when the interface has none or cannot be read.
+pub fn networks(name: &str) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list it points `list` at, freed below; each entry's
+    // name, address and netmask are valid C data (or null) while the list lives.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let entry = &*at;
+            at = entry.ifa_next;
+            if entry.ifa_name.is_null()
+                || std::ffi::CStr::from_ptr(entry.ifa_name).to_bytes() != name.as_bytes()
+            {
+                continue;
+            }
+            if let (Some(addr), Some(mask)) = (ip_of(entry.ifa_addr), ip_of(entry.ifa_netmask))
+                && let Ok(net) = ipnet::IpNet::with_netmask(addr, mask)
+            {
+                out.push(net.trunc());
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
+/// The IP address in a `sockaddr` of family AF_INET or AF_INET6.
+///
+/// # Safety
+/// `sa` is null or points to a valid `sockaddr` of the size its family implies.
+unsafe fn ip_of(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
+    if sa.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's promise; the family says which struct it is.
+    unsafe {
+        match i32::from((*sa).sa_family) {
+            libc::AF_INET => {
+                let v4 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in>());
+                Some(std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).into())
+            }
+            libc::AF_INET6 => {
+                let v6 = std::ptr::read_unaligned(sa.cast::<libc::sockaddr_in6>());
+                Some(std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr).into())
+            }
+            _ => None,
+        }
+    }
+}

@@ -95,6 +95,31 @@ pub enum Choice {
     AfPacket,
 }
 
+/// The clients recorded by both responders, readable off the agent's loop.
+#[derive(Clone)]
+pub struct ClientsSource {
+    bpffs: Option<PathBuf>,
+    af: Arc<afpacket::Shared>,
+}
+
+impl ClientsSource {
+    /// Every recorded client, sorted. A dump of the XDP program's map: call it on a thread
+    /// that may block.
+    pub fn clients(&self) -> Vec<Client> {
+        let mut out = self
+            .bpffs
+            .as_deref()
+            .and_then(|p| VipMaps::open_pinned(p).ok())
+            .map(|m| m.clients())
+            .unwrap_or_default();
+        if let Ok(r) = self.af.requesters.lock() {
+            out.extend(r.clients());
+        }
+        out.sort();
+        out
+    }
+}
+
 /// The responders of one agent.
 pub struct Responders {
     bpffs: PathBuf,
@@ -205,35 +230,13 @@ impl Responders {
         }
     }
 
-    /// The requesters recorded for the active-active VIPs: by the XDP program, and by the
-    /// AF_PACKET responders on the interfaces without it.
-    pub fn clients(&self) -> Vec<Client> {
-        let mut out = self.maps.as_ref().map(VipMaps::clients).unwrap_or_default();
-        if let Ok(r) = self.af.requesters.lock() {
-            out.extend(r.clients());
+    /// Where the recorded clients can be read from another thread (the pinned maps are opened
+    /// again there).
+    pub fn clients_source(&self) -> ClientsSource {
+        ClientsSource {
+            bpffs: self.maps.as_ref().map(|_| self.bpffs.clone()),
+            af: self.af.clone(),
         }
-        out.sort();
-        out
-    }
-
-    /// The notices telling the recorded clients of the slots `took` (per active-active VIP)
-    /// where their VIP is now: at the MAC of the interface each was heard on.
-    pub fn notices(
-        &self,
-        took: &BTreeMap<IpAddr, SlotBits>,
-        ifaces: &[Interface],
-    ) -> Vec<super::announce::Notice> {
-        if took.is_empty() {
-            return Vec::new();
-        }
-        self.clients()
-            .iter()
-            .filter(|c| took.get(&c.vip).is_some_and(|g| g.contains(c.slot())))
-            .filter_map(|c| {
-                let iface = ifaces.iter().find(|i| i.index == c.ifindex)?;
-                super::announce::notice(c, iface.mac)
-            })
-            .collect()
     }
 
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
