@@ -165,7 +165,20 @@ fn workloads_run_this_version_with_least_privilege() {
         .flatten()
         .find_map(|v| v.host_path.as_ref())
         .expect("a hostPath volume");
-    assert_eq!(bpffs.path, "/sys/fs/bpf", "pins must outlive the pod");
+    // The host's pins of the agent's own directory (the agent's default `--bpffs`), so they
+    // outlive the pod, and no other project's.
+    assert_eq!(bpffs.path, "/sys/fs/bpf/xdplb", "pins must outlive the pod");
+    let mounts: Vec<&str> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(mounts, vec!["/sys/fs/bpf/xdplb"]);
+    assert_eq!(
+        sc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
     let tolerated: Vec<&str> = pod
         .tolerations
         .iter()
