@@ -526,14 +526,17 @@ addressType: IPv4
 endpoints: [{addresses: [10.1.0.1], nodeName: node-2, conditions: {ready: true}}]
 "#;
 
+    /// Parsed in memory: tests run in parallel, and a file shared between them would be
+    /// rewritten or removed under another's read.
     fn objects() -> Objects {
-        let dir = std::env::temp_dir().join(format!("xdplb-policy-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let file = dir.join("c.yaml");
-        std::fs::write(&file, CONFIG).unwrap_or_else(|e| panic!("{e}"));
-        let loaded = manifest::load_with(&[file], manifest::Strictness::Strict)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let mut loaded = manifest::Loaded::default();
+        manifest::add_text(
+            std::path::Path::new("c.yaml"),
+            CONFIG,
+            manifest::Strictness::Strict,
+            &mut loaded,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
         let report = lb_controller::config::validate::validate(&loaded.objects);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
