@@ -28,6 +28,7 @@ pub mod inputs;
 pub mod l2;
 pub mod membership;
 pub mod metrics;
+pub mod random;
 pub mod run;
 pub mod source;
 pub mod statuses;

@@ -86,3 +86,13 @@ pub fn recv_with_ttl(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr
         Ok((n as usize, from, ttl))
     }
 }
+
+/// The interface a link-local source address is scoped to; 0 for any other address. A
+/// link-local address names a peer only together with it: two point-to-point peers may both
+/// be fe80::1.
+pub fn link_scope(from: &SocketAddr) -> u32 {
+    match from {
+        SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => v6.scope_id(),
+        _ => 0,
+    }
+}

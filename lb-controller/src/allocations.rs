@@ -67,8 +67,7 @@ pub fn read(dir: &Path) -> Result<AllocationsFile, ReadError> {
     serde_saphyr::from_str_with_options(&text, manifest::yaml_options()).map_err(|e| {
         ReadError::Invalid {
             path,
-            // The first line only: the parser's excerpt of the input is not for logs.
-            reason: e.to_string().lines().next().unwrap_or_default().to_owned(),
+            reason: manifest::first_line(&e.to_string()),
         }
     })
 }

@@ -218,10 +218,7 @@ fn listen(tx: mpsc::UnboundedSender<Received>) {
                     let Ok(control) = Control::decode(&buf[..n]) else {
                         continue;
                     };
-                    let scope = match from {
-                        SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => v6.scope_id(),
-                        _ => 0,
-                    };
+                    let scope = crate::ttl::link_scope(&from);
                     let r = Received {
                         control,
                         from: canonical(from.ip()),
@@ -238,24 +235,13 @@ fn listen(tx: mpsc::UnboundedSender<Received>) {
     }
 }
 
-fn random_u32() -> u32 {
-    let mut bytes = [0u8; 4];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n == 4 {
-        u32::from_ne_bytes(bytes)
-    } else {
-        std::process::id().wrapping_mul(2_654_435_761)
-    }
-}
-
 async fn run(mut cmds: mpsc::UnboundedReceiver<Cmd>, metrics: BfdMetrics) {
     let (rx_tx, mut received) = mpsc::unbounded_channel();
     let mut listening = false;
     let mut sessions: HashMap<u32, Entry> = HashMap::new();
     // Random (RFC 5880 §6.8.1 SHOULD): derived from the PID, every agent in a container (PID
     // 1) would start from the same one, after every restart.
-    let mut next_discr: u32 = random_u32() | 1;
+    let mut next_discr: u32 = crate::random::random_u64() as u32 | 1;
     loop {
         let deadline = sessions
             .values()

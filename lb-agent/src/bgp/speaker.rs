@@ -202,10 +202,7 @@ async fn manage(
                 let from_ip = canonical(from.ip());
                 // A link-local address names a peer only together with its interface: two
                 // unnumbered peers may both be fe80::1.
-                let scope = match from {
-                    SocketAddr::V6(v6) if v6.ip().is_unicast_link_local() => v6.scope_id(),
-                    _ => 0,
-                };
+                let scope = crate::ttl::link_scope(&from);
                 let ours = |p: &&PeerTask| {
                     p.plan.address == from_ip
                         && (scope == 0 || p.plan.scope == 0 || p.plan.scope == scope)

@@ -123,20 +123,7 @@ impl Beats {
 /// A run's epoch: random, so that no clock (which may go back between runs) is involved, and
 /// never 0, which a heartbeat echoes for "not heard yet".
 fn random_epoch() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let random = if n == 8 {
-        u64::from_ne_bytes(bytes)
-    } else {
-        // Without the kernel's generator (never on Linux >= 3.17), the start time and PID
-        // still differ between runs.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        t ^ u64::from(std::process::id()).rotate_left(32)
-    };
-    random.max(1)
+    crate::random::random_u64().max(1)
 }
 
 /// Logs a refused heartbeat at most once per reason and interval.

@@ -151,7 +151,7 @@ pub fn documents(path: &Path, text: &str) -> Result<Vec<Value>, LoadError> {
 
 /// The parser's message without the excerpt of the input it quotes below it: the file may be
 /// a Secret, and the line and column are enough to find the mistake.
-fn first_line(message: &str) -> String {
+pub fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or_default();
     line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
