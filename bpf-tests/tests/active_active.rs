@@ -327,20 +327,34 @@ fn with_afpacket_a_dead_nodes_clients_are_told_too() {
     const FEW: usize = 12;
     let mut g = Group::start_config("aaf", &["--mode", "afpacket"], config);
     let fleet = Fleet::attach(&g.lab, "aaf", FEW);
-    let macs = g.macs.clone();
-    let name_of = |mac: &Option<String>| mac.as_ref().and_then(|m| macs.get(m).cloned());
     first_answer(&fleet, &g);
     let owners = fleet.owners(VIP4, &g.names);
     each_client_resolves(&fleet, &g, VIP4, &owners, Duration::from_secs(10));
-    // The node with the most clients dies.
-    let victim = (0..3)
+    let victim = busiest(&g, &owners);
+    kill_and_check_told(&mut g, &fleet, &owners, victim);
+}
+
+/// The node that serves the most clients.
+fn busiest(g: &Group, owners: &[String]) -> usize {
+    (0..3)
         .max_by_key(|n| owners.iter().filter(|o| **o == g.names[*n]).count())
-        .unwrap_or(0);
-    let survivors = others(&g, victim);
+        .unwrap_or(0)
+}
+
+/// Kills `victim`'s agent and checks that each of its clients is told its new node's MAC
+/// within 3 s, without asking (a client that is not told keeps the dead MAC until its
+/// neighbour entry goes stale: tens of seconds).
+fn kill_and_check_told(g: &mut Group, fleet: &Fleet, owners: &[String], victim: usize) {
+    let macs = g.macs.clone();
+    let name_of = |mac: &Option<String>| mac.as_ref().and_then(|m| macs.get(m).cloned());
+    let survivors = others(g, victim);
     let after = fleet.owners(VIP4, &survivors);
     std::thread::sleep(Duration::from_millis(1100));
     g.kill(victim);
-    let moving: Vec<usize> = (0..FEW).filter(|i| owners[*i] == g.names[victim]).collect();
+    let moving: Vec<usize> = (0..owners.len())
+        .filter(|i| owners[*i] == g.names[victim])
+        .collect();
+    assert!(!moving.is_empty(), "{} serves nobody", g.names[victim]);
     let started = Instant::now();
     let told =
         |i: &usize| name_of(&fleet.neighbor(*i, VIP4)).as_deref() == Some(after[*i].as_str());
@@ -362,4 +376,72 @@ fn with_afpacket_a_dead_nodes_clients_are_told_too() {
         g.names[victim],
         started.elapsed()
     );
+}
+
+/// Review finding 9: requests are unauthenticated, and 65,536 of them from made-up senders
+/// once pushed every real client out of the nodes' records, so a node taking over told
+/// nobody. Twice that many now leave the real clients recorded, and they are told.
+#[test]
+fn a_flood_of_forged_requesters_leaves_a_dead_nodes_clients_their_notice() {
+    if !privileged("a_flood_of_forged_requesters_leaves_a_dead_nodes_clients_their_notice") {
+        return;
+    }
+    const FEW: usize = 12;
+    let mut g = Group::start_config("afl", &[], config);
+    let fleet = Fleet::attach(&g.lab, "afl", FEW);
+    first_answer(&fleet, &g);
+    let owners = fleet.owners(VIP4, &g.names);
+    each_client_resolves(&fleet, &g, VIP4, &owners, Duration::from_secs(10));
+    let sent = g
+        .lab
+        .client
+        .ns
+        .within(|| forge_requesters(2 * lb_common::MAX_CLIENTS));
+    let throttled: f64 = (0..3)
+        .filter_map(|i| {
+            scrape::sample(
+                &g.metrics(i),
+                "xdplb_xdp_frames",
+                &[("counter", "clients_throttled")],
+            )
+        })
+        .sum();
+    assert!(
+        throttled > f64::from(lb_common::MAX_CLIENTS),
+        "{sent} forged requests sent, only {throttled} throttled\n{}",
+        g.logs()
+    );
+    let victim = busiest(&g, &owners);
+    kill_and_check_told(&mut g, &fleet, &owners, victim);
+}
+
+/// Sends `n` ARP requests for the shared VIP, each from another made-up sender address and
+/// MAC (the frames' source is the client's own MAC, so the bridge learns nothing new), at
+/// about 100,000 a second so that the segment still carries the heartbeats.
+fn forge_requesters(n: u32) -> u32 {
+    use lb_agent::l2::{afpacket::PacketSocket, iface::Interface};
+    let iface = Interface::lookup("eth0").unwrap_or_else(|e| panic!("{e}"));
+    let socket = PacketSocket::open(&iface, false).unwrap_or_else(|e| panic!("{e}"));
+    let vip: std::net::Ipv4Addr = VIP4.parse().expect("VIP4");
+    let mut sent = 0;
+    for i in 0..n {
+        let [a, b, c, d] = i.to_be_bytes();
+        let frame = bpf_tests::datapath::frames::arp(
+            false,
+            iface.mac,
+            bpf_tests::datapath::frames::BROADCAST,
+            etherparse::ArpOperation::REQUEST,
+            [2, 0xee, a, b, c, d],
+            [11, b, c, d],
+            [0; 6],
+            vip.octets(),
+        );
+        if socket.send(&frame).is_ok() {
+            sent += 1;
+        }
+        if i % 1_000 == 999 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    sent
 }

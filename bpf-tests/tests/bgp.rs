@@ -341,6 +341,64 @@ fn md5_passwords_must_match_and_source_address_is_used() {
     );
 }
 
+/// TTL security (GTSM) through the BGPPeer annotation `xdplb.io/ttl-security-hops`: with the
+/// router configured alike the session forms (both sides send TTL 255 and require it); a
+/// router that sends the usual eBGP TTL 1 gets no session with a node that asks for it (the
+/// kernel drops its segments, and its own connections are not taken); and without the
+/// annotation nothing changes for a router that does not use it either.
+#[test]
+fn ttl_security_holds_segments_to_the_hop_count() {
+    if !privileged("ttl_security_holds_segments_to_the_hop_count") {
+        return;
+    }
+    let gtsm = |name: &str, node: &str| {
+        peer(
+            name,
+            &format!(", nodeSelectors: [{{matchLabels: {{kubernetes.io/hostname: {node}}}}}]"),
+        )
+        .replace(
+            &format!("metadata: {{name: {name}, "),
+            &format!(
+                "metadata: {{name: {name}, annotations: {{xdplb.io/ttl-security-hops: \"1\"}}, "
+            ),
+        )
+    };
+    let peers = format!(
+        "{}{}{}",
+        gtsm("both", "node-1"),
+        peer(
+            "plain",
+            ", nodeSelectors: [{matchLabels: {kubernetes.io/hostname: node-2}}]"
+        ),
+        gtsm("ours", "node-3"),
+    );
+    assert!(peers.contains("ttl-security-hops"), "{peers}");
+    let bgp = Bgp::start("bgpt", &peers, &["web"], |lab| {
+        let conf = frr_conf(lab, None).replace(
+            " neighbor 10.210.0.11 peer-group NODES\n",
+            " neighbor 10.210.0.11 peer-group NODES\n neighbor 10.210.0.11 ttl-security hops 1\n",
+        );
+        Frr::start(&lab.client.ns, &conf, false)
+    });
+    bgp.established(&[0, 1], frr_up);
+    // node-3's connections and FRR's run every second (timers connect 1): long enough for
+    // several tries each way.
+    std::thread::sleep(Duration::from_secs(5));
+    let ours = bgp.lab.nodes[2].ipv4.clone();
+    assert_ne!(
+        bgp.router.peer_state(&ours),
+        "Established",
+        "{}",
+        bgp.logs()
+    );
+    let web = bgp.vip("web");
+    let p = paths(&bgp.router, "ipv4", &format!("{web}/32"));
+    assert_eq!(
+        next_hops(&p),
+        vec!["10.210.0.11".to_owned(), "10.210.0.12".to_owned()],
+    );
+}
+
 /// GoBGP as an iBGP collector in AS 64512 (LOCAL_PREF reaches it), listening on port 1790
 /// and never connecting itself: the sessions exist only if the agents use `peerPort`.
 fn gobgp_conf(lab: &Lab) -> String {

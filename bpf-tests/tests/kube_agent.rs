@@ -1,6 +1,7 @@
 //! The agent's in-cluster configuration source against an API server that speaks the real
 //! list/watch protocol: what the agent computes from (the controller's status on Services,
-//! Nodes, EndpointSlices, MetalLB's membership Secret), kept current through watch events,
+//! Nodes, EndpointSlices, MetalLB's membership Secret, the BGP passwords the controller hands
+//! over), kept current through watch events,
 //! broken watches and 410 Gone relists, and a bad configuration reported without losing the
 //! good one.
 use std::{sync::Arc, time::Duration};
@@ -208,6 +209,101 @@ async fn the_cluster_source_reads_what_the_agent_needs_and_follows_changes() {
 /// In a cluster the BGP side is read like the rest: a BGPPeer with its password in a Secret
 /// and a BGPAdvertisement give this node a session and, per Service, the peers it goes to
 /// (what its ServiceBGPStatus objects say).
+/// The agent reads two Secrets by name (its Role names exactly those), never the namespace's
+/// Secrets: a BGPPeer's password reaches it through the copy the controller keeps, and
+/// follows a change of the peer's Secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_passwords_reach_the_agent_only_through_the_controllers_copy() {
+    let api = ApiServer::start();
+    setup(&api);
+    let secret = |name: &str, password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+               "metadata": {"name": name, "namespace": NS},
+               "stringData": {"password": password}})
+    };
+    api.apply(secret("tor-md5", "s3cret"));
+    api.apply(secret("someone-elses", "not for agents"));
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+                     "metadata": {"name": "tor", "namespace": NS},
+                     "spec": {"myASN": 64512, "peerASN": 65000, "peerAddress": "10.1.0.254",
+                              "passwordSecret": {"name": "tor-md5"}}}),
+    );
+    let mut rx = cluster::watch(api.client(), options());
+    let first = next_until(&mut rx, "a first reading", |_| true).await;
+    // Before the controller runs, every request is the agent's.
+    let secret_requests: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/secrets"))
+        .collect();
+    assert!(!secret_requests.is_empty(), "{:?}", api.requests());
+    for r in &secret_requests {
+        assert!(
+            r.contains("fieldSelector=metadata.name%3Dmemberlist")
+                || r.contains("fieldSelector=metadata.name%3Dxdplb-bgp-passwords"),
+            "the agent asked for Secrets its Role does not name: {r}"
+        );
+    }
+    assert!(
+        first.as_ref().map_or(true, |c| c.bgp.is_empty()),
+        "a password the agent cannot have read yet"
+    );
+
+    let controller = {
+        let client = api.client();
+        let opts = lb_controller::cluster::Options {
+            lb_class: None,
+            namespace: NS.into(),
+            identity: "one".into(),
+            timing: lb_controller::cluster::Timing {
+                duration: Duration::from_secs(2),
+                renew_deadline: Duration::from_millis(1500),
+                retry: Duration::from_millis(200),
+            },
+        };
+        let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            if let Err(e) = lb_controller::cluster::run(client, opts, addr).await {
+                panic!("controller stopped: {e:#}");
+            }
+        })
+    };
+    let password = |r: &Result<Arc<Config>, String>| -> Option<String> {
+        r.as_ref()
+            .ok()?
+            .bgp
+            .get("metallb-system/tor")?
+            .password
+            .clone()
+    };
+    next_until(&mut rx, "the password from the controller's copy", |r| {
+        password(r).as_deref() == Some("s3cret")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let copy = api
+        .get("v1", "Secret", Some(NS), "xdplb-bgp-passwords")
+        .unwrap_or_else(|| panic!("no copy"));
+    let keys: Vec<&String> = copy["data"]
+        .as_object()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        ["metallb-system.tor-md5"],
+        "only what a BGPPeer refers to"
+    );
+
+    api.apply(secret("tor-md5", "n3w"));
+    next_until(&mut rx, "the changed password", |r| {
+        password(r).as_deref() == Some("n3w")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    controller.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
     use std::collections::{BTreeMap, BTreeSet};
@@ -217,10 +313,11 @@ async fn the_cluster_source_plans_bgp_and_status_objects_follow_it() {
 
     let api = ApiServer::start();
     setup(&api);
+    // The password as the controller hands it over (the next test runs the controller).
     api.apply(
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
-                     "metadata": {"name": "tor-md5", "namespace": NS},
-                     "data": {"password": "czNjcmV0"}}),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                     "metadata": {"name": "xdplb-bgp-passwords", "namespace": NS},
+                     "data": {"metallb-system.tor-md5": "czNjcmV0"}}),
     );
     api.apply(
         json!({"apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",

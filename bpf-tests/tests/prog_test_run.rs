@@ -784,7 +784,7 @@ fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_rec
     let mut userspace = lb_agent::l2::requesters::Requesters::default();
     for f in &fixtures {
         if let Some((key, value)) = lb_agent::l2::responder::respond(&f.frame, LO, &lookup).asker {
-            userspace.record(key, value);
+            assert!(userspace.record(key, value, 0));
         }
     }
     let mut heard = userspace.clients();
@@ -812,6 +812,75 @@ fn a_shared_vip_is_answered_only_for_this_nodes_slots_and_every_requester_is_rec
     };
     let failures = h.check(&f, &no_table);
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Review finding 9: requests are unauthenticated, so random senders once replaced every
+/// recorded client of a shared VIP within a second (65,536 entries) and a node taking over had
+/// nobody real left to tell. New or changed records now come at most at the program's rate
+/// per CPU, and a client asking again keeps its record for free. (That a forged MAC for a
+/// known client spends the same budget is the requesters' unit test: here the clock is the
+/// kernel's.)
+#[test]
+fn a_flood_of_new_requesters_is_recorded_only_at_the_rate() {
+    if !privileged("a_flood_of_new_requesters_is_recorded_only_at_the_rate") {
+        return;
+    }
+    let v4 = IpAddr::from(VIP4);
+    let shared = [VipEntry {
+        addr: v4,
+        ifindex: LO,
+        mac: OWNER_MAC,
+        flags: VIP_FLAG_ACTIVE_ACTIVE,
+    }];
+    let mut h = Harness::with(&shared, &BTreeMap::from([(v4, SlotBits::EMPTY)]));
+    let known = h.run(&arp_request(BROADCAST, VIP4));
+    assert_eq!(
+        known.retval,
+        testrun::XDP_PASS,
+        "nobody's slot is this node's"
+    );
+    let before = h.counters();
+    let started = std::time::Instant::now();
+    const FLOOD: u32 = 20_000;
+    for i in 0..FLOOD {
+        let [_, a, b, c] = i.to_be_bytes();
+        h.run(&arp_request_from(BROADCAST, [10, 100 + a, b, c], VIP4));
+        if i % 1_000 == 0 {
+            h.run(&arp_request(BROADCAST, VIP4));
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = h.counters();
+    let recorded = h.maps.clients();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound = cpus
+        * (lb_common::CLIENT_RECORDS_BURST as f64
+            + (elapsed + 0.01) * lb_common::CLIENT_RECORDS_PER_SEC as f64);
+    assert!(
+        (recorded.len() as f64) <= bound + 1.0,
+        "{} of {FLOOD} senders recorded in {elapsed:.2} s, bound {bound:.0}",
+        recorded.len()
+    );
+    assert!(
+        recorded.len() > lb_common::CLIENT_RECORDS_BURST as usize / 2,
+        "the burst was not admitted: {}",
+        recorded.len()
+    );
+    let throttled = after[ClientsThrottled as usize] - before[ClientsThrottled as usize];
+    assert_eq!(
+        throttled as usize + recorded.len(),
+        FLOOD as usize + 1,
+        "every sender either recorded (the known client once) or counted as throttled"
+    );
+    assert!(
+        recorded.contains(&Client {
+            vip: v4,
+            addr: IpAddr::from(CLIENT_IP4),
+            mac: CLIENT_MAC,
+            ifindex: LO,
+        }),
+        "the known client lost its record"
+    );
 }
 
 /// Review finding 6: more VIPs than the maps hold. What fits is written, the rest is

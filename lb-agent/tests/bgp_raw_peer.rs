@@ -51,6 +51,7 @@ fn plan(port: u16, n: u32) -> Plan {
         source: None,
         password: None,
         multihop: true,
+        ttl_security: None,
         settings: Settings {
             local_as: 64512,
             peer_as: PeerAs::Fixed(65001),

@@ -61,6 +61,31 @@ pub const SLOT_WORDS: usize = (SLOTS / 64) as usize;
 /// Capacity of [`MAP_CLIENTS`].
 pub const MAX_CLIENTS: u32 = 65_536;
 
+/// New or changed records of [`MAP_CLIENTS`] admitted per second (per CPU in the XDP program).
+/// Requests are unauthenticated, so without a bound a burst of random senders evicts every
+/// real client within a second; at this rate a flood needs `MAX_CLIENTS / rate` = 256 s, and a
+/// client asking again meanwhile (Linux re-resolves within a minute) refreshes its record for
+/// free.
+pub const CLIENT_RECORDS_PER_SEC: u64 = 256;
+/// How many new records may come at once after a quiet spell.
+pub const CLIENT_RECORDS_BURST: u64 = 256;
+const CLIENT_RECORD_INTERVAL_NS: u64 = 1_000_000_000 / CLIENT_RECORDS_PER_SEC;
+
+/// Whether one more client record may be written at `now` (ns, any monotonic clock), given the
+/// budget `tat` the previous admission left (0 at first): the budget to keep when admitted,
+/// none when over the rate. A token bucket kept as one number (the generic cell rate
+/// algorithm's theoretical arrival time), so the XDP program's state is a single `u64` and the
+/// AF_PACKET responder applies the same rule through the same function.
+#[inline(always)]
+pub const fn admit_client_record(tat: u64, now: u64) -> Option<u64> {
+    let start = if tat > now { tat } else { now };
+    if start - now > (CLIENT_RECORDS_BURST - 1) * CLIENT_RECORD_INTERVAL_NS {
+        None
+    } else {
+        Some(start.saturating_add(CLIENT_RECORD_INTERVAL_NS))
+    }
+}
+
 /// Value of [`MAP_SLOTS`]: bit `s` of word `s / 64` is set when this node answers the
 /// requesters of slot `s`.
 #[repr(C)]
@@ -235,6 +260,9 @@ pub enum Counter {
     LeaseExpired = 6,
     /// Requests for an active-active VIP whose requester's slot is another node's.
     OtherSlot = 7,
+    /// Requesters of an active-active VIP not recorded because new records came faster than
+    /// [`CLIENT_RECORDS_PER_SEC`].
+    ClientsThrottled = 8,
 }
 
 impl Counter {
@@ -248,6 +276,7 @@ impl Counter {
         Counter::Malformed,
         Counter::LeaseExpired,
         Counter::OtherSlot,
+        Counter::ClientsThrottled,
     ];
 
     /// Stable snake-case name used in `lb-agent maps` and metrics.
@@ -261,12 +290,13 @@ impl Counter {
             Counter::Malformed => "malformed",
             Counter::LeaseExpired => "lease_expired",
             Counter::OtherSlot => "other_slot",
+            Counter::ClientsThrottled => "clients_throttled",
         }
     }
 }
 
 /// Number of counters in a [`CounterBlock`].
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 9;
 
 /// The value of [`MAP_COUNTERS`]: every counter of one CPU, indexed by [`Counter`].
 #[repr(C)]
@@ -301,6 +331,44 @@ const _: () = assert!(core::mem::size_of::<ClientValue>() == 12);
 mod tests {
     extern crate std;
     use super::*;
+
+    #[test]
+    fn client_records_are_admitted_at_the_rate_after_a_burst() {
+        let second = 1_000_000_000;
+        let mut tat = 0;
+        let mut admitted = 0;
+        // A flood of 10,000 in one instant: the burst passes, nothing more.
+        for _ in 0..10_000 {
+            if let Some(t) = admit_client_record(tat, 5 * second) {
+                tat = t;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, CLIENT_RECORDS_BURST);
+        // Spread over the next two seconds: the rate, give or take one.
+        let mut later = 0;
+        for i in 0..20_000u64 {
+            if let Some(t) = admit_client_record(tat, 5 * second + i * (2 * second / 20_000)) {
+                tat = t;
+                later += 1;
+            }
+        }
+        assert!(
+            (2 * CLIENT_RECORDS_PER_SEC - 1..=2 * CLIENT_RECORDS_PER_SEC + 1).contains(&later),
+            "{later}"
+        );
+        // After a quiet spell the whole burst is available again, and no more.
+        let quiet = 60 * second;
+        let mut again = 0;
+        for _ in 0..1_000 {
+            if let Some(t) = admit_client_record(tat, quiet) {
+                tat = t;
+                again += 1;
+            }
+        }
+        assert_eq!(again, CLIENT_RECORDS_BURST);
+        assert_eq!(admit_client_record(u64::MAX, u64::MAX), Some(u64::MAX));
+    }
 
     #[test]
     fn slot_bits_set_count_and_test_every_slot() {

@@ -1,6 +1,7 @@
 //! The cluster as the controller and the agents read it: one reflector per kind. The metallb.io
-//! objects and Secrets are read in the installation's namespace (as MetalLB does), Services,
-//! Namespaces and Nodes cluster-wide. Every change wakes the reader's loop.
+//! objects and Secrets are read in the installation's namespace (as MetalLB does; the agents
+//! only the Secrets they are handed, by name), Services, Namespaces and Nodes cluster-wide.
+//! Every change wakes the reader's loop.
 use std::{fmt::Debug, hash::Hash, sync::Arc};
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
@@ -29,10 +30,19 @@ pub struct Sources {
     peers: Reader<v1beta2::BGPPeer>,
     bfd: Reader<BFDProfile>,
     communities: Reader<Community>,
-    secrets: Reader<Secret>,
+    secrets: Vec<Reader<Secret>>,
     namespaces: Reader<Namespace>,
     nodes: Reader<Node>,
     services: Reader<Service>,
+}
+
+/// Which Secrets of the namespace a reader follows.
+#[derive(Clone, Copy, Debug)]
+pub enum SecretScope<'a> {
+    /// All of them (the controller: it checks every `passwordSecret`).
+    All,
+    /// Only these, each watched by name, as an RBAC rule with `resourceNames` allows.
+    Named(&'a [&'a str]),
 }
 
 pub fn watch<K>(
@@ -44,9 +54,23 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
+    watch_with(api, watcher::Config::default(), changed, tasks)
+}
+
+/// [`watch`], with the list and watch narrowed by `config` (selectors).
+pub fn watch_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    tasks: &mut Vec<BoxFuture<'static, ()>>,
+) -> Reader<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
     let (reader, writer) = reflector::store();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector(writer, watcher(api, config)).default_backoff();
     tasks.push(
         async move {
             let mut stream = std::pin::pin!(stream);
@@ -76,11 +100,30 @@ impl Sources {
     pub fn start(
         client: &Client,
         namespace: &str,
+        secrets: SecretScope<'_>,
         changed: Arc<Notify>,
     ) -> (Self, Vec<BoxFuture<'static, ()>>) {
         let mut tasks = Vec::new();
         let c = client.clone();
         let ns = namespace;
+        let secrets = match secrets {
+            SecretScope::All => vec![watch(
+                Api::namespaced(c.clone(), ns),
+                changed.clone(),
+                &mut tasks,
+            )],
+            SecretScope::Named(names) => names
+                .iter()
+                .map(|name| {
+                    watch_with(
+                        Api::namespaced(c.clone(), ns),
+                        watcher::Config::default().fields(&format!("metadata.name={name}")),
+                        changed.clone(),
+                        &mut tasks,
+                    )
+                })
+                .collect(),
+        };
         let sources = Sources {
             pools: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
             l2: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
@@ -88,7 +131,7 @@ impl Sources {
             peers: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
             bfd: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
             communities: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
-            secrets: watch(Api::namespaced(c.clone(), ns), changed.clone(), &mut tasks),
+            secrets,
             namespaces: watch(Api::all(c.clone()), changed.clone(), &mut tasks),
             nodes: watch(Api::all(c.clone()), changed.clone(), &mut tasks),
             services: watch(Api::all(c), changed, &mut tasks),
@@ -105,7 +148,7 @@ impl Sources {
             self.peers.wait_until_ready(),
             self.bfd.wait_until_ready(),
             self.communities.wait_until_ready(),
-            self.secrets.wait_until_ready(),
+            futures_util::future::join_all(self.secrets.iter().map(|s| s.wait_until_ready())),
             self.namespaces.wait_until_ready(),
             self.nodes.wait_until_ready(),
             self.services.wait_until_ready(),
@@ -136,7 +179,7 @@ impl Sources {
             communities: by_name(owned(&self.communities)),
             namespaces: by_name(owned(&self.namespaces)),
             nodes: by_name(owned(&self.nodes)),
-            secrets: by_name(owned(&self.secrets)),
+            secrets: by_name(self.secrets.iter().flat_map(owned).collect()),
             services,
             endpoint_slices: Vec::new(),
         }

@@ -248,6 +248,60 @@ fn rbac_of(sa: &str) -> (Grants, Grants) {
     )
 }
 
+/// For each rule of `sa`'s Roles on Secrets: its verbs and the names it is limited to (empty:
+/// every Secret of the namespace).
+fn secret_rules(sa: &str) -> BTreeSet<(Vec<String>, Vec<String>)> {
+    let docs = applied();
+    let roles: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding")
+        .filter(|d| {
+            d["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == sa))
+        })
+        .map(|d| d["roleRef"]["name"].as_str().expect("roleRef").to_owned())
+        .collect();
+    docs.iter()
+        .filter(|d| d["kind"] == "Role")
+        .filter(|d| roles.iter().any(|n| d["metadata"]["name"] == n.as_str()))
+        .flat_map(|d| {
+            let rules: Vec<PolicyRule> = serde_json::from_value(d["rules"].clone())
+                .unwrap_or_else(|e| panic!("Role rules: {e}"));
+            rules
+        })
+        .filter(|r| r.resources.iter().flatten().any(|r| r == "secrets"))
+        .map(|r| (r.verbs, r.resource_names.unwrap_or_default()))
+        .collect()
+}
+
+/// The agents read two Secrets by name (source/cluster.rs), not the namespace's Secrets; the
+/// controller may rewrite only the one it hands them (cluster/passwords.rs).
+#[test]
+fn secrets_are_granted_by_name_where_the_code_reads_them_by_name() {
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        secret_rules("xdplb-agent"),
+        BTreeSet::from([(
+            names(&["list", "watch"]),
+            names(&["memberlist", "xdplb-bgp-passwords"])
+        )])
+    );
+    assert_eq!(
+        secret_rules("xdplb-controller"),
+        BTreeSet::from([
+            (names(&["list", "watch"]), vec![]),
+            (names(&["create"]), vec![]),
+            (names(&["update"]), names(&["xdplb-bgp-passwords"])),
+        ])
+    );
+    assert_eq!(
+        lb_controller::config::passwords::SECRET,
+        "xdplb-bgp-passwords"
+    );
+    assert_eq!(lb_controller::config::memberlist::SECRET, "memberlist");
+}
+
 const CONFIG_KINDS: &[&str] = &[
     "ipaddresspools",
     "l2advertisements",
@@ -275,7 +329,7 @@ fn each_component_gets_exactly_what_its_code_uses() {
         namespaced,
         expect(&[
             ("metallb.io", CONFIG_KINDS, &["list", "watch"]),
-            ("", &["secrets"], &["list", "watch", "create"]),
+            ("", &["secrets"], &["list", "watch", "create", "update"]),
             (
                 "coordination.k8s.io",
                 &["leases"],

@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     COUNTER_SLOTS, ClientKey, ClientValue, Counter, CounterBlock, MAX_CLIENTS, MAX_VIPS, SlotBits,
-    VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue, requester_slot,
+    VIP_FLAG_LEASED, Vip4Key, Vip6Key, VipStats, VipStatsKey, VipValue, admit_client_record,
+    requester_slot,
 };
 
 use crate::hdr;
@@ -51,9 +52,9 @@ pub enum Verdict {
 }
 
 /// The counters one frame bumps, collected while it is parsed and added with a single map
-/// lookup at the end (a lookup is a helper call; a frame bumps up to three counters).
+/// lookup at the end (a lookup is a helper call; a frame bumps up to four counters).
 #[derive(Clone, Copy, Default)]
-pub struct Tally(u8);
+pub struct Tally(u16);
 
 impl Tally {
     #[inline(always)]
@@ -109,6 +110,30 @@ pub struct Asker {
 #[map]
 static ASKER: PerCpuArray<Asker> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's budget for new client records (see [`lb_common::admit_client_record`]). Per
+/// CPU so that admitting needs no atomics; the node's rate is this one times its CPUs.
+#[map]
+static RECORD_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether one more new or changed client record fits this CPU's rate, spending it if so.
+#[inline(always)]
+fn admit_record() -> bool {
+    let Some(budget) = RECORD_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: per-CPU value, written by no other run concurrently.
+    match admit_client_record(unsafe { *budget }, now) {
+        Some(next) => {
+            // SAFETY: as above.
+            unsafe { *budget = next };
+            true
+        }
+        None => false,
+    }
+}
+
 /// Where to build the request for [`answers`]; none only if the map lookup fails.
 #[inline(always)]
 pub fn asker() -> Option<*mut Asker> {
@@ -119,7 +144,7 @@ pub fn asker() -> Option<*mut Asker> {
 /// VIP, both addresses IPv4-mapped for IPv4): only when the requester's slot is in the
 /// VIP's table. The requester is recorded, whoever answers, so that the node taking over
 /// its slot can tell it at once; `record` is false for requesters without an address (ARP
-/// probes, DAD).
+/// probes, DAD). Refreshing a known record is free; a new or changed one spends the rate.
 #[inline(never)]
 pub fn answers(asker: *mut Asker, record: bool, tally: &mut Tally) -> bool {
     // SAFETY: `asker` is this CPU's element of ASKER, which nothing else touches during
@@ -134,7 +159,11 @@ pub fn answers(asker: *mut Asker, record: bool, tally: &mut Tally) -> bool {
             None => false,
         };
         if !known {
-            let _ = CLIENTS.insert(key, value, 0);
+            if admit_record() {
+                let _ = CLIENTS.insert(key, value, 0);
+            } else {
+                tally.add(Counter::ClientsThrottled);
+            }
         }
     }
     // SAFETY: VipStatsKey is the 16 address bytes that start ClientKey (both repr(C)).

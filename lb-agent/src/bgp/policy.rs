@@ -15,6 +15,7 @@ use kube::ResourceExt;
 use lb_controller::{
     config::{
         community::Community,
+        gtsm::{self, Hops},
         manifest::Objects,
         rules::duration,
         selector::{self, Advertisement},
@@ -51,6 +52,9 @@ pub struct PeerPlan {
     pub password: Option<String>,
     /// eBGP to a peer more than one hop away: TTL 255 instead of 1.
     pub multihop: bool,
+    /// TTL security (the BGPPeer's `xdplb.io/ttl-security-hops`): TTL 255 out, at least
+    /// `min_ttl` in, and connections only from our side.
+    pub ttl_security: Option<Hops>,
     pub settings: Settings,
     /// Next hop for the other family than the session's: this node's address of that family.
     pub node_v4: Option<Ipv4Addr>,
@@ -282,6 +286,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
             .as_deref()
             .and_then(|a| a.parse().ok());
         let multihop = peer.spec.ebgp_multi_hop == Some(true);
+        let ttl_security = gtsm::hops(peer.annotations()).and_then(Result::ok);
         let bfd = peer
             .spec
             .bfd_profile
@@ -338,6 +343,7 @@ pub fn plan(node: &str, bgp: &BgpInputs, inputs: &Inputs, allocations: &[PlanEnt
                 source,
                 password,
                 multihop,
+                ttl_security,
                 settings,
                 node_v4: node_ips.iter().find_map(|ip| match ip {
                     IpAddr::V4(v4) => Some(*v4),

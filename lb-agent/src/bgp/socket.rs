@@ -71,6 +71,17 @@ pub fn set_ttl(fd: &impl AsRawFd, v6: bool, ttl: u8) -> io::Result<()> {
     }
 }
 
+/// The lowest TTL (hop limit) a segment may arrive with; the kernel drops the others (GTSM,
+/// RFC 5082). Set before connecting, it covers the handshake too.
+pub fn set_min_ttl(fd: &impl AsRawFd, v6: bool, ttl: u8) -> io::Result<()> {
+    let ttl = libc::c_int::from(ttl);
+    if v6 {
+        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT, &ttl)
+    } else {
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_MINTTL, &ttl)
+    }
+}
+
 /// TCP keepalives on a session's connection: a peer that negotiated hold time 0 sends no
 /// KEEPALIVEs, and without these a peer that died silently would look up forever. Probes
 /// after 30 s idle, every 10 s, 3 of them: a dead peer is found in about a minute.
@@ -100,6 +111,31 @@ mod tests {
         set_md5(&sock, peer, b"").unwrap_or_else(|e| panic!("{e}"));
         assert!(set_md5(&sock, peer, &[b'x'; 81]).is_err());
         set_ttl(&sock, false, 1).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The kernel, not our code, drops the segments: a SYN-ACK from loopback's default TTL 64
+    /// never completes a handshake that asked for 255, one sent with TTL 255 does.
+    #[test]
+    fn segments_below_the_minimum_ttl_are_dropped() {
+        use socket2::{Domain, Socket, Type};
+        let timeout = std::time::Duration::from_millis(500);
+        for (listener_ttl, connects) in [(None, false), (Some(255), true)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+            if let Some(ttl) = listener_ttl {
+                set_ttl(&l, false, ttl).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+            let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap_or_else(|e| panic!("{e}"));
+            set_min_ttl(&c, false, 255).unwrap_or_else(|e| panic!("{e}"));
+            let result = c.connect_timeout(&addr.into(), timeout);
+            assert_eq!(
+                result.is_ok(),
+                connects,
+                "listener TTL {listener_ttl:?}: {result:?}"
+            );
+        }
+        let v6 = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap_or_else(|e| panic!("{e}"));
+        set_min_ttl(&v6, true, 255).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

@@ -386,7 +386,9 @@ async fn peer_task(
                     // arriving across a router gets no answer.
                     let v6 = stream.local_addr().is_ok_and(|a| a.is_ipv6() && a.ip().to_canonical().is_ipv6());
                     let ttl_set = socket::set_ttl(&stream, v6, ttl(&p.plan));
-                    if p.session.accepts() && ttl_set.is_ok() {
+                    // With TTL security the TTL of this connection's first segments was not
+                    // checked (the listener serves every peer): only our own connections count.
+                    if p.session.accepts() && ttl_set.is_ok() && p.plan.ttl_security.is_none() {
                         let local = p.attach(id, stream);
                         p.session.handle(Event::Connected(id, Direction::Inbound, local), Instant::now())
                     } else {
@@ -660,8 +662,11 @@ impl Peer {
 }
 
 /// Directly connected eBGP sends with TTL 1, so a session cannot form across a router unless
-/// `ebgpMultiHop` says so; multihop and iBGP use 255.
+/// `ebgpMultiHop` says so; multihop, iBGP and TTL security use 255.
 fn ttl(plan: &PeerPlan) -> u8 {
+    if plan.ttl_security.is_some() {
+        return 255;
+    }
     let ebgp = match plan.settings.peer_as {
         super::session::PeerAs::Fixed(asn) => asn != plan.settings.local_as,
         super::session::PeerAs::Internal => false,
@@ -687,6 +692,9 @@ async fn connect(plan: &PeerPlan) -> std::io::Result<TcpStream> {
         socket::set_md5(&sock, plan.address, pw.as_bytes())?;
     }
     socket::set_ttl(&sock, peer.is_ipv6(), ttl(plan))?;
+    if let Some(hops) = plan.ttl_security {
+        socket::set_min_ttl(&sock, peer.is_ipv6(), hops.min_ttl())?;
+    }
     if let Some(src) = plan.source {
         sock.bind(SocketAddr::new(src, 0))?;
     }

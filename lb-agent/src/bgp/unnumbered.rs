@@ -337,6 +337,7 @@ mod tests {
             source: None,
             password: None,
             multihop: false,
+            ttl_security: None,
             settings: crate::bgp::session::Settings {
                 peer_as: crate::bgp::session::PeerAs::External,
                 router_id: std::net::Ipv4Addr::new(10, 0, 0, 1),

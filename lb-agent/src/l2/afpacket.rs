@@ -23,7 +23,7 @@ use lb_common::{COUNTER_SLOTS, Counter, SlotBits, VipValue};
 use super::{
     L2Error,
     iface::Interface,
-    maps::VipEntry,
+    maps::{VipEntry, monotonic_ns},
     requesters::Requesters,
     responder::{self, Outcome, VipLookup},
 };
@@ -302,8 +302,9 @@ fn serve(socket: &PacketSocket, iface: &Interface, shared: &Shared, stop: &Atomi
         }
         if let Some((key, value)) = decision.asker
             && let Ok(mut r) = shared.requesters.lock()
+            && !r.record(key, value, monotonic_ns())
         {
-            r.record(key, value);
+            shared.counters.0[Counter::ClientsThrottled as usize].fetch_add(1, Ordering::Relaxed);
         }
         if let Outcome::Reply(reply) = decision.outcome
             && let Err(e) = socket.send(&reply)
@@ -316,7 +317,6 @@ fn serve(socket: &PacketSocket, iface: &Interface, shared: &Shared, stop: &Atomi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::l2::maps::monotonic_ns;
 
     fn arp_for(vip: [u8; 4]) -> Vec<u8> {
         let mut out = Vec::new();

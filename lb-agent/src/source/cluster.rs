@@ -1,6 +1,7 @@
 //! The in-cluster configuration source: the same [`Config`] as the standalone one, from the API
-//! server. kube-rs reflectors follow the metallb.io kinds and Secrets in the agent's namespace
-//! and Services, Namespaces, Nodes and EndpointSlices cluster-wide (relisting by themselves
+//! server. kube-rs reflectors follow the metallb.io kinds and two Secrets by name in the agent's
+//! namespace (the membership key, and the BGP passwords the controller hands over: see
+//! [`passwords`]) and Services, Namespaces, Nodes and EndpointSlices cluster-wide (relisting by themselves
 //! after a broken watch or a 410 Gone); any change wakes a rebuild, changes within a few
 //! milliseconds taken together.
 //!
@@ -16,11 +17,12 @@ use kube::{Api, Client, ResourceExt};
 use lb_controller::{
     config::{
         manifest::Objects,
+        passwords,
         settle::{LastGood, OnRefusal},
     },
     ipam::service::{is_ours, status_ips},
     plan::{PlanEntry, announceable},
-    sources::{Sources, watch as reflect},
+    sources::{SecretScope, Sources, watch as reflect},
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -99,7 +101,12 @@ pub fn build(objects: &Objects, opts: &Options) -> Config {
 /// and one more after every change.
 pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>, String>> {
     let changed = Arc::new(Notify::new());
-    let (sources, mut tasks) = Sources::start(&client, &opts.namespace, changed.clone());
+    let (sources, mut tasks) = Sources::start(
+        &client,
+        &opts.namespace,
+        SecretScope::Named(&[MEMBERLIST_SECRET, passwords::SECRET]),
+        changed.clone(),
+    );
     let slices = reflect(
         Api::<EndpointSlice>::all(client),
         changed.clone(),
@@ -115,6 +122,7 @@ pub fn watch(client: Client, opts: Options) -> mpsc::Receiver<Result<Arc<Config>
         let mut good = LastGood::new(OnRefusal::LastConfigObjects);
         loop {
             let mut objects = sources.objects();
+            objects.secrets = passwords::unbundle(std::mem::take(&mut objects.secrets));
             objects.endpoint_slices = slices.state().iter().map(|s| (**s).clone()).collect();
             let result = good
                 .settle(&mut objects, &[])

@@ -16,6 +16,7 @@
 mod leader;
 pub mod lease;
 pub mod memberlist;
+pub mod passwords;
 pub mod status;
 
 use std::{
@@ -128,6 +129,11 @@ impl Reconciler {
     /// One pass; `false` when a write failed and another pass is needed.
     async fn pass(&mut self, snapshot: Objects) -> bool {
         let report = validate::validate(&snapshot);
+        let handed = snapshot
+            .secrets
+            .iter()
+            .find(|s| s.name_any() == passwords::SECRET)
+            .cloned();
         let problems: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
         configstate::say(&self.config_state, problems.clone());
         if report.errors.is_empty() {
@@ -170,6 +176,20 @@ impl Reconciler {
             Ok(Settled::Valid | Settled::LastGood(_)) => {}
             Err(_) => return true,
         }
+        // The agents' passwords follow the configuration in force, as the addresses do.
+        let mut ok = true;
+        let want = crate::config::passwords::bundle(&objects);
+        match passwords::sync(&self.client, &self.opts.namespace, handed.as_ref(), want).await {
+            Ok(true) => tracing::info!(
+                secret = passwords::SECRET,
+                "handed the BGP passwords to the agents"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(secret = passwords::SECRET, error = %e, "cannot hand the BGP passwords to the agents");
+                ok = false;
+            }
+        }
         let (entries, usage) =
             plan::plan_with_usage(&objects, self.opts.lb_class.as_deref(), &BTreeMap::new());
         self.metrics.record_usage(&usage);
@@ -198,7 +218,6 @@ impl Reconciler {
                 )
             })
             .collect();
-        let mut ok = true;
         for update in updates {
             let Some(svc) = by_key.get(&update.key) else {
                 continue;
@@ -313,7 +332,12 @@ pub async fn run(
     metrics.ready.store(false, Ordering::Relaxed);
 
     let changed = Arc::new(Notify::new());
-    let (sources, tasks) = sources::Sources::start(&client, &opts.namespace, changed.clone());
+    let (sources, tasks) = sources::Sources::start(
+        &client,
+        &opts.namespace,
+        sources::SecretScope::All,
+        changed.clone(),
+    );
     let mut watches = tokio::task::JoinSet::new();
     for t in tasks {
         watches.spawn(t);

@@ -5,8 +5,8 @@
 //! - Value syntax, one parser each: [`address`] (pool entries), [`community`] (BGP communities).
 //! - [`selector`]: which advertisement selects which pool, node and Service.
 //! - [`manifest`]: reading YAML documents into [`manifest::Objects`]; [`memberlist`]: where the
-//!   agents' membership key lives.
-//! - [`l2mode`]: the Layer 2 mode of a Service.
+//!   agents' membership key lives; [`passwords`]: the BGP passwords handed to the agents.
+//! - [`l2mode`]: the Layer 2 mode of a Service; [`gtsm`]: a BGPPeer's TTL security.
 //! - [`rules`] (the cross-object rules) and, above them, [`validate`]: MetalLB's validation as
 //!   a [`Report`] of [`Problem`]s.
 //! - [`settle`]: what to act on when validation refuses a reading.
@@ -17,9 +17,11 @@ pub mod address;
 pub mod arbitrary;
 pub mod community;
 pub mod crds;
+pub mod gtsm;
 pub mod l2mode;
 pub mod manifest;
 pub mod memberlist;
+pub mod passwords;
 pub mod rules;
 pub mod selector;
 pub mod settle;

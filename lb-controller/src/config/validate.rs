@@ -535,6 +535,14 @@ fn peers(objects: &Objects, report: &mut Report) {
                 format!("{port} is outside 1..=16384"),
             );
         }
+        if let Some(Err(e)) = super::gtsm::hops(peer.annotations()) {
+            report.error(
+                KIND,
+                &name,
+                format!("metadata.annotations[{}]", super::gtsm::ANNOTATION),
+                e,
+            );
+        }
         if s.password.is_some() && s.password_secret.is_some() {
             report.error(
                 KIND,
@@ -782,7 +790,7 @@ spec:
         let yaml = r#"
 apiVersion: metallb.io/v1beta2
 kind: BGPPeer
-metadata: {name: p}
+metadata: {name: p, annotations: {xdplb.io/ttl-security-hops: "0"}}
 spec:
   myASN: 64500
   peerASN: 64501
@@ -804,6 +812,7 @@ stringData: {user: u}
                 "BGPPeer/p: spec.dynamicASN: set peerASN or dynamicASN, not both",
                 "BGPPeer/p: spec.peerAddress: one of peerAddress or interface is required",
                 "BGPPeer/p: spec.peerPort: 20000 is outside 1..=16384",
+                "BGPPeer/p: metadata.annotations[xdplb.io/ttl-security-hops]: \"0\" is not a hop count (1 for a directly connected router, up to 254)",
                 "BGPPeer/p: spec.passwordSecret: set password or passwordSecret, not both",
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" must be of type kubernetes.io/basic-auth",
                 "BGPPeer/p: spec.passwordSecret: Secret \"s\" has no key \"password\"",
