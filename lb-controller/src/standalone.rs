@@ -169,18 +169,25 @@ pub async fn run(
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     tokio::spawn(metrics::serve(listener, metrics.clone()));
     let controller = Standalone::new(dir.clone(), lb_class, metrics);
-    log_pass(&controller.reconcile());
+    // Watching starts before the first pass reads anything: a file written between that read
+    // and the watch would otherwise wait for the next change (seen as a test that wrote a
+    // Service the moment the first allocations appeared, while the pass was still fsyncing).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(64);
     let watch_dir = dir.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && event.paths.iter().any(|p| relevant(&watch_dir, p))
-        {
+        let wake = match &event {
+            // A lost event (queue overflow) or a failing watch: read everything again.
+            Err(_) => true,
+            Ok(e) if e.need_rescan() => true,
+            Ok(e) => e.paths.iter().any(|p| relevant(&watch_dir, p)),
+        };
+        if wake {
             let _ = tx.try_send(());
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     tracing::info!(dir = %dir.display(), "watching the configuration directory");
+    log_pass(&controller.reconcile());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {

@@ -175,6 +175,16 @@ pub fn load_with(paths: &[PathBuf], strictness: Strictness) -> Result<Loaded, Lo
     let mut loaded = Loaded::default();
     for file in files(paths)? {
         let text = read_text(&file)?;
+        // An editor saving in place truncates first: read in between, the file would take all
+        // its objects with it (a pool gone, every Service's address with it). Nobody means
+        // zero bytes; a deliberate emptying is a removal.
+        if text.is_empty() {
+            return Err(LoadError::Refused {
+                path: file,
+                reason: "empty (still being written?); remove the file to remove its objects"
+                    .into(),
+            });
+        }
         add_text(&file, &text, strictness, &mut loaded)?;
     }
     Ok(loaded)
@@ -449,6 +459,21 @@ mod tests {
             outcome(&device).ends_with("zero.yaml: not a regular file"),
             "{}",
             outcome(&device)
+        );
+        let empty = dir.join("empty.yaml");
+        std::fs::write(&empty, "").expect("write");
+        assert!(
+            outcome(&empty).ends_with(
+                "empty.yaml: empty (still being written?); remove the file to remove its objects"
+            ),
+            "{}",
+            outcome(&empty)
+        );
+        std::fs::write(&empty, "# nothing yet\n").expect("write");
+        assert_eq!(
+            outcome(&empty),
+            "0 pools",
+            "a file of comments is a deliberate one"
         );
         assert_eq!(
             outcome(&mounted),
