@@ -1,14 +1,16 @@
 //! Layer 2 failover in the lab: three real agents (`lb-agent run`) on one bridge, the real
 //! standalone controller's allocations, real `arping` from the client. Every VIP is answered
 //! by exactly the node the election names; when that node's agent is killed, its VIPs move to
-//! the next node within a fraction of a second and every other VIP stays where it was.
+//! the next node within a fraction of a second and every other VIP stays where it was; also
+//! behind a bridge that snoops MLD, for an IPv6 VIP.
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
 use bpf_tests::{
-    harness::group::{Group, SERVICES, expected},
+    harness::group::{Group, SERVICES, expected, nodes_yaml, vip_of},
+    harness::lab::Lab,
     privileged,
 };
 
@@ -164,4 +166,109 @@ fn a_partition_lets_both_sides_announce_and_healing_leaves_only_the_owner() {
         block(o, isolated, "del");
     }
     g.converge(&owners, Duration::from_secs(3), "after healing");
+}
+
+/// The solicited-node groups `node` (an index) holds on its announcing interface.
+fn groups_held(g: &Group, node: usize) -> BTreeSet<String> {
+    let out = g.lab.nodes[node]
+        .ns
+        .exec("ip")
+        .args(["-6", "maddr", "show", "dev", "eth0"])
+        .output()
+        .expect("ip maddr");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|g| g.starts_with("ff02::1:ff"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 15 §1: a switch that snoops MLD forwards a solicitation for an IPv6 VIP only to the
+/// ports that reported the VIP's solicited-node group, and the kernel reports only the groups
+/// of its own addresses: nothing joined the VIPs' groups, so IPv4 VIPs were answered and IPv6
+/// ones were not. The owner joins its VIPs' groups (and only it), the next owner joins at
+/// takeover, and a node the VIP leaves leaves the group.
+#[test]
+fn an_ipv6_vip_is_answered_through_a_bridge_that_snoops_mld() {
+    if !privileged("an_ipv6_vip_is_answered_through_a_bridge_that_snoops_mld") {
+        return;
+    }
+    let lab = Lab::new("mld", 3);
+    lab.snoop_multicast();
+    let mut g = Group::start_on(lab, "mld", &[], |lab| {
+        format!(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {{name: v6, namespace: metallb-system}}\n\
+             spec: {{addresses: [\"fd00:210::2:200/125\"]}}\n---\n\
+             apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2, namespace: metallb-system}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: default}}\n\
+             spec: {{type: LoadBalancer, ipFamilies: [IPv6], ipFamilyPolicy: SingleStack, ports: [{{port: 80}}]}}\n{}",
+            nodes_yaml(lab)
+        )
+    });
+    let vip = vip_of(&g.dir, "default/web6");
+    let group = lb_agent::l2::groups::solicited_node(vip.parse().expect("an IPv6 VIP")).to_string();
+    let index = |name: &str| g.names.iter().position(|n| *n == name).expect("a node");
+    let answered_by = |g: &Group, want: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let who: Vec<String> = g
+                .lab
+                .ndisc6_all(&vip, 200)
+                .iter()
+                .filter_map(|m| g.macs.get(m).cloned())
+                .collect();
+            if who == [want.to_owned()] {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vip} answered by {who:?}, not {want}\n{}",
+                g.logs()
+            );
+        }
+    };
+    let holders = |g: &Group| -> Vec<&str> {
+        (0..3)
+            .filter(|i| groups_held(g, *i).contains(&group))
+            .map(|i| g.names[i])
+            .collect()
+    };
+
+    let owner = expected(&g.dir, &g.names)[&vip].clone();
+    answered_by(&g, &owner, Duration::from_secs(10));
+    assert_eq!(
+        holders(&g),
+        [owner.as_str()],
+        "only the owner joins {group}"
+    );
+    assert_eq!(
+        g.lab.group_ports(&group),
+        BTreeSet::from([format!("p{}", index(&owner) + 1)]),
+        "the bridge learnt the owner's report"
+    );
+
+    // The owner dies: the next one joins before it answers.
+    let victim = index(&owner);
+    g.kill(victim);
+    let survivors: Vec<&str> = g.names.iter().copied().filter(|n| *n != owner).collect();
+    let next = expected(&g.dir, &survivors)[&vip].clone();
+    answered_by(&g, &next, Duration::from_secs(5));
+    assert!(
+        holders(&g).contains(&next.as_str()),
+        "{next} did not join {group}"
+    );
+
+    // The owner returns and takes its VIP back: the interim owner leaves the group.
+    g.restart(victim);
+    answered_by(&g, &owner, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while holders(&g) != [owner.as_str()] {
+        assert!(
+            Instant::now() < deadline,
+            "{group} held by {:?} after the VIP went back to {owner}",
+            holders(&g)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

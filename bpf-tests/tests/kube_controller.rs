@@ -153,13 +153,14 @@ async fn allocates_writes_status_annotation_and_events() {
         (ingress(&api, "wanted") == ["10.20.0.2"]).then_some(())
     })
     .await;
-    let svc = api
-        .get("v1", "Service", Some("default"), "a")
-        .unwrap_or_else(|| panic!("a is gone"));
-    assert_eq!(
-        svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"],
-        "small"
-    );
+    // The annotation is a write of its own after the status (Kubernetes has no way to make
+    // the two one): seeing a's address does not mean its annotation is there yet.
+    eventually("a's pool annotation", Duration::from_secs(5), || {
+        let svc = api.get("v1", "Service", Some("default"), "a")?;
+        (svc["metadata"]["annotations"]["metallb.io/ip-allocated-from-pool"] == "small")
+            .then_some(())
+    })
+    .await;
     // The pool is full: a third Service is pending, with MetalLB's Warning.
     api.apply(service("c", json!({})));
     let failed = eventually("AllocationFailed on c", Duration::from_secs(5), || {

@@ -21,9 +21,7 @@ pub const VLAN: u16 = 100;
 
 /// Solicited-node multicast address of `addr` (RFC 4291 §2.7.1).
 pub fn solicited_node(addr: &[u8; 16]) -> [u8; 16] {
-    let mut a = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0];
-    a[13..].copy_from_slice(&addr[13..]);
-    a
+    lb_agent::l2::groups::solicited_node(std::net::Ipv6Addr::from(*addr)).octets()
 }
 
 /// Ethernet multicast address for an IPv6 multicast group (RFC 2464 §7).

@@ -260,7 +260,16 @@ impl Group {
     /// The same with the configuration `config` writes for the lab (pools, advertisements,
     /// Services; [`nodes_yaml`] gives the Nodes).
     pub fn start_config(tag: &str, extra: &[&str], config: impl FnOnce(&Lab) -> String) -> Self {
-        let lab = Lab::new(tag, 3);
+        Self::start_on(Lab::new(tag, 3), tag, extra, config)
+    }
+
+    /// The same on a lab of three nodes prepared beforehand (a snooping bridge, say).
+    pub fn start_on(
+        lab: Lab,
+        tag: &str,
+        extra: &[&str],
+        config: impl FnOnce(&Lab) -> String,
+    ) -> Self {
         let dir = config_dir(&config(&lab));
         allocate(&dir);
         let names = ["node-1", "node-2", "node-3"];

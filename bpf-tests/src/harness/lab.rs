@@ -106,6 +106,66 @@ impl Lab {
         attach_host(&self.segment, tag, port, addr)
     }
 
+    /// Makes the segment's bridge a switch that snoops MLD (and IGMP) and forwards multicast
+    /// only to the ports whose hosts reported the group, as managed switches do: it is its own
+    /// querier (answers within 1 s) and floods unregistered multicast to no port. Call it
+    /// before the agents start, so that their reports are what the bridge learns from.
+    pub fn snoop_multicast(&self) {
+        self.segment.ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "1",
+            "mcast_querier",
+            "1",
+            "mcast_query_response_interval",
+            "100",
+        ]);
+        for port in 0..=self.nodes.len() {
+            let out = self
+                .segment
+                .exec("bridge")
+                .args([
+                    "link",
+                    "set",
+                    "dev",
+                    &format!("p{port}"),
+                    "mcast_flood",
+                    "off",
+                ])
+                .output()
+                .expect("run bridge");
+            assert!(
+                out.status.success(),
+                "bridge link set p{port} mcast_flood off: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The bridge ports (`p0` the client, `p1`... the nodes) the bridge forwards `group` to,
+    /// from its multicast database.
+    pub fn group_ports(&self, group: &str) -> BTreeSet<String> {
+        let out = self
+            .segment
+            .exec("bridge")
+            .args(["mdb", "show", "dev", "br0"])
+            .output()
+            .expect("run bridge mdb");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == group))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "port")?;
+                words.next().map(str::to_owned)
+            })
+            .collect()
+    }
+
     /// Where the bridge ports' pass-through programs are pinned.
     pub fn pass_pins(&self) -> &std::path::Path {
         self._pass_pins.path()

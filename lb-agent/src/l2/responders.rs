@@ -24,6 +24,7 @@ use super::{
     L2Error,
     afpacket::{self, Table},
     datapath::{Datapath, XdpModes, any_link_pinned},
+    groups::{self, Groups},
     iface::Interface,
     maps::{ApplyStats, Client, VipEntry, VipMaps, monotonic_ns},
 };
@@ -137,6 +138,8 @@ pub struct Responders {
     stop: Arc<AtomicBool>,
     /// The AF_PACKET responders' table, counters and recorded requesters.
     pub af: Arc<afpacket::Shared>,
+    /// The solicited-node groups of the IPv6 VIPs answered, joined on their interfaces.
+    groups: Groups,
 }
 
 impl Responders {
@@ -213,6 +216,7 @@ impl Responders {
             threads,
             stop,
             af,
+            groups: Groups::new(),
         })
     }
 
@@ -250,7 +254,27 @@ impl Responders {
 
     /// Answers for exactly `entries` (make before break in the maps), with `slots` as the
     /// tables of the active-active VIPs among them; returns what changed in the XDP maps.
+    /// The IPv6 VIPs' solicited-node groups are joined before they are answered and left
+    /// after they are not.
     pub fn apply(
+        &mut self,
+        entries: &[VipEntry],
+        slots: &BTreeMap<IpAddr, SlotBits>,
+    ) -> Result<ApplyStats, L2Error> {
+        let groups = groups::wanted(entries);
+        for f in self.groups.join(&groups) {
+            warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
+                "cannot join the solicited-node group: switches that snoop MLD may not forward solicitations for its VIPs");
+        }
+        let stats = self.apply_entries(entries, slots)?;
+        for f in self.groups.leave_except(&groups) {
+            warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
+                "cannot leave the solicited-node group");
+        }
+        Ok(stats)
+    }
+
+    fn apply_entries(
         &mut self,
         entries: &[VipEntry],
         slots: &BTreeMap<IpAddr, SlotBits>,

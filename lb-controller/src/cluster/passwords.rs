@@ -1,5 +1,5 @@
 //! Keeps the agents' copy of the BGP passwords ([`crate::config::passwords`]) in step with
-//! the BGPPeers and their Secrets: created when missing, replaced when it differs, never
+//! the BGPPeers and their Secrets: created when first needed, replaced when it differs, never
 //! written when it is already right (so a quiet cluster sees no writes).
 use std::collections::BTreeMap;
 
@@ -19,7 +19,9 @@ pub async fn sync(
     want: BTreeMap<String, ByteString>,
 ) -> Result<bool, kube::Error> {
     let have = current.and_then(|s| s.data.clone()).unwrap_or_default();
-    if current.is_some() && have == want {
+    // Nothing to hand over and nothing handed: an installation without BGP passwords gets no
+    // Secret it does not need.
+    if have == want && (current.is_some() || want.is_empty()) {
         return Ok(false);
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -35,8 +37,16 @@ pub async fn sync(
         ..Secret::default()
     };
     match current {
-        None => api.create(&PostParams::default(), &secret).await?,
-        Some(_) => api.replace(SECRET, &PostParams::default(), &secret).await?,
-    };
+        None => match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {}
+            // Created a moment ago, by this pass's predecessor or the other replica: the
+            // watch brings it, and the next pass compares with it.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
+            Err(e) => return Err(e),
+        },
+        Some(_) => {
+            api.replace(SECRET, &PostParams::default(), &secret).await?;
+        }
+    }
     Ok(true)
 }
