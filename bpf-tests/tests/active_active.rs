@@ -98,6 +98,15 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     };
     // The agents decide one failure timeout after they start: wait for a first answer.
     first_answer(&fleet, &g);
+    // Every node answers the shared IPv6 VIP, so every node joins its solicited-node group.
+    let group = lb_agent::l2::groups::solicited_node(VIP6.parse().expect("VIP6")).to_string();
+    for i in 0..3 {
+        assert!(
+            g.lab.solicited_groups(i).contains(&group),
+            "{} did not join {group}",
+            g.names[i]
+        );
+    }
 
     let mut before: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for vip in [VIP4, VIP6] {

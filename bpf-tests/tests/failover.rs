@@ -168,22 +168,6 @@ fn a_partition_lets_both_sides_announce_and_healing_leaves_only_the_owner() {
     g.converge(&owners, Duration::from_secs(3), "after healing");
 }
 
-/// The solicited-node groups `node` (an index) holds on its announcing interface.
-fn groups_held(g: &Group, node: usize) -> BTreeSet<String> {
-    let out = g.lab.nodes[node]
-        .ns
-        .exec("ip")
-        .args(["-6", "maddr", "show", "dev", "eth0"])
-        .output()
-        .expect("ip maddr");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|g| g.starts_with("ff02::1:ff"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Issue 15 §1: a switch that snoops MLD forwards a solicitation for an IPv6 VIP only to the
 /// ports that reported the VIP's solicited-node group, and the kernel reports only the groups
 /// of its own addresses: nothing joined the VIPs' groups, so IPv4 VIPs were answered and IPv6
@@ -230,7 +214,7 @@ fn an_ipv6_vip_is_answered_through_a_bridge_that_snoops_mld() {
     };
     let holders = |g: &Group| -> Vec<&str> {
         (0..3)
-            .filter(|i| groups_held(g, *i).contains(&group))
+            .filter(|i| g.lab.solicited_groups(*i).contains(&group))
             .map(|i| g.names[i])
             .collect()
     };

@@ -53,7 +53,8 @@ pub fn nodes_yaml(lab: &Lab) -> String {
     yaml
 }
 
-fn config_dir(config: &str) -> PathBuf {
+/// A configuration directory holding `config` and the group's secret.
+pub fn config_dir(config: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique("xdplb-failover"));
     std::fs::create_dir_all(&dir).expect("config dir");
     std::fs::write(dir.join("config.yaml"), config).expect("write config");

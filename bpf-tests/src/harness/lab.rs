@@ -166,6 +166,22 @@ impl Lab {
             .collect()
     }
 
+    /// The solicited-node groups node `i` (from 0) has joined on its `eth0`.
+    pub fn solicited_groups(&self, i: usize) -> BTreeSet<String> {
+        let out = self.nodes[i]
+            .ns
+            .exec("ip")
+            .args(["-6", "maddr", "show", "dev", "eth0"])
+            .output()
+            .expect("ip maddr");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|g| g.starts_with("ff02::1:ff"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Where the bridge ports' pass-through programs are pinned.
     pub fn pass_pins(&self) -> &std::path::Path {
         self._pass_pins.path()

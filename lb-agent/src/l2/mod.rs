@@ -4,6 +4,7 @@ pub mod afpacket;
 pub mod announce;
 pub mod datapath;
 pub mod error;
+pub mod exclude;
 pub mod groups;
 pub mod iface;
 pub mod maps;

@@ -17,7 +17,7 @@ use rtnetlink::{
     packet_route::address::{AddressAttribute, AddressFlags},
 };
 
-use super::L2Error;
+use super::{L2Error, exclude::Exclusions};
 
 /// Netlink requests in flight at once while syncing.
 const IN_FLIGHT: usize = 64;
@@ -195,8 +195,9 @@ pub fn strict_arp_problem(root: &std::path::Path) -> Option<String> {
 
 /// The interfaces to announce on when none is named, as MetalLB's speaker chooses them: up,
 /// Ethernet, not loopback, with an address of global scope (pod veths and bridges without
-/// addresses drop out), and never `xdplb0` itself. Sorted by name.
-pub async fn discover(handle: &Handle) -> Result<Vec<String>, L2Error> {
+/// addresses drop out), not excluded (the runtime's and CNI's devices: [`Exclusions`]), and
+/// never `xdplb0` itself. Sorted by name.
+pub async fn discover(handle: &Handle, excluded: &Exclusions) -> Result<Vec<String>, L2Error> {
     use rtnetlink::packet_route::{
         address::AddressScope,
         link::{LinkAttribute, LinkFlags, LinkLayerType},
@@ -222,6 +223,7 @@ pub async fn discover(handle: &Handle) -> Result<Vec<String>, L2Error> {
         });
         if let (true, Some(name)) = (usable, name)
             && name != VIP_DEVICE
+            && !excluded.excludes(&name)
         {
             names.push(name);
         }

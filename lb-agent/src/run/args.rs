@@ -6,7 +6,7 @@ use anyhow::Context;
 use tracing::info;
 
 use crate::{
-    l2::{iface::Interface, responders::Mode, vipdev},
+    l2::{exclude::Exclusions, iface::Interface, responders::Mode, vipdev},
     membership::driver::check_secret,
     source,
 };
@@ -38,6 +38,11 @@ pub struct RunArgs {
     /// Ethernet, not loopback and has a global address, as MetalLB's speaker does.
     #[arg(long = "interface", short = 'i')]
     pub interfaces: Vec<String>,
+    /// When choosing the interfaces itself, also leave out those whose name matches this
+    /// regular expression (repeat for several), beside the container runtimes', CNI plugins'
+    /// and kube-proxy's own devices, which are always left out.
+    #[arg(long = "exclude-interface", value_name = "REGEX")]
+    pub exclude_interfaces: Vec<String>,
     #[arg(long, default_value = lb_common::DEFAULT_BPFFS)]
     pub bpffs: PathBuf,
     /// How ARP/NDP is answered: XDP where it attaches and AF_PACKET elsewhere (`auto`), or
@@ -109,14 +114,15 @@ impl RunArgs {
         Ok(Some(secret))
     }
 
-    /// The interfaces to announce on: `--interface`, else every one that is up, Ethernet and
-    /// addressed.
+    /// The interfaces to announce on: `--interface`, else every one that is up, Ethernet,
+    /// addressed and not excluded.
     pub async fn interfaces(&self) -> anyhow::Result<Vec<Interface>> {
         let names = if self.interfaces.is_empty() {
-            let found = vipdev::discover(&vipdev::connect()?).await?;
+            let excluded = Exclusions::new(&self.exclude_interfaces).map_err(anyhow::Error::msg)?;
+            let found = vipdev::discover(&vipdev::connect()?, &excluded).await?;
             if found.is_empty() {
                 anyhow::bail!(
-                    "no interface to announce on: none is up, Ethernet and addressed; name one with --interface"
+                    "no interface to announce on: none is up, Ethernet, addressed and not excluded; name one with --interface"
                 );
             }
             info!(interfaces = ?found, "announcing on the interfaces found (--interface to choose)");
