@@ -162,6 +162,15 @@ impl<R> Bgp<R> {
     }
 }
 
+impl Bgp<Frr> {
+    /// After `wait` (FRR retries every second: several tries), node `i`'s session is not up.
+    fn still_down_after(&self, i: usize, wait: Duration) {
+        std::thread::sleep(wait);
+        let ip = &self.lab.nodes[i].ipv4;
+        assert_ne!(self.router.peer_state(ip), "Established", "{}", self.logs());
+    }
+}
+
 fn frr_up(f: &Frr, ip: &str) -> bool {
     f.peer_state(ip) == "Established"
 }
@@ -324,14 +333,7 @@ fn md5_passwords_must_match_and_source_address_is_used() {
     });
     bgp.established(&[2], frr_up);
     bgp.established(&[0], |f: &Frr, _| frr_up(f, "10.210.0.21"));
-    std::thread::sleep(Duration::from_secs(3));
-    let wrong = bgp.lab.nodes[1].ipv4.clone();
-    assert_ne!(
-        bgp.router.peer_state(&wrong),
-        "Established",
-        "{}",
-        bgp.logs()
-    );
+    bgp.still_down_after(1, Duration::from_secs(3));
     let web = bgp.vip("web");
     let p = paths(&bgp.router, "ipv4", &format!("{web}/32"));
     assert_eq!(
@@ -381,16 +383,8 @@ fn ttl_security_holds_segments_to_the_hop_count() {
         Frr::start(&lab.client.ns, &conf, false)
     });
     bgp.established(&[0, 1], frr_up);
-    // node-3's connections and FRR's run every second (timers connect 1): long enough for
-    // several tries each way.
-    std::thread::sleep(Duration::from_secs(5));
-    let ours = bgp.lab.nodes[2].ipv4.clone();
-    assert_ne!(
-        bgp.router.peer_state(&ours),
-        "Established",
-        "{}",
-        bgp.logs()
-    );
+    // node-3's connections and FRR's both run every second (timers connect 1).
+    bgp.still_down_after(2, Duration::from_secs(5));
     let web = bgp.vip("web");
     let p = paths(&bgp.router, "ipv4", &format!("{web}/32"));
     assert_eq!(

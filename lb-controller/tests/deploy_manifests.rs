@@ -217,44 +217,13 @@ fn expect(triples: &[(&str, &[&str], &[&str])]) -> Grants {
     out
 }
 
-/// The rules bound to service account `sa`: (cluster-wide, in its namespace).
-fn rbac_of(sa: &str) -> (Grants, Grants) {
+/// The rules of the `role` kind (ClusterRole, Role) that `binding` objects bind to service
+/// account `sa`.
+fn bound_rules(sa: &str, binding: &str, role: &str) -> Vec<PolicyRule> {
     let docs = applied();
-    let bound = |kind: &str| -> Vec<String> {
-        docs.iter()
-            .filter(|d| d["kind"] == kind)
-            .filter(|d| {
-                d["subjects"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().any(|s| s["name"] == sa))
-            })
-            .map(|d| d["roleRef"]["name"].as_str().expect("roleRef").to_owned())
-            .collect()
-    };
-    let rules = |kind: &str, names: Vec<String>| -> Grants {
-        docs.iter()
-            .filter(|d| d["kind"] == kind)
-            .filter(|d| names.iter().any(|n| d["metadata"]["name"] == n.as_str()))
-            .flat_map(|d| {
-                let rules: Vec<PolicyRule> = serde_json::from_value(d["rules"].clone())
-                    .unwrap_or_else(|e| panic!("{kind} rules: {e}"));
-                grants(&rules)
-            })
-            .collect()
-    };
-    (
-        rules("ClusterRole", bound("ClusterRoleBinding")),
-        rules("Role", bound("RoleBinding")),
-    )
-}
-
-/// For each rule of `sa`'s Roles on Secrets: its verbs and the names it is limited to (empty:
-/// every Secret of the namespace).
-fn secret_rules(sa: &str) -> BTreeSet<(Vec<String>, Vec<String>)> {
-    let docs = applied();
-    let roles: Vec<String> = docs
+    let names: Vec<String> = docs
         .iter()
-        .filter(|d| d["kind"] == "RoleBinding")
+        .filter(|d| d["kind"] == binding)
         .filter(|d| {
             d["subjects"]
                 .as_array()
@@ -263,13 +232,29 @@ fn secret_rules(sa: &str) -> BTreeSet<(Vec<String>, Vec<String>)> {
         .map(|d| d["roleRef"]["name"].as_str().expect("roleRef").to_owned())
         .collect();
     docs.iter()
-        .filter(|d| d["kind"] == "Role")
-        .filter(|d| roles.iter().any(|n| d["metadata"]["name"] == n.as_str()))
+        .filter(|d| d["kind"] == role)
+        .filter(|d| names.iter().any(|n| d["metadata"]["name"] == n.as_str()))
         .flat_map(|d| {
             let rules: Vec<PolicyRule> = serde_json::from_value(d["rules"].clone())
-                .unwrap_or_else(|e| panic!("Role rules: {e}"));
+                .unwrap_or_else(|e| panic!("{role} rules: {e}"));
             rules
         })
+        .collect()
+}
+
+/// The rules bound to service account `sa`: (cluster-wide, in its namespace).
+fn rbac_of(sa: &str) -> (Grants, Grants) {
+    (
+        grants(&bound_rules(sa, "ClusterRoleBinding", "ClusterRole")),
+        grants(&bound_rules(sa, "RoleBinding", "Role")),
+    )
+}
+
+/// For each rule of `sa`'s Roles on Secrets: its verbs and the names it is limited to (empty:
+/// every Secret of the namespace).
+fn secret_rules(sa: &str) -> BTreeSet<(Vec<String>, Vec<String>)> {
+    bound_rules(sa, "RoleBinding", "Role")
+        .into_iter()
         .filter(|r| r.resources.iter().flatten().any(|r| r == "secrets"))
         .map(|r| (r.verbs, r.resource_names.unwrap_or_default()))
         .collect()

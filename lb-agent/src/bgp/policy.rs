@@ -17,6 +17,7 @@ use lb_controller::{
         community::Community,
         gtsm::{self, Hops},
         manifest::Objects,
+        passwords,
         rules::duration,
         selector::{self, Advertisement},
         types::{BFDProfileSpec, BGPAdvertisement, DynamicAsn, v1beta2::BGPPeer},
@@ -116,16 +117,8 @@ impl BgpInputs {
                     s.namespace().unwrap_or_else(|| "default".into()),
                     s.name_any()
                 );
-                let from_data = s
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("password"))
-                    .and_then(|b| String::from_utf8(b.0.clone()).ok());
-                let from_string = s
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get("password").cloned());
-                Some((key, from_data.or(from_string)?))
+                let password = String::from_utf8(passwords::password_of(s)?).ok()?;
+                Some((key, password))
             })
             .collect();
         BgpInputs {

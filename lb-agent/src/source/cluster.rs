@@ -1,9 +1,9 @@
 //! The in-cluster configuration source: the same [`Config`] as the standalone one, from the API
 //! server. kube-rs reflectors follow the metallb.io kinds and two Secrets by name in the agent's
 //! namespace (the membership key, and the BGP passwords the controller hands over: see
-//! [`passwords`]) and Services, Namespaces, Nodes and EndpointSlices cluster-wide (relisting by themselves
-//! after a broken watch or a 410 Gone); any change wakes a rebuild, changes within a few
-//! milliseconds taken together.
+//! [`passwords`]) and Services, Namespaces, Nodes and EndpointSlices cluster-wide (relisting by
+//! themselves after a broken watch or a 410 Gone); any change wakes a rebuild, changes within a
+//! few milliseconds taken together.
 //!
 //! [`build`] is pure: the controller's validation, each Service's addresses from its
 //! `status.loadBalancer.ingress` (what the controller wrote) with the pool that holds them, the

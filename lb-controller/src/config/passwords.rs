@@ -19,8 +19,8 @@ use super::manifest::Objects;
 /// The Secret the controller writes and the agents read.
 pub const SECRET: &str = "xdplb-bgp-passwords";
 /// The Secret type MetalLB requires of a `passwordSecret`, and its key.
-const BASIC_AUTH: &str = "kubernetes.io/basic-auth";
-const PASSWORD: &str = "password";
+pub const BASIC_AUTH: &str = "kubernetes.io/basic-auth";
+pub const PASSWORD: &str = "password";
 
 /// The data of [`SECRET`] for `objects`: the password of every usable Secret a BGPPeer refers
 /// to, and nothing else (a Secret nobody refers to stays where it is).
@@ -51,8 +51,9 @@ pub fn bundle(objects: &Objects) -> BTreeMap<String, ByteString> {
     out
 }
 
-/// A Secret's `password`, from `data` or (as written in a manifest) `stringData`.
-fn password_of(s: &Secret) -> Option<Vec<u8>> {
+/// A Secret's `password`, from `data` or (as written in a manifest) `stringData`: the one
+/// reading of it, for validation, the agents' policy and the copy handed to them.
+pub fn password_of(s: &Secret) -> Option<Vec<u8>> {
     s.data
         .as_ref()
         .and_then(|d| d.get(PASSWORD))

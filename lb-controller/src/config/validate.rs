@@ -561,24 +561,21 @@ fn peers(objects: &Objects, report: &mut Report) {
                     format!("no Secret named {secret:?}"),
                 ),
                 Some(x) => {
-                    if x.type_.as_deref() != Some("kubernetes.io/basic-auth") {
+                    use super::passwords::{BASIC_AUTH, PASSWORD, password_of};
+                    if x.type_.as_deref() != Some(BASIC_AUTH) {
                         report.error(
                             KIND,
                             &name,
                             "spec.passwordSecret",
-                            format!("Secret {secret:?} must be of type kubernetes.io/basic-auth"),
+                            format!("Secret {secret:?} must be of type {BASIC_AUTH}"),
                         );
                     }
-                    let has_key = x.data.as_ref().is_some_and(|d| d.contains_key("password"))
-                        || x.string_data
-                            .as_ref()
-                            .is_some_and(|d| d.contains_key("password"));
-                    if !has_key {
+                    if password_of(x).is_none() {
                         report.error(
                             KIND,
                             &name,
                             "spec.passwordSecret",
-                            format!("Secret {secret:?} has no key \"password\""),
+                            format!("Secret {secret:?} has no key {PASSWORD:?}"),
                         );
                     }
                 }
