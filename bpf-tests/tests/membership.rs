@@ -274,6 +274,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
                 echo: 0,
                 hold_ms: 0,
                 phase: Phase::Leaving,
+                links: None,
             };
             flood.push(bye.encode(b"not-the-lab-secret-at-all").expect("encode"));
             flood.push(bye.encode(SECRET.as_bytes()).expect("encode"));

@@ -6,6 +6,9 @@
 //! - a heartbeat in ([`Membership::recv`]): a change of the alive set acts at once;
 //! - a configuration ([`Agent::configure`]), from a directory or the API server;
 //! - unnumbered BGP neighbours found ([`Agent::neighbours`]);
+//! - the announcing interfaces or their carrier changed ([`Agent::relink`]): an interface added
+//!   is answered on, a removed one released, and this node's links as its heartbeats say them
+//!   (the election prefers nodes whose VIP link is up and in the VIP's subnet) go out at once;
 //! - SIGTERM or SIGINT ([`Agent::shutdown`]): a goodbye, then withdraw.
 //!
 //! The decisions are not here: who is alive is [`crate::membership::detector`]'s, who
@@ -38,6 +41,7 @@ use crate::{
         afpacket::PacketSocket,
         announce,
         iface::Interface,
+        links::{Carrier, LinkState},
         maps::monotonic_ns,
         responders::{Responders, entries},
         vipdev,
@@ -66,6 +70,13 @@ struct Agent {
     failure_timeout: Duration,
     metrics: Arc<AgentMetrics>,
     ifaces: Vec<Interface>,
+    /// The announcing interfaces as netlink shows them.
+    links: watch::Receiver<Vec<LinkState>>,
+    /// Which of them count as up for the election.
+    carrier: Carrier,
+    /// Interfaces added since the maps were last written: the VIPs already answered are
+    /// announced on them, and the maps must be written even if the election did not change.
+    added: Vec<Interface>,
     responders: Responders,
     /// One per interface, for gratuitous ARP / unsolicited NA and notices.
     sockets: Arc<Vec<(u32, PacketSocket)>>,
@@ -105,6 +116,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => agent.tick().await?,
             Ok(()) = agent.neighbors.changed() => agent.neighbours(),
+            Ok(()) = agent.links.changed() => {
+                if agent.relink() {
+                    // Tell the peers and elect now: a VIP link that lost carrier is a failover.
+                    ticker.reset_immediately();
+                }
+            }
             Some(reading) = configs.recv() => {
                 if agent.configure(reading) {
                     agent.tick().await?;
@@ -132,7 +149,12 @@ impl Agent {
             .await
             .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
         tokio::spawn(lb_controller::metrics::serve(listener, metrics.clone()));
-        let ifaces = args.interfaces().await?;
+        let links = crate::l2::links::watch(args.selection()?).await?;
+        let states = links.borrow().clone();
+        args.check_interfaces(&states)?;
+        let ifaces: Vec<Interface> = states.iter().map(|s| s.iface.clone()).collect();
+        let mut carrier = Carrier::default();
+        carrier.observe(&states, Instant::now());
         let mut responders = Responders::start(&args.bpffs, &ifaces, args.mode.into(), 0, true)?;
         for (_, mode) in &responders.modes {
             metrics
@@ -163,7 +185,7 @@ impl Agent {
             warn!(%problem, "other nodes' kernels answer ARP for the VIPs");
         }
         let secret_from_config = secret.is_none();
-        let membership = Membership::bind(
+        let mut membership = Membership::bind(
             args.port,
             &args.node_name,
             args.failure_timeout,
@@ -172,6 +194,9 @@ impl Agent {
         )
         .await
         .with_context(|| format!("binding UDP port {}", args.port))?;
+        let up = carrier.links(Instant::now());
+        info!(links = %up, "announcing links with carrier");
+        membership.set_links(up);
         let client = match &args.config_dir {
             Some(_) => None,
             None => Some(kube::Client::try_default().await.context(
@@ -209,6 +234,9 @@ impl Agent {
             failure_timeout: args.failure_timeout,
             metrics,
             ifaces,
+            links,
+            carrier,
+            added: Vec::new(),
             responders,
             sockets: Arc::new(sockets),
             lease_ns,
@@ -237,6 +265,76 @@ impl Agent {
             let found = self.neighbors.borrow_and_update();
             self.speaker.apply(bgp::unnumbered::resolve(&c.bgp, &found));
         }
+    }
+
+    /// The announcing interfaces or their links changed. Interfaces gone are released and new
+    /// ones answered on (their VIPs at the next step); returns whether anything changed that
+    /// the election or the peers must hear about now.
+    fn relink(&mut self) -> bool {
+        let states = self.links.borrow_and_update().clone();
+        let now = Instant::now();
+        let wanted: Vec<Interface> = states.iter().map(|s| s.iface.clone()).collect();
+        let mut changed = false;
+        if wanted != self.ifaces {
+            changed = true;
+            for gone in self.ifaces.iter().filter(|i| !wanted.contains(i)) {
+                info!(iface = %gone.name, "interface gone or no longer chosen; released");
+                if let Err(e) = self.responders.remove(gone) {
+                    warn!(iface = %gone.name, error = %e, "cannot detach from the interface");
+                }
+            }
+            self.ifaces.retain(|i| wanted.contains(i));
+            self.added.retain(|i| wanted.contains(i));
+            let new: Vec<Interface> = wanted
+                .iter()
+                .filter(|i| !self.ifaces.contains(i))
+                .cloned()
+                .collect();
+            for new in &new {
+                match self.responders.add(new) {
+                    Ok(()) => {
+                        info!(iface = %new.name, "answering on a new interface");
+                        if self.local.is_some()
+                            && let Err(e) = vipdev::quiet_arp(&new.name)
+                        {
+                            warn!(iface = %new.name, error = %e, "cannot keep the kernel from answering ARP for VIPs");
+                        }
+                        self.ifaces.push(new.clone());
+                        self.added.push(new.clone());
+                    }
+                    Err(e) => {
+                        warn!(iface = %new.name, error = %e, "cannot answer on the interface; left out until it changes")
+                    }
+                }
+            }
+            self.ifaces.sort_by(|a, b| a.name.cmp(&b.name));
+            self.sockets = Arc::new(
+                self.ifaces
+                    .iter()
+                    .filter_map(|i| match PacketSocket::open(i, false) {
+                        Ok(s) => Some((i.index, s)),
+                        Err(e) => {
+                            warn!(iface = %i.name, error = %e, "cannot send announcements on the interface");
+                            None
+                        }
+                    })
+                    .collect(),
+            );
+            self.dirty = true;
+        }
+        self.carrier.observe(&states, now);
+        changed | self.follow_carrier(now)
+    }
+
+    /// Puts the links that count as up at `now` in the heartbeats; `true` when that changed.
+    fn follow_carrier(&mut self, now: Instant) -> bool {
+        let links = self.carrier.links(now);
+        let said = links.to_string();
+        let changed = self.membership.set_links(links);
+        if changed {
+            info!(links = %said, "announcing links with carrier changed; telling the peers");
+        }
+        changed
     }
 
     /// Takes a configuration reading; `true` when it is one to act on now.
@@ -310,6 +408,8 @@ impl Agent {
     /// when something they depend on changed.
     async fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
+        // A link back up counts once it has stayed up a moment.
+        self.follow_carrier(now);
         if let Some(c) = &self.config {
             // A lost datagram is what the failure timeout is for: nothing to report here.
             let _ = self.membership.beat(&c.peers, self.handover.phase()).await;
@@ -329,7 +429,7 @@ impl Agent {
             return Ok(());
         }
         self.dirty = false;
-        let wanted = election::layer2(&self.node, &c.inputs, &c.allocations, &view.alive);
+        let wanted = election::layer2(&self.node, &c.inputs, &c.allocations, &view.members);
         let step = self.handover.step(wanted, view.changed, view.rejoined, now);
         self.metrics.set_ready();
         // xdplb0 holds what this node owns at Layer 2 and what it advertises over BGP.
@@ -337,7 +437,7 @@ impl Agent {
             let ips = step.announced.iter().map(|a| a.vip);
             local.hold(ips.chain(c.bgp_ips.iter().copied()).collect());
         }
-        if step.changed {
+        if step.changed || !self.added.is_empty() {
             self.apply(step)?;
             trim_heap();
         }
@@ -415,7 +515,15 @@ impl Agent {
         self.reporter
             .layer2(&step.announced, &step.gained, &self.ifaces);
         // Active-active VIPs are announced to no one but the clients of the slots taken over.
-        let burst = entries(&step.fresh, &self.ifaces, &BTreeMap::new());
+        let mut burst = entries(&step.fresh, &self.ifaces, &BTreeMap::new());
+        let added = std::mem::take(&mut self.added);
+        burst.extend(entries(
+            step.announced
+                .iter()
+                .filter(|a| !step.fresh.contains(a) && !step.bits.contains_key(&a.vip)),
+            &added,
+            &BTreeMap::new(),
+        ));
         let notices = (!step.took_slots.is_empty()).then(|| {
             let (source, took, ifaces) = (
                 self.responders.clients_source(),

@@ -60,19 +60,15 @@ impl Agent {
     ) -> Self {
         let dir = dir.to_str().expect("utf-8 config path");
         let pins = pins.to_str().expect("utf-8 pin path");
-        let mut args = vec![
-            "run",
-            "--node-name",
-            node,
-            "--config-dir",
-            dir,
-            "--interface",
-            "eth0",
-            "--bpffs",
-            pins,
-            "--metrics-addr",
-            METRICS,
-        ];
+        let mut args = vec!["run", "--node-name", node, "--config-dir", dir];
+        // `eth0` unless `extra` says which interfaces, or how to choose them.
+        if !extra
+            .iter()
+            .any(|a| *a == "--interface" || *a == "--exclude-interface")
+        {
+            args.extend_from_slice(&["--interface", "eth0"]);
+        }
+        args.extend_from_slice(&["--bpffs", pins, "--metrics-addr", METRICS]);
         args.extend_from_slice(extra);
         Self::start_env(ns, &args, env)
     }

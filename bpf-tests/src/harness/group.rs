@@ -95,7 +95,7 @@ pub fn expected(dir: &Path, alive: &[&str]) -> BTreeMap<String, String> {
     let allocations = allocations(dir);
     let alive: BTreeSet<String> = alive.iter().map(|s| (*s).to_owned()).collect();
     let inputs = lb_agent::inputs::Inputs::new(&objects);
-    let owners = lb_agent::election::owners(&inputs, &allocations, &alive);
+    let owners = lb_agent::election::owners(&inputs, &allocations, &alive.into());
     allocations
         .iter()
         .filter_map(|e| Some((e.ips.first()?.to_string(), owners.get(&e.service)?.clone())))

@@ -18,6 +18,28 @@ pub struct Host {
     pub ipv6: String,
 }
 
+impl Host {
+    /// `count` ARP requests for `target` from this host's `eth0`, waiting at most `deadline`
+    /// seconds in all (arping's `-w`): the replying MACs, one per answer.
+    pub fn arping_within(&self, target: &str, count: u32, deadline: &str) -> Vec<String> {
+        let out = self
+            .ns
+            .exec("arping")
+            .args([
+                "-c",
+                &count.to_string(),
+                "-w",
+                deadline,
+                "-I",
+                "eth0",
+                target,
+            ])
+            .output()
+            .expect("run arping");
+        crate::harness::netns::arping_macs(&out.stdout)
+    }
+}
+
 /// A bridge segment with a client and `n` nodes.
 pub struct Lab {
     /// Holds the bridge `br0` and the host-side end of every veth.
@@ -195,22 +217,7 @@ impl Lab {
     /// One ARP request, waiting at most `deadline` seconds (arping's `-w`): a probe fine enough
     /// to time a failover.
     pub fn arping_within(&self, target: &str, count: u32, deadline: &str) -> Vec<String> {
-        let out = self
-            .client
-            .ns
-            .exec("arping")
-            .args([
-                "-c",
-                &count.to_string(),
-                "-w",
-                deadline,
-                "-I",
-                "eth0",
-                target,
-            ])
-            .output()
-            .expect("run arping");
-        crate::harness::netns::arping_macs(&out.stdout)
+        self.client.arping_within(target, count, deadline)
     }
 
     /// One neighbour solicitation for `target` from the client, waiting `wait_ms` for every
@@ -288,6 +295,103 @@ impl Lab {
             ipv4: "10.211.0.2".into(),
             ipv6: "fd00:211::2".into(),
         }
+    }
+
+    /// A second segment beside the first, as nodes with two NICs have: a bridge `br1` (in the
+    /// segment's namespace) with a client of its own (10.212.0.1, fd00:212::1). Nodes are
+    /// plugged into it with [`Self::plug`]; node i (from 0) gets `eth1` with 10.212.0.(11 + i)
+    /// and fd00:212::(11 + i), on bridge port `q{i}`.
+    pub fn second_segment(&self, tag: &str) -> Host {
+        self.segment.ip(&["link", "add", "br1", "type", "bridge"]);
+        self.segment.ip(&["link", "set", "br1", "up"]);
+        let ns = NetNs::new(&crate::unique(tag));
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "qc",
+            "netns",
+            &self.segment.name,
+        ]);
+        self.segment.ip(&["link", "set", "qc", "master", "br1"]);
+        self.segment.ip(&["link", "set", "qc", "up"]);
+        ns.ip(&["addr", "add", "10.212.0.1/24", "dev", "eth0"]);
+        ns.ip(&["addr", "add", "fd00:212::1/64", "dev", "eth0", "nodad"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        Host {
+            ns,
+            ipv4: "10.212.0.1".into(),
+            ipv6: "fd00:212::1".into(),
+        }
+    }
+
+    /// Gives node `i` (from 0) its second NIC, `eth1` on the second segment
+    /// ([`Self::second_segment`]), up and addressed: a NIC added to a running node.
+    pub fn plug(&self, i: usize) {
+        let ns = &self.nodes[i].ns;
+        let port = format!("q{i}");
+        ip(&[
+            "link",
+            "add",
+            "eth1",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.segment.name,
+        ]);
+        self.segment.ip(&["link", "set", &port, "master", "br1"]);
+        self.segment.ip(&["link", "set", &port, "up"]);
+        // Native XDP_TX from the node's eth1 arrives only where the other end runs XDP.
+        let (dir, pin_port) = (self.pass_pins().to_owned(), port.clone());
+        self.segment.within(move || {
+            let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
+                .unwrap_or_else(|e| panic!("load xdp_pass: {e}"));
+            dp.attach_pass(
+                &pin_port,
+                lb_agent::l2::datapath::XdpModes::NativeOnly,
+                Some(&dir.join(format!("pass_{pin_port}"))),
+            )
+            .unwrap_or_else(|e| panic!("xdp_pass on {pin_port}: {e}"));
+        });
+        let addr = 11 + i;
+        ns.ip(&["addr", "add", &format!("10.212.0.{addr}/24"), "dev", "eth1"]);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("fd00:212::{addr:x}/64"),
+            "dev",
+            "eth1",
+            "nodad",
+        ]);
+        ns.ip(&["link", "set", "eth1", "up"]);
+    }
+
+    /// Takes node `i`'s second NIC's link down (`up`: back up) at the switch: the node sees
+    /// its `eth1` lose carrier while its first NIC, and its heartbeats, go on.
+    pub fn set_second_link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.segment.ip(&["link", "set", &format!("q{i}"), state]);
+    }
+
+    /// The MAC of node `i`'s `dev` (i from 0).
+    pub fn mac_of(&self, i: usize, dev: &str) -> [u8; 6] {
+        let dev = dev.to_owned();
+        self.nodes[i].ns.within(move || {
+            lb_agent::l2::iface::Interface::lookup(&dev)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .mac
+        })
     }
 
     /// The MAC of node `i`'s `eth0` (i from 0).

@@ -32,13 +32,18 @@ use lb_controller::{
     plan::PlanEntry,
 };
 
-use crate::inputs::{EXCLUDE_LABEL, Inputs, Labels};
+use crate::{
+    inputs::{EXCLUDE_LABEL, Inputs, Labels},
+    membership::Members,
+};
 
 pub mod handover;
 pub mod order;
+pub mod reach;
 pub mod slots;
 
 use order::Candidate;
+use reach::Reach;
 
 /// One VIP this node announces.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +64,19 @@ fn preference(ad: &L2Advertisement, labels: &BTreeMap<String, String>) -> u32 {
         .sum()
 }
 
+/// The interfaces a set of advertisements announce on: the union of their `interfaces`, or
+/// every one (empty) as soon as one of them lists none.
+fn interfaces<'a>(lists: impl IntoIterator<Item = &'a Vec<String>>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for list in lists {
+        if list.is_empty() {
+            return BTreeSet::new();
+        }
+        out.extend(list.iter().cloned());
+    }
+    out
+}
+
 /// Who answers for a Service's addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Election {
@@ -74,7 +92,7 @@ pub enum Election {
 pub fn elections(
     inputs: &Inputs,
     allocations: &[PlanEntry],
-    alive: &BTreeSet<String>,
+    members: &Members,
 ) -> BTreeMap<String, Election> {
     let mut out = BTreeMap::new();
     for entry in allocations {
@@ -91,10 +109,12 @@ pub fn elections(
             })
             .collect();
         let local = svc.and_then(|s| s.local_nodes.as_ref());
-        let candidates: Vec<Candidate> = inputs
+        let candidates: Vec<(Candidate, Reach)> = inputs
             .nodes
             .iter()
-            .filter(|(name, _)| alive.contains(*name) && !inputs.unavailable.contains(*name))
+            .filter(|(name, _)| {
+                members.alive.contains(*name) && !inputs.unavailable.contains(*name)
+            })
             .filter(|(name, _)| local.is_none_or(|nodes| nodes.contains(*name)))
             .filter(|(_, labels)| !labels.contains_key(EXCLUDE_LABEL))
             .filter_map(|(name, labels)| {
@@ -102,16 +122,20 @@ pub fn elections(
                     .iter()
                     .filter(|ad| ad.spec.selects_node(labels))
                     .collect();
-                (!chosen.is_empty()).then(|| Candidate {
+                let candidate = Candidate {
                     node: name.clone(),
                     preference: chosen
                         .iter()
                         .map(|ad| preference(ad, labels))
                         .max()
                         .unwrap_or(0),
-                })
+                };
+                let on = interfaces(chosen.iter().map(|ad| &ad.spec.interfaces));
+                let reach = reach::reach(members.links.get(name), &on, &entry.ips);
+                (!chosen.is_empty()).then_some((candidate, reach))
             })
             .collect();
+        let candidates = reach::best(candidates);
         let election = match l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied()) {
             L2Mode::SingleOwner => order::owner(*first, &candidates).map(Election::Owner),
             L2Mode::ActiveActive => {
@@ -136,9 +160,9 @@ pub fn elections(
 pub fn owners(
     inputs: &Inputs,
     allocations: &[PlanEntry],
-    alive: &BTreeSet<String>,
+    members: &Members,
 ) -> BTreeMap<String, String> {
-    elections(inputs, allocations, alive)
+    elections(inputs, allocations, members)
         .into_iter()
         .filter_map(|(svc, e)| match e {
             Election::Owner(node) => Some((svc, node)),
@@ -157,13 +181,8 @@ pub struct Layer2 {
 }
 
 /// What `node` announces, and which of it is shared with other nodes.
-pub fn layer2(
-    node: &str,
-    inputs: &Inputs,
-    allocations: &[PlanEntry],
-    alive: &BTreeSet<String>,
-) -> Layer2 {
-    let elections = elections(inputs, allocations, alive);
+pub fn layer2(node: &str, inputs: &Inputs, allocations: &[PlanEntry], members: &Members) -> Layer2 {
+    let elections = elections(inputs, allocations, members);
     let no_labels = Labels::new();
     let node_labels = inputs.nodes.get(node).unwrap_or(&no_labels);
     let mut out = Layer2::default();
@@ -178,21 +197,15 @@ pub fn layer2(
         let Some((pool, labels)) = inputs.pool_of(entry) else {
             continue;
         };
-        let mut interfaces = BTreeSet::new();
-        let mut all = false;
-        for ad in inputs
-            .l2_advertisements
-            .iter()
-            .filter(|ad| ad.spec.selects_pool(pool, labels) && ad.spec.selects_node(node_labels))
-        {
-            if ad.spec.interfaces.is_empty() {
-                all = true;
-            }
-            interfaces.extend(ad.spec.interfaces.iter().cloned());
-        }
-        if all {
-            interfaces.clear();
-        }
+        let interfaces = interfaces(
+            inputs
+                .l2_advertisements
+                .iter()
+                .filter(|ad| {
+                    ad.spec.selects_pool(pool, labels) && ad.spec.selects_node(node_labels)
+                })
+                .map(|ad| &ad.spec.interfaces),
+        );
         for ip in &entry.ips {
             out.announcements.insert(Announcement {
                 vip: *ip,
@@ -249,8 +262,12 @@ mod tests {
         }
     }
 
-    fn alive(names: &[&str]) -> BTreeSet<String> {
-        names.iter().map(|n| (*n).to_owned()).collect()
+    fn alive(names: &[&str]) -> Members {
+        names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect::<BTreeSet<String>>()
+            .into()
     }
 
     #[test]
@@ -298,6 +315,91 @@ mod tests {
         // Spread: with 20 VIPs every node gets some (sha256 ordering).
         let per: BTreeSet<&str> = seen.values().copied().collect();
         assert_eq!(per.len(), 3, "{seen:?}");
+    }
+
+    fn with_links(names: &[&str], links: &[(&str, &[(&str, &str)])]) -> Members {
+        use crate::membership::links::{Link, Links};
+        let mut m = alive(names);
+        for (node, ifaces) in links {
+            let l = Links::new(ifaces.iter().map(|(name, net)| Link {
+                name: (*name).to_owned(),
+                nets: vec![net.parse().unwrap_or_else(|e| panic!("{e}"))],
+            }));
+            m.links.insert((*node).to_owned(), l);
+        }
+        m
+    }
+
+    /// issue 15 §3: among the nodes MetalLB would consider, those on the VIP's subnet.
+    #[test]
+    fn a_node_without_the_vips_subnet_is_never_elected_unless_no_node_has_it() {
+        let o = objects(
+            json!([{"metadata": {"name": "l2"}, "spec": {}}]),
+            &[("a", json!({})), ("b", json!({})), ("c", json!({}))],
+        );
+        let allocs: Vec<PlanEntry> = (0..30)
+            .map(|i| alloc(&format!("default/s{i}"), &[&format!("10.0.0.{i}")]))
+            .collect();
+        let names = ["a", "b", "c"];
+        // c's only announcing interface is on another subnet.
+        let m = with_links(
+            &names,
+            &[
+                ("a", &[("eth0", "10.0.0.1/24")]),
+                ("b", &[("eth0", "10.0.0.2/24")]),
+                ("c", &[("eth0", "192.168.7.3/24")]),
+            ],
+        );
+        let got = owners(&o, &allocs, &m);
+        assert_eq!(got.len(), 30);
+        assert!(got.values().all(|n| n != "c"), "{got:?}");
+        assert!(got.values().any(|n| n == "a") && got.values().any(|n| n == "b"));
+        // Every node computes the same owners.
+        let owned: usize = names
+            .iter()
+            .map(|n| layer2(n, &o, &allocs, &m).announcements.len())
+            .sum();
+        assert_eq!(owned, 30);
+        // No node has the subnet (a routed pool): MetalLB's choice, c included.
+        let routed = with_links(
+            &names,
+            &[
+                ("a", &[("eth0", "172.16.0.1/24")]),
+                ("b", &[("eth0", "172.16.0.2/24")]),
+                ("c", &[("eth0", "192.168.7.3/24")]),
+            ],
+        );
+        assert_eq!(
+            owners(&o, &allocs, &routed),
+            owners(&o, &allocs, &alive(&names))
+        );
+    }
+
+    /// issue 15 §4: a node whose announcing link lost carrier gives its VIPs up; when every
+    /// candidate's link is down, MetalLB's choice stands.
+    #[test]
+    fn a_node_whose_link_is_down_gives_its_vips_up() {
+        let o = objects(
+            json!([{"metadata": {"name": "l2"}, "spec": {"interfaces": ["eth1"]}}]),
+            &[("a", json!({})), ("b", json!({}))],
+        );
+        let allocs: Vec<PlanEntry> = (0..10)
+            .map(|i| alloc(&format!("default/s{i}"), &[&format!("10.0.0.{i}")]))
+            .collect();
+        let names = ["a", "b"];
+        let before = owners(&o, &allocs, &alive(&names));
+        assert!(before.values().any(|n| n == "a"));
+        // a's eth1 lost carrier; its eth0 (heartbeats, not announced on) is up.
+        let cut = with_links(
+            &names,
+            &[
+                ("a", &[("eth0", "10.0.0.1/24")]),
+                ("b", &[("eth0", "10.0.0.2/24"), ("eth1", "10.0.0.3/24")]),
+            ],
+        );
+        assert!(owners(&o, &allocs, &cut).values().all(|n| n == "b"));
+        let all_down = with_links(&names, &[("a", &[]), ("b", &[])]);
+        assert_eq!(owners(&o, &allocs, &all_down), before);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod error;
 pub mod exclude;
 pub mod groups;
 pub mod iface;
+pub mod links;
 pub mod maps;
 pub mod requesters;
 pub mod responder;

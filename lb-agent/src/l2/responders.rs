@@ -121,9 +121,24 @@ impl ClientsSource {
     }
 }
 
+/// An AF_PACKET responder's thread, stopped on its own when its interface goes.
+struct AfThread {
+    iface: Interface,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+impl AfThread {
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
 /// The responders of one agent.
 pub struct Responders {
     bpffs: PathBuf,
+    choice: Choice,
     /// The loaded (or adopted) XDP program, when XDP is used at all.
     datapath: Option<Datapath>,
     /// Mark XDP entries leased (a group member renews the lease; static mode has none).
@@ -133,9 +148,7 @@ pub struct Responders {
     /// How each interface is answered, for logs and metrics: `xdp native`, `xdp generic`,
     /// `afpacket`.
     pub modes: Vec<(String, String)>,
-    af_ifaces: Vec<Interface>,
-    threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    threads: Vec<AfThread>,
     /// The AF_PACKET responders' table, counters and recorded requesters.
     pub af: Arc<afpacket::Shared>,
     /// The solicited-node groups of the IPv6 VIPs answered, joined on their interfaces.
@@ -162,62 +175,75 @@ impl Responders {
                 Err(e) => return Err(e),
             }
         }
-        let mut xdp = BTreeSet::new();
-        let mut modes = Vec::new();
-        let mut af_ifaces = Vec::new();
+        let mut responders = Self {
+            bpffs: bpffs.to_owned(),
+            choice,
+            datapath,
+            leased,
+            maps: None,
+            xdp: BTreeSet::new(),
+            modes: Vec::new(),
+            threads: Vec::new(),
+            af: Arc::new(afpacket::Shared::default()),
+            groups: Groups::new(),
+        };
         for iface in ifaces {
-            let Some(d) = datapath.as_mut() else {
-                af_ifaces.push(iface.clone());
-                continue;
-            };
-            let want = match choice {
+            responders.add(iface)?;
+        }
+        Ok(responders)
+    }
+
+    /// Answers on `iface` too (XDP, or AF_PACKET where XDP cannot attach under `auto`); the
+    /// next [`Self::apply`] gives it its entries.
+    pub fn add(&mut self, iface: &Interface) -> Result<(), L2Error> {
+        if let Some(d) = self.datapath.as_mut() {
+            let want = match self.choice {
                 Choice::Xdp(m) => m,
                 _ => XdpModes::NativeThenGeneric,
             };
             match d.attach_l2(&iface.name, want) {
                 Ok(how) => {
                     info!(iface = %iface.name, mode = %how, "XDP responder attached");
-                    modes.push((iface.name.clone(), how.to_string()));
-                    xdp.insert(iface.index);
+                    self.modes.push((iface.name.clone(), how.to_string()));
+                    self.xdp.insert(iface.index);
+                    if self.maps.is_none() {
+                        self.maps = Some(VipMaps::open_pinned(d.bpffs())?);
+                    }
+                    return Ok(());
                 }
-                Err(e) if choice == Choice::Auto => {
+                Err(e) if self.choice == Choice::Auto => {
                     warn!(iface = %iface.name, error = %e, "XDP cannot attach; using the AF_PACKET responder");
-                    af_ifaces.push(iface.clone());
                 }
                 Err(e) => return Err(e),
             }
         }
-        let maps = match &datapath {
-            Some(d) if !xdp.is_empty() => Some(VipMaps::open_pinned(d.bpffs())?),
-            _ => None,
-        };
-        let af = Arc::new(afpacket::Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
-
-        let mut threads = Vec::new();
-        for iface in &af_ifaces {
-            threads.push(afpacket::spawn_responder(
-                iface.clone(),
-                af.clone(),
-                stop.clone(),
-            )?);
-            info!(iface = %iface.name, "AF_PACKET responder running");
-            modes.push((iface.name.clone(), "afpacket".to_owned()));
-        }
-        Ok(Self {
-            bpffs: bpffs.to_owned(),
-            datapath,
-            leased,
-            maps,
-            xdp,
-            modes,
-
-            af_ifaces,
-            threads,
+        let handle = afpacket::spawn_responder(iface.clone(), self.af.clone(), stop.clone())?;
+        info!(iface = %iface.name, "AF_PACKET responder running");
+        self.modes.push((iface.name.clone(), "afpacket".to_owned()));
+        self.threads.push(AfThread {
+            iface: iface.clone(),
             stop,
-            af,
-            groups: Groups::new(),
-        })
+            handle,
+        });
+        Ok(())
+    }
+
+    /// Stops answering on `iface` (gone, or no longer chosen). Its entries go with the next
+    /// [`Self::apply`], which no longer lists them.
+    pub fn remove(&mut self, iface: &Interface) -> Result<(), L2Error> {
+        if self.xdp.remove(&iface.index) {
+            Datapath::detach(&self.bpffs, &iface.name)?;
+        }
+        let (gone, kept) = std::mem::take(&mut self.threads)
+            .into_iter()
+            .partition(|t| t.iface == *iface);
+        self.threads = kept;
+        for t in gone {
+            t.stop();
+        }
+        self.modes.retain(|(name, _)| *name != iface.name);
+        Ok(())
     }
 
     /// The XDP program's aya-log reader (once), to forward its records.
@@ -296,7 +322,7 @@ impl Responders {
         let lease = if self.leased { VIP_FLAG_LEASED } else { 0 };
         let af: Vec<VipEntry> = af
             .into_iter()
-            .filter(|e| self.af_ifaces.iter().any(|i| i.index == e.ifindex))
+            .filter(|e| self.threads.iter().any(|t| t.iface.index == e.ifindex))
             .map(|e| VipEntry {
                 flags: e.flags | lease,
                 ..e
@@ -313,9 +339,8 @@ impl Responders {
     /// left in them (no entry, no other link), removes the pins.
     pub fn shutdown(mut self, ifaces: &[Interface]) -> Result<(), L2Error> {
         self.apply(&[], &BTreeMap::new())?;
-        self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            t.stop();
         }
         for iface in ifaces.iter().filter(|i| self.xdp.contains(&i.index)) {
             Datapath::detach(&self.bpffs, &iface.name)?;

@@ -17,7 +17,7 @@ use rtnetlink::{
     packet_route::address::{AddressAttribute, AddressFlags},
 };
 
-use super::{L2Error, exclude::Exclusions};
+use super::L2Error;
 
 /// Netlink requests in flight at once while syncing.
 const IN_FLIGHT: usize = 64;
@@ -191,45 +191,6 @@ pub fn strict_arp_problem(root: &std::path::Path) -> Option<String> {
             "kube-proxy runs in IPVS mode without strictARP (arp_ignore {ignore}, arp_announce {announce}): every node answers ARP for every VIP; set `ipvs: {{strictARP: true}}` in kube-proxy's configuration"
         )
     })
-}
-
-/// The interfaces to announce on when none is named, as MetalLB's speaker chooses them: up,
-/// Ethernet, not loopback, with an address of global scope (pod veths and bridges without
-/// addresses drop out), not excluded (the runtime's and CNI's devices: [`Exclusions`]), and
-/// never `xdplb0` itself. Sorted by name.
-pub async fn discover(handle: &Handle, excluded: &Exclusions) -> Result<Vec<String>, L2Error> {
-    use rtnetlink::packet_route::{
-        address::AddressScope,
-        link::{LinkAttribute, LinkFlags, LinkLayerType},
-    };
-    let mut addressed = BTreeSet::new();
-    let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await.map_err(nl)? {
-        if msg.header.scope == AddressScope::Universe {
-            addressed.insert(msg.header.index);
-        }
-    }
-    let mut names = Vec::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links.try_next().await.map_err(nl)? {
-        let h = &link.header;
-        let usable = h.flags.contains(LinkFlags::Up)
-            && !h.flags.contains(LinkFlags::Loopback)
-            && h.link_layer_type == LinkLayerType::Ether
-            && addressed.contains(&h.index);
-        let name = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let (true, Some(name)) = (usable, name)
-            && name != VIP_DEVICE
-            && !excluded.excludes(&name)
-        {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// `xdplb0` while the agent runs: it holds what this node answers for, so the host accepts

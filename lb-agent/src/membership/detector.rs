@@ -21,6 +21,7 @@ use std::{
 };
 
 pub use super::heartbeat::Phase;
+use super::{Members, links::Links};
 
 /// Default silence after which a peer is dead: with heartbeats every 50 ms, three missed ones
 /// and some jitter, detection stays well under the 200 ms p99 failover target (DESIGN.md §6).
@@ -120,7 +121,7 @@ impl Detector {
         self.learned.get(node).copied().unwrap_or(0)
     }
 
-    fn is_alive(&self, peer: &Peer, now: Instant) -> bool {
+    fn alive_peer(&self, peer: &Peer, now: Instant) -> bool {
         peer.phase == Phase::Active
             && (now.saturating_duration_since(peer.last_heard) < self.timeout
                 || peer.hold_until.is_some_and(|t| now < t))
@@ -141,7 +142,10 @@ impl Detector {
         hold_until: Option<Instant>,
         now: Instant,
     ) -> Heard {
-        let was_alive = self.peers.get(node).is_some_and(|p| self.is_alive(p, now));
+        let was_alive = self
+            .peers
+            .get(node)
+            .is_some_and(|p| self.alive_peer(p, now));
         if !self
             .runs
             .entry(node.to_owned())
@@ -172,13 +176,20 @@ impl Detector {
             hold_until: hold_until.filter(|_| phase == Phase::Active),
             phase,
         };
-        let alive = self.is_alive(&peer, now);
+        let alive = self.alive_peer(&peer, now);
         self.peers.insert(node.to_owned(), peer);
         if alive == was_alive {
             Heard::Unchanged
         } else {
             Heard::Changed
         }
+    }
+
+    /// Whether `node` is alive at `now`.
+    pub fn is_alive(&self, node: &str, now: Instant) -> bool {
+        self.peers
+            .get(node)
+            .is_some_and(|p| self.alive_peer(p, now))
     }
 
     /// The run (epoch) of the last accepted heartbeat from `node`: the same after a silence
@@ -196,7 +207,7 @@ impl Detector {
     pub fn alive(&self, now: Instant) -> BTreeSet<String> {
         self.peers
             .iter()
-            .filter(|(_, p)| self.is_alive(p, now))
+            .filter(|(_, p)| self.alive_peer(p, now))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -206,7 +217,7 @@ impl Detector {
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.peers
             .values()
-            .filter(|p| self.is_alive(p, now))
+            .filter(|p| self.alive_peer(p, now))
             .map(|p| {
                 let silent = p.last_heard + self.timeout;
                 p.hold_until.map_or(silent, |h| silent.max(h))
@@ -218,9 +229,9 @@ impl Detector {
 /// What changed in the alive set since the last look ([`Changes::look`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct View {
-    /// The alive peers and this node.
-    pub alive: BTreeSet<String>,
-    /// Whether `alive` differs from the last look.
+    /// The alive peers and this node, with their links.
+    pub members: Members,
+    /// Whether the members (who is alive, or an alive node's links) differ from the last look.
     pub changed: bool,
     /// A peer came back in the same run (epoch) it was lost in: it lived through a partition,
     /// and believing this node dead it may have told this node's clients to go to it. A peer
@@ -235,20 +246,34 @@ pub struct View {
 #[derive(Clone, Debug, Default)]
 pub struct Changes {
     last_alive: BTreeSet<String>,
+    last_links: BTreeMap<String, Links>,
     /// The run (epoch) each lost peer was in when it was lost.
     lost_in: BTreeMap<String, u64>,
 }
 
 impl Changes {
-    /// The alive set at `now` (with `me`, always alive to itself), and how it changed.
-    pub fn look(&mut self, detector: &Detector, me: &str, now: Instant) -> View {
+    /// The alive set at `now` (with `me`, always alive to itself) with the `links` each of
+    /// them last said it has, and how that changed.
+    pub fn look(
+        &mut self,
+        detector: &Detector,
+        me: &str,
+        links: &BTreeMap<String, Links>,
+        now: Instant,
+    ) -> View {
         let mut alive = detector.alive(now);
         alive.insert(me.to_owned());
+        let links: BTreeMap<String, Links> = links
+            .iter()
+            .filter(|(node, _)| alive.contains(*node))
+            .map(|(n, l)| (n.clone(), l.clone()))
+            .collect();
         let mut view = View {
-            changed: alive != self.last_alive,
+            changed: alive != self.last_alive || links != self.last_links,
             ..View::default()
         };
-        if view.changed {
+        self.last_links.clone_from(&links);
+        if alive != self.last_alive {
             for back in alive.difference(&self.last_alive) {
                 if let (Some(lost), Some(current)) =
                     (self.lost_in.remove(back), detector.epoch(back))
@@ -269,7 +294,7 @@ impl Changes {
             }
             self.last_alive.clone_from(&alive);
         }
-        view.alive = alive;
+        view.members = Members { alive, links };
         view
     }
 }
@@ -517,23 +542,23 @@ mod tests {
         let mut c = Changes::default();
         d.heard("b", 1, 1, ME, Phase::Active, None, t0);
         d.heard("c", 1, 1, ME, Phase::Active, None, t0);
-        let first = c.look(&d, "a", t0);
+        let first = c.look(&d, "a", &BTreeMap::new(), t0);
         assert!(first.changed && !first.rejoined);
-        assert_eq!(first.alive.len(), 3);
-        assert!(!c.look(&d, "a", t0 + 10 * MS).changed);
+        assert_eq!(first.members.alive.len(), 3);
+        assert!(!c.look(&d, "a", &BTreeMap::new(), t0 + 10 * MS).changed);
 
         // Both fall silent; the loss is seen 150 ms after the last heartbeat.
-        let lost = c.look(&d, "a", t0 + 150 * MS);
+        let lost = c.look(&d, "a", &BTreeMap::new(), t0 + 150 * MS);
         assert!(lost.changed);
-        assert_eq!(lost.alive, BTreeSet::from(["a".to_owned()]));
+        assert_eq!(lost.members.alive, BTreeSet::from(["a".to_owned()]));
         assert_eq!(lost.detected, vec![150 * MS, 150 * MS]);
 
         // b comes back in the same run (a partition healed); c restarted (a new epoch).
         d.heard("c", 2, 1, ME, Phase::Active, None, t0 + 200 * MS);
-        let restarted = c.look(&d, "a", t0 + 200 * MS);
+        let restarted = c.look(&d, "a", &BTreeMap::new(), t0 + 200 * MS);
         assert!(restarted.changed && !restarted.rejoined);
         d.heard("b", 1, 2, ME, Phase::Active, None, t0 + 210 * MS);
-        let healed = c.look(&d, "a", t0 + 210 * MS);
+        let healed = c.look(&d, "a", &BTreeMap::new(), t0 + 210 * MS);
         assert!(healed.changed && healed.rejoined);
         assert!(healed.detected.is_empty());
     }
@@ -544,9 +569,43 @@ mod tests {
         let mut d = Detector::new(100 * MS, ME);
         let mut c = Changes::default();
         d.heard("b", 1, 1, ME, Phase::Active, None, t0);
-        c.look(&d, "a", t0);
+        c.look(&d, "a", &BTreeMap::new(), t0);
         d.heard("b", 1, 2, ME, Phase::Leaving, None, t0 + 20 * MS);
-        let view = c.look(&d, "a", t0 + 20 * MS);
+        let view = c.look(&d, "a", &BTreeMap::new(), t0 + 20 * MS);
         assert!(view.changed && view.detected.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod links_tests {
+    use super::*;
+    use crate::membership::links::Link;
+
+    #[test]
+    fn an_alive_nodes_links_changing_is_a_change_and_a_dead_nodes_is_not() {
+        let ms = Duration::from_millis(1);
+        let t0 = Instant::now();
+        let mut d = Detector::new(100 * ms, 7);
+        let mut c = Changes::default();
+        let up = Links::new([Link {
+            name: "eth1".into(),
+            nets: vec!["10.0.1.0/24".parse().expect("net")],
+        }]);
+        let mut links = BTreeMap::from([("a".to_owned(), up.clone()), ("b".to_owned(), up)]);
+        d.heard("b", 1, 1, 7, Phase::Active, None, t0);
+        let first = c.look(&d, "a", &links, t0);
+        assert!(first.changed);
+        assert_eq!(first.members.links.len(), 2);
+        assert!(!c.look(&d, "a", &links, t0 + ms).changed);
+        // b's VIP link loses carrier: it says so, and that is a change for the election.
+        links.insert("b".into(), Links::default());
+        let cut = c.look(&d, "a", &links, t0 + 2 * ms);
+        assert!(cut.changed);
+        assert_eq!(cut.members.links.get("b"), Some(&Links::default()));
+        // A dead node's links are not the election's business.
+        let dead = c.look(&d, "a", &links, t0 + 200 * ms);
+        assert!(dead.changed && !dead.members.links.contains_key("b"));
+        links.remove("b");
+        assert!(!c.look(&d, "a", &links, t0 + 201 * ms).changed);
     }
 }

@@ -3,6 +3,7 @@
 //! refused one is counted, and logged at most once per reason and ten seconds, so a flood of
 //! forged datagrams is seen in the metrics without flooding the log.
 use std::{
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -15,11 +16,15 @@ use super::{
     Rejected,
     detector::{Changes, Detector, Heard, View},
     heartbeat::{Heartbeat, HeartbeatError, Phase},
+    links::Links,
 };
 use crate::metrics::AgentMetrics;
 
 /// The shortest usable membership secret: the HMAC must not be trivially guessed.
 const MIN_SECRET: usize = 16;
+/// Peers remembered as speaking version 2 only: far more than any group; a flood of forged
+/// names cannot grow it further (it takes authentic heartbeats anyway).
+const MAX_PLAIN: usize = 4096;
 /// Datagrams larger than this are not heartbeats.
 const MAX_DATAGRAM: usize = 1500;
 
@@ -116,6 +121,7 @@ impl Beats {
             echo: 0,
             hold_ms: 0,
             phase,
+            links: None,
         }
     }
 }
@@ -157,6 +163,10 @@ pub struct Membership {
     beats: Beats,
     detector: Detector,
     changes: Changes,
+    /// What each node (this one included) last said of its links.
+    links: BTreeMap<String, Links>,
+    /// Peers whose last authentic heartbeat was version 2: they would refuse one with fields.
+    plain: BTreeSet<String>,
     /// Nothing is sent or accepted without one.
     keys: Keys,
     /// Why the cluster's secret is not usable, as last logged.
@@ -194,6 +204,8 @@ impl Membership {
             },
             detector: Detector::new(failure_timeout, epoch),
             changes: Changes::default(),
+            links: BTreeMap::new(),
+            plain: BTreeSet::new(),
             keys: Keys::new(secret),
             secret_problem: None,
             reject_log: RejectLog::default(),
@@ -219,6 +231,12 @@ impl Membership {
         }
     }
 
+    /// This node's announcing links with carrier, as its heartbeats say from now on; `true`
+    /// when they changed (a heartbeat is then worth sending at once).
+    pub fn set_links(&mut self, links: Links) -> bool {
+        self.links.insert(self.node.clone(), links.clone()) != Some(links)
+    }
+
     /// Signs a heartbeat in `phase` and sends it to every peer; returns the peers it could not
     /// be sent to. Nothing is sent without a secret.
     pub async fn beat(
@@ -234,6 +252,10 @@ impl Membership {
         for (node, addr) in peers {
             // Signed for each peer: each gets its own run echoed.
             hb.echo = self.detector.echo_for(node);
+            hb.links = match self.plain.contains(node) {
+                true => None,
+                false => self.links.get(&self.node).cloned(),
+            };
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
@@ -279,11 +301,42 @@ impl Membership {
             self.metrics.rejected(Rejected::Replay);
             return false;
         }
+        let was_alive = self.detector.is_alive(&hb.node, now);
         let hold = (hb.hold_ms > 0).then(|| now + Duration::from_millis(u64::from(hb.hold_ms)));
-        match self
+        let heard = self
             .detector
-            .heard(&hb.node, hb.epoch, hb.seq, hb.echo, hb.phase, hold, now)
-        {
+            .heard(&hb.node, hb.epoch, hb.seq, hb.echo, hb.phase, hold, now);
+        // Only a heartbeat that proved the sender alive may say what its links are: a
+        // recording must not move VIPs either.
+        let accepted = matches!(heard, Heard::Changed | Heard::Unchanged);
+        // Which version to send back. A peer's run speaks one version; its first heartbeats
+        // are unconfirmed (it has not heard this run yet), and an old agent never confirms
+        // one it cannot read, so an unconfirmed version 2 heartbeat counts while the sender is
+        // not alive here. While it is, only a fresh one does: an old recording must not turn
+        // this node's links into "unknown" for one peer and not the others.
+        match &hb.links {
+            Some(_) => {
+                self.plain.remove(&hb.node);
+            }
+            None if (accepted || (heard == Heard::Unconfirmed && !was_alive))
+                && self.plain.len() < MAX_PLAIN =>
+            {
+                self.plain.insert(hb.node.clone());
+            }
+            None => {}
+        }
+        let mut links_changed = false;
+        if accepted {
+            links_changed = match &hb.links {
+                Some(l) => self.links.insert(hb.node.clone(), l.clone()).as_ref() != Some(l),
+                None => self.links.remove(&hb.node).is_some(),
+            };
+            if links_changed {
+                let links = hb.links.as_ref().map(ToString::to_string);
+                info!(peer = %hb.node, links = links.as_deref().unwrap_or("not said (an older agent)"), "peer's announcing links");
+            }
+        }
+        match heard {
             Heard::Unconfirmed => {
                 self.metrics.rejected(Rejected::Stale);
                 false
@@ -304,7 +357,7 @@ impl Membership {
             }
             Heard::Unchanged => {
                 self.metrics.heartbeats_received.inc();
-                false
+                links_changed
             }
         }
     }
@@ -312,15 +365,17 @@ impl Membership {
     /// Who is alive at `now` (this node included) and what changed since the last look,
     /// recorded in the metrics and the log.
     pub fn look(&mut self, now: Instant) -> View {
-        let view = self.changes.look(&self.detector, &self.node, now);
+        let view = self
+            .changes
+            .look(&self.detector, &self.node, &self.links, now);
         self.metrics
             .peers_alive
-            .set(view.alive.len().saturating_sub(1) as i64);
+            .set(view.members.alive.len().saturating_sub(1) as i64);
         for silence in &view.detected {
             self.metrics.detection.observe(silence.as_secs_f64());
         }
         if view.changed {
-            info!(alive = ?view.alive, "membership changed");
+            info!(alive = ?view.members.alive, "membership changed");
         }
         view
     }
@@ -372,6 +427,7 @@ mod tests {
             echo: 0,
             hold_ms: 0,
             phase: Phase::Active,
+            links: None,
         };
         for key in [&old, &new] {
             let wire = hb.encode(key).expect("encode");

@@ -2,9 +2,15 @@
 //! size whatever the number of VIPs, authenticated with HMAC-SHA256 over a shared secret.
 //!
 //! ```text
-//! "XLB1" | version (2) | flags (1) | reserved (2) | epoch (8) | seq (8) | echo (8)
-//!        | hold_ms (4) | name length (1) | name (1..=253, UTF-8) | HMAC-SHA256 of all the above (32)
+//! "XLB1" | version (2 or 3) | flags (1) | reserved (2) | epoch (8) | seq (8) | echo (8)
+//!        | hold_ms (4) | name length (1) | name (1..=253, UTF-8)
+//!        | version 3 only: fields, each type (1) | length (2) | value
+//!        | HMAC-SHA256 of all the above (32)
 //! ```
+//! Version 3 adds typed fields; a receiver skips the types it does not know. Type 1 is the
+//! sender's [`Links`]. A version 3 agent sends version 2 (no fields) to a peer whose last
+//! heartbeat was version 2, so a rolling upgrade never has old agents refusing new ones' heartbeats
+//! and counting them dead.
 //! Integers are big-endian. `epoch` is the sender's run, a random number drawn at start (not a
 //! clock); `seq` counts the run's heartbeats; `echo` is the receiver's own run as the sender
 //! last heard it (0: not heard yet), so a receiver knows a heartbeat was made during its own
@@ -17,8 +23,14 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::links::{Links, LinksError};
+
 const MAGIC: &[u8; 4] = b"XLB1";
-const VERSION: u8 = 2;
+/// Without fields: what agents before link awareness send and accept.
+const VERSION_PLAIN: u8 = 2;
+/// With typed fields after the name.
+const VERSION_FIELDS: u8 = 3;
+const FIELD_LINKS: u8 = 1;
 const TAG_LEN: usize = 32;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 4 + 1;
 /// Longest node name (a DNS name).
@@ -35,6 +47,9 @@ pub struct Heartbeat {
     /// Milliseconds peers should hold this node alive regardless of silence (0: none).
     pub hold_ms: u32,
     pub phase: Phase,
+    /// The sender's announcing links (version 3); `None`: a version 2 heartbeat, which says
+    /// nothing of them.
+    pub links: Option<Links>,
 }
 
 /// Where the sender is in its life, as far as the election is concerned.
@@ -89,6 +104,10 @@ pub enum HeartbeatError {
     Name,
     #[error("the secret cannot be used as an HMAC key")]
     Key,
+    #[error("a field is truncated or runs past the message")]
+    Field,
+    #[error("the links field: {0}")]
+    Links(#[from] LinksError),
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -106,7 +125,10 @@ impl Heartbeat {
         }
         let mut out = Vec::with_capacity(FIXED + name.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(match self.links {
+            Some(_) => VERSION_FIELDS,
+            None => VERSION_PLAIN,
+        });
         out.push(self.phase.flags());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&self.epoch.to_be_bytes());
@@ -115,6 +137,14 @@ impl Heartbeat {
         out.extend_from_slice(&self.hold_ms.to_be_bytes());
         out.push(name.len() as u8);
         out.extend_from_slice(name);
+        if let Some(links) = &self.links {
+            let mut value = Vec::new();
+            links.encode(&mut value);
+            let len = u16::try_from(value.len()).map_err(|_| HeartbeatError::Field)?;
+            out.push(FIELD_LINKS);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&value);
+        }
         let mut m = mac(secret)?;
         m.update(&out);
         out.extend_from_slice(&m.finalize().into_bytes());
@@ -130,14 +160,15 @@ impl Heartbeat {
             return Err(HeartbeatError::Magic);
         }
         let version = datagram.get(4).copied().unwrap_or(0);
-        if version != VERSION {
+        if version != VERSION_PLAIN && version != VERSION_FIELDS {
             return Err(HeartbeatError::Version(version));
         }
         let name_len = usize::from(datagram.get(FIXED - 1).copied().unwrap_or(0));
-        if datagram.len() != FIXED + name_len + TAG_LEN {
+        let exact = FIXED + name_len + TAG_LEN;
+        if datagram.len() < exact || (version == VERSION_PLAIN && datagram.len() != exact) {
             return Err(HeartbeatError::Length);
         }
-        let (body, tag) = datagram.split_at(FIXED + name_len);
+        let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
         let mut m = mac(secret)?;
         m.update(body);
         m.verify_slice(tag).map_err(|_| HeartbeatError::Auth)?;
@@ -152,10 +183,26 @@ impl Heartbeat {
             .get(32..36)
             .and_then(|b| b.try_into().ok())
             .ok_or(HeartbeatError::Length)?;
-        let name = body.get(FIXED..).ok_or(HeartbeatError::Length)?;
+        let name = body
+            .get(FIXED..FIXED + name_len)
+            .ok_or(HeartbeatError::Length)?;
         let node = std::str::from_utf8(name).map_err(|_| HeartbeatError::Name)?;
         if node.is_empty() {
             return Err(HeartbeatError::Name);
+        }
+        let mut links = None;
+        if version == VERSION_FIELDS {
+            let mut fields = body.get(FIXED + name_len..).ok_or(HeartbeatError::Length)?;
+            links = Some(Links::default());
+            while !fields.is_empty() {
+                let (head, rest) = fields.split_at_checked(3).ok_or(HeartbeatError::Field)?;
+                let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
+                let (value, rest) = rest.split_at_checked(len).ok_or(HeartbeatError::Field)?;
+                if head[0] == FIELD_LINKS {
+                    links = Some(Links::decode(value)?);
+                }
+                fields = rest;
+            }
         }
         Ok(Self {
             node: node.to_owned(),
@@ -164,6 +211,7 @@ impl Heartbeat {
             echo: be64(24)?,
             hold_ms: u32::from_be_bytes(hold),
             phase: Phase::from_flags(body.get(5).copied().unwrap_or(0)),
+            links,
         })
     }
 }
@@ -182,6 +230,17 @@ mod tests {
             echo: 7,
             hold_ms: 0,
             phase: Phase::Active,
+            links: None,
+        }
+    }
+
+    fn with_links() -> Heartbeat {
+        Heartbeat {
+            links: Some(Links::new([super::super::links::Link {
+                name: "eth1".into(),
+                nets: vec!["10.0.1.0/24".parse().expect("net")],
+            }])),
+            ..beat()
         }
     }
 
@@ -193,8 +252,49 @@ mod tests {
     }
 
     #[test]
+    fn links_travel_in_version_3_and_unknown_fields_are_skipped() {
+        let b = with_links();
+        let wire = b.encode(SECRET).expect("encode");
+        assert_eq!(wire[4], VERSION_FIELDS);
+        assert_eq!(Heartbeat::decode(&wire, SECRET), Ok(b.clone()));
+        // No links known is not the same as a version 2 heartbeat.
+        let none = Heartbeat {
+            links: Some(Links::default()),
+            ..beat()
+        };
+        let wire = none.encode(SECRET).expect("encode");
+        assert_eq!(Heartbeat::decode(&wire, SECRET), Ok(none));
+        // A field of a later version (type 9) before the links: skipped.
+        let mut body = b.encode(SECRET).expect("encode");
+        body.truncate(body.len() - TAG_LEN);
+        body.splice(FIXED + 6..FIXED + 6, [9, 0, 2, 0xaa, 0xbb]);
+        let mut m = mac(SECRET).expect("key");
+        m.update(&body);
+        body.extend_from_slice(&m.finalize().into_bytes());
+        assert_eq!(Heartbeat::decode(&body, SECRET), Ok(b));
+    }
+
+    #[test]
+    fn a_field_running_past_the_message_is_refused() {
+        let mut body = beat().encode(SECRET).expect("encode");
+        body.truncate(body.len() - TAG_LEN);
+        body[4] = VERSION_FIELDS;
+        body.extend_from_slice(&[FIELD_LINKS, 0, 40, 0]);
+        let mut m = mac(SECRET).expect("key");
+        m.update(&body);
+        body.extend_from_slice(&m.finalize().into_bytes());
+        assert_eq!(Heartbeat::decode(&body, SECRET), Err(HeartbeatError::Field));
+    }
+
+    #[test]
     fn any_altered_byte_or_another_secret_fails_authentication_or_framing() {
-        let wire = beat().encode(SECRET).expect("encode");
+        for b in [beat(), with_links()] {
+            altered_bytes_fail(&b);
+        }
+    }
+
+    fn altered_bytes_fail(b: &Heartbeat) {
+        let wire = b.encode(SECRET).expect("encode");
         assert_eq!(
             Heartbeat::decode(&wire, b"another secret"),
             Err(HeartbeatError::Auth)
@@ -211,12 +311,13 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error() {
-        let wire = beat().encode(SECRET).expect("encode");
-        for len in 0..wire.len() {
-            assert!(
-                Heartbeat::decode(&wire[..len], SECRET).is_err(),
-                "{len} bytes accepted"
-            );
+        for wire in [beat(), with_links()].map(|b| b.encode(SECRET).expect("encode")) {
+            for len in 0..wire.len() {
+                assert!(
+                    Heartbeat::decode(&wire[..len], SECRET).is_err(),
+                    "{len} bytes accepted"
+                );
+            }
         }
     }
 

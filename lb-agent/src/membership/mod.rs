@@ -4,11 +4,15 @@
 //! - [`detector`]: the pure failure detector (time passed in), and what changed between two
 //!   looks at it.
 //! - [`heartbeat`]: the wire format, authenticated with HMAC-SHA256.
+//! - [`links`]: what a node says of its announcing links (carrier, networks), in its heartbeats.
 //! - [`driver`]: the UDP edge: sends this agent's heartbeats, receives and checks the peers'.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 pub mod detector;
 pub mod driver;
 pub mod heartbeat;
+pub mod links;
 
 /// Why a heartbeat was not taken into account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,24 @@ impl Rejected {
             Rejected::Auth => "auth",
             Rejected::Replay => "replay",
             Rejected::Stale => "stale",
+        }
+    }
+}
+
+/// Who takes part in the Layer 2 election: the nodes alive (this one included), and what each
+/// said of its announcing links. A node with no entry in `links` (an agent from before link
+/// awareness) is taken to reach every VIP, as every node was before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    pub alive: BTreeSet<String>,
+    pub links: BTreeMap<String, links::Links>,
+}
+
+impl From<BTreeSet<String>> for Members {
+    fn from(alive: BTreeSet<String>) -> Self {
+        Self {
+            alive,
+            links: BTreeMap::new(),
         }
     }
 }

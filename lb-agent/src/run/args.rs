@@ -6,7 +6,11 @@ use anyhow::Context;
 use tracing::info;
 
 use crate::{
-    l2::{exclude::Exclusions, iface::Interface, responders::Mode, vipdev},
+    l2::{
+        exclude::Exclusions,
+        links::{LinkState, Selection},
+        responders::Mode,
+    },
     membership::driver::check_secret,
     source,
 };
@@ -114,26 +118,35 @@ impl RunArgs {
         Ok(Some(secret))
     }
 
-    /// The interfaces to announce on: `--interface`, else every one that is up, Ethernet,
+    /// Which interfaces to announce on: `--interface`, else every one that is up, Ethernet,
     /// addressed and not excluded.
-    pub async fn interfaces(&self) -> anyhow::Result<Vec<Interface>> {
-        let names = if self.interfaces.is_empty() {
-            let excluded = Exclusions::new(&self.exclude_interfaces).map_err(anyhow::Error::msg)?;
-            let found = vipdev::discover(&vipdev::connect()?, &excluded).await?;
-            if found.is_empty() {
-                anyhow::bail!(
-                    "no interface to announce on: none is up, Ethernet, addressed and not excluded; name one with --interface"
-                );
+    pub fn selection(&self) -> anyhow::Result<Selection> {
+        Ok(match self.interfaces.is_empty() {
+            true => Selection::Found(
+                Exclusions::new(&self.exclude_interfaces).map_err(anyhow::Error::msg)?,
+            ),
+            false => Selection::Named(self.interfaces.clone()),
+        })
+    }
+
+    /// The first reading's interfaces, refused when there is nothing to announce on, or a
+    /// named interface does not exist: at start that is a mistake, later a NIC gone away.
+    pub fn check_interfaces(&self, states: &[LinkState]) -> anyhow::Result<()> {
+        for name in &self.interfaces {
+            if !states.iter().any(|s| &s.iface.name == name) {
+                anyhow::bail!("--interface {name}: no such Ethernet interface");
             }
-            info!(interfaces = ?found, "announcing on the interfaces found (--interface to choose)");
-            found
-        } else {
-            self.interfaces.clone()
-        };
-        Ok(names
-            .iter()
-            .map(|n| Interface::lookup(n))
-            .collect::<Result<_, _>>()?)
+        }
+        if states.is_empty() {
+            anyhow::bail!(
+                "no interface to announce on: none is up, Ethernet, addressed and not excluded; name one with --interface"
+            );
+        }
+        if self.interfaces.is_empty() {
+            let found: Vec<&str> = states.iter().map(|s| s.iface.name.as_str()).collect();
+            info!(interfaces = ?found, "announcing on the interfaces found (--interface to choose); following changes");
+        }
+        Ok(())
     }
 
     /// Who this agent is, for the API server source.

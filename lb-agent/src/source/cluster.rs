@@ -192,7 +192,8 @@ mod tests {
             c.outside_pools,
             vec!["Service default/gateway: 192.168.1.1 in no IPAddressPool; not announced"]
         );
-        let alive: std::collections::BTreeSet<String> = ["a".into(), "b".into()].into();
+        let alive: crate::membership::Members =
+            std::collections::BTreeSet::from(["a".to_owned(), "b".to_owned()]).into();
         let announced: Vec<String> = ["a", "b"]
             .iter()
             .flat_map(|n| {

@@ -104,7 +104,7 @@ mod tests {
                 if good.settle(objects, &[]).is_ok() {
                     let mut nodes: Vec<String> = objects.nodes.iter().map(|n| n.name_any()).collect();
                     nodes.push("a".into());
-                    let alive = nodes.iter().cloned().collect();
+                    let alive: crate::membership::Members = nodes.iter().cloned().collect::<std::collections::BTreeSet<_>>().into();
                     for node in &nodes {
                         let opts = Options {
                             namespace: "metallb-system".into(),
