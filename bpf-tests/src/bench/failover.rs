@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     harness::group::{Group, expected},
-    harness::lab::Lab,
+    harness::lab::{Host, Lab},
     harness::netns::mac_str,
     harness::prober::{Prober, takeover},
 };
@@ -25,15 +25,15 @@ fn octets(ip: &str) -> Result<[u8; 4], String> {
         .map_err(|e| format!("{ip}: {e}"))
 }
 
-/// Probes for `within`; the MAC that sent every reply of the last 250 ms, if only one did.
+/// Probes from the lab's client for `within`; the MAC that sent every reply of the last
+/// 250 ms, if only one did.
 fn settled(lab: &Lab, vip: [u8; 4], within: Duration) -> Option<[u8; 6]> {
-    let prober = Prober::start(
-        &lab.client.ns,
-        "eth0",
-        octets(&lab.client.ipv4).ok()?,
-        vip,
-        PROBE,
-    );
+    settled_on(&lab.client, vip, within)
+}
+
+/// The same from `host`.
+fn settled_on(host: &Host, vip: [u8; 4], within: Duration) -> Option<[u8; 6]> {
+    let prober = Prober::start(&host.ns, "eth0", octets(&host.ipv4).ok()?, vip, PROBE);
     let start = Instant::now();
     std::thread::sleep(within);
     let replies = prober.finish();
@@ -79,6 +79,53 @@ pub fn xdplb(runs: usize, timers: &[&str]) -> Result<Vec<Duration>, String> {
                 .ok_or_else(|| format!("run {run}: nobody took over from {owner}"))?,
         );
         g.restart(index);
+    }
+    Ok(samples)
+}
+
+/// xdplb, link cut: nodes with two NICs (heartbeats on the first, the VIPs on the second, as
+/// an L2Advertisement's `interfaces` says); `runs` times the owner's VIP link is taken down at
+/// the switch while its heartbeats go on, then brought back once another node answers.
+pub fn link_cut(runs: usize) -> Result<Vec<Duration>, String> {
+    let lab = Lab::new("fl", 3);
+    let client = lab.second_segment("flc2");
+    for i in 0..3 {
+        lab.plug(i);
+    }
+    let macs: Vec<[u8; 6]> = (0..3).map(|i| lab.mac_of(i, "eth1")).collect();
+    let g = Group::start_on(
+        lab,
+        "fl",
+        &["--interface", "eth0", "--interface", "eth1"],
+        |lab| {
+            crate::harness::group::config_yaml(lab, "{interfaces: [eth1]}")
+                .replace("10.210.0.100-10.210.0.150", "10.212.0.100-10.212.0.150")
+        },
+    );
+    let owners = expected(&g.dir, &g.names);
+    let (vip, _) = owners.iter().next().ok_or("no VIP allocated")?;
+    let vip = octets(vip)?;
+    let from = octets(&client.ipv4)?;
+    let mut samples = Vec::with_capacity(runs);
+    for run in 0..runs {
+        // The owner of the last run takes the VIP back once its link has been up a while.
+        let owner_mac = settled_on(&client, vip, Duration::from_secs(1))
+            .ok_or_else(|| format!("run {run}: the VIP is not answered by one node"))?;
+        let index = macs
+            .iter()
+            .position(|m| *m == owner_mac)
+            .ok_or("reply from an unknown MAC")?;
+        let prober = Prober::start(&client.ns, "eth0", from, vip, PROBE);
+        std::thread::sleep(Duration::from_millis(100));
+        let cut = Instant::now();
+        g.lab.set_second_link(index, false);
+        std::thread::sleep(Duration::from_millis(800));
+        let replies = prober.finish();
+        g.lab.set_second_link(index, true);
+        samples.push(
+            takeover(&replies, cut, owner_mac)
+                .ok_or_else(|| format!("run {run}: nobody took over from node {index}"))?,
+        );
     }
     Ok(samples)
 }

@@ -265,13 +265,15 @@ struct Failover {
     xdplb: Vec<Duration>,
     /// At keepalived's fastest advert interval: heartbeats every 10 ms, dead after 30 ms (3 intervals, as VRRP).
     xdplb_fast: Vec<Duration>,
+    /// The owner's VIP link cut at the switch while its heartbeats go on.
+    link_cut: Vec<Duration>,
     keepalived_fast: Result<Vec<Duration>, String>,
     keepalived_default: Result<Vec<Duration>, String>,
 }
 
 impl Failover {
     fn measure() -> Result<Self> {
-        use bpf_tests::bench::failover::{keepalived, xdplb};
+        use bpf_tests::bench::failover::{keepalived, link_cut, xdplb};
         Ok(Self {
             xdplb: xdplb(FAILOVER_RUNS, &[]).map_err(anyhow::Error::msg)?,
             xdplb_fast: xdplb(
@@ -279,6 +281,7 @@ impl Failover {
                 &["--heartbeat-interval", "10ms", "--failure-timeout", "30ms"],
             )
             .map_err(anyhow::Error::msg)?,
+            link_cut: link_cut(FAILOVER_RUNS).map_err(anyhow::Error::msg)?,
             keepalived_fast: keepalived(FAILOVER_RUNS, "0.01"),
             keepalived_default: keepalived(5, "1"),
         })
@@ -310,6 +313,14 @@ impl Failover {
             p(&self.xdplb_fast, 99),
             self.xdplb_fast.len(),
             other(&self.keepalived_fast, "VRRPv3 advert 10 ms")
+        );
+        println!(
+            "| L2 failover, the owner's VIP link cut at the switch while its heartbeats go on → first reply from the new owner (ms) | p50 {:.0}, p99 {:.0} ({} runs, defaults) | SIGKILL of the owner, above: p50 {:.0}, p99 {:.0} | — | p99 ≤ 300 ms |",
+            p(&self.link_cut, 50),
+            p(&self.link_cut, 99),
+            self.link_cut.len(),
+            p(&self.xdplb, 50),
+            p(&self.xdplb, 99),
         );
         println!(
             "| L2 failover, the same, keepalived at its default | — | {} | — | — |",

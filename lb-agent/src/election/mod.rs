@@ -13,9 +13,11 @@
 //! For a Service's addresses, the candidates are the nodes that are alive, not labelled
 //! `node.kubernetes.io/exclude-from-external-load-balancers`, and selected (`nodeSelectors`) by
 //! an L2Advertisement that selects the Service's pool (`ipAddressPools`,
-//! `ipAddressPoolSelectors`, or neither: every pool) and the Service (`serviceSelectors`). The
-//! owner is MetalLB's choice over the Service's first address, so all of a Service's
-//! addresses live on one node. The interfaces are the union of the selecting advertisements'
+//! `ipAddressPoolSelectors`, or neither: every pool) and the Service (`serviceSelectors`),
+//! narrowed to those that can reach the addresses ([`reach`]). The owner is MetalLB's choice
+//! over the Service's first address, so all of a Service's addresses live on one node.
+//! Services that share their first address (`allow-shared-ip`) are elected as one, so they are
+//! never announced from two nodes. The interfaces are the union of the selecting advertisements'
 //! `interfaces` (none listed: every interface the agent runs on).
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -94,7 +96,10 @@ pub fn elections(
     allocations: &[PlanEntry],
     members: &Members,
 ) -> BTreeMap<String, Election> {
-    let mut out = BTreeMap::new();
+    // Services that share an address (`allow-shared-ip`) are elected together, so one node
+    // answers for it even when advertisements select only some of them (MetalLB's split,
+    // metallb/metallb#3025): see [`Shared`].
+    let mut groups: BTreeMap<IpAddr, Shared> = BTreeMap::new();
     for entry in allocations {
         let (Some((pool, labels)), Some(first)) = (inputs.pool_of(entry), entry.ips.first()) else {
             continue;
@@ -135,9 +140,18 @@ pub fn elections(
                 (!chosen.is_empty()).then_some((candidate, reach))
             })
             .collect();
+        let mode = l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied());
+        groups
+            .entry(*first)
+            .or_default()
+            .add(&entry.service, candidates, mode);
+    }
+    let mut out = BTreeMap::new();
+    for (first, group) in groups {
+        let (services, candidates, mode) = group.merged();
         let candidates = reach::best(candidates);
-        let election = match l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied()) {
-            L2Mode::SingleOwner => order::owner(*first, &candidates).map(Election::Owner),
+        let election = match mode {
+            L2Mode::SingleOwner => order::owner(first, &candidates).map(Election::Owner),
             L2Mode::ActiveActive => {
                 let top = candidates.iter().map(|c| c.preference).max();
                 let nodes: Arc<[String]> = candidates
@@ -149,10 +163,62 @@ pub fn elections(
             }
         };
         if let Some(e) = election {
-            out.insert(entry.service.clone(), e);
+            for service in services {
+                out.insert(service, e.clone());
+            }
         }
     }
     out
+}
+
+/// The Services whose first address is one address, elected as one: the nodes that are
+/// candidates for every one of them (the best preference and reach any of them gives a node),
+/// or, when no node is, for any of them, so the address still has an owner. Active-active only
+/// when every one of them asks for it.
+#[derive(Default)]
+struct Shared {
+    services: Vec<String>,
+    /// Per node: its candidacy as the best of the Services give it, and for how many.
+    nodes: BTreeMap<String, (Candidate, Reach, usize)>,
+    single: bool,
+}
+
+impl Shared {
+    /// A Service no node may announce (no advertisement selects it, or `Local` without a
+    /// ready endpoint) takes no part: it neither narrows the others' candidates nor is said
+    /// to be announced.
+    fn add(&mut self, service: &str, candidates: Vec<(Candidate, Reach)>, mode: L2Mode) {
+        if candidates.is_empty() {
+            return;
+        }
+        self.services.push(service.to_owned());
+        self.single |= mode == L2Mode::SingleOwner;
+        for (c, r) in candidates {
+            let e = self
+                .nodes
+                .entry(c.node.clone())
+                .or_insert((c.clone(), r, 0));
+            e.0.preference = e.0.preference.max(c.preference);
+            e.1 = e.1.max(r);
+            e.2 += 1;
+        }
+    }
+
+    fn merged(self) -> (Vec<String>, Vec<(Candidate, Reach)>, L2Mode) {
+        let every = self.services.len();
+        let all: Vec<(Candidate, Reach, usize)> = self.nodes.into_values().collect();
+        let common = all.iter().any(|(_, _, n)| *n == every);
+        let candidates = all
+            .into_iter()
+            .filter(|(_, _, n)| !common || *n == every)
+            .map(|(c, r, _)| (c, r))
+            .collect();
+        let mode = match self.single {
+            true => L2Mode::SingleOwner,
+            false => L2Mode::ActiveActive,
+        };
+        (self.services, candidates, mode)
+    }
 }
 
 /// The owner of each allocated single-owner Service (`namespace/name` → node), for every
@@ -328,6 +394,89 @@ mod tests {
             m.links.insert((*node).to_owned(), l);
         }
         m
+    }
+
+    /// issue 15 §6, MetalLB's shared-IP guard (metallb/metallb#3025): Services sharing an
+    /// address, each selected by another advertisement with other nodes, are announced from
+    /// one node: one that both advertisements select if there is one, else one of either.
+    #[test]
+    fn services_sharing_an_address_are_announced_from_one_node() {
+        let ads = json!([
+            {"metadata": {"name": "primary"}, "spec": {
+                "serviceSelectors": [{"matchLabels": {"app": "a"}}],
+                "nodeSelectors": [{"matchLabels": {"primary": "yes"}}]}},
+            {"metadata": {"name": "secondary"}, "spec": {
+                "serviceSelectors": [{"matchLabels": {"app": "b"}}],
+                "nodeSelectors": [{"matchLabels": {"secondary": "yes"}}]}}
+        ]);
+        let allocs: Vec<PlanEntry> = (0..16)
+            .flat_map(|i| {
+                let ip = format!("10.0.0.{i}");
+                [
+                    alloc(&format!("default/a{i}"), &[&ip]),
+                    alloc(&format!("default/b{i}"), &[&ip]),
+                ]
+            })
+            .collect();
+        let mut o = objects(
+            ads.clone(),
+            &[
+                ("p1", json!({"primary": "yes"})),
+                ("p2", json!({"primary": "yes"})),
+                ("s1", json!({"secondary": "yes"})),
+                ("both", json!({"primary": "yes", "secondary": "yes"})),
+            ],
+        );
+        for i in 0..16 {
+            for (svc, app) in [
+                (format!("default/a{i}"), "a"),
+                (format!("default/b{i}"), "b"),
+            ] {
+                o.services.insert(
+                    svc,
+                    ServiceFacts {
+                        labels: [("app".to_owned(), app.to_owned())].into(),
+                        ..ServiceFacts::default()
+                    },
+                );
+            }
+        }
+        let up = alive(&["p1", "p2", "s1", "both"]);
+        let got = owners(&o, &allocs, &up);
+        assert_eq!(got.len(), 32, "{got:?}");
+        for i in 0..16 {
+            let (a, b) = (
+                &got[&format!("default/a{i}")],
+                &got[&format!("default/b{i}")],
+            );
+            assert_eq!(a, b, "10.0.0.{i} split");
+            assert_eq!(a, "both", "the one node both select");
+        }
+        // Without a node both select: still one node per address, of either side.
+        let up = alive(&["p1", "p2", "s1"]);
+        let got = owners(&o, &allocs, &up);
+        for i in 0..16 {
+            assert_eq!(
+                got[&format!("default/a{i}")],
+                got[&format!("default/b{i}")],
+                "10.0.0.{i} split"
+            );
+        }
+        let sides: BTreeSet<&String> = got.values().collect();
+        assert!(sides.contains(&"s1".to_owned()), "{sides:?}");
+        // Every node agrees: each address is answered by exactly one of them.
+        let mut seen = BTreeMap::new();
+        for n in ["p1", "p2", "s1"] {
+            for a in layer2(n, &o, &allocs, &up).announcements {
+                assert!(seen.insert((a.vip, a.service.clone()), n).is_none());
+            }
+        }
+        let per_ip: BTreeMap<IpAddr, BTreeSet<&str>> =
+            seen.iter().fold(BTreeMap::new(), |mut m, ((ip, _), n)| {
+                m.entry(*ip).or_default().insert(*n);
+                m
+            });
+        assert!(per_ip.values().all(|n| n.len() == 1), "{per_ip:?}");
     }
 
     /// issue 15 §3: among the nodes MetalLB would consider, those on the VIP's subnet.
