@@ -255,3 +255,22 @@ fn a_vip_link_that_loses_carrier_fails_over_and_its_return_moves_it_back_once() 
     );
     assert_eq!(after.last().map(|(_, m)| *m), Some(old_mac));
 }
+
+/// §5: with `xdplb.io/l2-preempt: "false"` a client sees its VIP's MAC change once across a
+/// failure and the owner's return (MetalLB's rule: twice, measured the same way).
+#[test]
+fn a_non_revertive_vip_stays_where_it_went_when_its_owner_returns() {
+    if !privileged("a_non_revertive_vip_stays_where_it_went_when_its_owner_returns") {
+        return;
+    }
+    use bpf_tests::bench::failover::kill_and_return;
+    let sticky = kill_and_return(true).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sticky.len(), 2, "MACs seen, non-revertive: {sticky:?}");
+    let revertive = kill_and_return(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        revertive.len(),
+        3,
+        "MACs seen, MetalLB's rule: {revertive:?}"
+    );
+    assert_eq!(revertive[0], revertive[2], "back to the owner");
+}

@@ -275,6 +275,9 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
                 hold_ms: 0,
                 phase: Phase::Leaving,
                 links: None,
+                claims_digest: 0,
+                claims: None,
+                claims_ack: 0,
             };
             flood.push(bye.encode(b"not-the-lab-secret-at-all").expect("encode"));
             flood.push(bye.encode(SECRET.as_bytes()).expect("encode"));

@@ -11,6 +11,7 @@ use lb_controller::{
     config::{
         l2mode::{self, L2Mode},
         manifest::Objects,
+        preempt,
         types::L2Advertisement,
     },
     ipam::pool_for::Pools,
@@ -52,6 +53,9 @@ pub struct ServiceFacts {
     pub labels: Labels,
     /// The Layer 2 mode its `xdplb.io/l2-mode` annotation asks for, when valid.
     pub l2_mode: Option<L2Mode>,
+    /// Whether its `xdplb.io/l2-preempt` annotation asks for MetalLB's revertive rule
+    /// (`true`) or not, when valid.
+    pub preempt: Option<bool>,
     /// `externalTrafficPolicy: Local`: the nodes that hold a ready endpoint (ready, or serving
     /// and not terminating, as MetalLB counts them). `None`: `Cluster`, any node may announce.
     pub local_nodes: Option<BTreeSet<String>>,
@@ -151,9 +155,21 @@ impl Inputs {
                     None
                 }
             };
+            let preempt = match preempt::annotated(s.annotations()) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    inputs.problems.push(format!(
+                        "Service {key}: metadata.annotations[{}]: {e}; using the advertisements' setting",
+                        preempt::ANNOTATION
+                    ));
+                    None
+                }
+            };
             let facts = ServiceFacts {
                 labels: s.labels().clone(),
                 l2_mode,
+                preempt,
                 local_nodes: local.then(|| endpoints.remove(&key).unwrap_or_default()),
             };
             inputs.services.insert(key, facts);

@@ -47,6 +47,7 @@ use crate::{
         vipdev,
     },
     membership::{
+        claims::Claims,
         driver::{Membership, check_secret},
         heartbeat::Phase,
     },
@@ -103,6 +104,8 @@ struct Agent {
     capacity_problem: Option<String>,
     /// Whether the configuration changed since the announcements were last computed.
     dirty: bool,
+    /// Whether this node holds more non-revertive VIPs than it can claim (logged once).
+    claims_truncated: bool,
     started: Instant,
 }
 
@@ -254,6 +257,7 @@ impl Agent {
             outside_pools: Vec::new(),
             capacity_problem: None,
             dirty: true,
+            claims_truncated: false,
             started: Instant::now(),
         };
         Ok((agent, configs))
@@ -430,6 +434,7 @@ impl Agent {
         }
         self.dirty = false;
         let wanted = election::layer2(&self.node, &c.inputs, &c.allocations, &view.members);
+        self.claim(&wanted.claims);
         let step = self.handover.step(wanted, view.changed, view.rejoined, now);
         self.metrics.set_ready();
         // xdplb0 holds what this node owns at Layer 2 and what it advertises over BGP.
@@ -442,6 +447,28 @@ impl Agent {
             trim_heap();
         }
         Ok(())
+    }
+
+    /// Tells the peers which non-revertive VIPs this node holds (from the next heartbeat).
+    fn claim(&mut self, vips: &BTreeSet<IpAddr>) {
+        let claims = match Claims::new(vips.iter().copied()) {
+            Ok(c) => c,
+            Err((c, count)) => {
+                if !self.claims_truncated {
+                    warn!(
+                        count,
+                        kept = c.iter().count(),
+                        "more non-revertive VIPs than a heartbeat can claim: the others are preempted as MetalLB's would be"
+                    );
+                }
+                self.claims_truncated = true;
+                c
+            }
+        };
+        if claims.iter().count() == vips.len() {
+            self.claims_truncated = false;
+        }
+        self.membership.set_claims(claims);
     }
 
     /// The ConfigurationState: the reading's problems, and the VIPs the maps cannot hold.

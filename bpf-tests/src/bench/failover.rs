@@ -130,6 +130,74 @@ pub fn link_cut(runs: usize) -> Result<Vec<Duration>, String> {
     Ok(samples)
 }
 
+/// The lab's configuration with `xdplb.io/l2-preempt: "false"` on its L2Advertisement.
+pub fn non_revertive_config(lab: &Lab) -> String {
+    crate::harness::group::config_yaml(lab, "{}").replace(
+        "kind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system}",
+        "kind: L2Advertisement\nmetadata: {name: lab, namespace: metallb-system, annotations: {xdplb.io/l2-preempt: \"false\"}}",
+    )
+}
+
+/// The MACs a client sees for one VIP, in order (each change once), across a SIGKILL of the
+/// VIP's owner and that owner's return; `non_revertive` puts `xdplb.io/l2-preempt: "false"` on
+/// the L2Advertisement. MetalLB's rule gives three (owner, another, owner again), the
+/// non-revertive one two.
+pub fn kill_and_return(non_revertive: bool) -> Result<Vec<[u8; 6]>, String> {
+    let tag = if non_revertive { "nr" } else { "rv" };
+    let mut g = match non_revertive {
+        true => Group::start_config(tag, &[], non_revertive_config),
+        false => Group::start(tag),
+    };
+    let owners = expected(&g.dir, &g.names);
+    let (vip, _) = owners.iter().next().ok_or("no VIP allocated")?;
+    let vip = octets(vip)?;
+    let owner_mac = settled(&g.lab, vip, Duration::from_secs(1))
+        .ok_or("the VIP is not answered by one node")?;
+    let owner = g
+        .macs
+        .get(&mac_str(&owner_mac))
+        .cloned()
+        .ok_or("reply from an unknown MAC")?;
+    let index = g
+        .names
+        .iter()
+        .position(|n| *n == owner)
+        .ok_or("owner index")?;
+    let client = octets(&g.lab.client.ipv4)?;
+    let prober = Prober::start(&g.lab.client.ns, "eth0", client, vip, PROBE);
+    std::thread::sleep(Duration::from_millis(100));
+    g.kill(index);
+    std::thread::sleep(Duration::from_millis(800));
+    g.start_agent(index, &[]);
+    // Its listening, joining, and a hand-back if there is one.
+    std::thread::sleep(Duration::from_millis(2000));
+    Ok(owners_seen(&prober.finish()))
+}
+
+/// The owners a client saw, in order: the MAC of every 50 ms in which one MAC alone replied,
+/// each change once. A hand-over is make before break, so for a moment both nodes reply to
+/// each probe; those moments are no owner of their own.
+pub fn owners_seen(replies: &[crate::harness::prober::Reply]) -> Vec<[u8; 6]> {
+    let Some((start, _)) = replies.first() else {
+        return Vec::new();
+    };
+    let mut windows: std::collections::BTreeMap<u128, std::collections::BTreeSet<[u8; 6]>> =
+        std::collections::BTreeMap::new();
+    for (at, mac) in replies {
+        windows
+            .entry(at.duration_since(*start).as_millis() / 50)
+            .or_default()
+            .insert(*mac);
+    }
+    let mut out: Vec<[u8; 6]> = windows
+        .into_values()
+        .filter(|macs| macs.len() == 1)
+        .filter_map(|macs| macs.into_iter().next())
+        .collect();
+    out.dedup();
+    out
+}
+
 /// One keepalived per node, in its own process group so a kill takes all of its processes.
 struct Keepalived {
     child: Child,

@@ -267,13 +267,17 @@ struct Failover {
     xdplb_fast: Vec<Duration>,
     /// The owner's VIP link cut at the switch while its heartbeats go on.
     link_cut: Vec<Duration>,
+    /// MAC changes a client sees across the owner's death and return: non-revertive, and
+    /// MetalLB's rule.
+    mac_changes: Result<(usize, usize), String>,
     keepalived_fast: Result<Vec<Duration>, String>,
     keepalived_default: Result<Vec<Duration>, String>,
 }
 
 impl Failover {
     fn measure() -> Result<Self> {
-        use bpf_tests::bench::failover::{keepalived, link_cut, xdplb};
+        use bpf_tests::bench::failover::{keepalived, kill_and_return, link_cut, xdplb};
+        let changes = |sticky| kill_and_return(sticky).map(|owners| owners.len().saturating_sub(1));
         Ok(Self {
             xdplb: xdplb(FAILOVER_RUNS, &[]).map_err(anyhow::Error::msg)?,
             xdplb_fast: xdplb(
@@ -282,6 +286,7 @@ impl Failover {
             )
             .map_err(anyhow::Error::msg)?,
             link_cut: link_cut(FAILOVER_RUNS).map_err(anyhow::Error::msg)?,
+            mac_changes: changes(true).and_then(|n| Ok((n, changes(false)?))),
             keepalived_fast: keepalived(FAILOVER_RUNS, "0.01"),
             keepalived_default: keepalived(5, "1"),
         })
@@ -322,6 +327,14 @@ impl Failover {
             p(&self.xdplb, 50),
             p(&self.xdplb, 99),
         );
+        match &self.mac_changes {
+            Ok((sticky, revertive)) => println!(
+                "| L2: MAC changes a client sees across the owner's SIGKILL and return | {sticky} (xdplb.io/l2-preempt: \"false\") | MetalLB's revertive rule, same run: {revertive} | — | 1 |"
+            ),
+            Err(e) => println!(
+                "| L2: MAC changes a client sees across the owner's SIGKILL and return | not measured ({e}) | — | — | 1 |"
+            ),
+        }
         println!(
             "| L2 failover, the same, keepalived at its default | — | {} | — | — |",
             other(&self.keepalived_default, "advert 1 s")

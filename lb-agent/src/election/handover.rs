@@ -116,6 +116,7 @@ impl Handover {
         let Layer2 {
             announcements: wanted,
             active_active,
+            ..
         } = wanted;
         let expired: BTreeSet<Announcement> = self
             .lingering
@@ -227,6 +228,7 @@ mod tests {
         Layer2 {
             announcements: vips.iter().map(|a| (*a).clone()).collect(),
             active_active: BTreeMap::new(),
+            claims: BTreeSet::new(),
         }
     }
 
@@ -235,6 +237,7 @@ mod tests {
         Layer2 {
             announcements: vips.iter().map(|a| (*a).clone()).collect(),
             active_active: vips.iter().map(|a| (a.vip, nodes.clone())).collect(),
+            claims: BTreeSet::new(),
         }
     }
 

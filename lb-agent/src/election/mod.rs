@@ -28,6 +28,7 @@ use std::{
 use lb_controller::{
     config::{
         l2mode::{self, L2Mode},
+        preempt,
         selector::{self, Advertisement},
         types::L2Advertisement,
     },
@@ -96,6 +97,16 @@ pub fn elections(
     allocations: &[PlanEntry],
     members: &Members,
 ) -> BTreeMap<String, Election> {
+    elect(inputs, allocations, members).0
+}
+
+/// The elections, and the first addresses of the non-revertive Services among them (what
+/// their owners claim).
+fn elect(
+    inputs: &Inputs,
+    allocations: &[PlanEntry],
+    members: &Members,
+) -> (BTreeMap<String, Election>, BTreeSet<IpAddr>) {
     // Services that share an address (`allow-shared-ip`) are elected together, so one node
     // answers for it even when advertisements select only some of them (MetalLB's split,
     // metallb/metallb#3025): see [`Shared`].
@@ -141,16 +152,36 @@ pub fn elections(
             })
             .collect();
         let mode = l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied());
+        let preempt = preempt::effective(svc.and_then(|s| s.preempt), ads.iter().copied());
         groups
             .entry(*first)
             .or_default()
-            .add(&entry.service, candidates, mode);
+            .add(&entry.service, candidates, mode, preempt);
     }
     let mut out = BTreeMap::new();
+    let mut sticky = BTreeSet::new();
     for (first, group) in groups {
-        let (services, candidates, mode) = group.merged();
+        let (services, candidates, mode, preempt) = group.merged();
         let candidates = reach::best(candidates);
         let election = match mode {
+            L2Mode::SingleOwner if !preempt => {
+                sticky.insert(first);
+                // The node that holds the address keeps it while it is a candidate; after a
+                // partition more than one may claim it, and MetalLB's order decides.
+                let claimers: Vec<Candidate> = candidates
+                    .iter()
+                    .filter(|c| {
+                        members
+                            .claims
+                            .get(&c.node)
+                            .is_some_and(|held| held.contains(&first))
+                    })
+                    .cloned()
+                    .collect();
+                order::owner(first, &claimers)
+                    .or_else(|| order::owner(first, &candidates))
+                    .map(Election::Owner)
+            }
             L2Mode::SingleOwner => order::owner(first, &candidates).map(Election::Owner),
             L2Mode::ActiveActive => {
                 let top = candidates.iter().map(|c| c.preference).max();
@@ -168,31 +199,39 @@ pub fn elections(
             }
         }
     }
-    out
+    (out, sticky)
 }
 
 /// The Services whose first address is one address, elected as one: the nodes that are
 /// candidates for every one of them (the best preference and reach any of them gives a node),
 /// or, when no node is, for any of them, so the address still has an owner. Active-active only
-/// when every one of them asks for it.
+/// when every one of them asks for it, and non-revertive likewise.
 #[derive(Default)]
 struct Shared {
     services: Vec<String>,
     /// Per node: its candidacy as the best of the Services give it, and for how many.
     nodes: BTreeMap<String, (Candidate, Reach, usize)>,
     single: bool,
+    preempt: bool,
 }
 
 impl Shared {
     /// A Service no node may announce (no advertisement selects it, or `Local` without a
     /// ready endpoint) takes no part: it neither narrows the others' candidates nor is said
     /// to be announced.
-    fn add(&mut self, service: &str, candidates: Vec<(Candidate, Reach)>, mode: L2Mode) {
+    fn add(
+        &mut self,
+        service: &str,
+        candidates: Vec<(Candidate, Reach)>,
+        mode: L2Mode,
+        preempt: bool,
+    ) {
         if candidates.is_empty() {
             return;
         }
         self.services.push(service.to_owned());
         self.single |= mode == L2Mode::SingleOwner;
+        self.preempt |= preempt;
         for (c, r) in candidates {
             let e = self
                 .nodes
@@ -204,7 +243,7 @@ impl Shared {
         }
     }
 
-    fn merged(self) -> (Vec<String>, Vec<(Candidate, Reach)>, L2Mode) {
+    fn merged(self) -> (Vec<String>, Vec<(Candidate, Reach)>, L2Mode, bool) {
         let every = self.services.len();
         let all: Vec<(Candidate, Reach, usize)> = self.nodes.into_values().collect();
         let common = all.iter().any(|(_, _, n)| *n == every);
@@ -217,7 +256,7 @@ impl Shared {
             true => L2Mode::SingleOwner,
             false => L2Mode::ActiveActive,
         };
-        (self.services, candidates, mode)
+        (self.services, candidates, mode, self.preempt)
     }
 }
 
@@ -244,11 +283,13 @@ pub struct Layer2 {
     /// The active-active VIPs among them, with every node that shares each one (this one
     /// included).
     pub active_active: BTreeMap<IpAddr, Arc<[String]>>,
+    /// The first addresses of the non-revertive Services this node owns: what it claims.
+    pub claims: BTreeSet<IpAddr>,
 }
 
 /// What `node` announces, and which of it is shared with other nodes.
 pub fn layer2(node: &str, inputs: &Inputs, allocations: &[PlanEntry], members: &Members) -> Layer2 {
-    let elections = elections(inputs, allocations, members);
+    let (elections, sticky) = elect(inputs, allocations, members);
     let no_labels = Labels::new();
     let node_labels = inputs.nodes.get(node).unwrap_or(&no_labels);
     let mut out = Layer2::default();
@@ -260,6 +301,12 @@ pub fn layer2(node: &str, inputs: &Inputs, allocations: &[PlanEntry], members: &
             }
             _ => continue,
         };
+        if let Some(first) = entry.ips.first()
+            && sharing.is_none()
+            && sticky.contains(first)
+        {
+            out.claims.insert(*first);
+        }
         let Some((pool, labels)) = inputs.pool_of(entry) else {
             continue;
         };
@@ -479,6 +526,87 @@ mod tests {
         assert!(per_ip.values().all(|n| n.len() == 1), "{per_ip:?}");
     }
 
+    fn claiming(mut m: Members, claims: &[(&str, &[&str])]) -> Members {
+        use crate::membership::claims::Claims;
+        for (node, vips) in claims {
+            let c = Claims::new(
+                vips.iter()
+                    .map(|v| v.parse().unwrap_or_else(|e| panic!("{e}"))),
+            )
+            .unwrap_or_else(|(c, _)| c);
+            m.claims.insert((*node).to_owned(), c);
+        }
+        m
+    }
+
+    /// issue 15 §5: with `xdplb.io/l2-preempt: "false"` the node that holds a VIP keeps it
+    /// when MetalLB's preferred node returns; claims that conflict (after a partition) resolve
+    /// in MetalLB's order; a claim from a node that is no candidate counts for nothing.
+    #[test]
+    fn a_non_revertive_vip_stays_with_the_node_that_holds_it() {
+        let sticky = objects(
+            json!([{"metadata": {"name": "l2", "annotations": {"xdplb.io/l2-preempt": "false"}},
+                "spec": {}}]),
+            &[
+                ("a", json!({})),
+                ("b", json!({})),
+                (
+                    "c",
+                    json!({"node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+                ),
+            ],
+        );
+        let allocs = [alloc("default/web", &["10.0.0.7"])];
+        let all = ["a", "b", "c"];
+        let preferred = owners(&sticky, &allocs, &alive(&all))["default/web"].clone();
+        let other = if preferred == "a" { "b" } else { "a" };
+        // The preferred node died; the other took the VIP over and claims it.
+        let taken = owners(&sticky, &allocs, &alive(&[other, "c"]));
+        assert_eq!(taken["default/web"], other);
+        assert_eq!(
+            layer2(other, &sticky, &allocs, &alive(&[other, "c"])).claims,
+            BTreeSet::from(["10.0.0.7".parse().unwrap_or_else(|e| panic!("{e}"))])
+        );
+        // It returns: the VIP stays, on every node's view.
+        let back = claiming(alive(&all), &[(other, &["10.0.0.7"])]);
+        assert_eq!(owners(&sticky, &allocs, &back)["default/web"], other);
+        assert!(
+            layer2(&preferred, &sticky, &allocs, &back)
+                .announcements
+                .is_empty()
+        );
+        // MetalLB's rule (the default) takes it back.
+        let revertive = objects(
+            json!([{"metadata": {"name": "l2"}, "spec": {}}]),
+            &[("a", json!({})), ("b", json!({}))],
+        );
+        assert_eq!(owners(&revertive, &allocs, &back)["default/web"], preferred);
+        assert!(
+            layer2(&preferred, &revertive, &allocs, &back)
+                .claims
+                .is_empty()
+        );
+        // Both claim (a healed partition): MetalLB's order among the claimers.
+        let both = claiming(alive(&all), &[("a", &["10.0.0.7"]), ("b", &["10.0.0.7"])]);
+        assert_eq!(owners(&sticky, &allocs, &both)["default/web"], preferred);
+        // An excluded node's claim is no claim.
+        let excluded = claiming(alive(&all), &[("c", &["10.0.0.7"])]);
+        assert_eq!(
+            owners(&sticky, &allocs, &excluded)["default/web"],
+            preferred
+        );
+        // A Service can ask for MetalLB's rule against its advertisement.
+        let mut own = sticky.clone();
+        own.services.insert(
+            "default/web".into(),
+            ServiceFacts {
+                preempt: Some(true),
+                ..ServiceFacts::default()
+            },
+        );
+        assert_eq!(owners(&own, &allocs, &back)["default/web"], preferred);
+    }
+
     /// issue 15 §3: among the nodes MetalLB would consider, those on the VIP's subnet.
     #[test]
     fn a_node_without_the_vips_subnet_is_never_elected_unless_no_node_has_it() {
@@ -634,6 +762,21 @@ mod tests {
             ]
         );
         assert_eq!(inputs.services["shop/web"].l2_mode, None);
+        let inputs = Inputs::new(&Objects {
+            services: vec![
+                serde_json::from_value(json!({"metadata": {"name": "web", "namespace": "shop",
+                    "annotations": {"xdplb.io/l2-preempt": "never"}}, "spec": {"type": "LoadBalancer"}}))
+                .unwrap_or_else(|e| panic!("{e}")),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            inputs.problems,
+            vec![
+                "Service shop/web: metadata.annotations[xdplb.io/l2-preempt]: \"never\" is not a preemption setting (\"true\", MetalLB's revertive rule, or \"false\"); using the advertisements' setting"
+            ]
+        );
+        assert_eq!(inputs.services["shop/web"].preempt, None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 };
 
 pub use super::heartbeat::Phase;
-use super::{Members, links::Links};
+use super::{Members, claims::Claims, links::Links};
 
 /// Default silence after which a peer is dead: with heartbeats every 50 ms, three missed ones
 /// and some jitter, detection stays well under the 200 ms p99 failover target (DESIGN.md §6).
@@ -247,18 +247,20 @@ pub struct View {
 pub struct Changes {
     last_alive: BTreeSet<String>,
     last_links: BTreeMap<String, Links>,
+    last_claims: BTreeMap<String, Claims>,
     /// The run (epoch) each lost peer was in when it was lost.
     lost_in: BTreeMap<String, u64>,
 }
 
 impl Changes {
-    /// The alive set at `now` (with `me`, always alive to itself) with the `links` each of
-    /// them last said it has, and how that changed.
+    /// The alive set at `now` (with `me`, always alive to itself) with the `links` and
+    /// `claims` each of them last said it has, and how that changed.
     pub fn look(
         &mut self,
         detector: &Detector,
         me: &str,
         links: &BTreeMap<String, Links>,
+        claims: &BTreeMap<String, Claims>,
         now: Instant,
     ) -> View {
         let mut alive = detector.alive(now);
@@ -268,11 +270,19 @@ impl Changes {
             .filter(|(node, _)| alive.contains(*node))
             .map(|(n, l)| (n.clone(), l.clone()))
             .collect();
+        let claims: BTreeMap<String, Claims> = claims
+            .iter()
+            .filter(|(node, c)| alive.contains(*node) && !c.is_empty())
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
         let mut view = View {
-            changed: alive != self.last_alive || links != self.last_links,
+            changed: alive != self.last_alive
+                || links != self.last_links
+                || claims != self.last_claims,
             ..View::default()
         };
         self.last_links.clone_from(&links);
+        self.last_claims.clone_from(&claims);
         if alive != self.last_alive {
             for back in alive.difference(&self.last_alive) {
                 if let (Some(lost), Some(current)) =
@@ -294,7 +304,11 @@ impl Changes {
             }
             self.last_alive.clone_from(&alive);
         }
-        view.members = Members { alive, links };
+        view.members = Members {
+            alive,
+            links,
+            claims,
+        };
         view
     }
 }
@@ -542,23 +556,26 @@ mod tests {
         let mut c = Changes::default();
         d.heard("b", 1, 1, ME, Phase::Active, None, t0);
         d.heard("c", 1, 1, ME, Phase::Active, None, t0);
-        let first = c.look(&d, "a", &BTreeMap::new(), t0);
+        let first = c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0);
         assert!(first.changed && !first.rejoined);
         assert_eq!(first.members.alive.len(), 3);
-        assert!(!c.look(&d, "a", &BTreeMap::new(), t0 + 10 * MS).changed);
+        assert!(
+            !c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0 + 10 * MS)
+                .changed
+        );
 
         // Both fall silent; the loss is seen 150 ms after the last heartbeat.
-        let lost = c.look(&d, "a", &BTreeMap::new(), t0 + 150 * MS);
+        let lost = c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0 + 150 * MS);
         assert!(lost.changed);
         assert_eq!(lost.members.alive, BTreeSet::from(["a".to_owned()]));
         assert_eq!(lost.detected, vec![150 * MS, 150 * MS]);
 
         // b comes back in the same run (a partition healed); c restarted (a new epoch).
         d.heard("c", 2, 1, ME, Phase::Active, None, t0 + 200 * MS);
-        let restarted = c.look(&d, "a", &BTreeMap::new(), t0 + 200 * MS);
+        let restarted = c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0 + 200 * MS);
         assert!(restarted.changed && !restarted.rejoined);
         d.heard("b", 1, 2, ME, Phase::Active, None, t0 + 210 * MS);
-        let healed = c.look(&d, "a", &BTreeMap::new(), t0 + 210 * MS);
+        let healed = c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0 + 210 * MS);
         assert!(healed.changed && healed.rejoined);
         assert!(healed.detected.is_empty());
     }
@@ -569,9 +586,9 @@ mod tests {
         let mut d = Detector::new(100 * MS, ME);
         let mut c = Changes::default();
         d.heard("b", 1, 1, ME, Phase::Active, None, t0);
-        c.look(&d, "a", &BTreeMap::new(), t0);
+        c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0);
         d.heard("b", 1, 2, ME, Phase::Leaving, None, t0 + 20 * MS);
-        let view = c.look(&d, "a", &BTreeMap::new(), t0 + 20 * MS);
+        let view = c.look(&d, "a", &BTreeMap::new(), &BTreeMap::new(), t0 + 20 * MS);
         assert!(view.changed && view.detected.is_empty());
     }
 }
@@ -593,19 +610,22 @@ mod links_tests {
         }]);
         let mut links = BTreeMap::from([("a".to_owned(), up.clone()), ("b".to_owned(), up)]);
         d.heard("b", 1, 1, 7, Phase::Active, None, t0);
-        let first = c.look(&d, "a", &links, t0);
+        let first = c.look(&d, "a", &links, &BTreeMap::new(), t0);
         assert!(first.changed);
         assert_eq!(first.members.links.len(), 2);
-        assert!(!c.look(&d, "a", &links, t0 + ms).changed);
+        assert!(!c.look(&d, "a", &links, &BTreeMap::new(), t0 + ms).changed);
         // b's VIP link loses carrier: it says so, and that is a change for the election.
         links.insert("b".into(), Links::default());
-        let cut = c.look(&d, "a", &links, t0 + 2 * ms);
+        let cut = c.look(&d, "a", &links, &BTreeMap::new(), t0 + 2 * ms);
         assert!(cut.changed);
         assert_eq!(cut.members.links.get("b"), Some(&Links::default()));
         // A dead node's links are not the election's business.
-        let dead = c.look(&d, "a", &links, t0 + 200 * ms);
+        let dead = c.look(&d, "a", &links, &BTreeMap::new(), t0 + 200 * ms);
         assert!(dead.changed && !dead.members.links.contains_key("b"));
         links.remove("b");
-        assert!(!c.look(&d, "a", &links, t0 + 201 * ms).changed);
+        assert!(
+            !c.look(&d, "a", &links, &BTreeMap::new(), t0 + 201 * ms)
+                .changed
+        );
     }
 }

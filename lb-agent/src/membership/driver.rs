@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::{
     Rejected,
+    claims::Claims,
     detector::{Changes, Detector, Heard, View},
     heartbeat::{Heartbeat, HeartbeatError, Phase},
     links::Links,
@@ -122,6 +123,9 @@ impl Beats {
             hold_ms: 0,
             phase,
             links: None,
+            claims_digest: 0,
+            claims: None,
+            claims_ack: 0,
         }
     }
 }
@@ -167,6 +171,10 @@ pub struct Membership {
     links: BTreeMap<String, Links>,
     /// Peers whose last authentic heartbeat was version 2: they would refuse one with fields.
     plain: BTreeSet<String>,
+    /// What each node (this one included) last said it claims, and the digest of it.
+    claims: BTreeMap<String, (Claims, u64)>,
+    /// The digest of this node's claims each peer last said it holds.
+    acked: BTreeMap<String, u64>,
     /// Nothing is sent or accepted without one.
     keys: Keys,
     /// Why the cluster's secret is not usable, as last logged.
@@ -206,6 +214,8 @@ impl Membership {
             changes: Changes::default(),
             links: BTreeMap::new(),
             plain: BTreeSet::new(),
+            claims: BTreeMap::new(),
+            acked: BTreeMap::new(),
             keys: Keys::new(secret),
             secret_problem: None,
             reject_log: RejectLog::default(),
@@ -237,6 +247,17 @@ impl Membership {
         self.links.insert(self.node.clone(), links.clone()) != Some(links)
     }
 
+    /// The non-revertive VIPs this node holds, as its heartbeats say from now on; `true` when
+    /// they changed.
+    pub fn set_claims(&mut self, claims: Claims) -> bool {
+        let digest = claims.digest();
+        let entry = (claims, digest);
+        self.claims
+            .insert(self.node.clone(), entry.clone())
+            .as_ref()
+            != Some(&entry)
+    }
+
     /// Signs a heartbeat in `phase` and sends it to every peer; returns the peers it could not
     /// be sent to. Nothing is sent without a secret.
     pub async fn beat(
@@ -256,6 +277,12 @@ impl Membership {
                 true => None,
                 false => self.links.get(&self.node).cloned(),
             };
+            let (mine, digest) = self.claims.get(&self.node).cloned().unwrap_or_default();
+            hb.claims_digest = digest;
+            hb.claims_ack = self.claims.get(node).map_or(0, |(_, d)| *d);
+            // The list only to a peer that has not got it: once after a change, and to one
+            // that just started (it acknowledges nothing yet).
+            hb.claims = (digest != 0 && self.acked.get(node) != Some(&digest)).then_some(mine);
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
@@ -335,6 +362,7 @@ impl Membership {
                 let links = hb.links.as_ref().map(ToString::to_string);
                 info!(peer = %hb.node, links = links.as_deref().unwrap_or("not said (an older agent)"), "peer's announcing links");
             }
+            links_changed |= self.take_claims(&hb);
         }
         match heard {
             Heard::Unconfirmed => {
@@ -362,12 +390,41 @@ impl Membership {
         }
     }
 
+    /// Takes what an accepted heartbeat says of claims; `true` when the sender's changed.
+    /// A list whose digest is not the one announced beside it is ignored (the previous claims
+    /// stand until a consistent one arrives): claims only keep VIPs where they are, so a
+    /// stale one delays a move by a heartbeat at worst.
+    fn take_claims(&mut self, hb: &Heartbeat) -> bool {
+        if hb.links.is_none() {
+            // Version 2: it claims nothing.
+            self.acked.remove(&hb.node);
+            return self.claims.remove(&hb.node).is_some();
+        }
+        self.acked.insert(hb.node.clone(), hb.claims_ack);
+        let next = match (&hb.claims, hb.claims_digest) {
+            (_, 0) => (Claims::default(), 0),
+            (Some(list), d) if list.digest() == d => (list.clone(), d),
+            _ => return false,
+        };
+        let changed = self.claims.get(&hb.node) != Some(&next);
+        if changed {
+            info!(peer = %hb.node, vips = next.0.iter().count(), "peer's non-revertive claims");
+            self.claims.insert(hb.node.clone(), next);
+        }
+        changed
+    }
+
     /// Who is alive at `now` (this node included) and what changed since the last look,
     /// recorded in the metrics and the log.
     pub fn look(&mut self, now: Instant) -> View {
+        let claims: BTreeMap<String, Claims> = self
+            .claims
+            .iter()
+            .map(|(n, (c, _))| (n.clone(), c.clone()))
+            .collect();
         let view = self
             .changes
-            .look(&self.detector, &self.node, &self.links, now);
+            .look(&self.detector, &self.node, &self.links, &claims, now);
         self.metrics
             .peers_alive
             .set(view.members.alive.len().saturating_sub(1) as i64);
@@ -428,6 +485,9 @@ mod tests {
             hold_ms: 0,
             phase: Phase::Active,
             links: None,
+            claims_digest: 0,
+            claims: None,
+            claims_ack: 0,
         };
         for key in [&old, &new] {
             let wire = hb.encode(key).expect("encode");

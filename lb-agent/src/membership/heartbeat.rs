@@ -8,7 +8,9 @@
 //!        | HMAC-SHA256 of all the above (32)
 //! ```
 //! Version 3 adds typed fields; a receiver skips the types it does not know. Type 1 is the
-//! sender's [`Links`]. A version 3 agent sends version 2 (no fields) to a peer whose last
+//! sender's [`Links`]; types 2 to 4 its non-revertive claims ([`super::claims`]): the digest of
+//! its claims (always), the list (only while the receiver has not acknowledged that digest),
+//! and the digest of the receiver's claims it holds (the acknowledgement). A version 3 agent sends version 2 (no fields) to a peer whose last
 //! heartbeat was version 2, so a rolling upgrade never has old agents refusing new ones' heartbeats
 //! and counting them dead.
 //! Integers are big-endian. `epoch` is the sender's run, a random number drawn at start (not a
@@ -23,7 +25,10 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use super::links::{Links, LinksError};
+use super::{
+    claims::{Claims, ClaimsError},
+    links::{Links, LinksError},
+};
 
 const MAGIC: &[u8; 4] = b"XLB1";
 /// Without fields: what agents before link awareness send and accept.
@@ -31,6 +36,9 @@ const VERSION_PLAIN: u8 = 2;
 /// With typed fields after the name.
 const VERSION_FIELDS: u8 = 3;
 const FIELD_LINKS: u8 = 1;
+const FIELD_CLAIMS_DIGEST: u8 = 2;
+const FIELD_CLAIMS: u8 = 3;
+const FIELD_CLAIMS_ACK: u8 = 4;
 const TAG_LEN: usize = 32;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 4 + 1;
 /// Longest node name (a DNS name).
@@ -50,6 +58,12 @@ pub struct Heartbeat {
     /// The sender's announcing links (version 3); `None`: a version 2 heartbeat, which says
     /// nothing of them.
     pub links: Option<Links>,
+    /// The digest of the sender's claims (version 3; 0: none).
+    pub claims_digest: u64,
+    /// The sender's claims, when the receiver is to learn them.
+    pub claims: Option<Claims>,
+    /// The digest of the receiver's claims as the sender holds them (0: none).
+    pub claims_ack: u64,
 }
 
 /// Where the sender is in its life, as far as the election is concerned.
@@ -108,6 +122,8 @@ pub enum HeartbeatError {
     Field,
     #[error("the links field: {0}")]
     Links(#[from] LinksError),
+    #[error("the claims field: {0}")]
+    Claims(#[from] ClaimsError),
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -140,10 +156,18 @@ impl Heartbeat {
         if let Some(links) = &self.links {
             let mut value = Vec::new();
             links.encode(&mut value);
-            let len = u16::try_from(value.len()).map_err(|_| HeartbeatError::Field)?;
-            out.push(FIELD_LINKS);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&value);
+            field(&mut out, FIELD_LINKS, &value)?;
+            field(
+                &mut out,
+                FIELD_CLAIMS_DIGEST,
+                &self.claims_digest.to_be_bytes(),
+            )?;
+            field(&mut out, FIELD_CLAIMS_ACK, &self.claims_ack.to_be_bytes())?;
+            if let Some(claims) = &self.claims {
+                let mut value = Vec::new();
+                claims.encode(&mut value);
+                field(&mut out, FIELD_CLAIMS, &value)?;
+            }
         }
         let mut m = mac(secret)?;
         m.update(&out);
@@ -191,6 +215,12 @@ impl Heartbeat {
             return Err(HeartbeatError::Name);
         }
         let mut links = None;
+        let (mut claims_digest, mut claims, mut claims_ack) = (0, None, 0);
+        let field64 = |v: &[u8]| -> Result<u64, HeartbeatError> {
+            Ok(u64::from_be_bytes(
+                v.try_into().map_err(|_| HeartbeatError::Field)?,
+            ))
+        };
         if version == VERSION_FIELDS {
             let mut fields = body.get(FIXED + name_len..).ok_or(HeartbeatError::Length)?;
             links = Some(Links::default());
@@ -198,8 +228,12 @@ impl Heartbeat {
                 let (head, rest) = fields.split_at_checked(3).ok_or(HeartbeatError::Field)?;
                 let len = usize::from(u16::from_be_bytes([head[1], head[2]]));
                 let (value, rest) = rest.split_at_checked(len).ok_or(HeartbeatError::Field)?;
-                if head[0] == FIELD_LINKS {
-                    links = Some(Links::decode(value)?);
+                match head[0] {
+                    FIELD_LINKS => links = Some(Links::decode(value)?),
+                    FIELD_CLAIMS_DIGEST => claims_digest = field64(value)?,
+                    FIELD_CLAIMS => claims = Some(Claims::decode(value)?),
+                    FIELD_CLAIMS_ACK => claims_ack = field64(value)?,
+                    _ => {}
                 }
                 fields = rest;
             }
@@ -212,8 +246,20 @@ impl Heartbeat {
             hold_ms: u32::from_be_bytes(hold),
             phase: Phase::from_flags(body.get(5).copied().unwrap_or(0)),
             links,
+            claims_digest,
+            claims,
+            claims_ack,
         })
     }
+}
+
+/// Appends one typed field.
+fn field(out: &mut Vec<u8>, kind: u8, value: &[u8]) -> Result<(), HeartbeatError> {
+    let len = u16::try_from(value.len()).map_err(|_| HeartbeatError::Field)?;
+    out.push(kind);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,15 +277,22 @@ mod tests {
             hold_ms: 0,
             phase: Phase::Active,
             links: None,
+            claims_digest: 0,
+            claims: None,
+            claims_ack: 0,
         }
     }
 
     fn with_links() -> Heartbeat {
+        let claims = Claims::new(["10.0.1.7".parse().expect("ip")]).unwrap_or_else(|(c, _)| c);
         Heartbeat {
             links: Some(Links::new([super::super::links::Link {
                 name: "eth1".into(),
                 nets: vec!["10.0.1.0/24".parse().expect("net")],
             }])),
+            claims_digest: claims.digest(),
+            claims: Some(claims),
+            claims_ack: 0x1234,
             ..beat()
         }
     }

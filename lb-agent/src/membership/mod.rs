@@ -5,10 +5,12 @@
 //!   looks at it.
 //! - [`heartbeat`]: the wire format, authenticated with HMAC-SHA256.
 //! - [`links`]: what a node says of its announcing links (carrier, networks), in its heartbeats.
+//! - [`claims`]: the non-revertive VIPs a node holds, told to its peers.
 //! - [`driver`]: the UDP edge: sends this agent's heartbeats, receives and checks the peers'.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod claims;
 pub mod detector;
 pub mod driver;
 pub mod heartbeat;
@@ -42,17 +44,20 @@ impl Rejected {
 /// Who takes part in the Layer 2 election: the nodes alive (this one included), and what each
 /// said of its announcing links. A node with no entry in `links` (an agent from before link
 /// awareness) is taken to reach every VIP, as every node was before.
+///
+/// `claims` holds the non-revertive VIPs each alive node says it holds ([`claims`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {
     pub alive: BTreeSet<String>,
     pub links: BTreeMap<String, links::Links>,
+    pub claims: BTreeMap<String, claims::Claims>,
 }
 
 impl From<BTreeSet<String>> for Members {
     fn from(alive: BTreeSet<String>) -> Self {
         Self {
             alive,
-            links: BTreeMap::new(),
+            ..Self::default()
         }
     }
 }

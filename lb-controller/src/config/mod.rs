@@ -22,6 +22,7 @@ pub mod l2mode;
 pub mod manifest;
 pub mod memberlist;
 pub mod passwords;
+pub mod preempt;
 pub mod rules;
 pub mod selector;
 pub mod settle;

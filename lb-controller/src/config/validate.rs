@@ -443,6 +443,14 @@ fn l2_advertisements(objects: &Objects, report: &mut Report) {
                 e,
             );
         }
+        if let Some(Err(e)) = super::preempt::annotated(ad.annotations()) {
+            report.error(
+                "L2Advertisement",
+                &name,
+                format!("metadata.annotations[{}]", super::preempt::ANNOTATION),
+                e,
+            );
+        }
         for (i, p) in ad.spec.preferred_node_selectors.iter().enumerate() {
             if !(1..=100).contains(&p.weight) {
                 report.error(
@@ -831,6 +839,22 @@ stringData: {user: u}
             check(&yaml).0,
             vec![
                 "L2Advertisement/typo: metadata.annotations[xdplb.io/l2-mode]: \"activeactive\" is not a Layer 2 mode (active-active or single-owner)"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_preemption_annotation_must_be_true_or_false() {
+        let ad = |name: &str, value: &str| {
+            format!(
+                "---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: {name}, annotations: {{xdplb.io/l2-preempt: {value}}}}}\n"
+            )
+        };
+        let yaml = ad("sticky", "\"false\"") + &ad("default", "\"true\"") + &ad("typo", "nope");
+        assert_eq!(
+            check(&yaml).0,
+            vec![
+                "L2Advertisement/typo: metadata.annotations[xdplb.io/l2-preempt]: \"nope\" is not a preemption setting (\"true\", MetalLB's revertive rule, or \"false\")"
             ]
         );
     }
