@@ -138,11 +138,11 @@ pub fn non_revertive_config(lab: &Lab) -> String {
     )
 }
 
-/// The MACs a client sees for one VIP, in order (each change once), across a SIGKILL of the
-/// VIP's owner and that owner's return; `non_revertive` puts `xdplb.io/l2-preempt: "false"` on
+/// The nodes a client sees answer for one VIP, in order (each change once), across a SIGKILL
+/// of the VIP's owner and that owner's return; `non_revertive` puts `xdplb.io/l2-preempt: "false"` on
 /// the L2Advertisement. MetalLB's rule gives three (owner, another, owner again), the
 /// non-revertive one two.
-pub fn kill_and_return(non_revertive: bool) -> Result<Vec<[u8; 6]>, String> {
+pub fn kill_and_return(non_revertive: bool) -> Result<Vec<String>, String> {
     let tag = if non_revertive { "nr" } else { "rv" };
     let mut g = match non_revertive {
         true => Group::start_config(tag, &[], non_revertive_config),
@@ -171,7 +171,15 @@ pub fn kill_and_return(non_revertive: bool) -> Result<Vec<[u8; 6]>, String> {
     g.start_agent(index, &[]);
     // Its listening, joining, and a hand-back if there is one.
     std::thread::sleep(Duration::from_millis(2000));
-    Ok(owners_seen(&prober.finish()))
+    Ok(owners_seen(&prober.finish())
+        .iter()
+        .map(|m| {
+            g.macs
+                .get(&mac_str(m))
+                .cloned()
+                .unwrap_or_else(|| mac_str(m))
+        })
+        .collect())
 }
 
 /// The owners a client saw, in order: the MAC of every 50 ms in which one MAC alone replied,

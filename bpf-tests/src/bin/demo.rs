@@ -559,7 +559,29 @@ fn main() -> Result<()> {
     )?;
 
     say(
-        "12. Done",
+        "12. Non-revertive failover (opt-in)",
+        "By MetalLB's rule a VIP goes back to its preferred node when that node returns, so\n\
+         clients change MAC twice per failure. With `xdplb.io/l2-preempt: \"false\"` on the\n\
+         L2Advertisement it stays where it went. Two fresh labs of three nodes, one with the\n\
+         annotation: the owner is killed, started again 800 ms later, and a client probing\n\
+         every 10 ms records who answers.",
+    );
+    for (sticky, label) in [
+        (true, "xdplb.io/l2-preempt: \"false\""),
+        (false, "MetalLB's rule     "),
+    ] {
+        let seen =
+            bpf_tests::bench::failover::kill_and_return(sticky).map_err(anyhow::Error::msg)?;
+        println!(
+            "   {label}: {} ({} MAC change{})",
+            seen.join(" → "),
+            seen.len().saturating_sub(1),
+            if seen.len() == 2 { "" } else { "s" }
+        );
+    }
+
+    say(
+        "13. Done",
         "SIGTERM to the other agents: each says goodbye and withdraws its VIPs. The lab, the\n\
          pins and the configuration copy go with this process.",
     );

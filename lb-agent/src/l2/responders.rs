@@ -153,6 +153,8 @@ pub struct Responders {
     pub af: Arc<afpacket::Shared>,
     /// The solicited-node groups of the IPv6 VIPs answered, joined on their interfaces.
     groups: Groups,
+    /// The memberships whose join failed at the last apply (logged when they first fail).
+    join_failed: BTreeSet<groups::Membership>,
 }
 
 impl Responders {
@@ -186,6 +188,7 @@ impl Responders {
             threads: Vec::new(),
             af: Arc::new(afpacket::Shared::default()),
             groups: Groups::new(),
+            join_failed: BTreeSet::new(),
         };
         for iface in ifaces {
             responders.add(iface)?;
@@ -288,14 +291,27 @@ impl Responders {
         slots: &BTreeMap<IpAddr, SlotBits>,
     ) -> Result<ApplyStats, L2Error> {
         let groups = groups::wanted(entries);
-        for f in self.groups.join(&groups) {
-            warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
-                "cannot join the solicited-node group: switches that snoop MLD may not forward solicitations for its VIPs");
-        }
+        // A join that fails is tried again at every apply, and logged once.
+        let failed: BTreeSet<groups::Membership> = self
+            .groups
+            .join(&groups)
+            .into_iter()
+            .map(|f| {
+                if !self.join_failed.contains(&f.membership) {
+                    warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
+                        "cannot join the solicited-node group: switches that snoop MLD may not forward solicitations for its VIPs");
+                }
+                f.membership
+            })
+            .collect();
+        self.join_failed = failed;
         let stats = self.apply_entries(entries, slots)?;
         for f in self.groups.leave_except(&groups) {
-            warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
-                "cannot leave the solicited-node group");
+            // The kernel dropped the memberships of an interface that went away.
+            if super::iface::name_of(f.membership.0).is_some() {
+                warn!(ifindex = f.membership.0, group = %f.membership.1, error = %f.error,
+                    "cannot leave the solicited-node group");
+            }
         }
         Ok(stats)
     }

@@ -504,3 +504,102 @@ mod tests {
         );
     }
 }
+
+/// The claims exchange and the version choice over real sockets on loopback: this agent's
+/// [`Membership`] against a peer played by hand.
+#[cfg(test)]
+mod exchange_tests {
+    use std::net::{IpAddr, Ipv6Addr, UdpSocket as StdUdp};
+
+    use super::*;
+
+    const KEY: &[u8] = b"exchange-test-secret-0123456789";
+
+    struct Peer {
+        socket: StdUdp,
+        seq: u64,
+    }
+
+    impl Peer {
+        fn new() -> Self {
+            let socket = StdUdp::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            Self { socket, seq: 0 }
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.socket.local_addr().expect("addr")
+        }
+
+        fn send(&mut self, to: SocketAddr, echo: u64, v3: bool, claims_ack: u64) {
+            self.seq += 1;
+            let hb = Heartbeat {
+                node: "peer".into(),
+                epoch: 99,
+                seq: self.seq,
+                echo,
+                hold_ms: 0,
+                phase: Phase::Active,
+                links: v3.then(Links::default),
+                claims_digest: 0,
+                claims: None,
+                claims_ack,
+            };
+            self.socket
+                .send_to(&hb.encode(KEY).expect("encode"), to)
+                .expect("send");
+        }
+
+        fn receive(&self) -> Heartbeat {
+            let mut buf = [0u8; 1500];
+            let (n, _) = self.socket.recv_from(&mut buf).expect("a heartbeat");
+            Heartbeat::decode(&buf[..n], KEY).expect("decode")
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_go_until_acknowledged_and_a_version_2_peer_gets_version_2() {
+        let metrics = Arc::new(AgentMetrics::new(std::env::temp_dir()));
+        let mut me = Membership::bind(0, "me", Duration::from_secs(1), Some(KEY.to_vec()), metrics)
+            .await
+            .expect("bind");
+        let port = me.udp.local_addr().expect("addr").port();
+        let me_at = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let mut peer = Peer::new();
+        let peers = [("peer".to_owned(), peer.addr())];
+        let vip: IpAddr = "10.0.0.7".parse().expect("ip");
+        me.set_links(Links::default());
+        me.set_claims(Claims::new([vip]).expect("fits"));
+
+        // Nothing heard from the peer yet: the list goes with the digest.
+        me.beat(&peers, Phase::Active).await;
+        let first = peer.receive();
+        let digest = first.claims_digest;
+        assert_ne!(digest, 0);
+        assert_eq!(first.claims.as_ref().map(|c| c.contains(&vip)), Some(true));
+
+        // The peer, alive now, acknowledges: the next heartbeat carries the digest only.
+        peer.send(me_at, first.epoch, true, digest);
+        assert!(me.recv().await, "the peer became alive");
+        me.beat(&peers, Phase::Active).await;
+        let second = peer.receive();
+        assert_eq!(second.claims_digest, digest);
+        assert!(second.claims.is_none(), "acknowledged: no list");
+        assert!(second.links.is_some());
+
+        // A change: the list again, until acknowledged.
+        me.set_claims(Claims::default());
+        me.beat(&peers, Phase::Active).await;
+        let third = peer.receive();
+        assert_eq!(third.claims_digest, 0);
+
+        // A fresh version 2 heartbeat (the peer downgraded): version 2 back.
+        peer.send(me_at, first.epoch, false, 0);
+        me.recv().await;
+        me.beat(&peers, Phase::Active).await;
+        let fourth = peer.receive();
+        assert!(fourth.links.is_none(), "a version 2 peer gets version 2");
+    }
+}
