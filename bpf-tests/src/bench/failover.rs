@@ -46,6 +46,21 @@ fn settled_on(host: &Host, vip: [u8; 4], within: Duration) -> Option<[u8; 6]> {
     recent.iter().all(|m| *m == first).then_some(first)
 }
 
+/// The name and index of the group's node whose MAC is `mac`.
+fn node_of(g: &Group, mac: [u8; 6]) -> Result<(String, usize), String> {
+    let owner = g
+        .macs
+        .get(&mac_str(&mac))
+        .cloned()
+        .ok_or("reply from an unknown MAC")?;
+    let index = g
+        .names
+        .iter()
+        .position(|n| *n == owner)
+        .ok_or("owner index")?;
+    Ok((owner, index))
+}
+
 /// xdplb: `runs` kills of whichever node owns the first VIP, each followed by a restart; every
 /// agent gets `timers` (for example `--heartbeat-interval 10ms`) on top of the defaults.
 pub fn xdplb(runs: usize, timers: &[&str]) -> Result<Vec<Duration>, String> {
@@ -58,16 +73,7 @@ pub fn xdplb(runs: usize, timers: &[&str]) -> Result<Vec<Duration>, String> {
     for run in 0..runs {
         let owner_mac = settled(&g.lab, vip, Duration::from_secs(1))
             .ok_or_else(|| format!("run {run}: the VIP is not answered by one node"))?;
-        let owner = g
-            .macs
-            .get(&mac_str(&owner_mac))
-            .cloned()
-            .ok_or("reply from an unknown MAC")?;
-        let index = g
-            .names
-            .iter()
-            .position(|n| *n == owner)
-            .ok_or("owner index")?;
+        let (owner, index) = node_of(&g, owner_mac)?;
         let prober = Prober::start(&g.lab.client.ns, "eth0", client, vip, PROBE);
         std::thread::sleep(Duration::from_millis(100));
         let killed = Instant::now();
@@ -153,16 +159,7 @@ pub fn kill_and_return(non_revertive: bool) -> Result<Vec<String>, String> {
     let vip = octets(vip)?;
     let owner_mac = settled(&g.lab, vip, Duration::from_secs(1))
         .ok_or("the VIP is not answered by one node")?;
-    let owner = g
-        .macs
-        .get(&mac_str(&owner_mac))
-        .cloned()
-        .ok_or("reply from an unknown MAC")?;
-    let index = g
-        .names
-        .iter()
-        .position(|n| *n == owner)
-        .ok_or("owner index")?;
+    let (_, index) = node_of(&g, owner_mac)?;
     let client = octets(&g.lab.client.ipv4)?;
     let prober = Prober::start(&g.lab.client.ns, "eth0", client, vip, PROBE);
     std::thread::sleep(Duration::from_millis(100));

@@ -18,6 +18,23 @@ pub struct Host {
     pub ipv6: String,
 }
 
+/// Attaches the pass-through XDP program to the bridge `ports` in `segment`, pinned in `dir`.
+fn pass_through(segment: &NetNs, dir: &std::path::Path, ports: Vec<String>) {
+    let dir = dir.to_owned();
+    segment.within(move || {
+        let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
+            .unwrap_or_else(|e| panic!("load xdp_pass: {e}"));
+        for port in &ports {
+            dp.attach_pass(
+                port,
+                lb_agent::l2::datapath::XdpModes::NativeOnly,
+                Some(&dir.join(format!("pass_{port}"))),
+            )
+            .unwrap_or_else(|e| panic!("xdp_pass on {port}: {e}"));
+        }
+    });
+}
+
 impl Host {
     /// `count` ARP requests for `target` from this host's `eth0`, waiting at most `deadline`
     /// seconds in all (arping's `-w`): the replying MACs, one per answer.
@@ -97,20 +114,11 @@ impl Lab {
             .map(|i| attach(&format!("n{i}"), i, 10 + i as u8))
             .collect();
         // Every bridge port runs xdp_pass, so native XDP_TX from any host arrives.
-        let dir = pass_pins.path().to_owned();
-        let ports: Vec<String> = (0..=nodes.len()).map(|i| format!("p{i}")).collect();
-        segment.within(move || {
-            let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
-                .unwrap_or_else(|e| panic!("load xdp_pass: {e}"));
-            for port in &ports {
-                dp.attach_pass(
-                    port,
-                    lb_agent::l2::datapath::XdpModes::NativeOnly,
-                    Some(&dir.join(format!("pass_{port}"))),
-                )
-                .unwrap_or_else(|e| panic!("xdp_pass on {port}: {e}"));
-            }
-        });
+        pass_through(
+            &segment,
+            pass_pins.path(),
+            (0..=nodes.len()).map(|i| format!("p{i}")).collect(),
+        );
         Self {
             segment,
             client,
@@ -353,17 +361,7 @@ impl Lab {
         self.segment.ip(&["link", "set", &port, "master", "br1"]);
         self.segment.ip(&["link", "set", &port, "up"]);
         // Native XDP_TX from the node's eth1 arrives only where the other end runs XDP.
-        let (dir, pin_port) = (self.pass_pins().to_owned(), port.clone());
-        self.segment.within(move || {
-            let mut dp = lb_agent::l2::datapath::Datapath::load(&dir, 0)
-                .unwrap_or_else(|e| panic!("load xdp_pass: {e}"));
-            dp.attach_pass(
-                &pin_port,
-                lb_agent::l2::datapath::XdpModes::NativeOnly,
-                Some(&dir.join(format!("pass_{pin_port}"))),
-            )
-            .unwrap_or_else(|e| panic!("xdp_pass on {pin_port}: {e}"));
-        });
+        pass_through(&self.segment, self.pass_pins(), vec![port.clone()]);
         let addr = 11 + i;
         ns.ip(&["addr", "add", &format!("10.212.0.{addr}/24"), "dev", "eth1"]);
         ns.ip(&[
