@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use super::{
     Problem,
-    types::{BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta2},
+    types::{
+        BFDProfile, BGPAdvertisement, Community, IPAddressPool, L2Advertisement, v1beta1, v1beta2,
+    },
 };
 
 /// Input that cannot be read as manifests at all (`validate` exits 2).
@@ -319,9 +321,29 @@ fn sort(doc: Value, file: &Path, strictness: Strictness, loaded: &mut Loaded) {
         ));
         return;
     }
-    let (group, _version) = api_version
+    let (group, version) = api_version
         .split_once('/')
         .unwrap_or(("", api_version.as_str()));
+    if let Some(served) = versions(group, &kind)
+        && !served.contains(&version)
+    {
+        let prefix = if group.is_empty() {
+            String::new()
+        } else {
+            format!("{group}/")
+        };
+        let served: Vec<String> = served.iter().map(|v| format!("{prefix}{v}")).collect();
+        problems.push(Problem::new(
+            &kind,
+            &name,
+            "apiVersion",
+            format!(
+                "{api_version:?} has no {kind}; it is served as {}",
+                served.join(" and ")
+            ),
+        ));
+        return;
+    }
     macro_rules! put {
         ($list:expr) => {
             match typed(doc, &kind, &name, strictness, warnings) {
@@ -330,11 +352,17 @@ fn sort(doc: Value, file: &Path, strictness: Strictness, loaded: &mut Loaded) {
             }
         };
     }
+    if (group, version, kind.as_str()) == ("metallb.io", "v1beta1", "BGPPeer") {
+        match typed::<v1beta1::BGPPeer>(doc, &kind, &name, strictness, warnings) {
+            Ok(old) => objects.peers.push(old.into()),
+            Err(p) => problems.push(p),
+        }
+        return;
+    }
     match (group, kind.as_str()) {
         ("metallb.io", "IPAddressPool") => put!(objects.pools),
         ("metallb.io", "L2Advertisement") => put!(objects.l2_advertisements),
         ("metallb.io", "BGPAdvertisement") => put!(objects.bgp_advertisements),
-        // v1beta1 peers read as v1beta2: the fields they share have the same shape.
         ("metallb.io", "BGPPeer") => put!(objects.peers),
         ("metallb.io", "BFDProfile") => put!(objects.bfd_profiles),
         ("metallb.io", "Community") => put!(objects.communities),
@@ -349,6 +377,20 @@ fn sort(doc: Value, file: &Path, strictness: Strictness, loaded: &mut Loaded) {
             "apiVersion",
             format!("{api_version} {kind} is not a kind xdplb reads; ignored"),
         )),
+    }
+}
+
+/// The versions the API serves a kind in; `None` for a kind xdplb does not read.
+fn versions(group: &str, kind: &str) -> Option<&'static [&'static str]> {
+    match (group, kind) {
+        ("metallb.io", "BGPPeer") => Some(&["v1beta1", "v1beta2"]),
+        (
+            "metallb.io",
+            "IPAddressPool" | "L2Advertisement" | "BGPAdvertisement" | "BFDProfile" | "Community",
+        ) => Some(&["v1beta1"]),
+        ("", "Namespace" | "Node" | "Secret" | "Service") => Some(&["v1"]),
+        ("discovery.k8s.io", "EndpointSlice") => Some(&["v1"]),
+        _ => None,
     }
 }
 

@@ -9,14 +9,21 @@ use std::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 
-use super::{Report, manifest::Objects, selector};
+use super::{
+    Report,
+    manifest::Objects,
+    selector::{self, Advertisement},
+    types::{BGPAdvertisement, IPAddressPool, v1beta2::BGPPeerSpec},
+};
 
-/// Selector syntax: known operators, values where required and absent where not, no duplicate
-/// values, and no selector listed twice.
+/// Selector syntax as Kubernetes parses it (label keys and values, known operators, values
+/// where required and absent where not, no duplicate values), and MetalLB's duplicate rules: no
+/// selector listed twice and no requirement twice in one selector, the order of values aside.
 pub fn selectors(kind: &str, name: &str, field: &str, list: &[LabelSelector], report: &mut Report) {
-    let mut seen = Vec::new();
+    let mut seen: Vec<LabelSelector> = Vec::new();
     for (i, sel) in list.iter().enumerate() {
-        if seen.contains(&sel) {
+        let canonical = canonical(sel);
+        if seen.contains(&canonical) {
             report.error(
                 kind,
                 name,
@@ -24,19 +31,32 @@ pub fn selectors(kind: &str, name: &str, field: &str, list: &[LabelSelector], re
                 format!("duplicate definition of {field}"),
             );
         }
-        seen.push(sel);
+        for (key, value) in sel.match_labels.iter().flatten() {
+            let at = format!("{field}[{i}].matchLabels");
+            if let Err(why) = label_key(key).and_then(|()| label_value(value)) {
+                report.error(kind, name, at, why);
+            }
+        }
+        let exprs = canonical.match_expressions.as_deref().unwrap_or_default();
         for (j, e) in sel.match_expressions.iter().flatten().enumerate() {
             let at = format!("{field}[{i}].matchExpressions[{j}]");
             let values = e.values.as_deref().unwrap_or_default();
             let problem = match e.operator.as_str() {
                 _ if e.key.is_empty() => Some("key is required".to_owned()),
+                _ if label_key(&e.key).is_err() => label_key(&e.key).err(),
                 "In" | "NotIn" if values.is_empty() => Some(format!("{} needs values", e.operator)),
                 "Exists" | "DoesNotExist" if !values.is_empty() => {
                     Some(format!("{} takes no values", e.operator))
                 }
                 "In" | "NotIn" | "Exists" | "DoesNotExist" => {
                     let distinct: BTreeSet<&String> = values.iter().collect();
-                    (distinct.len() != values.len()).then(|| "duplicate values".to_owned())
+                    if distinct.len() != values.len() {
+                        Some("duplicate values".to_owned())
+                    } else if exprs[..j].contains(&exprs[j]) {
+                        Some("the same requirement twice in one selector".to_owned())
+                    } else {
+                        values.iter().find_map(|v| label_value(v).err())
+                    }
                 }
                 other => Some(format!("unknown operator {other:?}")),
             };
@@ -44,6 +64,71 @@ pub fn selectors(kind: &str, name: &str, field: &str, list: &[LabelSelector], re
                 report.error(kind, name, at, p);
             }
         }
+        seen.push(canonical);
+    }
+}
+
+/// The selector with each requirement's values sorted: MetalLB compares selectors this way.
+fn canonical(sel: &LabelSelector) -> LabelSelector {
+    let mut sel = sel.clone();
+    for e in sel.match_expressions.iter_mut().flatten() {
+        if let Some(v) = e.values.as_mut() {
+            v.sort();
+        }
+    }
+    sel
+}
+
+/// A label's name part, or a value: at most 63 characters, alphanumerics at both ends, `-`,
+/// `_` and `.` between.
+fn label_name(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    bytes.len() <= 63
+        && edge(bytes.first())
+        && edge(bytes.last())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A label key: a name, optionally after a DNS subdomain prefix and `/`.
+fn label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let subdomain = |p: &str| {
+        p.len() <= 253
+            && p.split('.').all(|part| {
+                let b = part.as_bytes();
+                !b.is_empty()
+                    && b.len() <= 63
+                    && b.first()
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && b.last()
+                        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && b.iter()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            })
+    };
+    if label_name(name) && prefix.is_none_or(subdomain) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a label key (an optional DNS subdomain and '/', then at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends)"
+        ))
+    }
+}
+
+/// A label value: empty, or a label name.
+fn label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || label_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a label value (at most 63 alphanumerics, '-', '_' or '.', alphanumeric at both ends)"
+        ))
     }
 }
 
@@ -81,17 +166,22 @@ pub fn advertisement_lists(
 
 /// No entry listed twice.
 pub fn unique(kind: &str, name: &str, field: &str, list: &[String], report: &mut Report) {
-    let mut seen = BTreeSet::new();
-    for (i, item) in list.iter().enumerate() {
-        if !seen.insert(item) {
-            report.error(
-                kind,
-                name,
-                format!("{field}[{i}]"),
-                format!("{item:?} is listed twice"),
-            );
-        }
+    for (i, item) in repeats(list) {
+        report.error(
+            kind,
+            name,
+            format!("{field}[{i}]"),
+            format!("{item:?} is listed twice"),
+        );
     }
+}
+
+/// The entries that repeat an earlier one, with their index.
+pub fn repeats(list: &[String]) -> impl Iterator<Item = (usize, &String)> {
+    let mut seen = BTreeSet::new();
+    list.iter()
+        .enumerate()
+        .filter(move |(_, item)| !seen.insert(*item))
 }
 
 /// A Kubernetes duration (`90s`, `1m30s`, `500ms`).
@@ -128,17 +218,6 @@ pub fn timers(
     let hold_d = parse("spec.holdTime", hold);
     let keepalive_d = parse("spec.keepaliveTime", keepalive);
     let connect_d = parse("spec.connectTime", connect);
-    if let Some(h) = hold_d
-        && !h.is_zero()
-        && h < Duration::from_secs(3)
-    {
-        report.error(
-            KIND,
-            name,
-            "spec.holdTime",
-            format!("{h:?} is neither 0 nor at least 3s"),
-        );
-    }
     if let Some(c) = connect_d
         && (c.subsec_nanos() != 0 || !(1..=65_535).contains(&c.as_secs()))
     {
@@ -155,6 +234,21 @@ pub fn timers(
         (None, Some(k)) => (k.saturating_mul(3), k),
         (None, None) => return,
     };
+    // MetalLB truncates to whole seconds first (a BGP OPEN carries seconds): 500ms is 0, no
+    // keepalives; 2500ms is 2, which BGP forbids. A keepalive alone sets the hold time too.
+    if (1..3).contains(&h.as_secs()) {
+        let (field, why) = match hold_d {
+            Some(_) => (
+                "spec.holdTime",
+                format!("{h:?} is neither 0 nor at least 3s"),
+            ),
+            None => (
+                "spec.keepaliveTime",
+                format!("{k:?} makes the hold time {h:?}, neither 0 nor at least 3s"),
+            ),
+        };
+        report.error(KIND, name, field, why);
+    }
     if k > h {
         report.error(
             KIND,
@@ -221,93 +315,147 @@ pub fn peers_per_node(objects: &Objects, report: &mut Report) {
                     format!("differs from {other} in the same VRF on the same node"),
                 );
             }
-            if same_vrf && sa.peer_address.is_some() && sa.peer_address == sb.peer_address {
+            // MetalLB's peer identity: the address, else the interface (unnumbered), per VRF.
+            let id = |s: &BGPPeerSpec| match (&s.peer_address, &s.interface) {
+                (Some(a), _) => Some(("spec.peerAddress", "address", a.clone())),
+                (None, Some(i)) => Some(("spec.interface", "interface", i.clone())),
+                (None, None) => None,
+            };
+            if let (true, Some((field, what, x)), Some((_, _, y))) = (same_vrf, id(sb), id(sa))
+                && x == y
+            {
                 report.error(
                     KIND,
                     &b.name_any(),
-                    "spec.peerAddress",
-                    format!("{other} already peers with this address on the same node"),
+                    field,
+                    format!("{other} already peers over this {what} on the same node"),
                 );
             }
         }
     }
 }
 
+/// The address families a pool's valid entries hold.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+/// Each pool with the BGPAdvertisements that cover it (by name, by label, or by naming and
+/// selecting none), in the objects' order.
+fn advertisements_per_pool(objects: &Objects) -> Vec<(&IPAddressPool, Vec<&BGPAdvertisement>)> {
+    objects
+        .pools
+        .iter()
+        .map(|pool| {
+            let name = pool.name_any();
+            let ads = objects
+                .bgp_advertisements
+                .iter()
+                .filter(|ad| ad.spec.selects_pool(&name, pool.labels()))
+                .collect();
+            (pool, ads)
+        })
+        .collect()
+}
+
 /// An IPv6 pool may not be advertised to a peer whose BFD profile uses echo mode.
-pub fn ipv6_and_echo(objects: &Objects, pool_has_v6: &BTreeMap<String, bool>, report: &mut Report) {
+pub fn ipv6_and_echo(
+    objects: &Objects,
+    families: &BTreeMap<String, Families>,
+    report: &mut Report,
+) {
     let echo: BTreeSet<String> = objects
         .bfd_profiles
         .iter()
         .filter(|p| p.spec.echo_mode == Some(true))
         .map(|p| p.name_any())
         .collect();
-    for ad in &objects.bgp_advertisements {
-        let v6 = ad
-            .spec
-            .ip_address_pools
-            .iter()
-            .any(|p| pool_has_v6.get(p).copied().unwrap_or(false));
-        if !v6 {
+    let mut reported = BTreeSet::new();
+    for (pool, ads) in advertisements_per_pool(objects) {
+        let pool_name = pool.name_any();
+        if !families.get(&pool_name).is_some_and(|f| f.v6) {
             continue;
         }
-        for peer in &objects.peers {
-            let targeted = ad.spec.peers.is_empty() || ad.spec.peers.contains(&peer.name_any());
-            if targeted
-                && peer
+        for ad in ads {
+            for peer in &objects.peers {
+                let targeted = ad.spec.peers.is_empty() || ad.spec.peers.contains(&peer.name_any());
+                let echoes = peer
                     .spec
                     .bfd_profile
                     .as_ref()
-                    .is_some_and(|b| echo.contains(b))
-            {
-                report.error(
-                    "BGPAdvertisement",
-                    &ad.name_any(),
-                    "spec.ipAddressPools",
-                    format!(
-                        "advertises IPv6 to BGPPeer/{}, whose BFD profile uses echo mode (not supported for IPv6)",
-                        peer.name_any()
-                    ),
-                );
+                    .is_some_and(|b| echo.contains(b));
+                if targeted && echoes && reported.insert((ad.name_any(), peer.name_any())) {
+                    report.error(
+                        "BGPAdvertisement",
+                        &ad.name_any(),
+                        "spec.ipAddressPools",
+                        format!(
+                            "advertises IPv6 (IPAddressPool/{pool_name}) to BGPPeer/{}, whose BFD profile uses echo mode (not supported for IPv6)",
+                            peer.name_any()
+                        ),
+                    );
+                }
             }
         }
     }
 }
 
-/// Two advertisements of one pool with different localPref conflict, unless their aggregation
-/// lengths differ, their peer lists are disjoint (both non-empty), or their nodes are disjoint.
-pub fn local_pref_conflicts(objects: &Objects, report: &mut Report) {
-    let ads = &objects.bgp_advertisements;
-    for (i, a) in ads.iter().enumerate() {
-        for b in ads.iter().skip(i + 1) {
-            let (sa, sb) = (&a.spec, &b.spec);
-            let shared_pool = sa
-                .ip_address_pools
-                .iter()
-                .any(|p| sb.ip_address_pools.contains(p));
-            if !shared_pool || sa.local_pref.unwrap_or(0) == sb.local_pref.unwrap_or(0) {
-                continue;
-            }
-            let aggregation_differs = sa.aggregation_length.unwrap_or(32)
-                != sb.aggregation_length.unwrap_or(32)
-                || sa.aggregation_length_v6.unwrap_or(128)
+/// Two advertisements of one pool with different localPref conflict, unless one of them has
+/// `serviceSelectors` (which Services meet is not known), their aggregation lengths differ for
+/// every family the pool holds, their peer lists are disjoint (both non-empty), or their nodes
+/// are disjoint.
+pub fn local_pref_conflicts(
+    objects: &Objects,
+    families: &BTreeMap<String, Families>,
+    report: &mut Report,
+) {
+    let mut reported = BTreeSet::new();
+    for (pool, ads) in advertisements_per_pool(objects) {
+        let pool_name = pool.name_any();
+        let f = families.get(&pool_name).copied().unwrap_or_default();
+        let ads: Vec<_> = ads
+            .into_iter()
+            .filter(|ad| ad.spec.service_selectors.is_empty())
+            .collect();
+        for (i, a) in ads.iter().enumerate() {
+            for b in ads.iter().skip(i + 1) {
+                let (sa, sb) = (&a.spec, &b.spec);
+                if sa.local_pref.unwrap_or(0) == sb.local_pref.unwrap_or(0) {
+                    continue;
+                }
+                let v4_differs =
+                    sa.aggregation_length.unwrap_or(32) != sb.aggregation_length.unwrap_or(32);
+                let v6_differs = sa.aggregation_length_v6.unwrap_or(128)
                     != sb.aggregation_length_v6.unwrap_or(128);
-            let peers_disjoint = !sa.peers.is_empty()
-                && !sb.peers.is_empty()
-                && sa.peers.iter().all(|p| !sb.peers.contains(p));
-            let nodes_disjoint = !may_share_a_node(
-                &nodes(objects, &sa.node_selectors),
-                &nodes(objects, &sb.node_selectors),
-            );
-            if !(aggregation_differs || peers_disjoint || nodes_disjoint) {
-                report.error(
-                    "BGPAdvertisement",
-                    &b.name_any(),
-                    "spec.localPref",
-                    format!(
-                        "differs from BGPAdvertisement/{} for the same pool, peers and nodes",
-                        a.name_any()
-                    ),
+                // Different lengths are different routes, but only in a family the pool holds.
+                let aggregation_differs = match (f.v4, f.v6) {
+                    (false, false) => true,
+                    (true, false) => v4_differs,
+                    (false, true) => v6_differs,
+                    (true, true) => v4_differs && v6_differs,
+                };
+                let peers_disjoint = !sa.peers.is_empty()
+                    && !sb.peers.is_empty()
+                    && sa.peers.iter().all(|p| !sb.peers.contains(p));
+                let nodes_disjoint = !may_share_a_node(
+                    &nodes(objects, &sa.node_selectors),
+                    &nodes(objects, &sb.node_selectors),
                 );
+                if !(aggregation_differs || peers_disjoint || nodes_disjoint)
+                    && reported.insert((a.name_any(), b.name_any()))
+                {
+                    report.error(
+                        "BGPAdvertisement",
+                        &b.name_any(),
+                        "spec.localPref",
+                        format!(
+                            "differs from BGPAdvertisement/{} for IPAddressPool/{pool_name} and the same peers and nodes",
+                            a.name_any()
+                        ),
+                    );
+                }
             }
         }
     }

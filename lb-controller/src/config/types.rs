@@ -324,6 +324,32 @@ pub mod v1beta1 {
     }
 }
 
+/// What the API server does to a v1beta1 BGPPeer (MetalLB's conversion to its hub version):
+/// every v1beta1 field has a v1beta2 field of the same name and shape, so nothing is lost.
+impl From<v1beta1::BGPPeer> for v1beta2::BGPPeer {
+    fn from(old: v1beta1::BGPPeer) -> Self {
+        let s = old.spec;
+        Self {
+            metadata: old.metadata,
+            spec: v1beta2::BGPPeerSpec {
+                my_asn: s.my_asn,
+                peer_asn: Some(s.peer_asn),
+                peer_address: Some(s.peer_address),
+                source_address: s.source_address,
+                peer_port: s.peer_port,
+                hold_time: s.hold_time,
+                keepalive_time: s.keepalive_time,
+                router_id: s.router_id,
+                node_selectors: s.node_selectors,
+                password: s.password,
+                bfd_profile: s.bfd_profile,
+                ebgp_multi_hop: s.ebgp_multi_hop,
+                ..v1beta2::BGPPeerSpec::default()
+            },
+        }
+    }
+}
+
 /// BGPPeer as served in `metallb.io/v1beta2` (the storage version).
 pub mod v1beta2 {
     use super::*;

@@ -15,7 +15,7 @@ use super::{
     manifest::Objects,
     rules,
     selector::Advertisement,
-    types::{BGPAdvertisement, DynamicAsn, IPAddressPool, v1beta2::BGPPeer},
+    types::{BGPAdvertisement, IPAddressPool, v1beta2::BGPPeer},
 };
 
 /// The configuration without the objects that make it invalid, and the problems that left
@@ -100,12 +100,18 @@ pub(crate) fn checks(objects: &Objects) -> Report {
     peers(objects, &mut report);
     list_rules(objects, &mut report);
     rules::peers_per_node(objects, &mut report);
-    let pool_has_v6: BTreeMap<String, bool> = pool_ranges
+    let families: BTreeMap<String, rules::Families> = pool_ranges
         .iter()
-        .map(|(name, ranges)| (name.clone(), ranges.iter().any(|r| r.start.is_ipv6())))
+        .map(|(name, ranges)| {
+            let f = rules::Families {
+                v4: ranges.iter().any(|r| r.start.is_ipv4()),
+                v6: ranges.iter().any(|r| r.start.is_ipv6()),
+            };
+            (name.clone(), f)
+        })
         .collect();
-    rules::ipv6_and_echo(objects, &pool_has_v6, &mut report);
-    rules::local_pref_conflicts(objects, &mut report);
+    rules::ipv6_and_echo(objects, &families, &mut report);
+    rules::local_pref_conflicts(objects, &families, &mut report);
     report
 }
 
@@ -134,7 +140,15 @@ fn list_rules(objects: &Objects, report: &mut Report) {
         let (name, s) = (ad.name_any(), &ad.spec);
         const K: &str = "L2Advertisement";
         rules::advertisement_lists(K, &name, s, report);
-        rules::unique(K, &name, "spec.interfaces", &s.interfaces, report);
+        // MetalLB accepts an interface listed twice; it changes nothing.
+        for (i, item) in rules::repeats(&s.interfaces) {
+            report.warning(
+                K,
+                &name,
+                format!("spec.interfaces[{i}]"),
+                format!("{item:?} is listed twice"),
+            );
+        }
     }
     for ad in &objects.bgp_advertisements {
         let (name, s) = (ad.name_any(), &ad.spec);
@@ -374,9 +388,10 @@ fn bgp_advertisements(
     }
 }
 
-/// An aggregation length may not be shorter than the widest CIDR of a selected pool (MetalLB's
-/// rule: a /28 pool cannot be announced as a /26; the range 3.3.3.2-3.3.3.254, whose widest
-/// piece is a /26, can be announced as a /26 but not as a /24).
+/// An aggregation length may not be shorter than the widest CIDR of any entry of a selected
+/// pool (MetalLB's rule, entry by entry: a /28 cannot be announced as a /26; the range
+/// 3.3.3.2-3.3.3.254, whose widest piece is a /26, can be announced as a /26 but not as a /24;
+/// a pool of a /24 and a /28 needs at least 28).
 fn aggregation_fits(
     ad: &BGPAdvertisement,
     pools: &[IPAddressPool],
@@ -391,21 +406,22 @@ fn aggregation_fits(
         .filter(|p| ad.spec.selects_pool(&p.name_any(), p.labels()));
     for pool in selected {
         let pool_name = pool.name_any();
-        let nets: Vec<IpNet> = ranges
+        // Each entry's widest piece; the most specific of those bounds the length.
+        let widest: Vec<IpNet> = ranges
             .get(&pool_name)
             .into_iter()
             .flatten()
-            .flat_map(AddrRange::cidrs)
+            .filter_map(|r| r.cidrs().into_iter().min_by_key(IpNet::prefix_len))
             .collect();
         for (v4_family, field, len) in [
             (true, "spec.aggregationLength", v4),
             (false, "spec.aggregationLengthV6", v6),
         ] {
-            let widest = nets
+            let bound = widest
                 .iter()
                 .filter(|n| matches!(n, IpNet::V4(_)) == v4_family)
-                .min_by_key(|n| n.prefix_len());
-            if let Some(net) = widest
+                .max_by_key(|n| n.prefix_len());
+            if let Some(net) = bound
                 && len < i32::from(net.prefix_len())
             {
                 report.error(
@@ -413,7 +429,7 @@ fn aggregation_fits(
                     &name,
                     field,
                     format!(
-                        "{len} is shorter than {net}, the widest prefix of IPAddressPool/{pool_name}: the announcement would cover addresses outside the pool"
+                        "{len} is shorter than {net}, a prefix of IPAddressPool/{pool_name}: the announcement would cover addresses outside the pool"
                     ),
                 );
             }
@@ -481,7 +497,8 @@ fn peers(objects: &Objects, report: &mut Report) {
         if s.my_asn == 0 {
             report.error(KIND, &name, "spec.myASN", "required (non-zero)");
         }
-        match (s.peer_asn, s.dynamic_asn) {
+        // peerASN 0 is no AS, as MetalLB reads it (a v1beta1 peer converts to it).
+        match (s.peer_asn.filter(|a| *a != 0), s.dynamic_asn) {
             (Some(_), Some(_)) => report.error(
                 KIND,
                 &name,
@@ -496,10 +513,9 @@ fn peers(objects: &Objects, report: &mut Report) {
             ),
             _ => {}
         }
-        // The session's own AS is localASN when set.
-        let own = s.local_asn.filter(|a| *a != 0).unwrap_or(s.my_asn);
-        let internal = s.peer_asn == Some(own) || s.dynamic_asn == Some(DynamicAsn::Internal);
-        if s.ebgp_multi_hop == Some(true) && internal {
+        // MetalLB's rule, as narrow as MetalLB has it (peerASN equal to myASN): with dynamicASN
+        // or localASN the flag is accepted, and the speaker treats an iBGP session as iBGP.
+        if s.ebgp_multi_hop == Some(true) && s.peer_asn == Some(s.my_asn) {
             report.error(
                 KIND,
                 &name,
@@ -874,15 +890,19 @@ spec:
   - {matchExpressions: [{key: zone, operator: Exists, values: [x]}]}
   interfaces: [eth0, eth0]
 "#;
+        let (errors, warnings) = check(yaml);
         assert_eq!(
-            check(yaml).0,
+            errors,
             vec![
                 "L2Advertisement/l2: spec.nodeSelectors[1]: duplicate definition of spec.nodeSelectors",
                 "L2Advertisement/l2: spec.nodeSelectors[2].matchExpressions[0]: unknown operator \"Near\"",
                 "L2Advertisement/l2: spec.nodeSelectors[3].matchExpressions[0]: In needs values",
                 "L2Advertisement/l2: spec.nodeSelectors[4].matchExpressions[0]: Exists takes no values",
-                "L2Advertisement/l2: spec.interfaces[1]: \"eth0\" is listed twice",
             ]
+        );
+        assert_eq!(
+            warnings,
+            vec!["L2Advertisement/l2: spec.interfaces[1]: \"eth0\" is listed twice"]
         );
     }
 
@@ -979,7 +999,7 @@ spec:
             + "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: two}\nspec: {ipAddressPools: [v6], localPref: 200}\n"
             + "---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: three}\nspec: {ipAddressPools: [v6], localPref: 300, aggregationLengthV6: 124}\n";
         let (errors, _) = check(&yaml);
-        assert!(errors.contains(&"BGPAdvertisement/two: spec.localPref: differs from BGPAdvertisement/one for the same pool, peers and nodes".to_owned()), "{errors:?}");
+        assert!(errors.contains(&"BGPAdvertisement/two: spec.localPref: differs from BGPAdvertisement/one for IPAddressPool/v6 and the same peers and nodes".to_owned()), "{errors:?}");
         assert!(
             !errors
                 .iter()
@@ -988,7 +1008,7 @@ spec:
         );
         assert!(
             errors.iter().any(|e| e.starts_with(
-                "BGPAdvertisement/one: spec.ipAddressPools: advertises IPv6 to BGPPeer/p"
+                "BGPAdvertisement/one: spec.ipAddressPools: advertises IPv6 (IPAddressPool/v6) to BGPPeer/p"
             )),
             "{errors:?}"
         );

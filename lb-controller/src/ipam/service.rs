@@ -21,6 +21,10 @@ pub enum RequestError {
     BothRequests,
     #[error("{annotation}: {value:?} is not an IP address")]
     BadIp { annotation: String, value: String },
+    #[error(
+        "ipFamilyPolicy RequireDualStack, but the cluster IPs ({0}) are of one family: the Service gets no address until it has one of each"
+    )]
+    NotDualStack(String),
 }
 
 /// Whether the controller serves this Service: `type: LoadBalancer`, and the load-balancer class
@@ -73,7 +77,7 @@ fn family_named(name: &str) -> Option<Family> {
 
 /// The families the Service needs. With clusterIPs present they rule, as in MetalLB; without
 /// (standalone mode) `ipFamilies` / `ipFamilyPolicy` do, IPv4 single-stack by default.
-fn families(svc: &Service) -> Families {
+fn families(svc: &Service) -> Result<Families, RequestError> {
     let no_spec = ServiceSpec::default();
     let spec = svc.spec.as_ref().unwrap_or(&no_spec);
     let cluster: Vec<IpAddr> = spec
@@ -95,12 +99,18 @@ fn families(svc: &Service) -> Families {
         f.dedup();
         f.len()
     };
-    match spec.ip_family_policy.as_deref() {
+    // MetalLB refuses a dual-stack requirement that the cluster IPs do not meet; without
+    // cluster IPs (standalone mode) the policy alone decides.
+    Ok(match spec.ip_family_policy.as_deref() {
+        Some("RequireDualStack") if cluster_families == 1 => {
+            let ips: Vec<String> = cluster.iter().map(ToString::to_string).collect();
+            return Err(RequestError::NotDualStack(ips.join(", ")));
+        }
         Some("RequireDualStack") => Families::RequireDual { primary },
         Some("PreferDualStack") if cluster_families == 1 => Families::Single(primary),
         Some("PreferDualStack") => Families::PreferDual { primary },
         _ => Families::Single(primary),
-    }
+    })
 }
 
 fn parse_ips(annotation: &str, value: &str) -> Result<Vec<IpAddr>, RequestError> {
@@ -171,7 +181,7 @@ pub fn request(
         namespace,
         namespace_labels: namespace_labels.clone(),
         labels: svc.labels().clone(),
-        families: families(svc),
+        families: families(svc)?,
         requested,
         pool: annotation(svc, ANNOTATION_POOL).map(str::to_owned),
         sharing,
@@ -213,18 +223,18 @@ spec: {type: LoadBalancer, externalTrafficPolicy: Local, selector: {app: web}, p
         let single = svc(
             "metadata: {name: s}\nspec: {type: LoadBalancer, ipFamilyPolicy: PreferDualStack, clusterIPs: [fd00::1]}",
         );
-        assert_eq!(families(&single), Families::Single(Family::V6));
+        assert_eq!(families(&single), Ok(Families::Single(Family::V6)));
         let dual = svc(
             "metadata: {name: s}\nspec: {type: LoadBalancer, ipFamilyPolicy: PreferDualStack, clusterIPs: [10.96.0.1, fd00::1]}",
         );
         assert_eq!(
             families(&dual),
-            Families::PreferDual {
+            Ok(Families::PreferDual {
                 primary: Family::V4
-            }
+            })
         );
         let standalone = svc("metadata: {name: s}\nspec: {type: LoadBalancer}");
-        assert_eq!(families(&standalone), Families::Single(Family::V4));
+        assert_eq!(families(&standalone), Ok(Families::Single(Family::V4)));
     }
 
     #[test]
