@@ -7,6 +7,7 @@
 //!   agents.
 //! - [`standalone`]: a directory of manifests in, `status/allocations.yaml` out.
 //! - [`cluster`]: reflectors in, Service status and Events out, behind a leader Lease.
+//! - [`webhook`]: the validating admission webhook every replica serves.
 //!
 //! Shared with the agent (which reads these, never the daemons above):
 //! - [`sources`]: the reflectors over the metallb.io kinds, Services, Nodes and Secrets.
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod plan;
 pub mod sources;
 pub mod standalone;
+pub mod webhook;

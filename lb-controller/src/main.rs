@@ -76,7 +76,32 @@ enum Command {
         /// Serve only Services with this spec.loadBalancerClass (default: those with none).
         #[arg(long)]
         lb_class: Option<String>,
+        #[command(flatten)]
+        webhook: WebhookArgs,
     },
+}
+
+/// The validating webhook (cluster mode; every replica serves it).
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Serve no webhook (delete the ValidatingWebhookConfiguration too, or the API server
+    /// keeps calling; with failurePolicy Ignore that only costs a timeout per write).
+    #[arg(long)]
+    disable_webhook: bool,
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: std::net::SocketAddr,
+    /// The Service in front of the replicas; its DNS names go into the serving certificate.
+    #[arg(long, default_value = "xdplb-webhook")]
+    webhook_service: String,
+    /// The Secret holding the webhook's CA and serving certificate.
+    #[arg(long, default_value = "xdplb-webhook-cert")]
+    webhook_secret: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the controller keeps.
+    #[arg(long, default_value = "xdplb-validating-webhook")]
+    webhook_configuration: String,
+    /// How often the certificate and the caBundle are checked (a Secret change is seen at once).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    webhook_check_every: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +127,7 @@ fn main() -> ExitCode {
             lease_duration,
             renew_deadline,
             retry_period,
+            webhook,
         } => {
             if renew_deadline >= lease_duration || retry_period >= renew_deadline {
                 eprintln!(
@@ -120,8 +146,26 @@ fn main() -> ExitCode {
                     retry: retry_period,
                 },
             };
+            let webhook = (!webhook.disable_webhook).then(|| lb_controller::webhook::Options {
+                namespace: opts.namespace.clone(),
+                addr: webhook.webhook_addr,
+                service: webhook.webhook_service,
+                secret: webhook.webhook_secret,
+                configuration: webhook.webhook_configuration,
+                check_every: webhook.webhook_check_every,
+            });
             run_async(async move {
                 let client = kube::Client::try_default().await?;
+                if let Some(webhook) = webhook {
+                    // Beside the election: standby replicas serve it too. Its failure leaves
+                    // the controller running (failurePolicy Ignore lets writes through).
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = lb_controller::webhook::run(client, webhook).await {
+                            tracing::error!(error = %e, "the validating webhook stopped");
+                        }
+                    });
+                }
                 lb_controller::cluster::run(client, opts, metrics_addr).await
             })
         }

@@ -95,6 +95,33 @@ pub struct Objects {
     pub endpoint_slices: Vec<EndpointSlice>,
 }
 
+impl Objects {
+    /// Removes the metallb.io object of kind `kind` named `name` (in `namespace`, or in any
+    /// when `None`); other kinds are left alone.
+    pub fn remove(&mut self, kind: &str, namespace: Option<&str>, name: &str) {
+        fn drop<T: kube::ResourceExt>(list: &mut Vec<T>, namespace: Option<&str>, name: &str) {
+            list.retain(|o| {
+                o.name_any() != name
+                    || namespace.is_some_and(|ns| o.namespace().as_deref().unwrap_or("") != ns)
+            });
+        }
+        match kind {
+            "IPAddressPool" => drop(&mut self.pools, namespace, name),
+            "L2Advertisement" => drop(&mut self.l2_advertisements, namespace, name),
+            "BGPAdvertisement" => drop(&mut self.bgp_advertisements, namespace, name),
+            "BGPPeer" => drop(&mut self.peers, namespace, name),
+            "BFDProfile" => drop(&mut self.bfd_profiles, namespace, name),
+            "Community" => drop(&mut self.communities, namespace, name),
+            _ => {}
+        }
+    }
+}
+
+/// Adds one object given as JSON (an admission request's), as a document of a file would be.
+pub fn add_object(doc: Value, strictness: Strictness, loaded: &mut Loaded) {
+    sort(doc, Path::new("(request)"), strictness, loaded);
+}
+
 /// The YAML files named by `paths`: files as given, directories' `*.yaml` / `*.yml` entries in
 /// name order (subdirectories, such as a standalone `status/`, are not entered).
 pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {

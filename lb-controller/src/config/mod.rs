@@ -71,6 +71,10 @@ impl std::fmt::Display for Problem {
 pub struct Report {
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// The errors that name an object not there (yet): a BFD profile, a password Secret, a
+    /// community alias. Also in `errors`; MetalLB's admission webhook lets these pass, since
+    /// one `kubectl apply` may create the referring object before the referred one.
+    pub unresolved: Vec<Problem>,
 }
 
 impl Report {
@@ -82,6 +86,19 @@ impl Report {
         reason: impl Into<String>,
     ) {
         self.errors.push(Problem::new(kind, name, field, reason));
+    }
+
+    /// An error naming an object that does not exist.
+    pub fn unresolved(
+        &mut self,
+        kind: &str,
+        name: &str,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        let p = Problem::new(kind, name, field, reason);
+        self.errors.push(p.clone());
+        self.unresolved.push(p);
     }
 
     pub fn warning(

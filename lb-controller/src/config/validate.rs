@@ -32,16 +32,7 @@ pub fn valid_part(objects: &Objects) -> Option<(Objects, Vec<Problem>)> {
         }
         let before = config_count(&part);
         for p in &report.errors {
-            let name = p.name.as_str();
-            match p.kind.as_str() {
-                "IPAddressPool" => drop_named(&mut part.pools, name),
-                "L2Advertisement" => drop_named(&mut part.l2_advertisements, name),
-                "BGPAdvertisement" => drop_named(&mut part.bgp_advertisements, name),
-                "BGPPeer" => drop_named(&mut part.peers, name),
-                "BFDProfile" => drop_named(&mut part.bfd_profiles, name),
-                "Community" => drop_named(&mut part.communities, name),
-                _ => {}
-            }
+            part.remove(&p.kind, None, &p.name);
         }
         if config_count(&part) == before {
             return None;
@@ -57,10 +48,6 @@ fn config_count(o: &Objects) -> usize {
         + o.peers.len()
         + o.bfd_profiles.len()
         + o.communities.len()
-}
-
-fn drop_named<T: ResourceExt>(objects: &mut Vec<T>, name: &str) {
-    objects.retain(|o| o.name_any() != name);
 }
 
 /// Checks the whole configuration at once, as MetalLB's parser does.
@@ -350,6 +337,10 @@ fn bgp_advertisements(
                 Ok(Community::Large(_)) => bytes += 12,
                 // A bad alias value is reported on its Community object, not again here.
                 Err(_) if !c.contains(':') && aliases.contains_key(c) => {}
+                // No ':' makes it an alias, and no Community defines it (yet).
+                Err(why) if !c.contains(':') => {
+                    report.unresolved(KIND, &name, format!("spec.communities[{i}]"), why);
+                }
                 Err(why) => report.error(KIND, &name, format!("spec.communities[{i}]"), why),
             }
         }
@@ -578,7 +569,7 @@ fn peers(objects: &Objects, report: &mut Report) {
         if let Some(secret) = s.password_secret.as_ref().and_then(|r| r.name.as_ref()) {
             let found = objects.secrets.iter().find(|x| &x.name_any() == secret);
             match found {
-                None => report.error(
+                None => report.unresolved(
                     KIND,
                     &name,
                     "spec.passwordSecret",
@@ -608,7 +599,7 @@ fn peers(objects: &Objects, report: &mut Report) {
         if let Some(profile) = &s.bfd_profile
             && !profiles.contains(profile)
         {
-            report.error(
+            report.unresolved(
                 KIND,
                 &name,
                 "spec.bfdProfile",
