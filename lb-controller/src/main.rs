@@ -77,7 +77,7 @@ enum Command {
         #[arg(long)]
         lb_class: Option<String>,
         #[command(flatten)]
-        webhook: WebhookArgs,
+        webhook: Box<WebhookArgs>,
     },
 }
 
