@@ -8,6 +8,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
+    admissionregistration::v1::ValidatingWebhookConfiguration,
     apps::v1::{DaemonSet, Deployment},
     core::v1::{Namespace, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
@@ -85,6 +86,9 @@ fn every_document_reads_as_its_kubernetes_type() {
             "Deployment" => drop(typed::<Deployment>(&doc)),
             "DaemonSet" => drop(typed::<DaemonSet>(&doc)),
             "Service" => drop(typed::<Service>(&doc)),
+            "ValidatingWebhookConfiguration" => {
+                drop(typed::<ValidatingWebhookConfiguration>(&doc));
+            }
             "CustomResourceDefinition" => {
                 assert_eq!(doc["spec"]["group"], "metallb.io");
             }
@@ -277,7 +281,10 @@ fn secrets_are_granted_by_name_where_the_code_reads_them_by_name() {
         BTreeSet::from([
             (names(&["list", "watch"]), vec![]),
             (names(&["create"]), vec![]),
-            (names(&["update"]), names(&["xdplb-bgp-passwords"])),
+            (
+                names(&["update"]),
+                names(&["xdplb-bgp-passwords", "xdplb-webhook-cert"])
+            ),
         ])
     );
     assert_eq!(
@@ -300,7 +307,8 @@ const CONFIG_KINDS: &[&str] = &[
 fn each_component_gets_exactly_what_its_code_uses() {
     // lb-controller: cluster/sources.rs (reflectors), cluster/mod.rs (status and annotation
     // patches, the Event recorder), cluster/memberlist.rs (the Secret), cluster/leader.rs (the
-    // Lease), cluster/configstate.rs (get, create, patch, patch status).
+    // Lease), cluster/configstate.rs (get, create, patch, patch status), webhook/keeper.rs (its
+    // Secret, and its configuration's caBundle).
     let (cluster, namespaced) = rbac_of("xdplb-controller");
     assert_eq!(
         cluster,
@@ -308,6 +316,11 @@ fn each_component_gets_exactly_what_its_code_uses() {
             ("", &["services", "namespaces", "nodes"], &["list", "watch"]),
             ("", &["services/status", "services"], &["patch"]),
             ("events.k8s.io", &["events"], &["create", "patch"]),
+            (
+                "admissionregistration.k8s.io",
+                &["validatingwebhookconfigurations"],
+                &["get", "update"]
+            ),
         ])
     );
     assert_eq!(
@@ -363,6 +376,80 @@ fn each_component_gets_exactly_what_its_code_uses() {
             ("metallb.io", &["configurationstates/status"], &["patch"]),
         ])
     );
+}
+
+/// The webhook cannot block an install (failurePolicy Ignore), reaches every replica through
+/// its Service, covers every metallb.io kind xdplb reads in every served version, and its
+/// names are the controller's defaults (the Secret and configuration it keeps).
+#[test]
+fn the_webhook_fails_open_and_matches_the_controller() {
+    let docs = applied();
+    let config: ValidatingWebhookConfiguration = typed(
+        docs.iter()
+            .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+            .expect("a ValidatingWebhookConfiguration"),
+    );
+    assert_eq!(
+        config.metadata.name.as_deref(),
+        Some("xdplb-validating-webhook")
+    );
+    let hooks = config.webhooks.expect("webhooks");
+    assert_eq!(hooks.len(), 1);
+    let hook = &hooks[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.admission_review_versions, vec!["v1".to_owned()]);
+    let svc = hook.client_config.service.as_ref().expect("a Service");
+    assert_eq!(
+        (svc.name.as_str(), svc.path.as_deref()),
+        ("xdplb-webhook", Some("/validate"))
+    );
+    let rules = hook.rules.as_ref().expect("rules");
+    let resources: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|r| r.resources.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(resources, CONFIG_KINDS.iter().copied().collect());
+    let versions: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|r| r.api_versions.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(versions, BTreeSet::from(["v1beta1", "v1beta2"]));
+    let operations: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|r| r.operations.iter().flatten().map(String::as_str))
+        .collect();
+    assert_eq!(operations, BTreeSet::from(["CREATE", "UPDATE", "DELETE"]));
+    let service: Service = typed(
+        docs.iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "xdplb-webhook")
+            .expect("the webhook's Service"),
+    );
+    let port = &service.spec.expect("spec").ports.expect("ports")[0];
+    assert_eq!(port.port, 443);
+    let deployment: Deployment = workload("Deployment");
+    let container = &deployment.spec.template.spec.expect("pod").containers[0];
+    let webhook_port = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("webhook"))
+        .expect("a webhook port");
+    assert_eq!(webhook_port.container_port, 9443);
+    // The controller's defaults name these objects.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lb-controller"))
+        .args(["run", "--help"])
+        .output()
+        .expect("lb-controller run --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for default in [
+        "[default: xdplb-webhook]",
+        "[default: xdplb-webhook-cert]",
+        "[default: xdplb-validating-webhook]",
+        "[default: 0.0.0.0:9443]",
+    ] {
+        assert!(help.contains(default), "{default} in:\n{help}");
+    }
 }
 
 #[test]
