@@ -7,6 +7,7 @@
 //! (through [`ApiServer::kubeconfig`]) can all use it. Tests act on it as an administrator
 //! would with `kubectl`: [`ApiServer::apply`], [`ApiServer::delete`], and they can break every
 //! watch or compact the history to force the error paths.
+pub mod admission;
 mod http;
 pub mod resources;
 pub mod store;

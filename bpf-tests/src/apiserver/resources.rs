@@ -57,6 +57,14 @@ pub const RESOURCES: &[Resource] = &[
     ),
     res("events.k8s.io", &["v1"], "events", "Event", true, false),
     res(
+        "admissionregistration.k8s.io",
+        &["v1"],
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+        false,
+        false,
+    ),
+    res(
         "metallb.io",
         &["v1beta1"],
         "ipaddresspools",

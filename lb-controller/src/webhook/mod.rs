@@ -57,11 +57,20 @@ pub struct Options {
     pub check_every: Duration,
 }
 
-/// Serves until the listener fails; the keeper runs beside it.
+/// Serves on `opts.addr` until the listener fails; the keeper runs beside it.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the webhook's {}: {e}", opts.addr))?;
+    run_on(client, listener, opts).await
+}
+
+/// [`run`] on a bound listener (`opts.addr` unused).
+pub async fn run_on(
+    client: Client,
+    listener: tokio::net::TcpListener,
+    opts: Options,
+) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving the validating webhook");
     let changed = Arc::new(Notify::new());
     let (sources, tasks) =
@@ -71,13 +80,6 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     }
     let sources = Arc::new(sources);
     let ready = Arc::new(AtomicBool::new(false));
-    {
-        let (sources, ready) = (sources.clone(), ready.clone());
-        tokio::spawn(async move {
-            sources.wait_ready().await;
-            ready.store(true, Ordering::Relaxed);
-        });
-    }
     let serving = Arc::new(ServingKey::default());
     let names = Names {
         namespace: opts.namespace.clone(),
@@ -89,6 +91,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         client,
         names,
         sources.clone(),
+        ready.clone(),
         changed,
         serving.clone(),
         opts.check_every,
@@ -101,16 +104,19 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     serve(listener, serving, state).await
 }
 
-/// Runs a keeper round when the Secret changes, and every `every` (the `caBundle`, expiry).
+/// Waits for the caches (then reviews are decided, not waved through), and runs a keeper round
+/// when the Secret changes and every `every` (the `caBundle`, expiry).
 async fn keep(
     client: Client,
     names: Names,
     sources: Arc<Sources>,
+    ready: Arc<AtomicBool>,
     changed: Arc<Notify>,
     serving: Arc<ServingKey>,
     every: Duration,
 ) {
     sources.wait_ready().await;
+    ready.store(true, Ordering::Relaxed);
     let mut seen: Option<String> = None;
     let mut next = tokio::time::Instant::now();
     loop {
