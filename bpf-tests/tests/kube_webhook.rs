@@ -96,29 +96,9 @@ fn secret_field(api: &ApiServer, key: &str) -> Option<Vec<u8>> {
     decode(b64)
 }
 
-/// Base64 as the API server writes Secret data (standard alphabet, padded).
 fn decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        })
-    };
-    let clean: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 fn ca_bundle(api: &ApiServer) -> Option<Vec<u8>> {
@@ -361,6 +341,107 @@ async fn two_replicas_serve_one_certificate_and_both_decide() {
     let _ = std::fs::remove_file(&dir);
 }
 
+/// Writes through the API, as `kubectl apply` makes them: the API server (the in-process one,
+/// routing the webhook's Service to the replica) calls the webhook before storing. A denial
+/// reaches the client as 403 with the reason; with the webhook gone, `failurePolicy: Ignore`
+/// lets writes through, and `Fail` refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_api_are_admitted_by_the_webhook_and_fail_open() {
+    use kube::api::{Api, DynamicObject, PostParams};
+    let api = setup();
+    let (addr, task) = replica(&api).await;
+    api.route_service(NS, "xdplb-webhook", &[addr]);
+    let ca = published_ca(&api).await;
+    // Ready: it decides from the configuration it has read.
+    decided(
+        addr,
+        &ca,
+        &admission::review("DELETE", "IPAddressPool", NS, "x", None),
+    )
+    .await;
+    let pools: Api<DynamicObject> = Api::namespaced_with(
+        api.client(),
+        NS,
+        &kube::api::ApiResource {
+            group: "metallb.io".into(),
+            version: "v1beta1".into(),
+            api_version: "metallb.io/v1beta1".into(),
+            kind: "IPAddressPool".into(),
+            plural: "ipaddresspools".into(),
+        },
+    );
+    let object = |name: &str, cidr: &str| -> DynamicObject {
+        serde_json::from_value(pool(name, cidr)).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let denied = pools
+        .create(&PostParams::default(), &object("b", "10.0.0.128/25"))
+        .await;
+    match denied {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert_eq!(
+                e.message,
+                "admission webhook \"metallb-config.xdplb.io\" denied the request: IPAddressPool/b: spec.addresses[0]: 10.0.0.128/25 overlaps with 10.0.0.0/24 (IPAddressPool/a spec.addresses[0])"
+            );
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    assert!(
+        api.get("metallb.io/v1beta1", "IPAddressPool", Some(NS), "b")
+            .is_none()
+    );
+    pools
+        .create(&PostParams::default(), &object("b", "10.0.1.0/24"))
+        .await
+        .unwrap_or_else(|e| panic!("a valid pool is admitted: {e}"));
+
+    // The webhook gone (no replica answers): Ignore lets the write through.
+    task.abort();
+    let _ = task.await;
+    eventually("the webhook down", async || {
+        admission::call(
+            addr,
+            DNS,
+            "/validate",
+            &ca,
+            &admission::review("DELETE", "IPAddressPool", NS, "x", None),
+        )
+        .await
+        .is_err()
+        .then_some(())
+    })
+    .await;
+    pools
+        .create(&PostParams::default(), &object("c", "10.0.0.0/28"))
+        .await
+        .unwrap_or_else(|e| panic!("failurePolicy Ignore admits while the webhook is down: {e}"));
+    // Made strict, the same outage refuses writes.
+    let mut config = api
+        .get(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            None,
+            CONFIG,
+        )
+        .expect("the configuration");
+    config["webhooks"][0]["failurePolicy"] = json!("Fail");
+    api.apply(config);
+    match pools
+        .create(&PostParams::default(), &object("d", "10.0.2.0/24"))
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 500, "{e:?}");
+            assert!(
+                e.message
+                    .contains("failed calling webhook \"metallb-config.xdplb.io\""),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected a refusal under failurePolicy Fail, got {other:?}"),
+    }
+}
+
 /// The DER of the first certificate of a PEM text.
 fn der(pem: &[u8]) -> Option<Vec<u8>> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
@@ -371,22 +452,8 @@ fn der(pem: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn encode(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn free_port() -> u16 {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 
 use super::{
-    Shared,
+    Shared, admission,
     resources::Resource,
     store::{ApiError, PatchKind, Selector},
 };
@@ -137,6 +137,30 @@ pub async fn handle(
     {
         shared.maybe_interfere(t.res, ns, name);
     }
+    // Validating admission, before anything is stored.
+    let admitted = match (&method, &t.name, t.status) {
+        (&Method::POST, None, false) => {
+            let name = body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Some(("CREATE", name, Some(&body)))
+        }
+        (&Method::PUT, Some(name), false) => Some(("UPDATE", name.clone(), Some(&body))),
+        (&Method::DELETE, Some(name), false) => Some(("DELETE", name.clone(), None)),
+        _ => None,
+    };
+    let mut warnings = Vec::new();
+    if let Some((operation, name, object)) = admitted {
+        let old = shared.store().get(t.res, v, ns, &name).ok();
+        match admission::admit(&shared, t.res, v, operation, ns, &name, object, old).await {
+            Ok(w) => warnings = w,
+            Err(e) => {
+                shared.log(format!("  -> {} {method} {path}", e.code()));
+                return Ok(error(&e));
+            }
+        }
+    }
     let result = match (&method, &t.name) {
         (&Method::GET, None) => {
             let selector = match Selector::parse(param("labelSelector"), param("fieldSelector")) {
@@ -203,7 +227,17 @@ pub async fn handle(
         }
     };
     Ok(match result {
-        Ok((code, obj)) => full(code, &obj),
+        Ok((code, obj)) => {
+            let mut response = full(code, &obj);
+            for w in warnings {
+                // RFC 7234 warning, as the API server sends admission warnings.
+                let text = format!("299 - {:?}", w);
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&text) {
+                    response.headers_mut().append("warning", value);
+                }
+            }
+            response
+        }
         Err(e) => {
             // Named, since concurrent requests interleave in the log.
             shared.log(format!("  -> {} {method} {path}", e.code()));

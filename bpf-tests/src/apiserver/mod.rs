@@ -35,6 +35,8 @@ pub struct Shared {
     bookmark_every: Duration,
     /// `namespace/name` of Services whose next status write meets a concurrent writer.
     interfere: Mutex<Vec<String>>,
+    /// Where each webhook Service's endpoints are (`namespace/name`), as a test routes them.
+    routes: Mutex<std::collections::BTreeMap<String, Vec<SocketAddr>>>,
 }
 
 impl Shared {
@@ -125,6 +127,7 @@ impl ApiServer {
             log: Mutex::new(Vec::new()),
             bookmark_every: every,
             interfere: Mutex::new(Vec::new()),
+            routes: Mutex::new(std::collections::BTreeMap::new()),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -185,6 +188,16 @@ impl ApiServer {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Routes the Service `namespace/name` (a webhook's `clientConfig.service`) to these
+    /// endpoints; none routed: calling it fails, as with a Service without ready endpoints.
+    pub fn route_service(&self, namespace: &str, name: &str, endpoints: &[SocketAddr]) {
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{namespace}/{name}"), endpoints.to_vec());
     }
 
     pub fn url(&self) -> String {

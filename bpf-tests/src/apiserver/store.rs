@@ -43,6 +43,10 @@ pub enum ApiError {
     Invalid(String),
     Gone(String),
     UnsupportedMediaType(String),
+    /// An admission webhook denied the request.
+    Forbidden(String),
+    /// An admission webhook could not be called under `failurePolicy: Fail`.
+    Internal(String),
 }
 
 impl ApiError {
@@ -53,6 +57,8 @@ impl ApiError {
             ApiError::Invalid(_) => 422,
             ApiError::Gone(_) => 410,
             ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Forbidden(_) => 403,
+            ApiError::Internal(_) => 500,
         }
     }
 
@@ -65,6 +71,8 @@ impl ApiError {
             ApiError::Invalid(m) => ("Invalid", m),
             ApiError::Gone(m) => ("Expired", m),
             ApiError::UnsupportedMediaType(m) => ("UnsupportedMediaType", m),
+            ApiError::Forbidden(m) => ("Forbidden", m),
+            ApiError::Internal(m) => ("InternalError", m),
         };
         json!({
             "kind": "Status",
