@@ -412,6 +412,49 @@ async fn a_controller_starting_with_an_invalid_object_allocates_from_the_rest() 
     controller.abort();
 }
 
+fn pool_status(api: &ApiServer, name: &str) -> Option<(i64, i64, i64, i64)> {
+    let s = api.get("metallb.io/v1beta1", "IPAddressPool", Some(NS), name)?["status"].clone();
+    Some((
+        s["assignedIPv4"].as_i64()?,
+        s["availableIPv4"].as_i64()?,
+        s["assignedIPv6"].as_i64()?,
+        s["availableIPv6"].as_i64()?,
+    ))
+}
+
+/// MetalLB's pool status (≥ 0.15): the counters follow allocation, release and pool edits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_follows_allocation_release_and_pool_edits() {
+    let api = ApiServer::start();
+    base(&api);
+    api.apply(pool("p", &["10.60.0.0/30", "fd60::/126"]));
+    let controller = start_in_process(&api, "one");
+    let status = |want| {
+        let api = &api;
+        async move {
+            eventually(
+                &format!("pool status {want:?}"),
+                Duration::from_secs(10),
+                || (pool_status(api, "p") == Some(want)).then_some(()),
+            )
+            .await
+        }
+    };
+    status((0, 4, 0, 4)).await;
+    api.apply(service("a", json!({})));
+    api.apply(service("b", json!({})));
+    status((2, 2, 0, 4)).await;
+    // Released: the Service is no LoadBalancer any more.
+    let mut b = api.get("v1", "Service", Some("default"), "b").expect("b");
+    b["spec"]["type"] = json!("ClusterIP");
+    api.apply(b);
+    status((1, 3, 0, 4)).await;
+    // The pool grows by a /30.
+    api.apply(pool("p", &["10.60.0.0/30", "10.60.0.4/30", "fd60::/126"]));
+    status((1, 7, 0, 4)).await;
+    controller.abort();
+}
+
 struct Replica {
     child: Child,
     identity: String,

@@ -306,7 +306,7 @@ const CONFIG_KINDS: &[&str] = &[
 #[test]
 fn each_component_gets_exactly_what_its_code_uses() {
     // lb-controller: cluster/sources.rs (reflectors), cluster/mod.rs (status and annotation
-    // patches, the Event recorder), cluster/memberlist.rs (the Secret), cluster/leader.rs (the
+    // patches, the Event recorder, pool status), cluster/memberlist.rs (the Secret), cluster/leader.rs (the
     // Lease), cluster/configstate.rs (get, create, patch, patch status), webhook/keeper.rs (its
     // Secret, and its configuration's caBundle).
     let (cluster, namespaced) = rbac_of("xdplb-controller");
@@ -327,6 +327,7 @@ fn each_component_gets_exactly_what_its_code_uses() {
         namespaced,
         expect(&[
             ("metallb.io", CONFIG_KINDS, &["list", "watch"]),
+            ("metallb.io", &["ipaddresspools/status"], &["patch"]),
             ("", &["secrets"], &["list", "watch", "create", "update"]),
             (
                 "coordination.k8s.io",

@@ -13,10 +13,13 @@
 //! - Status writes carry the resourceVersion they were computed from; a 409 means the Service
 //!   changed meanwhile, and the watch brings the change that triggers the next pass.
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
+//! - Each IPAddressPool's status (MetalLB's assigned/available counters) follows the pass
+//!   that wrote the Services' addresses; only a status that differs is written.
 mod leader;
 pub mod lease;
 pub mod memberlist;
 pub mod passwords;
+pub mod pool_status;
 pub mod status;
 
 use std::{
@@ -41,6 +44,7 @@ use crate::{
         Problem,
         manifest::Objects,
         settle::{LastGood, OnRefusal, Settled},
+        types::IPAddressPool,
         validate,
     },
     configstate,
@@ -167,6 +171,7 @@ impl Reconciler {
         }
         // The old configuration objects with today's Services, or, for a replica that started
         // (or took the lease) while the configuration is invalid, the valid part.
+        let live_pools = snapshot.pools.clone();
         let mut objects = snapshot;
         match self
             .last_good
@@ -230,6 +235,20 @@ impl Reconciler {
             for e in &update.events {
                 self.event(&reference, e.warning, e.reason, e.note.clone())
                     .await;
+            }
+        }
+        let pools: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.opts.namespace);
+        for (name, status) in pool_status::updates(&live_pools, &usage) {
+            let patch = json!({"status": status});
+            match pools
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::debug!(pool = %name, ?status, "pool status written"),
+                Err(e) => {
+                    tracing::warn!(pool = %name, error = %e, "cannot write the pool's status");
+                    ok = false;
+                }
             }
         }
         ok
