@@ -276,6 +276,41 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
         "node-1 announces web and web6"
     );
     assert!(sample(&m, "metallb_bgp_updates_total", &label).is_some_and(|n| n >= 2.0));
+    // MetalLB's announced gauge: node-1 says it announces web and web6 over BGP, not `local`
+    // (its endpoint is on node-2, which says so).
+    let announced = |m: &str, svc: &str, ip: &str, node: &str| {
+        sample(
+            m,
+            "metallb_speaker_announced",
+            &[
+                ("ip", ip),
+                ("node", node),
+                ("protocol", "bgp"),
+                ("service", svc),
+            ],
+        )
+    };
+    assert_eq!(
+        announced(&m, "default/web", &web, "node-1"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        announced(&m, "default/web6", &web6, "node-1"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        announced(&m, "default/local", &local, "node-1"),
+        None,
+        "{m}"
+    );
+    let m2 = bgp.metrics(1);
+    assert_eq!(
+        announced(&m2, "default/local", &local, "node-2"),
+        Some(1.0),
+        "{m2}"
+    );
 
     // The Service goes: every node withdraws it; the others stay.
     std::fs::write(
@@ -293,6 +328,7 @@ fn frr_holds_every_vip_from_every_node_with_the_advertised_attributes() {
     assert_eq!(paths(&bgp.router, "ipv6", &format!("{web6}/128")).len(), 3);
     // The sessions stayed up through the change.
     let m = bgp.metrics(0);
+    assert_eq!(announced(&m, "default/web", &web, "node-1"), None, "{m}");
     assert_eq!(sample(&m, "metallb_bgp_session_up", &label), Some(1.0));
     let log = bgp.logs();
     assert!(!log.contains("down:"), "no session went down:\n{log}");

@@ -130,6 +130,24 @@ fn a_gracefully_restarted_owner_takes_its_vips_back_without_a_lost_reply() {
         "per-VIP counters of {owner}: requests {requests:?}, responses {responses:?}\n{m}"
     );
     assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(2.0));
+    // MetalLB's announced gauge: the owner announces the VIP at Layer 2, the interim owner no
+    // longer does.
+    let layer2 = [("ip", vip.as_str()), ("protocol", "layer2")];
+    assert_eq!(
+        sample(
+            &m,
+            "metallb_speaker_announced",
+            &[layer2[0], layer2[1], ("node", &owner)]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let interim_m = g.metrics(interim_i);
+    assert_eq!(
+        sample(&interim_m, "metallb_speaker_announced", &layer2),
+        None,
+        "{interim_m}"
+    );
 }
 
 #[test]

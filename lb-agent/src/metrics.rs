@@ -8,11 +8,11 @@
 //! the kernel answered, not what userspace thinks it did. The
 //! rest (membership, failover, the data path) carry the `xdplb_` prefix.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -51,6 +51,17 @@ pub struct ModeLabel {
     pub mode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnouncedLabel {
+    pub ip: String,
+    pub node: String,
+    pub protocol: &'static str,
+    pub service: String,
+}
+
+/// `(service, address)` pairs a protocol announces.
+pub type Announced = BTreeSet<(String, IpAddr)>;
+
 /// Every metric the agent exports.
 pub struct AgentMetrics {
     registry: Registry,
@@ -65,6 +76,10 @@ pub struct AgentMetrics {
     pub services_outside_pools: Gauge,
     pub vips_not_announced: Gauge,
     pub datapath: Family<ModeLabel, Gauge>,
+    /// MetalLB's `metallb_speaker_announced`: 1 per Service, address and protocol this node
+    /// announces (the desired state, as MetalLB's).
+    speaker_announced: Family<AnnouncedLabel, Gauge>,
+    announced_by: Mutex<BTreeMap<&'static str, Announced>>,
     pub config: ConfigMetrics,
     pub bgp: BgpMetrics,
     pub bfd: BfdMetrics,
@@ -253,6 +268,8 @@ impl AgentMetrics {
             services_outside_pools: Gauge::default(),
             vips_not_announced: Gauge::default(),
             datapath: Family::default(),
+            speaker_announced: Family::default(),
+            announced_by: Mutex::default(),
             config: ConfigMetrics::default(),
             bgp: BgpMetrics::default(),
             bfd: BfdMetrics::default(),
@@ -309,10 +326,37 @@ impl AgentMetrics {
             "1 for the responder answering on each interface: xdp-native, xdp-generic or afpacket",
             m.datapath.clone(),
         );
+        registry.register(
+            "metallb_speaker_announced",
+            "Services being announced from this node. This is desired state, it does not guarantee that the routing protocols have converged.",
+            m.speaker_announced.clone(),
+        );
         m.config.register(&mut registry);
         m.bgp.register(&mut registry);
         m.bfd.register(&mut registry);
         AgentMetrics { registry, ..m }
+    }
+
+    /// What `protocol` (`layer2`, `bgp`) announces from `node` now.
+    pub fn set_announced(&self, node: &str, protocol: &'static str, now: Announced) {
+        let mut by = self.announced_by.lock().unwrap_or_else(|e| e.into_inner());
+        if by.get(protocol) == Some(&now) {
+            return;
+        }
+        by.insert(protocol, now);
+        self.speaker_announced.clear();
+        for (protocol, set) in by.iter() {
+            for (service, ip) in set {
+                self.speaker_announced
+                    .get_or_create(&AnnouncedLabel {
+                        ip: ip.to_string(),
+                        node: node.to_owned(),
+                        protocol,
+                        service: service.clone(),
+                    })
+                    .set(1);
+            }
+        }
     }
 
     pub fn set_ready(&self) {

@@ -391,6 +391,18 @@ impl Agent {
         self.speaker
             .apply(bgp::unnumbered::resolve(&c.bgp, &self.neighbors.borrow()));
         self.reporter.bgp(&c.bgp_services);
+        let bgp_announced = c
+            .allocations
+            .iter()
+            .filter(|e| c.bgp_services.contains_key(&e.service))
+            .flat_map(|e| {
+                e.ips
+                    .iter()
+                    .filter(|ip| c.bgp_ips.contains(ip))
+                    .map(|ip| (e.service.clone(), *ip))
+            })
+            .collect();
+        self.metrics.set_announced(&self.node, "bgp", bgp_announced);
         if c.inputs.problems != self.input_problems {
             for p in &c.inputs.problems {
                 warn!(problem = %p, "annotation ignored");
@@ -539,6 +551,14 @@ impl Agent {
         )?;
         self.report_left_out(&stats.left_out, &step);
         self.metrics.announced.set(step.announced.len() as i64);
+        self.metrics.set_announced(
+            &self.node,
+            "layer2",
+            step.announced
+                .iter()
+                .map(|a| (a.service.clone(), a.vip))
+                .collect(),
+        );
         self.reporter
             .layer2(&step.announced, &step.gained, &self.ifaces);
         // Active-active VIPs are announced to no one but the clients of the slots taken over.

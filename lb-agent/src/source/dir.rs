@@ -20,7 +20,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::{Config, peers};
-use crate::bgp::policy::{BgpInputs, advertised_ips, plan};
+use crate::bgp::policy::{BgpInputs, advertised_ips, plan, service_peers};
 use crate::heap::{relocate, trim_heap};
 use crate::inputs::Inputs;
 use lb_controller::plan::announceable;
@@ -59,7 +59,7 @@ pub fn read(dir: &Path, node: &str, port: u16, good: &Mutex<LastGood>) -> Result
     drop(loaded);
     Ok(Config {
         bgp_ips: advertised_ips(&bgp, &allocations),
-        bgp_services: Default::default(),
+        bgp_services: service_peers(&bgp, &allocations),
         inputs,
         allocations,
         peers,

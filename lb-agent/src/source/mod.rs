@@ -44,8 +44,8 @@ pub struct Config {
     pub bgp: Plan,
     /// The addresses among them this node must accept traffic for.
     pub bgp_ips: BTreeSet<IpAddr>,
-    /// In a cluster: `namespace/name` of each Service this node advertises → the BGPPeers
-    /// (ServiceBGPStatus). Empty standalone, where nothing reads it.
+    /// `namespace/name` of each Service this node advertises → the BGPPeers (the
+    /// ServiceBGPStatus objects in a cluster, `metallb_speaker_announced` everywhere).
     pub bgp_services: crate::statuses::Wanted,
     /// Why the reading's own configuration objects were refused (the last good ones, or the
     /// valid part, stand in for them).
