@@ -455,6 +455,71 @@ async fn pool_status_follows_allocation_release_and_pool_edits() {
     controller.abort();
 }
 
+/// An allocated address no advertisement covers gets a Warning Event on its Service (once,
+/// not once per pass); covered, nothing more is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_no_advertisement_covers_is_reported_on_the_service() {
+    let api = ApiServer::start();
+    api.apply(namespace(NS));
+    api.apply(namespace("default"));
+    api.apply(pool("lonely", &["10.70.0.0/30"]));
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+                     "metadata": {"name": "other", "namespace": NS},
+                     "spec": {"ipAddressPools": ["elsewhere"]}}),
+    );
+    api.apply(service("a", json!({})));
+    let controller = start_in_process(&api, "one");
+    let reported = || {
+        events(&api, "a")
+            .into_iter()
+            .filter(|(reason, _, _)| reason == "NoAdvertisement")
+            .collect::<Vec<_>>()
+    };
+    let found = eventually("a NoAdvertisement event", Duration::from_secs(10), || {
+        let r = reported();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert!(
+        found[0].1.starts_with("10.70.0.0 from IPAddressPool/lonely is covered by no L2Advertisement or BGPAdvertisement"),
+        "{found:?}"
+    );
+    // More passes (another Service) say nothing more about `a`.
+    api.apply(service("b", json!({})));
+    eventually("b allocated", Duration::from_secs(10), || {
+        (!ingress(&api, "b").is_empty()).then_some(())
+    })
+    .await;
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+                     "metadata": {"name": "other", "namespace": NS},
+                     "spec": {"ipAddressPools": ["lonely"]}}),
+    );
+    api.apply(service("c", json!({})));
+    eventually("c allocated", Duration::from_secs(10), || {
+        (!ingress(&api, "c").is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(reported().len(), 1, "{:?}", reported());
+    // Raised once: the recorder would fold repeats into a series on the same Event.
+    let series: Vec<Value> = api
+        .list("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "a" && e["reason"] == "NoAdvertisement")
+        .map(|e| e["series"].clone())
+        .collect();
+    assert_eq!(series, vec![Value::Null], "{series:?}");
+    assert!(
+        events(&api, "c")
+            .iter()
+            .all(|(reason, _, _)| reason != "NoAdvertisement"),
+        "c is covered: {:?}",
+        events(&api, "c")
+    );
+    controller.abort();
+}
+
 struct Replica {
     child: Child,
     identity: String,

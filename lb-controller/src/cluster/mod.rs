@@ -15,6 +15,7 @@
 //! - Allocations are rebuilt from Service status on every start, so restarts move nothing.
 //! - Each IPAddressPool's status (MetalLB's assigned/available counters) follows the pass
 //!   that wrote the Services' addresses; only a status that differs is written.
+pub mod coverage;
 mod leader;
 pub mod lease;
 pub mod memberlist;
@@ -78,6 +79,8 @@ struct Reconciler {
     reported: BTreeMap<String, String>,
     /// The configuration problems last raised.
     problems: BTreeSet<String>,
+    /// The Services last reported as covered by no advertisement, with the note.
+    uncovered: BTreeMap<String, String>,
     /// What the `controller` ConfigurationState says.
     config_state: watch::Sender<Option<Vec<String>>>,
 }
@@ -237,6 +240,19 @@ impl Reconciler {
                     .await;
             }
         }
+        // Once per Service and reason, as AllocationFailed; again if it recurs.
+        let uncovered = coverage::uncovered(&objects, &entries);
+        for (key, note) in &uncovered {
+            if self.uncovered.get(key) == Some(note) {
+                continue;
+            }
+            if let Some(svc) = by_key.get(key) {
+                tracing::warn!(service = %key, "{note}");
+                self.event(&svc.object_ref(&()), true, coverage::REASON, note.clone())
+                    .await;
+            }
+        }
+        self.uncovered = uncovered;
         let pools: Api<IPAddressPool> = Api::namespaced(self.client.clone(), &self.opts.namespace);
         for (name, status) in pool_status::updates(&live_pools, &usage) {
             let patch = json!({"status": status});
@@ -405,6 +421,7 @@ pub async fn run(
         last_good: LastGood::new(OnRefusal::LastConfigObjects),
         reported: BTreeMap::new(),
         problems: BTreeSet::new(),
+        uncovered: BTreeMap::new(),
         config_state,
     };
     let mut retry_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
