@@ -146,6 +146,35 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     }
     let last = group.single(VIP, "after the stop", Some(&back), within);
     wait_for_statuses(&api, &[&last], "after the stop");
+
+    // The advertisement names an interface no node has: the elected node cannot announce,
+    // and says so on the Service (MetalLB's announceFailed).
+    api.apply(
+        json!({"apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+                     "metadata": {"name": "l2", "namespace": NS},
+                     "spec": {"interfaces": ["eth9"]}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let failed: Vec<String> = api
+            .list("events.k8s.io/v1", "Event")
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == "web" && e["reason"] == "announceFailed")
+            .filter_map(|e| e["note"].as_str().map(str::to_owned))
+            .collect();
+        if failed
+            .iter()
+            .any(|n| n.contains("no interface to answer on") && n.contains("eth9"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no announceFailed naming eth9: {failed:?}\n{}",
+            group.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     group.stop();
     let _ = std::fs::remove_file(&kubeconfig);
 }

@@ -43,7 +43,7 @@ use crate::{
         iface::Interface,
         links::{Carrier, LinkState},
         maps::monotonic_ns,
-        responders::{Responders, entries},
+        responders::{Responders, entries, without_interface},
         vipdev,
     },
     membership::{
@@ -102,6 +102,8 @@ struct Agent {
     outside_pools: Vec<String>,
     /// Why some VIPs are not in the data path's maps (full), as last reported.
     capacity_problem: Option<String>,
+    /// Services last reported as having no interface to be answered on.
+    no_interface: BTreeSet<String>,
     /// Whether the configuration changed since the announcements were last computed.
     dirty: bool,
     /// Whether this node holds more non-revertive VIPs than it can claim (logged once).
@@ -256,6 +258,7 @@ impl Agent {
             input_problems: Vec::new(),
             outside_pools: Vec::new(),
             capacity_problem: None,
+            no_interface: BTreeSet::new(),
             dirty: true,
             claims_truncated: false,
             started: Instant::now(),
@@ -495,6 +498,29 @@ impl Agent {
         );
     }
 
+    /// Reports, once per Service until it recovers, what this node should announce and has no
+    /// interface for: the advertisements' `interfaces` are not among its interfaces, or no
+    /// responder could attach to them (MetalLB's `announceFailed`).
+    fn report_no_interface(&mut self, step: &Step) {
+        let stuck = without_interface(&step.announced, &self.ifaces);
+        let services: BTreeSet<String> = stuck.iter().map(|a| a.service.clone()).collect();
+        let new: BTreeSet<String> = services.difference(&self.no_interface).cloned().collect();
+        if !new.is_empty() {
+            let named: BTreeSet<&String> = stuck.iter().flat_map(|a| &a.interfaces).collect();
+            let have: Vec<&str> = self.ifaces.iter().map(|i| i.name.as_str()).collect();
+            let why = if named.is_empty() {
+                format!("no interface could take a responder (this node has {have:?})")
+            } else {
+                format!(
+                    "no interface to answer on: the L2Advertisements name {named:?}, this node answers on {have:?}"
+                )
+            };
+            warn!(services = ?new, "{why}");
+            self.reporter.announce_failed(new, &why);
+        }
+        self.no_interface = services;
+    }
+
     /// Reports the VIPs the data path's maps had no room for (none: the problem is over).
     fn report_left_out(&mut self, left_out: &[crate::l2::maps::VipEntry], step: &Step) {
         let addrs: BTreeSet<IpAddr> = left_out.iter().map(|e| e.addr).collect();
@@ -550,6 +576,7 @@ impl Agent {
             &step.bits,
         )?;
         self.report_left_out(&stats.left_out, &step);
+        self.report_no_interface(&step);
         self.metrics.announced.set(step.announced.len() as i64);
         self.metrics.set_announced(
             &self.node,

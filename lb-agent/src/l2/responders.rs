@@ -59,6 +59,24 @@ impl From<Mode> for Choice {
 
 /// The map entries that answer for `announced` on `ifaces`: one per VIP and interface it is
 /// announced on; the VIPs in `active_active` are flagged so.
+/// Whether `a` is answered on `iface`: on every interface of the agent when its
+/// advertisements name none, else on those they name.
+fn answers_on(a: &Announcement, iface: &Interface) -> bool {
+    a.interfaces.is_empty() || a.interfaces.contains(&iface.name)
+}
+
+/// The announcements that no interface of `ifaces` can answer (the interfaces their
+/// advertisements name are not among them, or none could take a responder).
+pub fn without_interface<'a>(
+    announced: impl IntoIterator<Item = &'a Announcement>,
+    ifaces: &[Interface],
+) -> Vec<&'a Announcement> {
+    announced
+        .into_iter()
+        .filter(|a| !ifaces.iter().any(|i| answers_on(a, i)))
+        .collect()
+}
+
 pub fn entries<'a>(
     announced: impl IntoIterator<Item = &'a Announcement>,
     ifaces: &[Interface],
@@ -74,7 +92,7 @@ pub fn entries<'a>(
             };
             ifaces
                 .iter()
-                .filter(|i| a.interfaces.is_empty() || a.interfaces.contains(&i.name))
+                .filter(|i| answers_on(a, i))
                 .map(move |i| VipEntry {
                     addr: a.vip,
                     ifindex: i.index,
@@ -366,5 +384,44 @@ impl Responders {
             Datapath::unpin_all(&self.bpffs)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn iface(name: &str, index: u32) -> Interface {
+        Interface {
+            name: name.into(),
+            index,
+            mac: [2, 0, 0, 0, 0, index as u8],
+        }
+    }
+
+    fn announcement(vip: &str, interfaces: &[&str]) -> Announcement {
+        Announcement {
+            vip: vip.parse().unwrap_or_else(|e| panic!("{e}")),
+            service: format!("default/{vip}"),
+            interfaces: interfaces
+                .iter()
+                .map(|i| (*i).to_owned())
+                .collect::<BTreeSet<_>>(),
+        }
+    }
+
+    #[test]
+    fn an_announcement_is_stuck_when_no_interface_of_the_agent_answers_it() {
+        let ifaces = [iface("eth0", 2), iface("eth1", 3)];
+        let all = announcement("10.0.0.1", &[]);
+        let named = announcement("10.0.0.2", &["eth1"]);
+        let elsewhere = announcement("10.0.0.3", &["eth9"]);
+        let announced = [all.clone(), named.clone(), elsewhere.clone()];
+        assert_eq!(without_interface(&announced, &ifaces), vec![&elsewhere]);
+        assert_eq!(entries(&announced, &ifaces, &BTreeMap::new()).len(), 3);
+        // No interface took a responder: everything is stuck.
+        assert_eq!(without_interface(&announced, &[]).len(), 3);
     }
 }
