@@ -207,6 +207,50 @@ fn bgp_objects(api: &ApiServer) {
                               "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}}));
 }
 
+/// `(node, peer, BGP state, BFD state, owner Pod uid)` of every BGPSessionState, sorted.
+fn sessions(api: &ApiServer) -> Vec<(String, String, String, String, String)> {
+    let mut v: Vec<_> = api
+        .list("frrk8s.metallb.io/v1beta1", "BGPSessionState")
+        .iter()
+        .map(|o| {
+            let s = &o["status"];
+            let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+            assert_eq!(o["metadata"]["labels"]["frrk8s.metallb.io/node"], s["node"]);
+            assert_eq!(o["metadata"]["labels"]["frrk8s.metallb.io/peer"], s["peer"]);
+            (
+                text(&s["node"]),
+                text(&s["peer"]),
+                text(&s["bgpStatus"]),
+                text(&s["bfdStatus"]),
+                text(&o["metadata"]["ownerReferences"][0]["uid"]),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The sessions `sessions` should show: each live node's, to the router, in `state`.
+fn sessions_of(
+    group: &ClusterAgents,
+    state: &str,
+) -> Vec<(String, String, String, String, String)> {
+    let mut v: Vec<_> = (0..3)
+        .filter(|i| group.agents[*i].is_some())
+        .map(|i| {
+            (
+                bpf_tests::harness::cluster_agents::NAMES[i].to_owned(),
+                "10.210.0.1".to_owned(),
+                state.to_owned(),
+                "N/A".to_owned(),
+                group.pods[i].clone().unwrap_or_default().1,
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// How many paths FRR has for `vip`/32.
 fn paths(frr: &Frr, vip: &str) -> usize {
     frr.paths("ipv4", &format!("{vip}/32")).len()
@@ -327,6 +371,13 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         &|| group.logs(),
         || (paths(&router, &routed) == 3).then_some(()),
     );
+    // FRR-K8s' BGPSessionState: one per node and peer, owned by the agent's Pod.
+    wait(
+        "an Established BGPSessionState per node",
+        Duration::from_secs(5),
+        &|| format!("{:?}", sessions(&api)),
+        || (sessions(&api) == sessions_of(&group, "Established")).then_some(()),
+    );
 
     // The owner's Pod is deleted: its agent stops (SIGKILL, no goodbye), the garbage collector
     // takes its ServiceL2Status, and another node answers and writes its own.
@@ -361,6 +412,13 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         Duration::from_secs(10),
         &|| group.logs(),
         || (paths(&router, &routed) == 2).then_some(()),
+    );
+    // The deleted Pod's session object went with it.
+    wait(
+        "the live nodes' BGPSessionStates only",
+        Duration::from_secs(5),
+        &|| format!("{:?}", sessions(&api)),
+        || (sessions(&api) == sessions_of(&group, "Established")).then_some(()),
     );
 
     // The pool moves: the Service gets an address of the new range, which one node answers,
@@ -455,6 +513,25 @@ fn controller_and_agents_in_a_cluster_allocate_announce_fail_over_and_follow_cha
         restarted,
         group.pods[owner_i].as_ref().map(|p| json!(p.1)),
         "the node's ConfigurationState belongs to its current Pod"
+    );
+
+    // The router goes away: every session object says so; the BGPPeer goes: so do they.
+    drop(router);
+    wait(
+        "BGPSessionStates no longer Established",
+        Duration::from_secs(10),
+        &|| format!("{:?}", sessions(&api)),
+        || {
+            let s = sessions(&api);
+            (s.len() == 3 && s.iter().all(|x| x.2 != "Established")).then_some(())
+        },
+    );
+    api.delete("metallb.io/v1beta2", "BGPPeer", Some(NS), "router");
+    wait(
+        "no BGPSessionState once the BGPPeer is gone",
+        Duration::from_secs(5),
+        &|| format!("{:?}", sessions(&api)),
+        || sessions(&api).is_empty().then_some(()),
     );
 
     drop(controller);

@@ -95,6 +95,8 @@ struct Agent {
     speaker: Speaker,
     discovery: Discovery,
     neighbors: watch::Receiver<bgp::unnumbered::Found>,
+    /// The BGP sessions' states, for the BGPSessionState objects.
+    sessions: watch::Receiver<BTreeMap<String, bgp::speaker::SessionState>>,
     config: Option<Arc<Config>>,
     config_error: Option<String>,
     input_problems: Vec<String>,
@@ -121,6 +123,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = ticker.tick() => agent.tick().await?,
             Ok(()) = agent.neighbors.changed() => agent.neighbours(),
+            Ok(()) = agent.sessions.changed() => {
+                agent.reporter.sessions(&agent.sessions.borrow_and_update());
+            }
             Ok(()) = agent.links.changed() => {
                 if agent.relink() {
                     // Tell the peers and elect now: a VIP link that lost carrier is a failover.
@@ -231,6 +236,7 @@ impl Agent {
             metrics = %metrics_at,
             "running; waiting one failure timeout to hear the peers"
         );
+        let sessions = metrics.bgp.sessions.subscribe();
         let agent = Agent {
             handover: Handover::new(args.node_name.clone(), args.failure_timeout, adopted),
             node: args.node_name,
@@ -252,6 +258,8 @@ impl Agent {
             reporter,
             speaker,
             neighbors: discovery.found(),
+            sessions,
+
             discovery,
             config: None,
             config_error: None,

@@ -1,7 +1,8 @@
 //! MetalLB's status objects in a cluster, one per Service and announcing node:
 //! ServiceL2Status (which node announces it at Layer 2, on which interfaces) and
 //! ServiceBGPStatus (which BGPPeers this node advertises it to), visible with
-//! `kubectl get servicel2statuses,servicebgpstatuses -n metallb-system`. Each agent keeps
+//! `kubectl get servicel2statuses,servicebgpstatuses -n metallb-system`; and FRR-K8s'
+//! BGPSessionState, one per node and BGP peer (`kubectl get bgpsessionstates`). Each agent keeps
 //! exactly one object per Service it announces (labelled with its node) and deletes its
 //! others; the objects of other nodes are theirs. A task follows the latest wanted set, so the
 //! agent's loop never waits for the API server.
@@ -19,15 +20,15 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use lb_controller::config::types::{
-    InterfaceInfo, MetalLBServiceBGPStatus, MetalLBServiceL2Status, ServiceBGPStatus,
-    ServiceL2Status,
+    BGPSessionState, BGPSessionStateStatus, InterfaceInfo, MetalLBServiceBGPStatus,
+    MetalLBServiceL2Status, ServiceBGPStatus, ServiceL2Status,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::{election::Announcement, l2::iface::Interface};
+use crate::{bgp::speaker::SessionState, election::Announcement, l2::iface::Interface};
 
 pub const LABEL_NODE: &str = "metallb.io/node";
 pub const LABEL_SERVICE_NAME: &str = "metallb.io/service-name";
@@ -37,7 +38,8 @@ pub const LABEL_SERVICE_NAMESPACE: &str = "metallb.io/service-namespace";
 /// Service on.
 pub type Wanted = BTreeMap<String, BTreeSet<String>>;
 
-/// One of MetalLB's per-Service status kinds.
+/// One of the status kinds an agent keeps, one object per subject (a Service, a BGP session)
+/// and node.
 pub trait StatusKind:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
@@ -49,19 +51,63 @@ pub trait StatusKind:
     + 'static
 {
     type Status: PartialEq + Serialize + Send + Sync;
+    /// What one object says about its subject.
+    type Want: Clone + Debug + PartialEq + Send + Sync + 'static;
     const KIND: &'static str;
-    /// The generated names' prefix (`l2-`, `bgp-`).
-    const PREFIX: &'static str;
-    fn status(node: &str, namespace: &str, name: &str, what: &BTreeSet<String>) -> Self::Status;
+    const API_VERSION: &'static str;
+    const NODE_LABEL: &'static str;
+    /// The generated names' prefix (`l2-`, `bgp-`, `NODE-`).
+    fn prefix(node: &str) -> String;
+    /// A subject as the objects' labels name it (the wanted set's keys may be spelt otherwise).
+    fn key(subject: &str) -> String {
+        subject.to_owned()
+    }
+    /// The labels that name the subject `key`, beside the node's.
+    fn subject_labels(key: &str) -> BTreeMap<&'static str, String>;
+    /// The subject an object's labels name.
+    fn key_of(labels: &BTreeMap<String, String>) -> String;
+    fn status(node: &str, key: &str, want: &Self::Want) -> Self::Status;
     fn current(&self) -> Option<&Self::Status>;
+}
+
+fn service_labels(key: &str) -> BTreeMap<&'static str, String> {
+    let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+    BTreeMap::from([
+        (LABEL_SERVICE_NAME, name.to_owned()),
+        (LABEL_SERVICE_NAMESPACE, namespace.to_owned()),
+    ])
+}
+
+fn service_of(labels: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    format!(
+        "{}/{}",
+        get(LABEL_SERVICE_NAMESPACE),
+        get(LABEL_SERVICE_NAME)
+    )
 }
 
 impl StatusKind for ServiceL2Status {
     type Status = MetalLBServiceL2Status;
+    type Want = BTreeSet<String>;
     const KIND: &'static str = "ServiceL2Status";
-    const PREFIX: &'static str = "l2-";
+    const API_VERSION: &'static str = "metallb.io/v1beta1";
+    const NODE_LABEL: &'static str = LABEL_NODE;
 
-    fn status(node: &str, namespace: &str, name: &str, what: &BTreeSet<String>) -> Self::Status {
+    fn prefix(_: &str) -> String {
+        "l2-".into()
+    }
+
+    fn subject_labels(key: &str) -> BTreeMap<&'static str, String> {
+        service_labels(key)
+    }
+
+    fn key_of(labels: &BTreeMap<String, String>) -> String {
+        service_of(labels)
+    }
+
+    fn status(node: &str, key: &str, what: &BTreeSet<String>) -> Self::Status {
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
         MetalLBServiceL2Status {
             node: node.to_owned(),
             service_name: name.to_owned(),
@@ -80,15 +126,90 @@ impl StatusKind for ServiceL2Status {
 
 impl StatusKind for ServiceBGPStatus {
     type Status = MetalLBServiceBGPStatus;
+    type Want = BTreeSet<String>;
     const KIND: &'static str = "ServiceBGPStatus";
-    const PREFIX: &'static str = "bgp-";
+    const API_VERSION: &'static str = "metallb.io/v1beta1";
+    const NODE_LABEL: &'static str = LABEL_NODE;
 
-    fn status(node: &str, namespace: &str, name: &str, what: &BTreeSet<String>) -> Self::Status {
+    fn prefix(_: &str) -> String {
+        "bgp-".into()
+    }
+
+    fn subject_labels(key: &str) -> BTreeMap<&'static str, String> {
+        service_labels(key)
+    }
+
+    fn key_of(labels: &BTreeMap<String, String>) -> String {
+        service_of(labels)
+    }
+
+    fn status(node: &str, key: &str, what: &BTreeSet<String>) -> Self::Status {
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
         MetalLBServiceBGPStatus {
             node: node.to_owned(),
             service_name: name.to_owned(),
             service_namespace: namespace.to_owned(),
             peers: what.iter().cloned().collect(),
+        }
+    }
+
+    fn current(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+}
+
+pub const LABEL_FRR_NODE: &str = "frrk8s.metallb.io/node";
+pub const LABEL_FRR_PEER: &str = "frrk8s.metallb.io/peer";
+pub const LABEL_FRR_VRF: &str = "frrk8s.metallb.io/vrf";
+
+/// A peer as FRR-K8s writes it in labels and status: an IPv4 address as it is, an IPv6 one
+/// fully expanded with `-` for `:` (a label value has no `:`), an interface name as it is.
+pub fn peer_label(peer: &str) -> String {
+    match peer.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:04x}"))
+            .collect::<Vec<_>>()
+            .join("-"),
+        _ => peer.to_owned(),
+    }
+}
+
+impl StatusKind for BGPSessionState {
+    type Status = BGPSessionStateStatus;
+    type Want = SessionState;
+    const KIND: &'static str = "BGPSessionState";
+    const API_VERSION: &'static str = "frrk8s.metallb.io/v1beta1";
+    const NODE_LABEL: &'static str = LABEL_FRR_NODE;
+
+    fn prefix(node: &str) -> String {
+        format!("{node}-")
+    }
+
+    fn key(subject: &str) -> String {
+        peer_label(subject)
+    }
+
+    fn subject_labels(key: &str) -> BTreeMap<&'static str, String> {
+        // xdplb's sessions are all in the default VRF, which FRR-K8s writes as "".
+        BTreeMap::from([
+            (LABEL_FRR_PEER, key.to_owned()),
+            (LABEL_FRR_VRF, String::new()),
+        ])
+    }
+
+    fn key_of(labels: &BTreeMap<String, String>) -> String {
+        labels.get(LABEL_FRR_PEER).cloned().unwrap_or_default()
+    }
+
+    fn status(node: &str, key: &str, want: &SessionState) -> Self::Status {
+        BGPSessionStateStatus {
+            bgp_status: want.bgp.to_owned(),
+            bfd_status: want.bfd.to_owned(),
+            node: node.to_owned(),
+            peer: key.to_owned(),
+            vrf: String::new(),
         }
     }
 
@@ -116,29 +237,23 @@ impl Pod {
     }
 }
 
-/// Makes this node's objects of kind `K` match `wanted`, owned by `pod` if given.
+/// Makes this node's objects of kind `K` match `wanted` (subject → what its object says),
+/// owned by `pod` if given.
 pub async fn sync<K: StatusKind>(
     api: &Api<K>,
     node: &str,
     pod: Option<&Pod>,
-    wanted: &Wanted,
+    wanted: &BTreeMap<String, K::Want>,
 ) -> kube::Result<()> {
+    let wanted: BTreeMap<String, &K::Want> = wanted.iter().map(|(k, w)| (K::key(k), w)).collect();
     let owners = pod.map(|p| vec![p.owner()]);
     let mine = api
-        .list(&ListParams::default().labels(&format!("{LABEL_NODE}={node}")))
+        .list(&ListParams::default().labels(&format!("{}={node}", K::NODE_LABEL)))
         .await?;
     let mut have: BTreeMap<String, K> = BTreeMap::new();
     for obj in mine.items {
-        let labels = obj.labels();
-        let key = format!(
-            "{}/{}",
-            labels
-                .get(LABEL_SERVICE_NAMESPACE)
-                .cloned()
-                .unwrap_or_default(),
-            labels.get(LABEL_SERVICE_NAME).cloned().unwrap_or_default()
-        );
-        // A second object for the same Service (a crash between create and delete): drop it.
+        let key = K::key_of(obj.labels());
+        // A second object for the same subject (a crash between create and delete): drop it.
         if have.contains_key(&key) || !wanted.contains_key(&key) {
             api.delete(&obj.name_any(), &DeleteParams::default())
                 .await?;
@@ -146,10 +261,9 @@ pub async fn sync<K: StatusKind>(
         }
         have.insert(key, obj);
     }
-    for (service, what) in wanted {
-        let (namespace, svc) = service.split_once('/').unwrap_or(("default", service));
-        let want = K::status(node, namespace, svc, what);
-        let name = match have.get(service) {
+    for (key, what) in wanted {
+        let want = K::status(node, &key, what);
+        let name = match have.get(&key) {
             Some(obj) => {
                 // A restarted agent is a new Pod: it adopts what the old one left.
                 if let Some(owners) = &owners
@@ -168,17 +282,15 @@ pub async fn sync<K: StatusKind>(
                 obj.name_any()
             }
             None => {
+                let mut labels = serde_json::Map::new();
+                labels.insert(K::NODE_LABEL.into(), json!(node));
+                for (k, v) in K::subject_labels(&key) {
+                    labels.insert(k.into(), json!(v));
+                }
                 let mut fresh: K = serde_json::from_value(json!({
-                    "apiVersion": "metallb.io/v1beta1",
+                    "apiVersion": K::API_VERSION,
                     "kind": K::KIND,
-                    "metadata": {
-                        "generateName": K::PREFIX,
-                        "labels": {
-                            LABEL_NODE: node,
-                            LABEL_SERVICE_NAME: svc,
-                            LABEL_SERVICE_NAMESPACE: namespace,
-                        },
-                    },
+                    "metadata": {"generateName": K::prefix(node), "labels": labels},
                     "spec": {},
                 }))
                 .map_err(kube::Error::SerdeError)?;
@@ -206,7 +318,7 @@ pub fn spawn<K: StatusKind>(
     namespace: String,
     node: String,
     pod: Option<Pod>,
-    mut wanted: watch::Receiver<Wanted>,
+    mut wanted: watch::Receiver<BTreeMap<String, K::Want>>,
 ) {
     let api: Api<K> = Api::namespaced(client, &namespace);
     tokio::spawn(async move {
@@ -244,6 +356,7 @@ struct Cluster {
     recorder: kube::runtime::events::Recorder,
     l2: watch::Sender<Wanted>,
     bgp: watch::Sender<Wanted>,
+    sessions: watch::Sender<BTreeMap<String, SessionState>>,
     config_state: watch::Sender<Option<Vec<String>>>,
     /// The Services advertised over BGP at the last report (Events go to the new ones).
     bgp_assigned: BTreeSet<String>,
@@ -258,6 +371,8 @@ impl Reporter {
                 kind(c.clone(), namespace.into(), node.into(), pod.clone(), rx);
                 tx
             };
+            let (sessions, rx) = watch::channel(BTreeMap::new());
+            spawn::<BGPSessionState>(c.clone(), namespace.into(), node.into(), pod.clone(), rx);
             let (config_state, rx) = watch::channel(None);
             lb_controller::configstate::spawn(
                 c.clone(),
@@ -281,6 +396,7 @@ impl Reporter {
                 ),
                 l2: task(spawn::<ServiceL2Status>),
                 bgp: task(spawn::<ServiceBGPStatus>),
+                sessions,
                 config_state,
                 bgp_assigned: BTreeSet::new(),
             }
@@ -317,6 +433,17 @@ impl Reporter {
             ));
         }
         c.bgp_assigned = now;
+    }
+
+    /// This node's BGP sessions and their states (peer → state): the BGPSessionState objects.
+    pub fn sessions(&self, states: &BTreeMap<String, SessionState>) {
+        if let Some(c) = &self.inner {
+            c.sessions.send_if_modified(|w| {
+                let changed = w != states;
+                w.clone_from(states);
+                changed
+            });
+        }
     }
 
     /// The VIPs this node announces at Layer 2 on `ifaces` (the ServiceL2Status objects: each
@@ -374,9 +501,10 @@ impl Reporter {
         let Some(c) = self.inner else {
             return;
         };
-        drop((c.l2, c.bgp));
+        drop((c.l2, c.bgp, c.sessions));
         clear::<ServiceL2Status>(&c.client, &c.namespace, &c.node).await;
         clear::<ServiceBGPStatus>(&c.client, &c.namespace, &c.node).await;
+        clear::<BGPSessionState>(&c.client, &c.namespace, &c.node).await;
     }
 }
 
@@ -438,7 +566,7 @@ async fn clear<K: StatusKind>(client: &Client, namespace: &str, node: &str) {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let cleared = tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        sync(&api, node, None, &Wanted::new()),
+        sync(&api, node, None, &BTreeMap::new()),
     )
     .await;
     if !matches!(cleared, Ok(Ok(()))) {
@@ -446,5 +574,20 @@ async fn clear<K: StatusKind>(client: &Client, namespace: &str, node: &str) {
             kind = K::KIND,
             "could not delete this node's status objects"
         );
+    }
+}
+
+#[cfg(test)]
+mod peer_label_tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_written_as_frr_k8s_writes_them() {
+        assert_eq!(peer_label("10.0.0.1"), "10.0.0.1");
+        assert_eq!(
+            peer_label("fd00::1"),
+            "fd00-0000-0000-0000-0000-0000-0000-0001"
+        );
+        assert_eq!(peer_label("eth1"), "eth1");
     }
 }

@@ -90,7 +90,13 @@ fn every_document_reads_as_its_kubernetes_type() {
                 drop(typed::<ValidatingWebhookConfiguration>(&doc));
             }
             "CustomResourceDefinition" => {
-                assert_eq!(doc["spec"]["group"], "metallb.io");
+                let group = doc["spec"]["group"].as_str().unwrap_or_default();
+                assert!(
+                    group == "metallb.io"
+                        || (group == "frrk8s.metallb.io"
+                            && doc["spec"]["names"]["kind"] == "BGPSessionState"),
+                    "{group}"
+                );
             }
             other => panic!("unexpected kind {other}"),
         }
@@ -343,7 +349,8 @@ fn each_component_gets_exactly_what_its_code_uses() {
         ])
     );
     // lb-agent: source/cluster.rs (reflectors, EndpointSlices too), run.rs (nodeAssigned
-    // Events), statuses.rs (list, create, patch, patch status, delete), configstate.rs (get,
+    // Events), statuses.rs (list, create, patch, patch status, delete: the Service statuses and
+    // the BGPSessionStates), configstate.rs (get,
     // create, patch, patch status).
     let (cluster, namespaced) = rbac_of("xdplb-agent");
     assert_eq!(
@@ -367,6 +374,16 @@ fn each_component_gets_exactly_what_its_code_uses() {
             (
                 "metallb.io",
                 &["servicel2statuses/status", "servicebgpstatuses/status"],
+                &["patch"]
+            ),
+            (
+                "frrk8s.metallb.io",
+                &["bgpsessionstates"],
+                &["list", "create", "patch", "delete"]
+            ),
+            (
+                "frrk8s.metallb.io",
+                &["bgpsessionstates/status"],
                 &["patch"]
             ),
             (

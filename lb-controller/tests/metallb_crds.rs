@@ -5,10 +5,11 @@
 //!
 //! MetalLB's YAML is not copied into this repository; `tests/data/metallb-crds.txt` holds its
 //! fingerprint (one line per version and per field, no descriptions), written by this test
-//! from a MetalLB checkout:
+//! from a MetalLB checkout, and `tests/data/frrk8s-crds.txt` FRR-K8s' BGPSessionState's:
 //!
 //! ```sh
 //! METALLB_CRDS=/path/to/metallb/config/crd/bases METALLB_REF=<commit> \
+//! FRRK8S_CRDS=/path/to/frr-k8s/config/crd/bases FRRK8S_REF=<commit> \
 //!     cargo test -p lb-controller --test metallb_crds
 //! ```
 use std::collections::BTreeSet;
@@ -145,8 +146,8 @@ fn ours() -> BTreeSet<String> {
     out
 }
 
-/// Writes the reference from a MetalLB checkout's `config/crd/bases`.
-fn write_reference(dir: &Path) {
+/// Writes a reference (`file`) from a checkout's `config/crd/bases` (`project` at `source`).
+fn write_reference(dir: &Path, file: &Path, project: &str, source: &str) {
     let mut out = BTreeSet::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -158,29 +159,57 @@ fn write_reference(dir: &Path) {
         let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
         let crd: Value =
             serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        // Of FRR-K8s' kinds, xdplb serves BGPSessionState only.
+        if project == "FRR-K8s" && crd["spec"]["names"]["kind"] != "BGPSessionState" {
+            continue;
+        }
         fingerprint(&crd, &mut out);
     }
-    let source = std::env::var("METALLB_REF").unwrap_or_else(|_| "unknown".into());
     let mut text = format!(
-        "# The fingerprint of MetalLB's CRDs (metallb/metallb config/crd/bases at {source}),\n\
+        "# The fingerprint of {project}'s CRDs (config/crd/bases at {source}),\n\
          # written by lb-controller/tests/metallb_crds.rs: one line per version and per field.\n"
     );
     for line in out {
         text += &line;
         text.push('\n');
     }
-    std::fs::write(reference_file(), text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(file, text).unwrap_or_else(|e| panic!("{e}"));
 }
 
+fn frrk8s_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/frrk8s-crds.txt")
+}
+
+/// MetalLB's fingerprint and FRR-K8s' BGPSessionState's; `METALLB_CRDS` / `FRRK8S_CRDS`
+/// (with `METALLB_REF` / `FRRK8S_REF`) rewrite them from checkouts.
 fn reference() -> BTreeSet<String> {
+    let source = |var: &str| std::env::var(var).unwrap_or_else(|_| "unknown".into());
     if let Some(dir) = std::env::var_os("METALLB_CRDS") {
-        write_reference(Path::new(&dir));
+        write_reference(
+            Path::new(&dir),
+            &reference_file(),
+            "MetalLB",
+            &source("METALLB_REF"),
+        );
     }
-    std::fs::read_to_string(reference_file())
-        .unwrap_or_else(|e| panic!("{}: {e}", reference_file().display()))
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(str::to_owned)
+    if let Some(dir) = std::env::var_os("FRRK8S_CRDS") {
+        write_reference(
+            Path::new(&dir),
+            &frrk8s_file(),
+            "FRR-K8s",
+            &source("FRRK8S_REF"),
+        );
+    }
+    [reference_file(), frrk8s_file()]
+        .iter()
+        .flat_map(|file| {
+            std::fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 

@@ -57,6 +57,14 @@ pub const RESOURCES: &[Resource] = &[
     ),
     res("events.k8s.io", &["v1"], "events", "Event", true, false),
     res(
+        "frrk8s.metallb.io",
+        &["v1beta1"],
+        "bgpsessionstates",
+        "BGPSessionState",
+        true,
+        true,
+    ),
+    res(
         "admissionregistration.k8s.io",
         &["v1"],
         "validatingwebhookconfigurations",

@@ -342,6 +342,24 @@ impl Session {
     }
 
     /// What the session negotiated, while it is Established.
+    /// The session's state in RFC 4271's (and FRR's) words, for status objects: the most
+    /// advanced of its connections', `Idle` without one.
+    pub fn state_name(&self) -> &'static str {
+        let best = self.conns.iter().map(|c| c.state).max_by_key(|s| match s {
+            State::Connecting => 0,
+            State::OpenSent => 1,
+            State::OpenConfirm => 2,
+            State::Established => 3,
+        });
+        match best {
+            None => "Idle",
+            Some(State::Connecting) => "Connect",
+            Some(State::OpenSent) => "OpenSent",
+            Some(State::OpenConfirm) => "OpenConfirm",
+            Some(State::Established) => "Established",
+        }
+    }
+
     pub fn established(&self) -> Option<&Negotiated> {
         self.conns
             .iter()

@@ -25,13 +25,54 @@ use crate::bfd::packet::State as BfdState;
 use crate::bfd::service::{Bfd, BfdMetrics};
 use crate::metrics::family::PeerLabel;
 
-/// MetalLB's BGP metrics (label `peer`, `address:port`).
+/// MetalLB's BGP metrics (label `peer`, `address:port`), and each session's state for the
+/// BGPSessionState objects.
 #[derive(Clone, Default)]
 pub struct BgpMetrics {
     pub session_up: Family<PeerLabel, Gauge>,
     pub updates: Family<PeerLabel, Counter>,
     pub announced: Family<PeerLabel, Gauge>,
     pub pending: Family<PeerLabel, Gauge>,
+    pub sessions: SessionStates,
+}
+
+/// One session as FRR-K8s' BGPSessionState shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionState {
+    /// `Idle`, `Connect`, `OpenSent`, `OpenConfirm`, `Established`.
+    pub bgp: &'static str,
+    /// `Up`, `Down`, or `N/A` without BFD.
+    pub bfd: &'static str,
+}
+
+/// Every configured session's state, by peer (its address, or its interface when unnumbered).
+#[derive(Clone)]
+pub struct SessionStates(Arc<watch::Sender<BTreeMap<String, SessionState>>>);
+
+impl Default for SessionStates {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(BTreeMap::new()).0))
+    }
+}
+
+impl SessionStates {
+    pub fn subscribe(&self) -> watch::Receiver<BTreeMap<String, SessionState>> {
+        self.0.subscribe()
+    }
+
+    fn set(&self, peer: &str, state: SessionState) {
+        self.0.send_if_modified(|m| {
+            if m.get(peer) == Some(&state) {
+                return false;
+            }
+            m.insert(peer.to_owned(), state);
+            true
+        });
+    }
+
+    fn remove(&self, peer: &str) {
+        self.0.send_if_modified(|m| m.remove(peer).is_some());
+    }
 }
 
 impl BgpMetrics {
@@ -59,7 +100,12 @@ impl BgpMetrics {
         );
     }
 
-    fn forget(&self, label: &PeerLabel) {
+    /// Drops a peer's series; with `peer`, its session state too (a task ending after its
+    /// replacement started must not remove the replacement's).
+    fn forget(&self, label: &PeerLabel, peer: Option<&str>) {
+        if let Some(peer) = peer {
+            self.sessions.remove(peer);
+        }
         self.session_up.remove(label);
         self.updates.remove(label);
         self.announced.remove(label);
@@ -146,6 +192,15 @@ fn label(plan: &PeerPlan) -> PeerLabel {
     }
 }
 
+/// The peer as FRR-K8s names it in a BGPSessionState: its interface when unnumbered, else
+/// its address.
+pub fn session_peer(plan: &PeerPlan) -> String {
+    match &plan.interface {
+        Some(iface) => iface.clone(),
+        None => plan.address.to_string(),
+    }
+}
+
 fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -217,7 +272,7 @@ async fn manage(
                 for (_, p) in std::mem::take(&mut peers) {
                     let _ = p.cmds.send(Cmd::Stop(why));
                     let _ = tokio::time::timeout(FLUSH * 2, p.task).await;
-                    metrics.forget(&label(&p.plan));
+                    metrics.forget(&label(&p.plan), Some(&session_peer(&p.plan)));
                 }
                 return;
             }
@@ -274,7 +329,7 @@ fn reconcile(peers: &mut BTreeMap<String, PeerTask>, plan: Plan, metrics: &BgpMe
                 tracing::info!(peer = %k, "BGP: peer removed");
             }
             let _ = p.cmds.send(Cmd::Stop(Stop::Deconfigured));
-            metrics.forget(&label(&p.plan));
+            metrics.forget(&label(&p.plan), Some(&session_peer(&p.plan)));
         }
     }
     for (k, p) in plan {
@@ -337,6 +392,10 @@ struct Peer {
     /// Treat-as-withdraw UPDATEs since the last line about them, and when that was.
     withdrawn_seen: u64,
     withdrawn_logged: Option<Instant>,
+    /// Whether BFD says the path is up (`None`: no BFD for this peer).
+    bfd_up: Option<bool>,
+    /// Told to stop: its session state is no longer published.
+    stopping: bool,
 }
 
 async fn peer_task(
@@ -367,6 +426,8 @@ async fn peer_task(
         metrics,
         withdrawn_seen: 0,
         withdrawn_logged: None,
+        bfd_up: None,
+        stopping: false,
     };
     let mut next_inbound = INBOUND_IDS;
     let actions = p.session.start(Instant::now());
@@ -396,6 +457,8 @@ async fn peer_task(
                     }
                 }
                 Some(Cmd::Stop(why)) => {
+                    // Deconfigured: its state is forgotten, and must not come back.
+                    p.stopping = true;
                     let actions = p.session.stop(why);
                     p.run(actions);
                     p.flush().await;
@@ -432,6 +495,7 @@ async fn peer_task(
             } => match changed {
                 Ok(state) => {
                     let was_up = std::mem::replace(&mut bfd_up, state == BfdState::Up);
+                    p.bfd_up = Some(bfd_up);
                     if was_up && !bfd_up {
                         tracing::warn!(peer = %p.key, "BGP: BFD down");
                         p.session.handle(Event::BfdDown, Instant::now())
@@ -558,6 +622,20 @@ impl Peer {
         let m = &self.metrics;
         let up = self.session.established().is_some();
         m.session_up.get_or_create(&self.label).set(i64::from(up));
+        if !self.stopping {
+            let bfd = match (self.plan.bfd.is_some(), self.bfd_up) {
+                (false, _) => "N/A",
+                (true, Some(true)) => "Up",
+                (true, _) => "Down",
+            };
+            m.sessions.set(
+                &session_peer(&self.plan),
+                SessionState {
+                    bgp: self.session.state_name(),
+                    bfd,
+                },
+            );
+        }
         let announced = self.session.advertised().len();
         m.announced
             .get_or_create(&self.label)
@@ -657,7 +735,7 @@ impl Peer {
         }
         let writers = std::mem::take(&mut self.closing);
         let _ = tokio::time::timeout(FLUSH, futures::future::join_all(writers)).await;
-        self.metrics.forget(&self.label);
+        self.metrics.forget(&self.label, None);
     }
 }
 

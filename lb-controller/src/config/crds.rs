@@ -12,8 +12,8 @@ use kube::{CustomResourceExt, core::crd::merge_crds};
 use serde_json::{Value, json};
 
 use super::types::{
-    BFDProfile, BGPAdvertisement, Community, ConfigurationState, IPAddressPool, L2Advertisement,
-    ServiceBGPStatus, ServiceL2Status, v1beta1, v1beta2,
+    BFDProfile, BGPAdvertisement, BGPSessionState, Community, ConfigurationState, IPAddressPool,
+    L2Advertisement, ServiceBGPStatus, ServiceL2Status, v1beta1, v1beta2,
 };
 
 /// A detail of MetalLB's schema for one field: `merge` is merged into the derived schema at
@@ -461,6 +461,7 @@ pub fn definitions() -> Result<Vec<CustomResourceDefinition>, String> {
         ServiceL2Status::crd(),
         ServiceBGPStatus::crd(),
         ConfigurationState::crd(),
+        BGPSessionState::crd(),
     ]
     .into_iter()
     .map(conform)
@@ -490,7 +491,7 @@ mod tests {
     fn every_detail_lands_on_a_field() {
         // conform fails naming the path when a detail points nowhere (a renamed field).
         let crds = definitions().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(crds.len(), 9);
+        assert_eq!(crds.len(), 10);
     }
 
     #[test]

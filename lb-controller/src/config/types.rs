@@ -498,6 +498,44 @@ pub struct MetalLBServiceBGPStatus {
     pub peers: Vec<String>,
 }
 
+/// One BGP session of one node, as FRR-K8s reports it (`kubectl get bgpsessionstates -n
+/// metallb-system`), so tools that read FRR-K8s' objects read xdplb's: one object per node and
+/// peer, in the agents' namespace, named `NODE-…` and labelled `frrk8s.metallb.io/node`,
+/// `frrk8s.metallb.io/peer` and `frrk8s.metallb.io/vrf`, owned by the agent's Pod.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "frrk8s.metallb.io",
+    version = "v1beta1",
+    kind = "BGPSessionState",
+    namespaced,
+    status = "BGPSessionStateStatus",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.node"}"#,
+    printcolumn = r#"{"name":"Peer","type":"string","jsonPath":".status.peer"}"#,
+    printcolumn = r#"{"name":"VRF","type":"string","jsonPath":".status.vrf"}"#,
+    printcolumn = r#"{"name":"BGP","type":"string","jsonPath":".status.bgpStatus"}"#,
+    printcolumn = r#"{"name":"BFD","type":"string","jsonPath":".status.bfdStatus"}"#
+)]
+pub struct BGPSessionStateSpec {}
+
+/// The observed state of a [`BGPSessionState`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BGPSessionStateStatus {
+    /// `Idle`, `Connect`, `OpenSent`, `OpenConfirm` or `Established`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bgp_status: String,
+    /// `Up`, `Down`, or `N/A` when the peer has no BFD profile.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bfd_status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// The peer's address (an IPv6 one with `-` for `:`, as in the label), or its interface.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vrf: String,
+}
+
 /// Whether a component's configuration is valid, as MetalLB reports it: one object per
 /// component in its namespace, `controller` and `speaker-NODE`, labelled
 /// `metallb.io/component-type` (and `metallb.io/node-name` for an agent). MetalLB's kind has no
