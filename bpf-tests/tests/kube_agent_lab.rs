@@ -114,6 +114,21 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     }
 
     wait_for_statuses(&api, &[&owner], "at start");
+    // `kubectl xdplb why`, from the API alone, names the node arping sees answer.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.client.ns.name])
+        .arg(bpf_tests::harness::agent::workspace_bin("kubectl-xdplb"))
+        .args(["why", "default/web"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .expect("kubectl-xdplb");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said,
+        format!("default/web: {VIP} is answered at Layer 2 by {owner} on eth0\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The owner dies: another node answers and says so.
     let i = group.kill(&owner);

@@ -16,12 +16,15 @@
 //!   [`metrics`] is what it exports; [`statuses`] reports to the API server in a cluster
 //!   (ServiceL2Status, ServiceBGPStatus, Events, ConfigurationState).
 //! - [`bgp`]: the BGP speaker, from its wire codec up; [`bfd`] guards its sessions.
+//! - [`diagnose`]: "why is my IP not answered?", the chain from a Service to the node that
+//!   answers, over the API or a standalone directory (the `kubectl-xdplb` binary).
 //! - [`cli`]: the subcommands of the `lb-agent` binary; [`ttl`]: datagrams with the TTL they
 //!   arrived with (BFD, router advertisements).
 
 pub mod bfd;
 pub mod bgp;
 pub mod cli;
+pub mod diagnose;
 pub mod election;
 pub mod heap;
 pub mod inputs;

@@ -470,6 +470,43 @@ fn the_webhook_fails_open_and_matches_the_controller() {
     }
 }
 
+/// `kubectl xdplb` (lb-agent/src/diagnose/cluster.rs) lists these and gets the controller's
+/// ConfigurationState: the viewer role grants exactly that, read-only.
+#[test]
+fn the_plugins_viewer_role_is_read_only_and_what_it_reads() {
+    let docs = applied();
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "xdplb-viewer")
+        .expect("the xdplb-viewer ClusterRole");
+    let rules: Vec<PolicyRule> =
+        serde_json::from_value(role["rules"].clone()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        grants(&rules),
+        expect(&[
+            ("", &["services", "nodes", "namespaces", "pods"], &["list"]),
+            ("discovery.k8s.io", &["endpointslices"], &["list"]),
+            ("events.k8s.io", &["events"], &["list"]),
+            (
+                "metallb.io",
+                &[
+                    "ipaddresspools",
+                    "l2advertisements",
+                    "bgpadvertisements",
+                    "bgppeers",
+                    "bfdprofiles",
+                    "communities",
+                    "servicel2statuses",
+                    "servicebgpstatuses"
+                ],
+                &["list"]
+            ),
+            ("metallb.io", &["configurationstates"], &["get"]),
+            ("frrk8s.metallb.io", &["bgpsessionstates"], &["list"]),
+        ])
+    );
+}
+
 #[test]
 fn the_cluster_examples_are_valid_metallb_configuration() {
     let dir = deploy().join("examples/cluster");
