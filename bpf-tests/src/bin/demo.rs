@@ -581,7 +581,29 @@ fn main() -> Result<()> {
     }
 
     say(
-        "13. Done",
+        "13. Finding out why",
+        "`kubectl xdplb` answers \"who announces my IP?\" and \"why is it not answered?\" from the\n\
+         API in a cluster; pointed at this directory it gives the same answers from the\n\
+         manifests and the controller's allocations (the same code).",
+    );
+    let plugin = bpf_tests::harness::agent::workspace_bin("kubectl-xdplb");
+    let config_dir = dir.to_string_lossy().into_owned();
+    for args in [
+        vec!["status", "--config-dir", &config_dir],
+        vec!["why", "default/web", "--config-dir", &config_dir],
+    ] {
+        println!("   $ kubectl xdplb {}", args[..args.len() - 2].join(" "));
+        let out = std::process::Command::new(&plugin)
+            .args(&args)
+            .output()
+            .context("kubectl-xdplb")?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("   {line}");
+        }
+    }
+
+    say(
+        "14. Done",
         "SIGTERM to the other agents: each says goodbye and withdraws its VIPs. The lab, the\n\
          pins and the configuration copy go with this process.",
     );

@@ -473,6 +473,15 @@ pub fn status(facts: &Facts) -> Status {
         })
         .collect();
     let inputs = Inputs::new(o);
+    // Standalone, nobody reports: the owners the election picks when every agent runs.
+    let expected = match &facts.l2 {
+        Some(_) => BTreeMap::new(),
+        None => election::owners(
+            &inputs,
+            &entries,
+            &Members::from(inputs.nodes.keys().cloned().collect::<BTreeSet<_>>()),
+        ),
+    };
     let services = entries
         .iter()
         .map(|e| {
@@ -511,6 +520,9 @@ pub fn status(facts: &Facts) -> Status {
             }
             for a in facts.bgp.iter().filter_map(|m| m.get(&e.service)).flatten() {
                 announced_by.push(format!("{} -> {}", a.node, a.on.join(",")));
+            }
+            if let Some(owner) = expected.get(&e.service) {
+                announced_by.push(format!("{owner} (expected)"));
             }
             ServiceRow {
                 service: e.service.clone(),
