@@ -287,6 +287,18 @@ fn candidates_without_an_announcer_or_with_a_failure_are_told_apart() {
     );
 }
 
+/// The announcing node's agent is not ready (hung, crash-looping): its data path stops
+/// answering when the lease lapses, and `why` says so although the status object remains.
+#[test]
+fn an_announcer_whose_agent_is_not_ready_is_named() {
+    let c = healthy();
+    c.api.apply(agent_pod("node-1", false));
+    assert_eq!(
+        why(&c),
+        (1, "default/web: 10.80.0.0 is announced by node-1, whose agent is not ready: its data path stops answering once its lease lapses, until another node takes over\n".into())
+    );
+}
+
 #[test]
 fn bgp_sessions_down_are_named_and_an_established_one_is_enough() {
     let c = healthy();

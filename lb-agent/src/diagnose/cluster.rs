@@ -106,7 +106,7 @@ pub async fn gather(
         .list(&ListParams::default().labels(AGENT_PODS))
         .await?
         .items;
-    let ready_agents: BTreeSet<String> = pods
+    let ready: BTreeSet<String> = pods
         .iter()
         .filter(|p| {
             p.status
@@ -116,6 +116,8 @@ pub async fn gather(
         })
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .collect();
+    // No agent Pods at all: agents run some other way (or not at all); say nothing of them.
+    let ready_agents = (!pods.is_empty()).then_some(ready);
     let now = Timestamp::now().as_second();
     let mut announce_failed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in all(Api::<Event>::all(ns(client))).await? {
@@ -152,7 +154,7 @@ pub async fn gather(
         l2: Some(announcers(l2)),
         bgp: Some(announcers(bgp)),
         sessions,
-        ready_agents: Some(ready_agents),
+        ready_agents,
         announce_failed,
         config_problems,
     })

@@ -284,6 +284,29 @@ fn layer2(facts: &Facts, key: &str, entry: &PlanEntry) -> Why {
             )
             .with(failed);
         }
+        // An announcer whose agent is not ready (hung, crash-looping) stops renewing its
+        // data path's lease: the VIP goes quiet until another node takes over.
+        let unready: Vec<&Announcer> = announcers
+            .iter()
+            .filter(|a| {
+                facts
+                    .ready_agents
+                    .as_ref()
+                    .is_some_and(|ready| !ready.contains(&a.node))
+            })
+            .collect();
+        if unready.len() == announcers.len() {
+            let nodes: Vec<&str> = unready.iter().map(|a| a.node.as_str()).collect();
+            return Why::new(
+                key,
+                Link::AnnounceFailed,
+                format!(
+                    "{key}: {} is announced by {}, whose agent is not ready: its data path stops answering once its lease lapses, until another node takes over",
+                    ips(&entry.ips),
+                    nodes.join(", ")
+                ),
+            );
+        }
         let who: Vec<String> = announcers
             .iter()
             .map(|a| format!("{} on {}", a.node, a.on.join(", ")))
