@@ -13,6 +13,7 @@
 //! - [`sources`]: the reflectors over the metallb.io kinds, Services, Nodes and Secrets.
 //! - [`configstate`]: MetalLB's ConfigurationState objects.
 //! - [`metrics`]: MetalLB's metric names, `/metrics`, `/healthz`, `/readyz`.
+//! - [`monitoring`]: the alerting rules as a PrometheusRule.
 
 pub mod allocations;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod configstate;
 pub mod ipam;
 pub mod metrics;
+pub mod monitoring;
 pub mod plan;
 pub mod sources;
 pub mod standalone;

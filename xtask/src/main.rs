@@ -36,7 +36,7 @@ const NIGHTLY: &str = "nightly";
 /// Debian packages the tests, bench and demo run: `arping` (Thomas Habets'), `ndisc6`,
 /// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check), `keepalived`
 /// (the failover baseline in the bench), FRR, GoBGP and BIRD (the BGP peers of the interop
-/// tests).
+/// tests), Prometheus (`promtool` checks and unit-tests the alerting rules).
 const APT_PACKAGES: &[&str] = &[
     "arping",
     "bird2",
@@ -52,6 +52,7 @@ const APT_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "faketime",
+    "prometheus",
 ];
 
 #[derive(Parser)]
@@ -129,21 +130,25 @@ fn main() -> Result<()> {
         }
         Task::Image => images(&root),
         Task::Crds => {
-            let dir = root.join("deploy/crds");
-            let dir = dir.to_str().context("deploy/crds path is not UTF-8")?;
-            cargo(
-                &root,
-                &[
-                    "run",
-                    "-q",
-                    "-p",
-                    "lb-controller",
-                    "--example",
-                    "crds",
-                    "--",
-                    dir,
-                ],
-            )
+            // The CRDs from the types, and the PrometheusRule from the rule file.
+            for (example, dir) in [("crds", "deploy/crds"), ("monitoring", "deploy/monitoring")] {
+                let dir = root.join(dir);
+                let dir = dir.to_str().context("deploy/ path is not UTF-8")?;
+                cargo(
+                    &root,
+                    &[
+                        "run",
+                        "-q",
+                        "-p",
+                        "lb-controller",
+                        "--example",
+                        example,
+                        "--",
+                        dir,
+                    ],
+                )?;
+            }
+            Ok(())
         }
     }
 }
