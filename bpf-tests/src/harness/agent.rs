@@ -34,6 +34,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 
 /// Where [`Agent::run_node`] serves metrics, inside the node's namespace.
 pub const METRICS: &str = "127.0.0.1:7472";
+/// Where the agents bind it: every address of their node, so a Prometheus elsewhere on the
+/// lab segment scrapes them too (the lab's segment is the only network they have).
+const METRICS_BIND: &str = "0.0.0.0:7472";
 
 /// A running agent; killed (SIGKILL) on drop if still running.
 pub struct Agent {
@@ -68,7 +71,7 @@ impl Agent {
         {
             args.extend_from_slice(&["--interface", "eth0"]);
         }
-        args.extend_from_slice(&["--bpffs", pins, "--metrics-addr", METRICS]);
+        args.extend_from_slice(&["--bpffs", pins, "--metrics-addr", METRICS_BIND]);
         args.extend_from_slice(extra);
         Self::start_env(ns, &args, env)
     }
