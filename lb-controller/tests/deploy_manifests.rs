@@ -507,6 +507,146 @@ fn the_plugins_viewer_role_is_read_only_and_what_it_reads() {
     );
 }
 
+/// Whether `selector`'s `matchLabels` all hold in `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .is_some_and(|m| m.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// The optional components (deploy/monitoring/, deploy/networkpolicies/) reach what they are
+/// about: the ServiceMonitor the metrics Services and their port, the PodMonitor the
+/// controller's and agents' Pods and their port, the NetworkPolicy the controller's Pods and
+/// every port it listens on.
+#[test]
+fn the_monitors_and_policies_select_what_they_are_for() {
+    let docs = applied();
+    let find =
+        |kind: &str| -> Vec<Value> { docs.iter().filter(|d| d["kind"] == kind).cloned().collect() };
+    let one = |path: &str| -> Value {
+        documents(&deploy().join(path))
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("{path} is empty"))
+    };
+    let metrics_services: Vec<Value> = find("Service")
+        .into_iter()
+        .filter(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-metrics"))
+        })
+        .collect();
+    assert_eq!(metrics_services.len(), 2);
+    let sm = one("monitoring/servicemonitor.yaml");
+    for svc in &metrics_services {
+        assert!(
+            selects(&sm["spec"]["selector"], &svc["metadata"]["labels"]),
+            "{svc}"
+        );
+        let port = sm["spec"]["endpoints"][0]["port"].clone();
+        assert!(
+            svc["spec"]["ports"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == port)),
+            "{svc} has no port {port}"
+        );
+    }
+    // The webhook Service shares the labels but has no `metrics` port: scraped nowhere.
+    let pm = one("monitoring/podmonitor.yaml");
+    let np = one("networkpolicies/controller.yaml");
+    for kind in ["Deployment", "DaemonSet"] {
+        let workload = &find(kind)[0];
+        let pod = &workload["spec"]["template"];
+        assert!(
+            selects(&pm["spec"]["selector"], &pod["metadata"]["labels"]),
+            "{kind}"
+        );
+        let ports = &pod["spec"]["containers"][0]["ports"];
+        assert!(
+            ports
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "metrics")),
+            "{kind} has no metrics port"
+        );
+        if kind == "Deployment" {
+            assert!(selects(
+                &np["spec"]["podSelector"],
+                &pod["metadata"]["labels"]
+            ));
+            let allowed: BTreeSet<i64> = np["spec"]["ingress"][0]["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["port"].as_i64())
+                .collect();
+            let listening: BTreeSet<i64> = ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["containerPort"].as_i64())
+                .collect();
+            assert_eq!(
+                allowed, listening,
+                "the NetworkPolicy admits exactly the controller's ports"
+            );
+        }
+    }
+}
+
+/// `kubectl kustomize` renders both components, and the NetworkPolicy passes
+/// `kubernetes-validate --strict` (the monitoring objects are the operator's kinds, which the
+/// Kubernetes schemas do not hold).
+#[test]
+fn the_optional_components_render_and_validate() {
+    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
+    let render = |dir: &str| {
+        std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(deploy().join(dir))
+            .output()
+    };
+    let (Ok(monitoring), Ok(policies)) = (render("monitoring"), render("networkpolicies")) else {
+        assert!(!required(), "kubectl kustomize unavailable");
+        return;
+    };
+    assert!(
+        monitoring.status.success(),
+        "{}",
+        String::from_utf8_lossy(&monitoring.stderr)
+    );
+    let text = String::from_utf8_lossy(&monitoring.stdout);
+    assert!(
+        text.contains("kind: PrometheusRule") && text.contains("kind: ServiceMonitor"),
+        "{text}"
+    );
+    assert!(policies.status.success());
+    if !validator.exists() {
+        assert!(
+            !required(),
+            "{} is missing: cargo xtask setup",
+            validator.display()
+        );
+        return;
+    }
+    let file = std::env::temp_dir().join(format!("xdplb-policies-{}.yaml", std::process::id()));
+    std::fs::write(&file, &policies.stdout).expect("write");
+    let out = std::process::Command::new(&validator)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate");
+    let _ = std::fs::remove_file(&file);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    assert_eq!(
+        report.matches(" passed for resource ").count(),
+        1,
+        "{report}"
+    );
+}
+
 #[test]
 fn the_cluster_examples_are_valid_metallb_configuration() {
     let dir = deploy().join("examples/cluster");
