@@ -12,11 +12,17 @@ pub mod dir;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use lb_controller::{
     cluster::coverage,
-    config::{manifest::Objects, selector::Advertisement},
-    ipam::service,
+    config::{
+        l2mode::{self, L2Mode},
+        manifest::Objects,
+        selector::Advertisement,
+        types::L2Advertisement,
+    },
+    ipam::{allocator::PoolUsage, service},
     plan::{self, PlanEntry},
 };
 use serde::Serialize;
@@ -116,165 +122,203 @@ fn ips(list: &[std::net::IpAddr]) -> String {
 
 /// Walks the chain for the Service `key` (`namespace/name`).
 pub fn why(facts: &Facts, key: &str) -> Why {
-    let o = &facts.objects;
-    let Some(svc) = o.services.iter().find(|s| {
-        format!(
-            "{}/{}",
-            s.namespace().unwrap_or_else(|| "default".into()),
-            s.name_any()
-        ) == key
-    }) else {
-        return Why::new(key, Link::NotFound, format!("there is no Service {key}"));
-    };
-    let spec = svc.spec.clone().unwrap_or_default();
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        return Why::new(
-            key,
-            Link::NotLoadBalancer,
-            format!(
-                "{key} is of type {}, not LoadBalancer: nothing gives it an external address",
-                spec.type_.as_deref().unwrap_or("ClusterIP")
-            ),
-        );
-    }
-    if !service::is_ours(svc, facts.lb_class.as_deref()) {
-        let theirs = spec.load_balancer_class.as_deref().unwrap_or("(none)");
-        let ours = facts
-            .lb_class
-            .as_deref()
-            .unwrap_or("(none: Services without a class)");
-        return Why::new(
-            key,
-            Link::OtherClass,
-            format!(
-                "{key} has loadBalancerClass {theirs}; xdplb serves {ours}: another load balancer is meant to serve it"
-            ),
-        );
-    }
-    let entries = plan::plan(o, facts.lb_class.as_deref(), &BTreeMap::new());
-    let Some(entry) = entries.iter().find(|e| e.service == key) else {
-        return Why::new(key, Link::Pending, format!("{key} is not planned"));
-    };
-    if let Some(reason) = &entry.pending {
-        let mut w = Why::new(
-            key,
-            Link::Pending,
-            format!("{key} has no address: {reason}"),
-        );
-        if !facts.config_problems.is_empty() {
-            w.details
-                .push("the configuration is refused (the last valid one is in force):".into());
-            w.details.extend(facts.config_problems.iter().cloned());
+    Planned::new(facts).why(key)
+}
+
+/// What every answer reads, computed once however many Services are asked about: the
+/// allocator's plan, the planners' inputs, the Services by key, the uncovered Services.
+struct Planned<'a> {
+    facts: &'a Facts,
+    entries: Vec<PlanEntry>,
+    usage: BTreeMap<String, PoolUsage>,
+    /// `namespace/name` → index into `entries`.
+    planned: BTreeMap<String, usize>,
+    services: BTreeMap<String, &'a Service>,
+    inputs: Inputs,
+    uncovered: BTreeMap<String, String>,
+}
+
+impl<'a> Planned<'a> {
+    fn new(facts: &'a Facts) -> Self {
+        let o = &facts.objects;
+        let (entries, usage) =
+            plan::plan_with_usage(o, facts.lb_class.as_deref(), &BTreeMap::new());
+        let planned = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.service.clone(), i))
+            .collect();
+        let services = o
+            .services
+            .iter()
+            .map(|s| {
+                let ns = s.namespace().unwrap_or_else(|| "default".into());
+                (format!("{ns}/{}", s.name_any()), s)
+            })
+            .collect();
+        Self {
+            facts,
+            uncovered: coverage::uncovered(o, &entries),
+            entries,
+            usage,
+            planned,
+            services,
+            inputs: Inputs::new(o),
         }
-        return w;
     }
-    let written = service::status_ips(svc);
-    if written.is_empty() {
-        return Why::new(
-            key,
-            Link::NotWritten,
-            format!(
-                "{key} would get {} from IPAddressPool/{}, but no controller has written it to the Service's status: is lb-controller running and leading?",
-                ips(&entry.ips),
-                entry.pool.as_deref().unwrap_or("?")
-            ),
-        );
-    }
-    if let Some(note) = coverage::uncovered(o, std::slice::from_ref(entry)).remove(key) {
-        return Why::new(key, Link::NoAdvertisement, format!("{key}: {note}"));
-    }
-    let pool = entry.pool.clone().unwrap_or_default();
-    let pool_labels = o
-        .pools
-        .iter()
-        .find(|p| p.name_any() == pool)
-        .map(|p| p.labels().clone())
-        .unwrap_or_default();
-    let covers = |ad: &dyn Advertisement| {
-        ad.selects_pool(&pool, &pool_labels) && ad.selects_service(Some(svc.labels()))
-    };
-    let l2 = o.l2_advertisements.iter().any(|a| covers(&a.spec));
-    let bgp = o.bgp_advertisements.iter().any(|a| covers(&a.spec));
-    let mut answers = Vec::new();
-    if l2 {
-        answers.push(layer2(facts, key, entry));
-    }
-    if bgp {
-        answers.push(over_bgp(facts, key, entry));
-    }
-    // One protocol that works is an answer; else the first broken link of the first.
-    answers
-        .iter()
-        .find(|w| w.link == Link::Announced)
-        .or(answers.first())
-        .cloned()
-        .unwrap_or_else(|| {
-            Why::new(
-                key,
-                Link::NoAdvertisement,
-                format!("{key}: no advertisement covers it"),
-            )
-        })
-}
 
-/// Why each node is not a Layer 2 candidate for the Service (none: it is one).
-fn l2_reasons(facts: &Facts, key: &str, entry: &PlanEntry) -> BTreeMap<String, Option<String>> {
-    let inputs = Inputs::new(&facts.objects);
-    let svc = inputs.services.get(key);
-    let (pool, pool_labels) = match inputs.pool_of(entry) {
-        Some((p, l)) => (p.to_owned(), l.clone()),
-        None => (String::new(), Default::default()),
-    };
-    let ads: Vec<_> = inputs
-        .l2_advertisements
-        .iter()
-        .filter(|ad| {
-            ad.spec.selects_pool(&pool, &pool_labels)
-                && ad.spec.selects_service(svc.map(|s| &s.labels))
-        })
-        .collect();
-    let local = svc.and_then(|s| s.local_nodes.as_ref());
-    inputs
-        .nodes
-        .iter()
-        .map(|(name, labels)| {
-            let reason = if !ads.iter().any(|ad| ad.spec.selects_node(labels)) {
-                let names: Vec<String> = ads.iter().map(|a| a.name_any()).collect();
-                Some(format!(
-                    "not selected by the nodeSelectors of L2Advertisement {}",
-                    names.join(", ")
-                ))
-            } else if labels.contains_key(EXCLUDE_LABEL) {
-                Some(format!("labelled {EXCLUDE_LABEL}"))
-            } else if inputs.unavailable.contains(name) {
-                Some("not Ready, or its network is unavailable".into())
-            } else if local.is_some_and(|nodes| !nodes.contains(name)) {
-                Some("externalTrafficPolicy is Local and it holds no ready endpoint".into())
-            } else if facts
-                .ready_agents
-                .as_ref()
-                .is_some_and(|ready| !ready.contains(name))
-            {
-                Some("its agent is not running or not ready".into())
-            } else {
-                None
-            };
-            (name.clone(), reason)
-        })
-        .collect()
-}
+    /// The L2Advertisements that cover `entry`'s pool and Service.
+    fn l2_advertisements(&self, entry: &PlanEntry) -> Vec<&L2Advertisement> {
+        let Some((pool, labels)) = self.inputs.pool_of(entry) else {
+            return Vec::new();
+        };
+        let svc = self.inputs.services.get(&entry.service);
+        self.inputs
+            .l2_advertisements
+            .iter()
+            .filter(|ad| {
+                ad.spec.selects_pool(pool, labels)
+                    && ad.spec.selects_service(svc.map(|s| &s.labels))
+            })
+            .collect()
+    }
 
-fn layer2(facts: &Facts, key: &str, entry: &PlanEntry) -> Why {
-    let failed = facts.announce_failed.get(key).cloned().unwrap_or_default();
-    // What the agents say comes first: an announcing node is the answer.
-    if let Some(announcers) = facts
-        .l2
-        .as_ref()
-        .and_then(|k| k.get(key))
-        .filter(|a| !a.is_empty())
-    {
-        if !failed.is_empty() {
+    /// Whether a BGPAdvertisement covers `entry`'s pool and Service.
+    fn over_bgp(&self, entry: &PlanEntry) -> bool {
+        let Some((pool, labels)) = self.inputs.pool_of(entry) else {
+            return false;
+        };
+        let svc = self.inputs.services.get(&entry.service);
+        self.facts.objects.bgp_advertisements.iter().any(|ad| {
+            ad.spec.selects_pool(pool, labels) && ad.spec.selects_service(svc.map(|s| &s.labels))
+        })
+    }
+
+    fn why(&self, key: &str) -> Why {
+        let facts = self.facts;
+        let Some(svc) = self.services.get(key).copied() else {
+            return Why::new(key, Link::NotFound, format!("there is no Service {key}"));
+        };
+        let spec = svc.spec.clone().unwrap_or_default();
+        if spec.type_.as_deref() != Some("LoadBalancer") {
             return Why::new(
+                key,
+                Link::NotLoadBalancer,
+                format!(
+                    "{key} is of type {}, not LoadBalancer: nothing gives it an external address",
+                    spec.type_.as_deref().unwrap_or("ClusterIP")
+                ),
+            );
+        }
+        if !service::is_ours(svc, facts.lb_class.as_deref()) {
+            let theirs = spec.load_balancer_class.as_deref().unwrap_or("(none)");
+            let ours = facts
+                .lb_class
+                .as_deref()
+                .unwrap_or("(none: Services without a class)");
+            return Why::new(
+                key,
+                Link::OtherClass,
+                format!(
+                    "{key} has loadBalancerClass {theirs}; xdplb serves {ours}: another load balancer is meant to serve it"
+                ),
+            );
+        }
+        let Some(entry) = self.planned.get(key).map(|i| &self.entries[*i]) else {
+            return Why::new(key, Link::Pending, format!("{key} is not planned"));
+        };
+        if let Some(reason) = &entry.pending {
+            let mut w = Why::new(
+                key,
+                Link::Pending,
+                format!("{key} has no address: {reason}"),
+            );
+            if !facts.config_problems.is_empty() {
+                w.details
+                    .push("the configuration is refused (the last valid one is in force):".into());
+                w.details.extend(facts.config_problems.iter().cloned());
+            }
+            return w;
+        }
+        let written = service::status_ips(svc);
+        if written.is_empty() {
+            return Why::new(
+                key,
+                Link::NotWritten,
+                format!(
+                    "{key} would get {} from IPAddressPool/{}, but no controller has written it to the Service's status: is lb-controller running and leading?",
+                    ips(&entry.ips),
+                    entry.pool.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+        if let Some(note) = self.uncovered.get(key) {
+            return Why::new(key, Link::NoAdvertisement, format!("{key}: {note}"));
+        }
+        let mut answers = Vec::new();
+        if !self.l2_advertisements(entry).is_empty() {
+            answers.push(self.layer2(key, entry));
+        }
+        if self.over_bgp(entry) {
+            answers.push(over_bgp(facts, key, entry));
+        }
+        // One protocol that works is an answer; else the first broken link of the first.
+        answers
+            .iter()
+            .find(|w| w.link == Link::Announced)
+            .or(answers.first())
+            .cloned()
+            .unwrap_or_else(|| {
+                Why::new(
+                    key,
+                    Link::NoAdvertisement,
+                    format!("{key}: no advertisement covers it"),
+                )
+            })
+    }
+
+    /// Why each node is not a Layer 2 candidate for the Service (none: it is one).
+    fn l2_reasons(&self, key: &str, entry: &PlanEntry) -> BTreeMap<String, Option<String>> {
+        let (facts, inputs) = (self.facts, &self.inputs);
+        let svc = inputs.services.get(key);
+        let ads = self.l2_advertisements(entry);
+        let local = svc.and_then(|s| s.local_nodes.as_ref());
+        inputs
+            .nodes
+            .iter()
+            .map(|(name, labels)| {
+                let reason = if !ads.iter().any(|ad| ad.spec.selects_node(labels)) {
+                    let names: Vec<String> = ads.iter().map(|a| a.name_any()).collect();
+                    Some(format!(
+                        "not selected by the nodeSelectors of L2Advertisement {}",
+                        names.join(", ")
+                    ))
+                } else if labels.contains_key(EXCLUDE_LABEL) {
+                    Some(format!("labelled {EXCLUDE_LABEL}"))
+                } else if inputs.unavailable.contains(name) {
+                    Some("not Ready, or its network is unavailable".into())
+                } else if local.is_some_and(|nodes| !nodes.contains(name)) {
+                    Some("externalTrafficPolicy is Local and it holds no ready endpoint".into())
+                } else if facts
+                    .ready_agents
+                    .as_ref()
+                    .is_some_and(|ready| !ready.contains(name))
+                {
+                    Some("its agent is not running or not ready".into())
+                } else {
+                    None
+                };
+                (name.clone(), reason)
+            })
+            .collect()
+    }
+
+    fn layer2(&self, key: &str, entry: &PlanEntry) -> Why {
+        let facts = self.facts;
+        let failed = facts.announce_failed.get(key).cloned().unwrap_or_default();
+        // The elected node's own word (its announceFailed Events), announcing or not.
+        let cannot_announce = |failed| {
+            Why::new(
                 key,
                 Link::AnnounceFailed,
                 format!(
@@ -282,104 +326,106 @@ fn layer2(facts: &Facts, key: &str, entry: &PlanEntry) -> Why {
                     ips(&entry.ips)
                 ),
             )
-            .with(failed);
-        }
-        // An announcer whose agent is not ready (hung, crash-looping) stops renewing its
-        // data path's lease: the VIP goes quiet until another node takes over.
-        let unready: Vec<&Announcer> = announcers
-            .iter()
-            .filter(|a| {
-                facts
-                    .ready_agents
-                    .as_ref()
-                    .is_some_and(|ready| !ready.contains(&a.node))
-            })
-            .collect();
-        if unready.len() == announcers.len() {
-            let nodes: Vec<&str> = unready.iter().map(|a| a.node.as_str()).collect();
+            .with(failed)
+        };
+        // What the agents say comes first: an announcing node is the answer.
+        if let Some(announcers) = facts
+            .l2
+            .as_ref()
+            .and_then(|k| k.get(key))
+            .filter(|a| !a.is_empty())
+        {
+            if !failed.is_empty() {
+                return cannot_announce(failed);
+            }
+            // An announcer whose agent is not ready (hung, crash-looping) stops renewing its
+            // data path's lease: the VIP goes quiet until another node takes over.
+            let unready: Vec<&Announcer> = announcers
+                .iter()
+                .filter(|a| {
+                    facts
+                        .ready_agents
+                        .as_ref()
+                        .is_some_and(|ready| !ready.contains(&a.node))
+                })
+                .collect();
+            if unready.len() == announcers.len() {
+                let nodes: Vec<&str> = unready.iter().map(|a| a.node.as_str()).collect();
+                return Why::new(
+                    key,
+                    Link::AnnounceFailed,
+                    format!(
+                        "{key}: {} is announced by {}, whose agent is not ready: its data path stops answering once its lease lapses, until another node takes over",
+                        ips(&entry.ips),
+                        nodes.join(", ")
+                    ),
+                );
+            }
+            let who: Vec<String> = announcers
+                .iter()
+                .map(|a| format!("{} on {}", a.node, a.on.join(", ")))
+                .collect();
             return Why::new(
                 key,
-                Link::AnnounceFailed,
+                Link::Announced,
                 format!(
-                    "{key}: {} is announced by {}, whose agent is not ready: its data path stops answering once its lease lapses, until another node takes over",
+                    "{key}: {} is answered at Layer 2 by {}",
                     ips(&entry.ips),
-                    nodes.join(", ")
+                    who.join("; ")
                 ),
             );
         }
-        let who: Vec<String> = announcers
+        let reasons = self.l2_reasons(key, entry);
+        let candidates: BTreeSet<String> = reasons
             .iter()
-            .map(|a| format!("{} on {}", a.node, a.on.join(", ")))
+            .filter(|(_, r)| r.is_none())
+            .map(|(n, _)| n.clone())
             .collect();
-        return Why::new(
+        let details: Vec<String> = reasons
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().map(|r| format!("node {n}: {r}")))
+            .collect();
+        if candidates.is_empty() {
+            return Why::new(
+                key,
+                Link::NoEligibleNode,
+                format!(
+                    "{key} has {} but no node may announce it at Layer 2",
+                    ips(&entry.ips)
+                ),
+            )
+            .with(details);
+        }
+        if facts.l2.is_none() {
+            // Standalone: nobody reports; say who should, as the agents elect.
+            let members = Members::from(candidates.clone());
+            let owner = election::owners(&self.inputs, std::slice::from_ref(entry), &members)
+                .remove(key)
+                .unwrap_or_else(|| candidates.iter().cloned().collect::<Vec<_>>().join(", "));
+            return Why::new(
+                key,
+                Link::Announced,
+                format!(
+                    "{key}: {} should be answered at Layer 2 by {owner} (when every candidate's agent runs; `lb-agent maps` on it shows what it answers)",
+                    ips(&entry.ips)
+                ),
+            )
+            .with(details);
+        }
+        if !failed.is_empty() {
+            return cannot_announce(failed);
+        }
+        Why::new(
             key,
-            Link::Announced,
+            Link::NotAnnounced,
             format!(
-                "{key}: {} is answered at Layer 2 by {}",
-                ips(&entry.ips),
-                who.join("; ")
-            ),
-        );
-    }
-    let reasons = l2_reasons(facts, key, entry);
-    let candidates: BTreeSet<String> = reasons
-        .iter()
-        .filter(|(_, r)| r.is_none())
-        .map(|(n, _)| n.clone())
-        .collect();
-    let details: Vec<String> = reasons
-        .iter()
-        .filter_map(|(n, r)| r.as_ref().map(|r| format!("node {n}: {r}")))
-        .collect();
-    if candidates.is_empty() {
-        return Why::new(
-            key,
-            Link::NoEligibleNode,
-            format!(
-                "{key} has {} but no node may announce it at Layer 2",
+                "{key}: nodes {} may announce {}, but no agent says it does (no ServiceL2Status): are the agents running?",
+                candidates.iter().cloned().collect::<Vec<_>>().join(", "),
                 ips(&entry.ips)
             ),
         )
-        .with(details);
+        .with(details)
     }
-    if facts.l2.is_none() {
-        // Standalone: nobody reports; say who should, as the agents elect.
-        let inputs = Inputs::new(&facts.objects);
-        let members = Members::from(candidates.clone());
-        let owner = election::owners(&inputs, std::slice::from_ref(entry), &members)
-            .remove(key)
-            .unwrap_or_else(|| candidates.iter().cloned().collect::<Vec<_>>().join(", "));
-        return Why::new(
-            key,
-            Link::Announced,
-            format!(
-                "{key}: {} should be answered at Layer 2 by {owner} (when every candidate's agent runs; `lb-agent maps` on it shows what it answers)",
-                ips(&entry.ips)
-            ),
-        )
-        .with(details);
-    }
-    if !failed.is_empty() {
-        return Why::new(
-            key,
-            Link::AnnounceFailed,
-            format!(
-                "{key}: the node elected for {} cannot announce it",
-                ips(&entry.ips)
-            ),
-        )
-        .with(failed);
-    }
-    Why::new(
-        key,
-        Link::NotAnnounced,
-        format!(
-            "{key}: nodes {} may announce {}, but no agent says it does (no ServiceL2Status): are the agents running?",
-            candidates.iter().cloned().collect::<Vec<_>>().join(", "),
-            ips(&entry.ips)
-        ),
-    )
-    .with(details)
 }
 
 fn over_bgp(facts: &Facts, key: &str, entry: &PlanEntry) -> Why {
@@ -485,9 +531,9 @@ pub struct Status {
 
 /// The whole picture: pools, Services with who announces them, sessions, agents.
 pub fn status(facts: &Facts) -> Status {
-    let o = &facts.objects;
-    let (entries, usage) = plan::plan_with_usage(o, facts.lb_class.as_deref(), &BTreeMap::new());
-    let pools = usage
+    let p = Planned::new(facts);
+    let pools = p
+        .usage
         .iter()
         .map(|(pool, u)| PoolRow {
             pool: pool.clone(),
@@ -495,47 +541,32 @@ pub fn status(facts: &Facts) -> Status {
             available: u.capacity.saturating_sub(u.in_use),
         })
         .collect();
-    let inputs = Inputs::new(o);
     // Standalone, nobody reports: the owners the election picks when every agent runs.
     let expected = match &facts.l2 {
         Some(_) => BTreeMap::new(),
         None => election::owners(
-            &inputs,
-            &entries,
-            &Members::from(inputs.nodes.keys().cloned().collect::<BTreeSet<_>>()),
+            &p.inputs,
+            &p.entries,
+            &Members::from(p.inputs.nodes.keys().cloned().collect::<BTreeSet<_>>()),
         ),
     };
-    let services = entries
+    let services = p
+        .entries
         .iter()
         .map(|e| {
-            let w = why(facts, &e.service);
+            let w = p.why(&e.service);
             let mut modes = Vec::new();
-            let svc = inputs.services.get(&e.service);
-            if let Some((pool, labels)) = inputs.pool_of(e) {
-                let ads: Vec<_> = inputs
-                    .l2_advertisements
-                    .iter()
-                    .filter(|ad| {
-                        ad.spec.selects_pool(pool, labels)
-                            && ad.spec.selects_service(svc.map(|s| &s.labels))
-                    })
-                    .collect();
-                if !ads.is_empty() {
-                    let mode = lb_controller::config::l2mode::effective(
-                        svc.and_then(|s| s.l2_mode),
-                        ads.iter().copied(),
-                    );
-                    modes.push(match mode {
-                        lb_controller::config::l2mode::L2Mode::ActiveActive => "active-active",
-                        lb_controller::config::l2mode::L2Mode::SingleOwner => "layer2",
-                    });
-                }
-                if o.bgp_advertisements.iter().any(|ad| {
-                    ad.spec.selects_pool(pool, labels)
-                        && ad.spec.selects_service(svc.map(|s| &s.labels))
-                }) {
-                    modes.push("bgp");
-                }
+            let ads = p.l2_advertisements(e);
+            if !ads.is_empty() {
+                let svc = p.inputs.services.get(&e.service);
+                let mode = l2mode::effective(svc.and_then(|s| s.l2_mode), ads.iter().copied());
+                modes.push(match mode {
+                    L2Mode::ActiveActive => "active-active",
+                    L2Mode::SingleOwner => "layer2",
+                });
+            }
+            if p.over_bgp(e) {
+                modes.push("bgp");
             }
             let mut announced_by = Vec::new();
             for a in facts.l2.iter().filter_map(|m| m.get(&e.service)).flatten() {
