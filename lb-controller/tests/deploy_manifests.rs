@@ -599,7 +599,6 @@ fn the_monitors_and_policies_select_what_they_are_for() {
 /// Kubernetes schemas do not hold).
 #[test]
 fn the_optional_components_render_and_validate() {
-    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
     let render = |dir: &str| {
         std::process::Command::new("kubectl")
             .arg("kustomize")
@@ -621,25 +620,10 @@ fn the_optional_components_render_and_validate() {
         "{text}"
     );
     assert!(policies.status.success());
-    if !validator.exists() {
-        assert!(
-            !required(),
-            "{} is missing: cargo xtask setup",
-            validator.display()
-        );
+    let Some(validator) = validator() else {
         return;
-    }
-    let file = std::env::temp_dir().join(format!("xdplb-policies-{}.yaml", std::process::id()));
-    std::fs::write(&file, &policies.stdout).expect("write");
-    let out = std::process::Command::new(&validator)
-        .arg("--strict")
-        .arg(&file)
-        .output()
-        .expect("kubernetes-validate");
-    let _ = std::fs::remove_file(&file);
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
+    };
+    let report = kubernetes_validate(&validator, &policies.stdout, "policies");
     assert_eq!(
         report.matches(" passed for resource ").count(),
         1,
@@ -664,23 +648,49 @@ fn required() -> bool {
     std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
+/// The pinned `kubernetes-validate` that `cargo xtask setup` installs; `None` (a skip) when
+/// it is missing outside `cargo xtask test`.
+fn validator() -> Option<std::path::PathBuf> {
+    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
+    if validator.exists() {
+        return Some(validator);
+    }
+    assert!(
+        !required(),
+        "{} is missing: cargo xtask setup",
+        validator.display()
+    );
+    eprintln!(
+        "skipped: no {} (cargo xtask setup installs it)",
+        validator.display()
+    );
+    None
+}
+
+/// Runs `kubernetes-validate --strict` over the YAML documents `yaml`, asserts that it passes,
+/// and returns its report.
+fn kubernetes_validate(validator: &Path, yaml: &[u8], tag: &str) -> String {
+    let file = std::env::temp_dir().join(format!("xdplb-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(&file, yaml).expect("write the manifests to validate");
+    let out = std::process::Command::new(validator)
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    let _ = std::fs::remove_file(&file);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{report}");
+    report
+}
+
 /// `kubectl kustomize deploy/` renders, and every object it renders passes
 /// `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas, unknown fields rejected).
 #[test]
 fn the_kustomization_renders_and_validates_offline_against_the_kubernetes_schemas() {
-    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
-    if !validator.exists() {
-        assert!(
-            !required(),
-            "{} is missing: cargo xtask setup",
-            validator.display()
-        );
-        eprintln!(
-            "skipped: no {} (cargo xtask setup installs it)",
-            validator.display()
-        );
+    let Some(validator) = validator() else {
         return;
-    }
+    };
     let rendered = std::process::Command::new("kubectl")
         .arg("kustomize")
         .arg(deploy())
@@ -710,17 +720,7 @@ fn the_kustomization_renders_and_validates_offline_against_the_kubernetes_schema
             "rendered output lacks a {kind}: {kinds:?}"
         );
     }
-    let file = std::env::temp_dir().join(format!("xdplb-rendered-{}.yaml", std::process::id()));
-    std::fs::write(&file, &rendered).expect("write the rendered manifests");
-    let out = std::process::Command::new(&validator)
-        .arg("--strict")
-        .arg(&file)
-        .output()
-        .expect("run kubernetes-validate");
-    let _ = std::fs::remove_file(&file);
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
+    let report = kubernetes_validate(&validator, &rendered, "rendered");
     let passed = report.matches(" passed for resource ").count();
     assert_eq!(passed, applied().len(), "every object checked:\n{report}");
 }
