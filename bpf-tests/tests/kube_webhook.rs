@@ -5,13 +5,13 @@
 //! two replicas serving one certificate; the `lb-controller run` binary serving it.
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
 use bpf_tests::{
     apiserver::{ApiServer, admission},
-    harness::agent::workspace_bin,
+    harness::agent::{Controller, workspace_bin},
     unique,
 };
 use lb_controller::webhook::{self, certs};
@@ -304,7 +304,7 @@ async fn two_replicas_serve_one_certificate_and_both_decide() {
     api.kubeconfig(&dir);
     // One replica the binary as deployed (its flags), one in-process, racing for the Secret.
     let port = free_port();
-    let _binary = Binary::start(&dir, port);
+    let _binary = start_binary(&dir, port);
     let (addr, task) = replica(&api).await;
     let ca = published_ca(&api).await;
     let overlap = admission::review(
@@ -463,37 +463,28 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-struct Binary(Child);
-
-impl Binary {
-    fn start(kubeconfig: &std::path::Path, port: u16) -> Self {
-        let child = Command::new(workspace_bin("lb-controller"))
-            .args([
-                "run",
-                "--namespace",
-                NS,
-                "--identity",
-                "binary",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--webhook-addr",
-                &format!("127.0.0.1:{port}"),
-                "--webhook-check-every",
-                "300ms",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start lb-controller: {e}"));
-        Self(child)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `lb-controller run` as deployed, against the API server of `kubeconfig`, serving the
+/// webhook on `port`.
+fn start_binary(kubeconfig: &std::path::Path, port: u16) -> Controller {
+    let child = Command::new(workspace_bin("lb-controller"))
+        .args([
+            "run",
+            "--namespace",
+            NS,
+            "--identity",
+            "binary",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--webhook-addr",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-check-every",
+            "300ms",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start lb-controller: {e}"));
+    Controller(child)
 }

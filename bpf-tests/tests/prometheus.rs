@@ -13,7 +13,7 @@ use std::{
 
 use bpf_tests::{
     harness::{
-        agent::workspace_bin,
+        agent::{Controller, workspace_bin},
         group::{self, Group},
         scrape,
     },
@@ -25,9 +25,10 @@ use serde_json::Value;
 const PROMETHEUS: &str = "127.0.0.1:9099";
 const CONTROLLER: &str = "127.0.0.1:7473";
 
-struct Killed(Child);
+/// Prometheus, stopped and reaped when dropped.
+struct Prometheus(Child);
 
-impl Drop for Killed {
+impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -118,7 +119,7 @@ fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
     let mut g = Group::start_config("pm", &[], small_pool);
     let client = g.lab.client.ns.name.clone();
     let dir: PathBuf = g.dir.clone();
-    let _controller = Killed(
+    let _controller = Controller(
         Command::new("ip")
             .args(["netns", "exec", &client])
             .arg(workspace_bin("lb-controller"))
@@ -150,7 +151,7 @@ fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
         ),
     )
     .expect("prometheus.yml");
-    let _prometheus = Killed(
+    let _prometheus = Prometheus(
         Command::new("ip")
             .args(["netns", "exec", &client, "prometheus"])
             .arg(format!(
