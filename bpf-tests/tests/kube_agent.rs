@@ -264,7 +264,7 @@ async fn bgp_passwords_reach_the_agent_only_through_the_controllers_copy() {
         };
         let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
-            if let Err(e) = lb_controller::cluster::run(client, opts, addr).await {
+            if let Err(e) = lb_controller::cluster::run(client, opts, addr, None).await {
                 panic!("controller stopped: {e:#}");
             }
         })

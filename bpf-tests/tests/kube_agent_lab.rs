@@ -33,6 +33,48 @@ fn setup(api: &ApiServer, lab: &Lab) {
                      "status": {"loadBalancer": {"ingress": [{"ip": VIP}]}}}));
 }
 
+/// Where the agents serve HTTPS metrics, in their nodes' namespaces.
+const SECURE_METRICS: &str = "127.0.0.1:9120";
+
+/// An agent's secure metrics: the API server (TokenReview, SubjectAccessReview over the RBAC
+/// of deploy/secure-metrics/rbac.yaml) decides who reads them.
+fn secure_metrics_answer_only_the_reader(api: &ApiServer, lab: &Lab) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/secure-metrics/rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+    for doc in lb_controller::config::manifest::documents(&path, &text)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+    {
+        api.apply(doc);
+    }
+    api.apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "prometheus-reads-xdplb"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "xdplb-metrics-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
+    }));
+    let reader = api.service_account_token("monitoring", "prometheus");
+    let other = api.service_account_token("monitoring", "grafana");
+    let addr = SECURE_METRICS.parse().expect("addr");
+    let scrape = |token: Option<&str>| {
+        bpf_tests::harness::scrape::get_https(
+            Some(&lab.nodes[1].ns),
+            addr,
+            "/metrics",
+            token,
+            bpf_tests::harness::scrape::Trust::Any,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(scrape(None).0, 401);
+    assert_eq!(scrape(Some(&other)).0, 403);
+    let (status, body) = scrape(Some(&reader));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("xdplb_layer2_takeovers_total"), "{body}");
+}
+
 /// (node, service, interfaces) of every ServiceL2Status.
 fn l2_statuses(api: &ApiServer) -> BTreeSet<(String, String, String)> {
     api.list("metallb.io/v1beta1", "ServiceL2Status")
@@ -89,7 +131,12 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     api.kubeconfig(&kubeconfig);
     let kc = kubeconfig.to_str().expect("utf-8 path").to_owned();
     // No --interface: each agent finds eth0 (up, Ethernet, addressed) as MetalLB's speaker would.
-    let mut group = ClusterAgents::start(&lab, "ka", &kc, NS);
+    // Secure metrics as deploy/secure-metrics serves them, self-signed.
+    let mut group = ClusterAgents::new(&lab, "ka", &kc, NS);
+    group.extra = vec!["--secure-metrics-addr".into(), SECURE_METRICS.into()];
+    for i in 0..3 {
+        group.start_agent(i);
+    }
     for i in 0..3 {
         let log = group.agent(i).log_text();
         assert!(
@@ -114,6 +161,7 @@ fn agents_in_a_cluster_announce_the_status_address_record_events_and_fail_over()
     }
 
     wait_for_statuses(&api, &[&owner], "at start");
+    secure_metrics_answer_only_the_reader(&api, &lab);
     // `kubectl xdplb why`, from the API alone, names the node arping sees answer.
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", &lab.client.ns.name])

@@ -97,7 +97,7 @@ fn start_in_process(api: &ApiServer, identity: &str) -> tokio::task::JoinHandle<
     let opts = options(identity);
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(async move {
-        if let Err(e) = cluster::run(client, opts, addr).await {
+        if let Err(e) = cluster::run(client, opts, addr, None).await {
             panic!("controller stopped: {e:#}");
         }
     })

@@ -14,7 +14,7 @@ use bpf_tests::{
     harness::agent::{Controller, workspace_bin},
     unique,
 };
-use lb_controller::webhook::{self, certs};
+use lb_controller::{tls::certs, webhook};
 use serde_json::{Value, json};
 
 const NS: &str = "metallb-system";

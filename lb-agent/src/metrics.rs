@@ -17,7 +17,7 @@ use std::{
     },
 };
 
-use lb_controller::metrics::{ConfigMetrics, Exporter};
+use lb_controller::{metrics::ConfigMetrics, metrics_server::Exporter};
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
     metrics::{

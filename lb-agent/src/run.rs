@@ -155,10 +155,13 @@ impl Agent {
     async fn start(args: RunArgs) -> anyhow::Result<(Self, mpsc::Receiver<Reading>)> {
         let secret = args.file_secret()?;
         let metrics = Arc::new(AgentMetrics::new(args.bpffs.clone()));
-        let (listener, metrics_at) = lb_controller::metrics::bind(args.metrics_addr)
+        let (listener, metrics_at) = lb_controller::metrics_server::bind(args.metrics_addr)
             .await
             .with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
-        tokio::spawn(lb_controller::metrics::serve(listener, metrics.clone()));
+        tokio::spawn(lb_controller::metrics_server::serve(
+            listener,
+            metrics.clone(),
+        ));
         let links = crate::l2::links::watch(args.selection()?).await?;
         let states = links.borrow().clone();
         args.check_interfaces(&states)?;
@@ -213,6 +216,22 @@ impl Agent {
                 "no --config-dir, and no Kubernetes credentials (in-cluster or $KUBECONFIG)",
             )?),
         };
+        let names = vec![args.node_name.clone(), "localhost".to_owned()];
+        if let Some(secure) = args.secure_metrics.options(names) {
+            let Some(client) = &client else {
+                anyhow::bail!(
+                    "--secure-metrics-addr needs the cluster mode (the API server checks the tokens)"
+                );
+            };
+            let bound = lb_controller::metrics_server::secure::start(
+                &secure,
+                metrics.clone(),
+                client.clone(),
+            )
+            .await
+            .context("--secure-metrics-addr")?;
+            info!(addr = %bound, "serving /metrics over HTTPS to authorized tokens");
+        }
         let pod = args
             .pod_name
             .clone()

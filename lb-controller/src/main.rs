@@ -77,6 +77,8 @@ enum Command {
         #[arg(long)]
         lb_class: Option<String>,
         #[command(flatten)]
+        secure_metrics: Box<lb_controller::metrics_server::secure::Args>,
+        #[command(flatten)]
         webhook: Box<WebhookArgs>,
     },
 }
@@ -113,6 +115,16 @@ fn main() -> ExitCode {
             lb_class,
         } => plan_command(&paths, output, lb_class.as_deref()),
         Command::Run {
+            config_dir: Some(_),
+            secure_metrics,
+            ..
+        } if secure_metrics.secure_metrics_addr.is_some() => {
+            eprintln!(
+                "lb-controller: --secure-metrics-addr needs the cluster mode (the API server checks the tokens)"
+            );
+            ExitCode::from(2)
+        }
+        Command::Run {
             config_dir: Some(dir),
             lb_class,
             metrics_addr,
@@ -127,6 +139,7 @@ fn main() -> ExitCode {
             lease_duration,
             renew_deadline,
             retry_period,
+            secure_metrics,
             webhook,
         } => {
             if renew_deadline >= lease_duration || retry_period >= renew_deadline {
@@ -166,7 +179,9 @@ fn main() -> ExitCode {
                         }
                     });
                 }
-                lb_controller::cluster::run(client, opts, metrics_addr).await
+                let secure =
+                    secure_metrics.options(lb_controller::metrics_server::secure::host_names());
+                lb_controller::cluster::run(client, opts, metrics_addr, secure).await
             })
         }
     }

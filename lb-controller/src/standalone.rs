@@ -19,8 +19,8 @@ use crate::{
     allocations::{self, AllocationsFile, STATUS_DIR, WriteError},
     config::{manifest, validate},
     ipam::allocator::PoolUsage,
-    metrics::{self, Metrics},
-    plan,
+    metrics::Metrics,
+    metrics_server, plan,
 };
 
 /// What one pass over the directory did.
@@ -165,9 +165,9 @@ pub async fn run(
     use tokio::signal::unix::{SignalKind, signal};
 
     let metrics = Arc::new(Metrics::default());
-    let (listener, bound) = metrics::bind(metrics_addr).await?;
+    let (listener, bound) = metrics_server::bind(metrics_addr).await?;
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    tokio::spawn(metrics_server::serve(listener, metrics.clone()));
     let controller = Standalone::new(dir.clone(), lb_class, metrics);
     // Watching starts before the first pass reads anything: a file written between that read
     // and the watch would otherwise wait for the next change (seen as a test that wrote a

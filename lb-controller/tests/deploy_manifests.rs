@@ -724,3 +724,186 @@ fn the_kustomization_renders_and_validates_offline_against_the_kubernetes_schema
     let passed = report.matches(" passed for resource ").count();
     assert_eq!(passed, applied().len(), "every object checked:\n{report}");
 }
+
+/// `kubectl kustomize` of a user's kustomization at `target/NAME/` holding `resources` and
+/// `components` (paths relative to the workspace root); `None` when kubectl is missing
+/// outside `cargo xtask test`.
+fn kustomize_with(name: &str, resources: &[&str], components: &[&str]) -> Option<Vec<Value>> {
+    let dir = deploy().join("../target").join(name);
+    std::fs::create_dir_all(&dir).expect("a kustomization directory");
+    let up = |paths: &[&str]| {
+        paths
+            .iter()
+            .map(|p| format!("../../{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            up(resources),
+            up(components)
+        ),
+    )
+    .expect("write the kustomization");
+    let out = match std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(!required(), "kubectl kustomize unavailable: {e}");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs = lb_controller::config::manifest::documents(&dir, &text).expect("rendered YAML");
+    Some(docs)
+}
+
+/// deploy/secure-metrics beside deploy/: both binaries serve HTTPS on the port the Pods,
+/// probes and Services name, plain HTTP only on localhost, the probes over HTTPS; the
+/// components may create exactly the reviews the code asks (metrics_server/secure.rs); every
+/// object passes `kubernetes-validate --strict`; deploy/monitoring/secure scrapes that port.
+#[test]
+fn the_secure_metrics_component_serves_https_where_everything_points() {
+    let Some(docs) = kustomize_with(
+        "secure-metrics-test",
+        &["deploy"],
+        &["deploy/secure-metrics"],
+    ) else {
+        return;
+    };
+    for kind in ["Deployment", "DaemonSet"] {
+        let workload = docs.iter().find(|d| d["kind"] == kind).expect(kind);
+        let container = &workload["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.contains(&"--metrics-addr=127.0.0.1:7472"),
+            "{kind}: {args:?}"
+        );
+        assert!(
+            args.contains(&"--secure-metrics-addr=0.0.0.0:9120"),
+            "{kind}: {args:?}"
+        );
+        let port = container["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == "https-metrics")
+            .expect("an https-metrics port");
+        assert_eq!(port["containerPort"], 9120, "{kind}");
+        for probe in ["livenessProbe", "readinessProbe"] {
+            let get = &container[probe]["httpGet"];
+            assert_eq!(get["port"], "https-metrics", "{kind} {probe}");
+            assert_eq!(get["scheme"], "HTTPS", "{kind} {probe}");
+        }
+    }
+    for service in ["xdplb-controller-metrics", "xdplb-agent-metrics"] {
+        let svc = docs
+            .iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == service)
+            .expect(service);
+        assert!(
+            svc["spec"]["ports"].as_array().is_some_and(|p| p
+                .iter()
+                .any(|p| p["name"] == "https-metrics"
+                    && p["port"] == 9120
+                    && p["targetPort"] == "https-metrics")),
+            "{service}: {}",
+            svc["spec"]["ports"]
+        );
+    }
+    let rules = |sa: &str| -> Grants {
+        let bindings: Vec<&Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRoleBinding")
+            .filter(|d| {
+                d["subjects"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["name"] == sa))
+            })
+            .collect();
+        let roles: Vec<PolicyRule> = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .filter(|d| {
+                bindings
+                    .iter()
+                    .any(|b| b["roleRef"]["name"] == d["metadata"]["name"])
+            })
+            .flat_map(|d| {
+                serde_json::from_value::<Vec<PolicyRule>>(d["rules"].clone()).expect("rules")
+            })
+            .collect();
+        grants(&roles)
+    };
+    let reviews = expect(&[
+        ("authentication.k8s.io", &["tokenreviews"], &["create"]),
+        (
+            "authorization.k8s.io",
+            &["subjectaccessreviews"],
+            &["create"],
+        ),
+    ]);
+    for sa in ["xdplb-controller", "xdplb-agent"] {
+        let (plain, _) = rbac_of(sa);
+        let with = rules(sa);
+        assert_eq!(
+            with.difference(&plain).cloned().collect::<Grants>(),
+            reviews,
+            "{sa}: what the secure metrics add"
+        );
+    }
+    let reader = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "xdplb-metrics-reader")
+        .expect("the reader role");
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    if let Some(validator) = validator() {
+        let yaml: String = docs
+            .iter()
+            .map(|d| format!("---\n{}\n", serde_json::to_string(d).expect("JSON")))
+            .collect();
+        let report = kubernetes_validate(&validator, yaml.as_bytes(), "secure-metrics");
+        assert_eq!(
+            report.matches(" passed for resource ").count(),
+            docs.len(),
+            "{report}"
+        );
+    }
+
+    let Some(monitoring) = kustomize_with(
+        "secure-monitoring-test",
+        &["deploy/monitoring"],
+        &["deploy/monitoring/secure"],
+    ) else {
+        return;
+    };
+    let monitor = monitoring
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .expect("the ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "https-metrics");
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+}

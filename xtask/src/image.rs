@@ -1,11 +1,13 @@
-//! `cargo xtask image`: OCI images of the controller and the agent, FROM scratch.
+//! `cargo xtask image`: multi-architecture OCI images of the controller and the agent, FROM
+//! scratch.
 //!
 //! No base image can be downloaded here, and none is needed: the binaries are linked statically
-//! (`-C target-feature=+crt-static`), so each image is one layer holding one file. The result is
-//! an OCI image layout per image under `target/images/` (a directory, and the same as an
-//! `oci-archive` tarball), which `skopeo copy oci-archive:…` or `podman load` take as is.
-//! Layers are reproducible: fixed timestamps, owners and gzip header, so the same binary gives
-//! the same digest.
+//! (`-C target-feature=+crt-static`), so each platform's image is one layer holding one file.
+//! The result is an OCI image layout per image under `target/images/` (a directory, and the same
+//! as an `oci-archive` tarball) whose one tagged entry is an image index with a manifest per
+//! architecture, as `docker buildx` and `podman manifest` make them: `skopeo copy --all
+//! oci-archive:…` pushes every architecture under one tag. Layers are reproducible: fixed
+//! timestamps, owners and gzip header, so the same binaries give the same digests.
 use std::{
     fs,
     io::Write,
@@ -26,8 +28,9 @@ const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub struct Spec<'a> {
     /// The binary's name, also its path in the image (`/NAME`) and the repository's last part.
     pub binary: &'a str,
-    /// The statically linked binary to put in.
-    pub from: &'a Path,
+    /// The statically linked binary of each platform: OCI architecture (`amd64`, `arm64`) and
+    /// path.
+    pub from: &'a [(&'a str, PathBuf)],
     /// `uid:gid` the container runs as unless the manifest says otherwise.
     pub user: &'a str,
 }
@@ -62,32 +65,27 @@ fn layer_tar(name: &str, binary: &[u8]) -> Result<Vec<u8>> {
     tar.into_inner().context("finishing the layer")
 }
 
-/// Builds the image of `spec` as an OCI layout in `out/NAME/` and an archive
-/// `out/NAME-VERSION.oci.tar`, tagged `xdplb/NAME:VERSION`; returns the archive's path.
-pub fn build(spec: &Spec, version: &str, out: &Path) -> Result<PathBuf> {
-    let binary = fs::read(spec.from).with_context(|| format!("reading {}", spec.from.display()))?;
-    let dir = out.join(spec.binary);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
-    }
-    fs::create_dir_all(dir.join("blobs/sha256"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-
-    let tar = layer_tar(spec.binary, &binary)?;
+/// Writes one platform's layer, config and manifest; returns the manifest's descriptor.
+fn platform_manifest(
+    dir: &Path,
+    spec: &Spec,
+    architecture: &str,
+    binary: &[u8],
+    version: &str,
+) -> Result<Value> {
+    let tar = layer_tar(spec.binary, binary)?;
     let diff_id = format!("sha256:{}", sha256_hex(&tar));
     let mut gz = GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), Compression::best());
     gz.write_all(&tar).context("compressing the layer")?;
     let layer = blob(
-        &dir,
+        dir,
         MEDIA_LAYER,
         &gz.finish().context("compressing the layer")?,
     )?;
-
-    let reference = format!("xdplb/{}:{version}", spec.binary);
     let config = json!({
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {
             "Entrypoint": [format!("/{}", spec.binary)],
@@ -101,19 +99,44 @@ pub fn build(spec: &Spec, version: &str, out: &Path) -> Result<PathBuf> {
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created_by": "cargo xtask image (static binary, FROM scratch)"}],
     });
-    let config = blob(&dir, MEDIA_CONFIG, &serde_json::to_vec(&config)?)?;
+    let config = blob(dir, MEDIA_CONFIG, &serde_json::to_vec(&config)?)?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": config,
         "layers": [layer],
     });
-    let mut manifest_desc = blob(&dir, MEDIA_MANIFEST, &serde_json::to_vec(&manifest)?)?;
-    manifest_desc["annotations"] = json!({"org.opencontainers.image.ref.name": reference});
+    blob(dir, MEDIA_MANIFEST, &serde_json::to_vec(&manifest)?)
+}
+
+/// Builds the image of `spec` as an OCI layout in `out/NAME/` and an archive
+/// `out/NAME-VERSION.oci.tar`, tagged `xdplb/NAME:VERSION`; returns the archive's path.
+pub fn build(spec: &Spec, version: &str, out: &Path) -> Result<PathBuf> {
+    let dir = out.join(spec.binary);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    fs::create_dir_all(dir.join("blobs/sha256"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut manifests = Vec::new();
+    for (architecture, from) in spec.from {
+        let binary = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+        let mut desc = platform_manifest(&dir, spec, architecture, &binary, version)?;
+        desc["platform"] = json!({"architecture": architecture, "os": "linux"});
+        manifests.push(desc);
+    }
+    let reference = format!("xdplb/{}:{version}", spec.binary);
+    let platforms = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": manifests,
+    });
+    let mut index_desc = blob(&dir, MEDIA_INDEX, &serde_json::to_vec(&platforms)?)?;
+    index_desc["annotations"] = json!({"org.opencontainers.image.ref.name": reference});
     let index = json!({
         "schemaVersion": 2,
         "mediaType": MEDIA_INDEX,
-        "manifests": [manifest_desc],
+        "manifests": [index_desc],
     });
     fs::write(dir.join("index.json"), serde_json::to_vec_pretty(&index)?)?;
     fs::write(
@@ -133,9 +156,18 @@ pub fn build(spec: &Spec, version: &str, out: &Path) -> Result<PathBuf> {
     Ok(archive)
 }
 
-/// Checks the layout at `dir`: every blob's digest and size match what refers to it, and the
-/// layer holds exactly `/NAME`. Returns the reference and the binary's bytes.
-pub fn verify(dir: &Path, name: &str) -> Result<(String, Vec<u8>)> {
+/// One platform of a verified image.
+#[derive(Debug)]
+pub struct Platform {
+    pub architecture: String,
+    /// The layer's one file: the binary.
+    pub binary: Vec<u8>,
+}
+
+/// Checks the layout at `dir`: every blob's digest and size match what refers to it, each
+/// platform's config names the architecture its index entry claims, and each layer holds
+/// exactly `/NAME`. Returns the reference and the platforms.
+pub fn verify(dir: &Path, name: &str) -> Result<(String, Vec<Platform>)> {
     let read = |desc: &Value| -> Result<Vec<u8>> {
         let digest = desc["digest"]
             .as_str()
@@ -157,39 +189,59 @@ pub fn verify(dir: &Path, name: &str) -> Result<(String, Vec<u8>)> {
     };
     let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json"))?)?;
     let desc = &index["manifests"][0];
+    anyhow::ensure!(
+        desc["mediaType"] == MEDIA_INDEX,
+        "the tagged entry is not an image index"
+    );
     let reference = desc["annotations"]["org.opencontainers.image.ref.name"]
         .as_str()
         .context("no ref.name")?
         .to_owned();
-    let manifest: Value = serde_json::from_slice(&read(desc)?)?;
-    let config: Value = serde_json::from_slice(&read(&manifest["config"])?)?;
-    let layer = read(&manifest["layers"][0])?;
-    let mut tar_bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut flate2::read::GzDecoder::new(&layer[..]),
-        &mut tar_bytes,
-    )?;
-    anyhow::ensure!(
-        config["rootfs"]["diff_ids"][0].as_str()
-            == Some(&*format!("sha256:{}", sha256_hex(&tar_bytes))),
-        "the config's diff_id is not the layer's"
-    );
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    let mut files = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut bytes)?;
-        files.push((path, bytes));
+    let platforms: Value = serde_json::from_slice(&read(desc)?)?;
+    let mut out = Vec::new();
+    for desc in platforms["manifests"].as_array().context("no manifests")? {
+        let architecture = desc["platform"]["architecture"]
+            .as_str()
+            .context("a manifest without platform")?;
+        let manifest: Value = serde_json::from_slice(&read(desc)?)?;
+        let config: Value = serde_json::from_slice(&read(&manifest["config"])?)?;
+        anyhow::ensure!(
+            config["architecture"] == architecture,
+            "the {architecture} manifest's config says {}",
+            config["architecture"]
+        );
+        let layer = read(&manifest["layers"][0])?;
+        let mut tar_bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&layer[..]),
+            &mut tar_bytes,
+        )?;
+        anyhow::ensure!(
+            config["rootfs"]["diff_ids"][0].as_str()
+                == Some(&*format!("sha256:{}", sha256_hex(&tar_bytes))),
+            "the config's diff_id is not the layer's"
+        );
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let mut files = Vec::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+            files.push((path, bytes));
+        }
+        match files.as_slice() {
+            [(path, bytes)] if path == name => out.push(Platform {
+                architecture: architecture.to_owned(),
+                binary: bytes.clone(),
+            }),
+            other => anyhow::bail!(
+                "the {architecture} layer should hold only {name}, it holds {:?}",
+                other.iter().map(|(p, _)| p).collect::<Vec<_>>()
+            ),
+        }
     }
-    match files.as_slice() {
-        [(path, bytes)] if path == name => Ok((reference, bytes.clone())),
-        other => anyhow::bail!(
-            "the layer should hold only {name}, it holds {:?}",
-            other.iter().map(|(p, _)| p).collect::<Vec<_>>()
-        ),
-    }
+    Ok((reference, out))
 }
 
 #[cfg(test)]
@@ -204,11 +256,13 @@ mod tests {
     }
 
     fn build_one(dir: &Path, content: &[u8]) -> PathBuf {
-        let from = dir.join("tool");
-        fs::write(&from, content).expect("write the binary");
+        let amd64 = dir.join("tool-amd64");
+        fs::write(&amd64, content).expect("write the binary");
+        let arm64 = dir.join("tool-arm64");
+        fs::write(&arm64, [content, b" arm"].concat()).expect("write the binary");
         let spec = Spec {
             binary: "tool",
-            from: &from,
+            from: &[("amd64", amd64), ("arm64", arm64)],
             user: "65534:65534",
         };
         build(&spec, "1.2.3", &dir.join("out")).expect("build the image")
@@ -220,9 +274,19 @@ mod tests {
         let archive = build_one(&dir, b"\x7fELF not really");
         assert!(archive.exists());
         let layout = dir.join("out/tool");
-        let (reference, bytes) = verify(&layout, "tool").expect("a valid layout");
+        let (reference, platforms) = verify(&layout, "tool").expect("a valid layout");
         assert_eq!(reference, "xdplb/tool:1.2.3");
-        assert_eq!(bytes, b"\x7fELF not really");
+        let got: Vec<(&str, &[u8])> = platforms
+            .iter()
+            .map(|p| (p.architecture.as_str(), p.binary.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("amd64", &b"\x7fELF not really"[..]),
+                ("arm64", &b"\x7fELF not really arm"[..])
+            ]
+        );
         let first = fs::read(layout.join("index.json")).expect("index");
         build_one(&dir, b"\x7fELF not really");
         assert_eq!(

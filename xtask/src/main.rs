@@ -25,8 +25,34 @@ mod image;
 const KUBERNETES_VALIDATE: &str = "1.37.0";
 const VALIDATE_VENV: &str = "target/tools/validate";
 
-/// The target the images' static binaries are built for.
-const IMAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// A platform the images are built for.
+struct Arch {
+    /// The OCI name (`platform.architecture`).
+    oci: &'static str,
+    target: &'static str,
+    /// The cross linker (Debian's), none for the host.
+    linker: Option<&'static str>,
+    /// What runs its binaries on this (x86-64) machine, none for the host.
+    emulator: Option<&'static str>,
+}
+
+/// amd64 is the host; arm64 is cross-compiled with Debian's cross gcc (the linker, and the C
+/// of `ring`) and run here under qemu-user.
+const ARCHES: &[Arch] = &[
+    Arch {
+        oci: "amd64",
+        target: "x86_64-unknown-linux-gnu",
+        linker: None,
+        emulator: None,
+    },
+    Arch {
+        oci: "arm64",
+        target: "aarch64-unknown-linux-gnu",
+        linker: Some("aarch64-linux-gnu-gcc"),
+        emulator: Some("qemu-aarch64-static"),
+    },
+];
+const ARM64: &Arch = &ARCHES[1];
 
 /// bpf-linker 0.10.0 is the last release that uses rustc's own LLVM; newer ones need a system
 /// LLVM 21+ that Debian 12 does not ship (research/toolchain.md).
@@ -36,7 +62,8 @@ const NIGHTLY: &str = "nightly";
 /// Debian packages the tests, bench and demo run: `arping` (Thomas Habets'), `ndisc6`,
 /// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check), `keepalived`
 /// (the failover baseline in the bench), FRR, GoBGP and BIRD (the BGP peers of the interop
-/// tests), Prometheus (`promtool` checks and unit-tests the alerting rules).
+/// tests), Prometheus (`promtool` checks and unit-tests the alerting rules), the arm64 cross
+/// compiler and libc, and qemu-user to run the arm64 binaries.
 const APT_PACKAGES: &[&str] = &[
     "arping",
     "bird2",
@@ -53,6 +80,9 @@ const APT_PACKAGES: &[&str] = &[
     "procps",
     "faketime",
     "prometheus",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-user-static",
 ];
 
 #[derive(Parser)]
@@ -281,6 +311,13 @@ fn setup() -> Result<()> {
             run(Command::new("rustup").args(["component", "add", component]))?;
         }
     }
+    let targets =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    for arch in ARCHES {
+        if !targets.lines().any(|l| l.trim() == arch.target) {
+            run(Command::new("rustup").args(["target", "add", arch.target]))?;
+        }
+    }
 
     step(&format!("bpf-linker {BPF_LINKER_VERSION}"));
     let have = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
@@ -407,6 +444,9 @@ fn test(root: &Path) -> Result<()> {
     )?;
     step(BUILDING);
     cargo(root, &["build", "--workspace"])?;
+    // The arm64 smoke test (bpf-tests/tests/arm64.rs) runs these under qemu-user.
+    step("static arm64 binaries (debug)");
+    static_build(root, ARM64, false)?;
     step("cargo test");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["test", "--workspace", "--exclude", "lb-ebpf"])
@@ -420,26 +460,50 @@ fn test(root: &Path) -> Result<()> {
     run(&mut cmd)
 }
 
-/// Builds the static binaries and their images, then checks each image: the layout's digests,
-/// a layer of one file, and that file running alone in an empty root (so it needs no libc).
+/// `cargo build` of the agent and the controller for `arch`, statically linked.
+fn static_build(root: &Path, arch: &Arch, release: bool) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--target", arch.target])
+        .args(["-p", "lb-controller", "-p", "lb-agent"]);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(linker) = arch.linker {
+        let var = format!(
+            "CARGO_TARGET_{}_LINKER",
+            arch.target.to_uppercase().replace('-', "_")
+        );
+        cmd.env(var, linker);
+    }
+    run(&mut cmd).with_context(|| format!("the static {} build", arch.oci))
+}
+
+/// Builds the static binaries of every architecture and their multi-arch images, then checks
+/// each image: the layout's digests, a layer of one file per platform, and that file running
+/// alone in an empty root (so it needs no libc), arm64 under qemu-user.
 fn images(root: &Path) -> Result<()> {
     setup()?;
-    let status = Command::new("cargo")
-        .current_dir(root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "--target", IMAGE_TARGET])
-        .args(["-p", "lb-controller", "-p", "lb-agent"])
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("the static build failed");
+    for arch in ARCHES {
+        step(&format!("static {} binaries (release)", arch.oci));
+        static_build(root, arch, true)?;
     }
     let version = env!("CARGO_PKG_VERSION");
-    let bins = root.join("target").join(IMAGE_TARGET).join("release");
     let out = root.join("target/images");
     std::fs::create_dir_all(&out).context("creating target/images")?;
     for (binary, user) in [("lb-controller", "65534:65534"), ("lb-agent", "0:0")] {
-        let from = bins.join(binary);
+        let from: Vec<(&str, PathBuf)> = ARCHES
+            .iter()
+            .map(|a| {
+                let path = root
+                    .join("target")
+                    .join(a.target)
+                    .join("release")
+                    .join(binary);
+                (a.oci, path)
+            })
+            .collect();
         let archive = image::build(
             &image::Spec {
                 binary,
@@ -449,35 +513,66 @@ fn images(root: &Path) -> Result<()> {
             version,
             &out,
         )?;
-        let (reference, bytes) = image::verify(&out.join(binary), binary)?;
-        // An empty root with only the binary: a dynamically linked one cannot even start.
-        let rootfs = out.join(format!("{binary}.rootfs"));
-        if rootfs.exists() {
-            std::fs::remove_dir_all(&rootfs)?;
-        }
-        std::fs::create_dir_all(&rootfs)?;
-        let inside = rootfs.join(binary);
-        std::fs::write(&inside, &bytes)?;
-        std::fs::set_permissions(&inside, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        let ran = Command::new("chroot")
-            .arg(&rootfs)
-            .arg(format!("/{binary}"))
-            .arg("--version")
-            .output()
-            .context("running chroot")?;
-        std::fs::remove_dir_all(&rootfs)?;
-        if !ran.status.success() {
-            bail!(
-                "{binary} does not run alone in its image: {}",
-                String::from_utf8_lossy(&ran.stderr)
-            );
+        let (reference, platforms) = image::verify(&out.join(binary), binary)?;
+        let mut ran_alone = Vec::new();
+        for platform in &platforms {
+            let arch = ARCHES
+                .iter()
+                .find(|a| a.oci == platform.architecture)
+                .context("an image platform xtask does not build")?;
+            let version = run_alone(&out, binary, &platform.binary, arch)?;
+            ran_alone.push(format!("{}: {version}", arch.oci));
         }
         println!(
             "{reference}: {} ({}; runs alone: {})",
             archive.display(),
             out.join(binary).display(),
-            String::from_utf8_lossy(&ran.stdout).trim()
+            ran_alone.join(", ")
         );
     }
     Ok(())
+}
+
+/// Runs `binary --version` in an empty root holding only it (and, for a foreign architecture,
+/// the static emulator): a dynamically linked binary cannot even start there.
+fn run_alone(out: &Path, binary: &str, bytes: &[u8], arch: &Arch) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = out.join(format!("{binary}-{}.rootfs", arch.oci));
+    if rootfs.exists() {
+        std::fs::remove_dir_all(&rootfs)?;
+    }
+    std::fs::create_dir_all(&rootfs)?;
+    let inside = rootfs.join(binary);
+    std::fs::write(&inside, bytes)?;
+    std::fs::set_permissions(&inside, PermissionsExt::from_mode(0o755))?;
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&rootfs);
+    if let Some(emulator) = arch.emulator {
+        let host = which(emulator).with_context(|| format!("no {emulator} (cargo xtask setup)"))?;
+        std::fs::copy(&host, rootfs.join(emulator))?;
+        cmd.arg(format!("/{emulator}"));
+    }
+    let ran = cmd
+        .arg(format!("/{binary}"))
+        .arg("--version")
+        .output()
+        .context("running chroot")?;
+    std::fs::remove_dir_all(&rootfs)?;
+    if !ran.status.success() {
+        bail!(
+            "{binary} ({}) does not run alone in its image: {}",
+            arch.oci,
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&ran.stdout).trim().to_owned())
+}
+
+/// The first `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
 }

@@ -1,6 +1,7 @@
 //! The HTTP face of the test API server: Kubernetes' URL layout, list and watch (with
 //! bookmarks, timeouts and 410 Gone as an ERROR event, as the real server sends it), get,
-//! create, replace, patch, delete, and the `/status` subresource.
+//! create, replace, patch, delete, the `/status` subresource, and TokenReview and
+//! SubjectAccessReview ([`super::reviews`]).
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -12,6 +13,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use super::{
     Shared, admission,
     resources::Resource,
+    reviews,
     store::{ApiError, PatchKind, Selector},
 };
 
@@ -113,6 +115,21 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    if method == Method::POST
+        && matches!(
+            path.trim_end_matches('/'),
+            reviews::TOKEN_REVIEWS | reviews::ACCESS_REVIEWS
+        )
+    {
+        let body = match req.into_body().collect().await {
+            Ok(b) => serde_json::from_slice::<Value>(&b.to_bytes()).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        return Ok(match reviews::answer(&shared, &path, &body) {
+            Some(answered) => full(StatusCode::CREATED, &answered),
+            None => not_found(&path),
+        });
+    }
     let Some(t) = parse_path(&path) else {
         return Ok(not_found(&path));
     };

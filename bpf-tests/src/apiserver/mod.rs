@@ -10,6 +10,7 @@
 pub mod admission;
 mod http;
 pub mod resources;
+pub mod reviews;
 pub mod store;
 
 use std::{
@@ -37,6 +38,8 @@ pub struct Shared {
     interfere: Mutex<Vec<String>>,
     /// Where each webhook Service's endpoints are (`namespace/name`), as a test routes them.
     routes: Mutex<std::collections::BTreeMap<String, Vec<SocketAddr>>>,
+    /// Bearer tokens a test issued, and whom each stands for.
+    tokens: Mutex<std::collections::HashMap<String, reviews::User>>,
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ impl ApiServer {
             bookmark_every: every,
             interfere: Mutex::new(Vec::new()),
             routes: Mutex::new(std::collections::BTreeMap::new()),
+            tokens: Mutex::new(std::collections::HashMap::new()),
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -188,6 +192,24 @@ impl ApiServer {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// A bearer token of the service account `namespace/name` (as `kubectl create token`):
+    /// TokenReview authenticates it from now on.
+    pub fn service_account_token(&self, namespace: &str, name: &str) -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static ISSUED: AtomicU64 = AtomicU64::new(0);
+        let n = ISSUED.fetch_add(1, Ordering::Relaxed);
+        let token = format!("test-token-{namespace}-{name}-{}-{n}", std::process::id());
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                token.clone(),
+                reviews::User::service_account(namespace, name),
+            );
+        token
     }
 
     /// Routes the Service `namespace/name` (a webhook's `clientConfig.service`) to these

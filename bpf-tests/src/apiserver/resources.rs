@@ -65,6 +65,22 @@ pub const RESOURCES: &[Resource] = &[
         true,
     ),
     res(
+        "rbac.authorization.k8s.io",
+        &["v1"],
+        "clusterroles",
+        "ClusterRole",
+        false,
+        false,
+    ),
+    res(
+        "rbac.authorization.k8s.io",
+        &["v1"],
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        false,
+        false,
+    ),
+    res(
         "admissionregistration.k8s.io",
         &["v1"],
         "validatingwebhookconfigurations",

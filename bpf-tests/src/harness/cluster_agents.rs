@@ -66,6 +66,8 @@ pub struct ClusterAgents<'a> {
     pub agents: Vec<Option<Agent>>,
     /// The Pod (name, UID) node i's next agent runs as, if any (`--pod-name`, `--pod-uid`).
     pub pods: Vec<Option<(String, String)>>,
+    /// More flags for every agent started from now on.
+    pub extra: Vec<String>,
 }
 
 impl<'a> ClusterAgents<'a> {
@@ -90,6 +92,7 @@ impl<'a> ClusterAgents<'a> {
                 .collect(),
             agents: (0..3).map(|_| None).collect(),
             pods: vec![None; 3],
+            extra: Vec::new(),
         }
     }
 
@@ -113,6 +116,7 @@ impl<'a> ClusterAgents<'a> {
         if let Some((name, uid)) = &self.pods[i] {
             args.extend(["--pod-name", name, "--pod-uid", uid]);
         }
+        args.extend(self.extra.iter().map(String::as_str));
         let mut a = Agent::start_env(
             &self.lab.nodes[i].ns,
             &args,

@@ -84,3 +84,166 @@ mod tests {
         assert_eq!(sample(text, "a", &[]), None);
     }
 }
+
+/// Whom an HTTPS scrape trusts.
+pub enum Trust {
+    /// Only certificates this CA (PEM) signed for `name`, as Prometheus with `ca_file`.
+    Ca { pem: Vec<u8>, name: String },
+    /// Any certificate, as Prometheus with `insecure_skip_verify` (a self-signed server).
+    Any,
+}
+
+/// `GET path` over HTTPS on `addr` (from inside `ns` if given) with `token` as the bearer:
+/// the status and the body.
+pub fn get_https(
+    ns: Option<&NetNs>,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    trust: Trust,
+) -> Result<(u16, String), String> {
+    let (path, token) = (path.to_owned(), token.map(str::to_owned));
+    let fetch = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                https(addr, &path, token.as_deref(), trust),
+            )
+            .await
+            .map_err(|_| format!("GET https://{addr}{path}: timed out"))?
+        })
+    };
+    match ns {
+        Some(ns) => ns.within(fetch),
+        None => fetch(),
+    }
+}
+
+async fn https(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    trust: Trust,
+) -> Result<(u16, String), String> {
+    use std::sync::Arc;
+
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let (config, name) = match trust {
+        Trust::Ca { pem, name } => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                roots
+                    .add(cert.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            }
+            (
+                builder.with_root_certificates(roots).with_no_client_auth(),
+                name,
+            )
+        }
+        Trust::Any => (
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+                .with_no_client_auth(),
+            "scraped".to_owned(),
+        ),
+    };
+    let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {addr}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", addr.to_string());
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Prometheus' `insecure_skip_verify`: the handshake still proves the server holds the key of
+/// the certificate it sent, but any certificate is taken.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &tokio_rustls::rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &tokio_rustls::rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        tokio_rustls::rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

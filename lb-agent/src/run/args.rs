@@ -69,6 +69,8 @@ pub struct RunArgs {
     /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
     #[arg(long, default_value = "0.0.0.0:7472")]
     pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub secure_metrics: lb_controller::metrics_server::secure::Args,
     /// TCP port to accept BGP peers' connections on (sessions are also opened from here).
     #[arg(long, default_value_t = 179)]
     pub bgp_port: u16,

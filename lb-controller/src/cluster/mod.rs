@@ -49,8 +49,8 @@ use crate::{
         validate,
     },
     configstate,
-    metrics::{self, Metrics},
-    plan, sources,
+    metrics::Metrics,
+    metrics_server, plan, sources,
 };
 
 /// How long changes are gathered before a pass.
@@ -325,14 +325,19 @@ pub async fn run(
     client: Client,
     opts: Options,
     metrics_addr: std::net::SocketAddr,
+    secure_metrics: Option<metrics_server::secure::Options>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
 
     let metrics = Arc::new(Metrics::default());
     metrics.ready.store(false, Ordering::Relaxed);
-    let (listener, bound) = metrics::bind(metrics_addr).await?;
+    let (listener, bound) = metrics_server::bind(metrics_addr).await?;
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(metrics::serve(listener, metrics.clone()));
+    tokio::spawn(metrics_server::serve(listener, metrics.clone()));
+    if let Some(secure) = &secure_metrics {
+        let bound = metrics_server::secure::start(secure, metrics.clone(), client.clone()).await?;
+        tracing::info!(addr = %bound, "serving /metrics over HTTPS to authorized tokens");
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 

@@ -2,43 +2,18 @@
 //! current: reads the Secret (from the reflector), asks [`certs::assess`], writes what
 //! [`certs::issue`] gives, and hands the serving key to the TLS server. Every replica runs
 //! one; two racing over a write meet a 409 and the loser takes the winner's Secret.
-use std::{
-    sync::{Arc, RwLock},
-    time::SystemTime,
-};
+use std::time::SystemTime;
 
+use crate::tls::{
+    ServingKey,
+    certs::{self, Bundle, Verdict},
+};
 use k8s_openapi::{
     ByteString,
     api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{Api, Client, ResourceExt, api::PostParams};
-use tokio_rustls::rustls::{
-    server::{ClientHello, ResolvesServerCert},
-    sign::CertifiedKey,
-};
-
-use super::certs::{self, Bundle, Verdict};
-
-/// The serving key the TLS server hands out; `None` until the first Secret is read.
-#[derive(Debug, Default)]
-pub struct ServingKey(RwLock<Option<Arc<CertifiedKey>>>);
-
-impl ServingKey {
-    pub fn set(&self, key: Arc<CertifiedKey>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-}
-
-impl ResolvesServerCert for ServingKey {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
 
 /// Where the keeper writes.
 #[derive(Clone, Debug)]

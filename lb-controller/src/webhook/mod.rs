@@ -4,15 +4,13 @@
 //! Built so that it cannot take an installation down: every replica serves (not only the
 //! leader), the configuration that registers it says `failurePolicy: Ignore` (an unreachable
 //! webhook lets everything through, and the controller still reports problems afterwards), it
-//! manages its own CA and serving certificate ([`certs`], [`keeper`]), it answers "allowed,
+//! manages its own CA and serving certificate ([`crate::tls::certs`], [`keeper`]), it answers "allowed,
 //! with a warning" while its caches are still filling, and it denies only what a request
 //! breaks ([`review`]).
 //!
 //! - [`review`]: one AdmissionReview decided, no I/O.
-//! - [`certs`]: whether the Secret's certificates can serve, and issuing new ones, no I/O.
 //! - [`keeper`]: the Secret and the `caBundle` kept current.
 //! - here: the HTTPS server and the loop that drives the keeper.
-pub mod certs;
 pub mod keeper;
 pub mod review;
 
@@ -29,13 +27,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, Response, body::Bytes, service::service_fn};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{ServerConfig, crypto::ring},
-};
 
 use crate::sources::{SecretScope, Sources};
-use keeper::{Names, ServingKey};
+use crate::tls::ServingKey;
+use keeper::Names;
 
 /// The API server sends objects of at most 1.5 MiB (etcd's limit), wrapped in the review.
 const MAX_BODY: usize = 3 << 20;
@@ -159,12 +154,7 @@ async fn serve(
     serving: Arc<ServingKey>,
     state: Arc<State>,
 ) -> anyhow::Result<()> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(serving);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = crate::tls::acceptor(serving)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let slot = slots.clone().acquire_owned().await?;

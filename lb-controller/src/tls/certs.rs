@@ -1,6 +1,7 @@
-//! The webhook's own certificate authority and serving certificate, kept in a Secret: whether
-//! what the Secret holds can still serve (time passed in), and issuing what replaces it. No
-//! I/O; [`super::keeper`] reads and writes the Secret.
+//! A certificate authority and serving certificate of xdplb's own (the webhook's, kept in a
+//! Secret; the secure metrics' when no certificate is mounted): whether what a Secret holds
+//! can still serve (time passed in), and issuing what replaces it. No I/O; the webhook's
+//! keeper reads and writes the Secret.
 //!
 //! The CA lives ten years and signs a serving certificate for the webhook Service's DNS names
 //! that lives one year; either is replaced 30 days before it expires, or at once when it does
