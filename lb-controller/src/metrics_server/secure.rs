@@ -203,7 +203,7 @@ pub async fn start<E: Exporter>(
         .await
         .map_err(|e| anyhow::anyhow!("binding the secure metrics' {}: {e}", opts.addr))?;
     if let (Some((cert, key_file)), Some((text, _))) = (files, loaded) {
-        tokio::spawn(reload(cert, key_file, text, key.clone()));
+        tokio::spawn(reload(cert, key_file, text, key.clone(), RELOAD_EVERY));
     }
     tokio::spawn(serve(listener, key, metrics, Arc::new(Gate::new(client))));
     Ok(bound)
@@ -263,9 +263,10 @@ async fn reload(
     key_file: PathBuf,
     mut served: (String, String),
     key: Arc<ServingKey>,
+    every: Duration,
 ) {
     loop {
-        tokio::time::sleep(RELOAD_EVERY).await;
+        tokio::time::sleep(every).await;
         let now = (
             std::fs::read_to_string(&cert).unwrap_or_default(),
             std::fs::read_to_string(&key_file).unwrap_or_default(),
@@ -283,5 +284,73 @@ async fn reload(
                 tracing::warn!(error = %e, "the metrics certificate changed but does not load; keeping the old one")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issue(name: &str) -> (String, String) {
+        let b = certs::issue(
+            None,
+            &certs::Verdict::NewAll("test".into()),
+            &[name.to_owned()],
+            SystemTime::now(),
+        )
+        .expect("issue");
+        (b.tls_crt, b.tls_key)
+    }
+
+    fn served(key: &ServingKey) -> Vec<u8> {
+        key.get().expect("a key").cert[0].as_ref().to_vec()
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("xdplb-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let write = |pair: &(String, String)| {
+            std::fs::write(&cert, &pair.0).expect("write");
+            std::fs::write(&key_file, &pair.1).expect("write");
+        };
+        let first = issue("first");
+        write(&first);
+        let (text, loaded) = load(&cert, &key_file).expect("load");
+        let key = Arc::new(ServingKey::default());
+        key.set(loaded);
+        let original = served(&key);
+        let task = tokio::spawn(reload(
+            cert.clone(),
+            key_file.clone(),
+            text,
+            key.clone(),
+            Duration::from_millis(20),
+        ));
+        let second = issue("second");
+        write(&second);
+        until("the renewed certificate is served", || {
+            served(&key) != original
+        })
+        .await;
+        let renewed = served(&key);
+        // Half written (a certificate without its key) and garbage: the renewed one stays.
+        std::fs::write(&key_file, &first.1).expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(served(&key), renewed, "a mismatched pair was served");
+        std::fs::write(&cert, "garbage").expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(served(&key), renewed, "garbage was served");
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -27,13 +27,17 @@ impl ServingKey {
     }
 
     pub fn is_set(&self) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.get().is_some()
+    }
+
+    pub fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 impl ResolvesServerCert for ServingKey {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.get()
     }
 }
 
