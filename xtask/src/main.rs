@@ -24,6 +24,9 @@ mod image;
 /// The offline validator of the manifests (PyPI), and where setup puts it.
 const KUBERNETES_VALIDATE: &str = "1.37.0";
 const VALIDATE_VENV: &str = "target/tools/validate";
+/// Helm's Go SDK as a Python library (PyPI): renders and lints the chart without a helm binary.
+const HELM_SDK: &str = "0.2.2";
+const HELM_VENV: &str = "target/tools/helm";
 
 /// A platform the images are built for.
 struct Arch {
@@ -371,9 +374,10 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// `kubernetes-validate` from PyPI, pinned, in a virtualenv of the workspace
-/// (`target/tools/validate`, where the manifest test looks for it), and a `kubectl` that
-/// renders kustomizations (Debian's `kubernetes-client` when none is installed).
+/// `kubernetes-validate` and `helm-python-sdk` from PyPI, pinned, in virtualenvs of the
+/// workspace (`target/tools/validate`, `target/tools/helm`, where the manifest and chart tests
+/// look for them), and a `kubectl` that renders kustomizations (Debian's `kubernetes-client`
+/// when none is installed).
 fn validation_tools(root: &Path) -> Result<()> {
     let venv = root.join(VALIDATE_VENV);
     let tool = venv.join("bin/kubernetes-validate");
@@ -383,6 +387,18 @@ fn validation_tools(root: &Path) -> Result<()> {
         run(Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check"])
             .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")))?;
+    }
+    let venv = root.join(HELM_VENV);
+    let have = output(Command::new(venv.join("bin/python")).args([
+        "-c",
+        "import importlib.metadata as m; print(m.version('helm-python-sdk'))",
+    ]))
+    .unwrap_or_default();
+    if have.trim() != HELM_SDK {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .arg(format!("helm-python-sdk=={HELM_SDK}")))?;
     }
     if output(Command::new("kubectl").args(["kustomize", "--help"])).is_none() {
         if !is_root() {
