@@ -17,6 +17,7 @@ use bpf_tests::{
         group::{self, Group},
         scrape,
     },
+    peers::frr::Frr,
     privileged, unique,
 };
 use serde_json::Value;
@@ -99,39 +100,10 @@ fn wait_for(g: &Group, what: &str, check: impl Fn(&BTreeMap<String, Vec<Value>>)
     }
 }
 
-#[test]
-fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
-    if !privileged("a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab") {
-        return;
-    }
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_err(),
-            "no prometheus: cargo xtask setup installs Debian's"
-        );
-        eprintln!("skipped: no prometheus");
-        return;
-    }
-    let mut g = Group::start_config("pm", &[], small_pool);
-    let client = g.lab.client.ns.name.clone();
-    let dir: PathBuf = g.dir.clone();
-    let _controller = Controller(
-        Command::new("ip")
-            .args(["netns", "exec", &client])
-            .arg(workspace_bin("lb-controller"))
-            .args(["run", "--metrics-addr", CONTROLLER, "--config-dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("lb-controller"),
-    );
-    let work = std::env::temp_dir().join(unique("prometheus"));
-    std::fs::create_dir_all(&work).expect("prometheus dir");
+/// Prometheus in the client's namespace, its files under `work`, scraping the controller at
+/// [`CONTROLLER`] and the group's agents every second, with the rules of [`rules_now`].
+fn start_prometheus(g: &Group, work: &Path) -> Prometheus {
+    std::fs::create_dir_all(work).expect("prometheus dir");
     rules_now(&work.join("rules.json"));
     let agents: Vec<String> = g
         .lab
@@ -151,9 +123,9 @@ fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
         ),
     )
     .expect("prometheus.yml");
-    let _prometheus = Prometheus(
+    Prometheus(
         Command::new("ip")
-            .args(["netns", "exec", &client, "prometheus"])
+            .args(["netns", "exec", &g.lab.client.ns.name, "prometheus"])
             .arg(format!(
                 "--config.file={}",
                 work.join("prometheus.yml").display()
@@ -167,7 +139,64 @@ fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus"),
+    )
+}
+
+/// The standalone controller on `g`'s configuration, serving metrics at [`CONTROLLER`] in the
+/// client's namespace.
+fn start_controller(g: &Group) -> Controller {
+    Controller(
+        Command::new("ip")
+            .args(["netns", "exec", &g.lab.client.ns.name])
+            .arg(workspace_bin("lb-controller"))
+            .args(["run", "--metrics-addr", CONTROLLER, "--config-dir"])
+            .arg(&g.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("lb-controller"),
+    )
+}
+
+/// Whether Debian's Prometheus is here; under `cargo xtask test` it must be.
+fn have_prometheus() -> bool {
+    if Command::new("prometheus").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_err(),
+        "no prometheus: cargo xtask setup installs Debian's"
     );
+    eprintln!("skipped: no prometheus");
+    false
+}
+
+/// Prometheus' answer to the instant query `expr`: the result vector.
+fn query(g: &Group, expr: &str) -> Result<Vec<Value>, String> {
+    let addr: SocketAddr = PROMETHEUS.parse().expect("address");
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", expr)
+        .finish();
+    let (status, body) = scrape::get(&g.lab.client.ns, addr, &format!("/api/v1/query?{q}"))?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    if status != 200 || v["status"] != "success" {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
+    if !privileged("a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab") {
+        return;
+    }
+    if !have_prometheus() {
+        return;
+    }
+    let mut g = Group::start_config("pm", &[], small_pool);
+    let _controller = start_controller(&g);
+    let work = std::env::temp_dir().join(unique("prometheus"));
+    let _prometheus = start_prometheus(&g, &work);
 
     // Four addresses, six Services.
     wait_for(&g, "MetalLBAddressPoolExhausted for pool lab", |f| {
@@ -201,5 +230,124 @@ fn a_real_prometheus_fires_pool_exhausted_and_failover_from_the_lab() {
         })
     });
     drop(_prometheus);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// deploy/examples/standalone (Layer 2, shared and BGP pools, a BGPPeer with BFD) on the lab.
+fn examples(_lab: &bpf_tests::harness::lab::Lab) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/standalone");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("example"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Every query of every panel of deploy/monitoring/dashboard.json, with Grafana's
+/// `$__rate_interval` as Prometheus would get it.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring/dashboard.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a PromQL target");
+            out.push((
+                format!("{} / {}", panel["title"], target["refId"]),
+                expr.replace("$__rate_interval", "1m"),
+            ));
+        }
+    }
+    out
+}
+
+/// The dashboard against the lab: FRR peering with BFD, a failover, a forged heartbeat, and
+/// every panel's every query returns data from the real Prometheus.
+#[test]
+fn every_dashboard_query_returns_data_from_the_lab() {
+    if !privileged("every_dashboard_query_returns_data_from_the_lab") || !have_prometheus() {
+        return;
+    }
+    let mut g = Group::start_config("pd", &[], examples);
+    let router = Frr::start(
+        &g.lab.client.ns,
+        &bpf_tests::peers::frr::lab_router_conf(&g.lab),
+        true,
+    );
+    let _controller = start_controller(&g);
+    let work = std::env::temp_dir().join(unique("prometheus"));
+    let _prometheus = start_prometheus(&g, &work);
+    let bfd_up = |f: &Frr| -> usize {
+        f.json("show bfd peers json")
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|p| p["status"] == "up").count())
+    };
+    router.wait(Duration::from_secs(20), "3 BFD sessions up", |f| {
+        (bfd_up(f) == 3).then_some(())
+    });
+    // Something for the ARP panels, and a heartbeat no agent can accept.
+    let vip = group::vip_of(&g.dir, "default/web");
+    g.lab.arping(&vip, 2);
+    let nodes: Vec<String> = g.lab.nodes.iter().map(|n| n.ipv4.clone()).collect();
+    g.lab.client.ns.within(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        for node in nodes {
+            s.send_to(b"not a heartbeat", format!("{node}:7946"))
+                .expect("send");
+        }
+    });
+    // A failover: web's owner dies.
+    let owners = group::expected(&g.dir, &["node-1", "node-2", "node-3"]);
+    let owner = &owners[&vip];
+    let i = g.names.iter().position(|n| n == owner).expect("owner");
+    g.kill(i);
+
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 25, "{queries:?}");
+    let value = |expr: &str| -> f64 {
+        query(&g, expr)
+            .ok()
+            .and_then(|r| r.first()?["value"][1].as_str()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let mut missing: Vec<String> = queries
+            .iter()
+            .filter_map(|(panel, expr)| match query(&g, expr) {
+                Ok(result) if !result.is_empty() => None,
+                Ok(_) => Some(format!("{panel}: no data: {expr}")),
+                Err(e) => Some(format!("{panel}: {e}: {expr}")),
+            })
+            .collect();
+        // The failover and the forged heartbeat are in the figures, not only present.
+        if !(value("sum(increase(xdplb_layer2_takeovers_total[5m]))") > 0.0) {
+            missing.push("no takeover counted".into());
+        }
+        if !(value("sum(xdplb_membership_heartbeats_rejected_total{reason=\"malformed\"})") >= 1.0)
+        {
+            missing.push("the forged heartbeat is not counted".into());
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            missing.join("\n"),
+            g.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    drop(_prometheus);
+    drop(router);
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -619,6 +619,17 @@ fn the_optional_components_render_and_validate() {
         text.contains("kind: PrometheusRule") && text.contains("kind: ServiceMonitor"),
         "{text}"
     );
+    // The dashboard, as the file is, where Grafana's sidecar looks.
+    let docs = lb_controller::config::manifest::documents(Path::new("monitoring"), &text)
+        .expect("rendered YAML");
+    let map = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "xdplb-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(deploy().join("monitoring/dashboard.json"))
+        .expect("dashboard.json");
+    assert_eq!(map["data"]["xdplb.json"], serde_json::json!(file));
     assert!(policies.status.success());
     let Some(validator) = validator() else {
         return;

@@ -235,7 +235,8 @@ fn everything() -> Value {
                   "image": {"repository": "registry.example/xdplb/lb-agent", "pullPolicy": "Always"}},
         "metrics": {"port": 7473, "secure": {"port": 9121, "tlsSecret": "xdplb-metrics-tls"}},
         "monitoring": {"prometheusRule": {"enabled": true}, "serviceMonitor": {"enabled": true},
-                       "podMonitor": {"enabled": true, "interval": "30s"}},
+                       "podMonitor": {"enabled": true, "interval": "30s"},
+                       "dashboard": {"enabled": true}},
         "networkPolicies": {"enabled": true},
     })
 }
@@ -328,6 +329,12 @@ fn every_option_reaches_the_objects_it_names() {
         lb_controller::config::manifest::documents(Path::new("prometheusrule.yaml"), &component)
             .expect("YAML");
     assert_eq!(find(&docs, "PrometheusRule")["spec"], component[0]["spec"]);
+    // The dashboard is the file's, where Grafana's sidecar looks.
+    let map = find(&docs, "ConfigMap");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(root().join("deploy/monitoring/dashboard.json"))
+        .expect("dashboard.json");
+    assert_eq!(map["data"]["xdplb.json"], json!(file));
     for (kind, endpoints) in [
         ("ServiceMonitor", "endpoints"),
         ("PodMonitor", "podMetricsEndpoints"),
