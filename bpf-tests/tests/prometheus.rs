@@ -84,6 +84,24 @@ fn firing(g: &Group) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
+/// Each scrape target's health and last error, for a failure's message.
+fn targets(g: &Group) -> String {
+    let addr: SocketAddr = PROMETHEUS.parse().expect("address");
+    match scrape::get(&g.lab.client.ns, addr, "/api/v1/targets") {
+        Ok((200, body)) => {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["data"]["activeTargets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| format!("{} {} {}", t["scrapeUrl"], t["health"], t["lastError"]))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        other => format!("Prometheus did not answer: {other:?}"),
+    }
+}
+
 fn wait_for(g: &Group, what: &str, check: impl Fn(&BTreeMap<String, Vec<Value>>) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -93,7 +111,8 @@ fn wait_for(g: &Group, what: &str, check: impl Fn(&BTreeMap<String, Vec<Value>>)
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: firing {now:?}\n{}",
+            "{what}: firing {now:?}\ntargets: {}\n{}",
+            targets(g),
             g.logs()
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -341,8 +360,9 @@ fn every_dashboard_query_returns_data_from_the_lab() {
         }
         assert!(
             Instant::now() < deadline,
-            "{}\n{}",
+            "{}\ntargets: {}\n{}",
             missing.join("\n"),
+            targets(&g),
             g.logs()
         );
         std::thread::sleep(Duration::from_secs(1));
