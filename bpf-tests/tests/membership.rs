@@ -484,7 +484,7 @@ fn record_heartbeats(
     ns: &bpf_tests::harness::netns::NetNs,
     from: std::net::Ipv4Addr,
     how_long: Duration,
-) -> Vec<Vec<u8>> {
+) -> Vec<(u8, Vec<u8>)> {
     ns.within(move || {
         let protocol = (libc::ETH_P_IP as u16).to_be();
         // SAFETY: plain socket(2); the descriptor is closed below.
@@ -524,7 +524,8 @@ fn record_heartbeats(
                 continue;
             };
             if ip.header().source_addr() == from && udp.destination_port() == 7946 {
-                out.push(udp.payload().to_vec());
+                let tos = (ip.header().dcp().value() << 2) | ip.header().ecn().value();
+                out.push((tos, udp.payload().to_vec()));
             }
         }
         // SAFETY: fd is ours and open.
@@ -566,7 +567,11 @@ fn a_recorded_heartbeat_stream_keeps_no_dead_node_alive() {
     g.converge(&owners, Duration::from_secs(5), "at start");
     let (victim, receiver) = (2, 0);
     let victim_ip: std::net::Ipv4Addr = g.lab.nodes[victim].ipv4.parse().expect("ipv4");
-    let recording = record_heartbeats(&g.lab.nodes[receiver].ns, victim_ip, Duration::from_secs(2));
+    let recording: Vec<Vec<u8>> =
+        record_heartbeats(&g.lab.nodes[receiver].ns, victim_ip, Duration::from_secs(2))
+            .into_iter()
+            .map(|(_, payload)| payload)
+            .collect();
     assert!(
         recording.len() >= 20,
         "{} heartbeats recorded",
@@ -839,5 +844,21 @@ fn a_flood_of_connections_and_scrapes_on_the_metrics_port_moves_nothing() {
             g.names[i]
         );
         assert_eq!(sample(&m, "xdplb_membership_peers_alive", &[]), Some(2.0));
+    }
+}
+
+/// Heartbeats carry DSCP CS6 (network control), as routing protocols' packets do, so that a
+/// network that prioritises them queues heartbeats ahead of bulk traffic.
+#[test]
+fn heartbeats_are_marked_network_control() {
+    if !privileged("heartbeats_are_marked_network_control") {
+        return;
+    }
+    let g = Group::start("hd");
+    let from: std::net::Ipv4Addr = g.lab.nodes[0].ipv4.parse().expect("IPv4");
+    let heard = record_heartbeats(&g.lab.nodes[1].ns, from, Duration::from_millis(500));
+    assert!(heard.len() >= 3, "{} heartbeats in 500 ms", heard.len());
+    for (tos, _) in &heard {
+        assert_eq!(tos >> 2, 48, "DSCP of a heartbeat: tos {tos:#04x}");
     }
 }

@@ -160,6 +160,29 @@ fn rejected_by(e: &HeartbeatError) -> Rejected {
     }
 }
 
+/// DSCP CS6 (network control) in the ToS / traffic class byte: switches and hosts that
+/// prioritise queue heartbeats with routing protocols' traffic, ahead of bulk data.
+pub const HEARTBEAT_TOS: u32 = 48 << 2;
+
+/// The heartbeat socket on `port` of every address of `domain` (IPv6 dual-stack), its
+/// datagrams marked [`HEARTBEAT_TOS`] for both families.
+fn bind_marked(domain: socket2::Domain, port: u16) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    let addr: SocketAddr = if domain == socket2::Domain::IPV6 {
+        s.set_only_v6(false)?;
+        // IPv4 peers reached through a mapped address go out with the IPv4 ToS.
+        s.set_tclass_v6(HEARTBEAT_TOS)?;
+        (std::net::Ipv6Addr::UNSPECIFIED, port).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into()
+    };
+    s.set_tos_v4(HEARTBEAT_TOS)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SockAddr::from(addr))?;
+    Ok(s.into())
+}
+
 /// Membership's socket, detector and secret.
 pub struct Membership {
     udp: UdpSocket,
@@ -194,14 +217,11 @@ impl Membership {
         metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<Self> {
         let epoch = random_epoch();
-        let udp = match UdpSocket::bind(("::", port)).await {
-            Ok(udp) => udp,
-            Err(_) => {
-                let s = std::net::UdpSocket::bind(("0.0.0.0", port))?;
-                s.set_nonblocking(true)?;
-                UdpSocket::from_std(s)?
-            }
+        let udp = match bind_marked(socket2::Domain::IPV6, port) {
+            Ok(s) => s,
+            Err(_) => bind_marked(socket2::Domain::IPV4, port)?,
         };
+        let udp = UdpSocket::from_std(udp)?;
         Ok(Self {
             udp,
             node: node.to_owned(),
