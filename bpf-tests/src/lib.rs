@@ -25,6 +25,30 @@ pub mod peers;
 
 use std::path::{Path, PathBuf};
 
+/// Whether `cargo xtask test` runs this (it installs every tool the tests need): then a missing
+/// tool or build is a failure, not a skip.
+pub fn required() -> bool {
+    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// A TCP port free on loopback now, for a child to bind.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr()
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The documents of `deploy/FILE`, as users apply them.
+pub fn deploy_docs(file: &str) -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    lb_controller::config::manifest::documents(&path, &text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Whether this process may run privileged tests (root with a bpf filesystem). When it may not,
 /// prints why and returns false so the test can skip; with `XDPLB_REQUIRE_PRIVILEGED=1` (set by
 /// `cargo xtask test`) it panics instead, so CI never skips silently.

@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use bpf_tests::harness::agent::workspace_bin;
+use bpf_tests::{harness::agent::workspace_bin, required};
 
 const TARGET: &str = "aarch64-unknown-linux-gnu";
 const EMULATOR: &str = "qemu-aarch64-static";
@@ -16,12 +16,6 @@ const EM_AARCH64: u16 = 183;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Whether `cargo xtask test` runs this (it builds the arm64 binaries and installs qemu-user):
-/// then anything missing is a failure, not a skip.
-fn required() -> bool {
-    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
 /// The arm64 build of `name` (checked to be an AArch64 ELF), or None to skip.

@@ -39,23 +39,7 @@ const SECURE_METRICS: &str = "127.0.0.1:9120";
 /// An agent's secure metrics: the API server (TokenReview, SubjectAccessReview over the RBAC
 /// of deploy/secure-metrics/rbac.yaml) decides who reads them.
 fn secure_metrics_answer_only_the_reader(api: &ApiServer, lab: &Lab) {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/secure-metrics/rbac.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    for doc in lb_controller::config::manifest::documents(&path, &text)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .into_iter()
-        .filter(|d| d["kind"] == "ClusterRole")
-    {
-        api.apply(doc);
-    }
-    api.apply(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "prometheus-reads-xdplb"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "xdplb-metrics-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
-    }));
-    let reader = api.service_account_token("monitoring", "prometheus");
+    let reader = api.bind_metrics_reader("monitoring", "prometheus");
     let other = api.service_account_token("monitoring", "grafana");
     let addr = SECURE_METRICS.parse().expect("addr");
     let scrape = |token: Option<&str>| {

@@ -30,10 +30,7 @@ fn setup() -> ApiServer {
     let api = ApiServer::start();
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
     // The configuration as deployed, caBundle empty: the controller fills it.
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/webhook.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    let docs =
-        lb_controller::config::manifest::documents(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+    let docs = bpf_tests::deploy_docs("webhook.yaml");
     let config = docs
         .into_iter()
         .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
@@ -303,7 +300,7 @@ async fn two_replicas_serve_one_certificate_and_both_decide() {
     let dir = std::env::temp_dir().join(unique("kubeconfig"));
     api.kubeconfig(&dir);
     // One replica the binary as deployed (its flags), one in-process, racing for the Secret.
-    let port = free_port();
+    let port = bpf_tests::free_port();
     let _binary = start_binary(&dir, port);
     let (addr, task) = replica(&api).await;
     let ca = published_ca(&api).await;
@@ -454,13 +451,6 @@ fn der(pem: &[u8]) -> Option<Vec<u8>> {
 fn encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `lb-controller run` as deployed, against the API server of `kubeconfig`, serving the

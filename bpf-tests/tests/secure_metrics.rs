@@ -12,6 +12,7 @@ use std::{
 
 use bpf_tests::{
     apiserver::ApiServer,
+    free_port,
     harness::{
         agent::{Controller, workspace_bin},
         scrape::{self, Trust},
@@ -19,26 +20,10 @@ use bpf_tests::{
     unique,
 };
 use lb_controller::tls::certs;
-use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::json;
 
 const NS: &str = "metallb-system";
 const NAME: &str = "xdplb-controller-0.metrics.test";
-
-fn deploy(file: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-    lb_controller::config::manifest::documents(&path, &text).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
-}
 
 struct Answer {
     status: u16,
@@ -80,19 +65,7 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf, String) {
 async fn only_tokens_allowed_to_get_metrics_read_them_over_https() {
     let api = ApiServer::start();
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}));
-    // The reader role as deployed, bound to Prometheus' service account.
-    let reader = deploy("secure-metrics/rbac.yaml")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "xdplb-metrics-reader")
-        .expect("deploy/secure-metrics/rbac.yaml has xdplb-metrics-reader");
-    api.apply(reader);
-    api.apply(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "prometheus-reads-xdplb"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "xdplb-metrics-reader"},
-        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
-    }));
-    let prometheus = api.service_account_token("monitoring", "prometheus");
+    let prometheus = api.bind_metrics_reader("monitoring", "prometheus");
     let nosy = api.service_account_token("default", "nosy");
 
     let dir = std::env::temp_dir().join(unique("secure-metrics"));
@@ -169,24 +142,16 @@ async fn only_tokens_allowed_to_get_metrics_read_them_over_https() {
     let health = get(addr, ca, "/healthz", None).await;
     assert_eq!(health.status, 200, "{}", health.body);
     // Plain HTTP stays where --metrics-addr put it.
-    let plain = plain_get(format!("127.0.0.1:{plain}").parse().expect("addr")).await;
+    let at: SocketAddr = format!("127.0.0.1:{plain}").parse().expect("addr");
+    let (_, plain) = tokio::task::spawn_blocking(move || scrape::get_here(at, "/metrics"))
+        .await
+        .expect("the scrape thread")
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         plain.contains("metallb_k8s_client_config_loaded_bool"),
         "{plain}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn plain_get(addr: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    out
 }
 
 #[test]

@@ -15,6 +15,9 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
+mod common;
+use common::{kubernetes_validate, kustomize, required, validator};
+
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
@@ -653,48 +656,6 @@ fn the_cluster_examples_are_valid_metallb_configuration() {
     assert_eq!(loaded.objects.peers.len(), 1);
 }
 
-/// Whether the tests run under `cargo xtask test`, which installs every tool they need: then a
-/// missing tool is a failure, not a skip.
-fn required() -> bool {
-    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
-}
-
-/// The pinned `kubernetes-validate` that `cargo xtask setup` installs; `None` (a skip) when
-/// it is missing outside `cargo xtask test`.
-fn validator() -> Option<std::path::PathBuf> {
-    let validator = deploy().join("../target/tools/validate/bin/kubernetes-validate");
-    if validator.exists() {
-        return Some(validator);
-    }
-    assert!(
-        !required(),
-        "{} is missing: cargo xtask setup",
-        validator.display()
-    );
-    eprintln!(
-        "skipped: no {} (cargo xtask setup installs it)",
-        validator.display()
-    );
-    None
-}
-
-/// Runs `kubernetes-validate --strict` over the YAML documents `yaml`, asserts that it passes,
-/// and returns its report.
-fn kubernetes_validate(validator: &Path, yaml: &[u8], tag: &str) -> String {
-    let file = std::env::temp_dir().join(format!("xdplb-{tag}-{}.yaml", std::process::id()));
-    std::fs::write(&file, yaml).expect("write the manifests to validate");
-    let out = std::process::Command::new(validator)
-        .arg("--strict")
-        .arg(&file)
-        .output()
-        .expect("run kubernetes-validate");
-    let _ = std::fs::remove_file(&file);
-    let report =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{report}");
-    report
-}
-
 /// `kubectl kustomize deploy/` renders, and every object it renders passes
 /// `kubernetes-validate --strict` (the Kubernetes OpenAPI schemas, unknown fields rejected).
 #[test]
@@ -736,56 +697,13 @@ fn the_kustomization_renders_and_validates_offline_against_the_kubernetes_schema
     assert_eq!(passed, applied().len(), "every object checked:\n{report}");
 }
 
-/// `kubectl kustomize` of a user's kustomization at `target/NAME/` holding `resources` and
-/// `components` (paths relative to the workspace root); `None` when kubectl is missing
-/// outside `cargo xtask test`.
-fn kustomize_with(name: &str, resources: &[&str], components: &[&str]) -> Option<Vec<Value>> {
-    let dir = deploy().join("../target").join(name);
-    std::fs::create_dir_all(&dir).expect("a kustomization directory");
-    let up = |paths: &[&str]| {
-        paths
-            .iter()
-            .map(|p| format!("../../{p}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    std::fs::write(
-        dir.join("kustomization.yaml"),
-        format!(
-            "resources: [{}]\ncomponents: [{}]\n",
-            up(resources),
-            up(components)
-        ),
-    )
-    .expect("write the kustomization");
-    let out = match std::process::Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&dir)
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            assert!(!required(), "kubectl kustomize unavailable: {e}");
-            return None;
-        }
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let docs = lb_controller::config::manifest::documents(&dir, &text).expect("rendered YAML");
-    Some(docs)
-}
-
 /// deploy/secure-metrics beside deploy/: both binaries serve HTTPS on the port the Pods,
 /// probes and Services name, plain HTTP only on localhost, the probes over HTTPS; the
 /// components may create exactly the reviews the code asks (metrics_server/secure.rs); every
 /// object passes `kubernetes-validate --strict`; deploy/monitoring/secure scrapes that port.
 #[test]
 fn the_secure_metrics_component_serves_https_where_everything_points() {
-    let Some(docs) = kustomize_with(
+    let Some(docs) = kustomize(
         "secure-metrics-test",
         &["deploy"],
         &["deploy/secure-metrics"],
@@ -899,7 +817,7 @@ fn the_secure_metrics_component_serves_https_where_everything_points() {
         );
     }
 
-    let Some(monitoring) = kustomize_with(
+    let Some(monitoring) = kustomize(
         "secure-monitoring-test",
         &["deploy/monitoring"],
         &["deploy/monitoring/secure"],

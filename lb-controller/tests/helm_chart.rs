@@ -16,6 +16,9 @@ use std::{
 
 use serde_json::{Value, json};
 
+mod common;
+use common::{kubernetes_validate, kustomize, required, root, validator};
+
 const NS: &str = "metallb-system";
 /// The labels Helm's conventions add; the kustomization has none of them.
 const HELM_LABELS: &[&str] = &[
@@ -25,16 +28,8 @@ const HELM_LABELS: &[&str] = &[
     "app.kubernetes.io/version",
 ];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn chart() -> PathBuf {
     root().join("deploy/helm/xdplb")
-}
-
-fn required() -> bool {
-    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
 /// The pinned SDK's Python; `None` (a skip) outside `cargo xtask test` when it is missing.
@@ -104,35 +99,6 @@ fn render(values: &Value) -> Option<Result<Vec<Value>, String>> {
 
 fn rendered(values: Value) -> Option<Vec<Value>> {
     render(&values).map(|r| r.unwrap_or_else(|e| panic!("rendering {values}: {e}")))
-}
-
-/// `kubectl kustomize` of deploy/ with `components`, from a kustomization under target/.
-fn kustomize(tag: &str, components: &[&str]) -> Option<Vec<Value>> {
-    let dir = root().join("target").join(tag);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let components: Vec<String> = components.iter().map(|c| format!("../../{c}")).collect();
-    std::fs::write(
-        dir.join("kustomization.yaml"),
-        format!(
-            "resources: [../../deploy]\ncomponents: [{}]\n",
-            components.join(", ")
-        ),
-    )
-    .expect("write");
-    let out = match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
-        Ok(o) => o,
-        Err(e) => {
-            assert!(!required(), "kubectl: {e}");
-            return None;
-        }
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    Some(lb_controller::config::manifest::documents(&dir, &text).expect("YAML"))
 }
 
 /// `255.0` and `255` are one number to the API server (the CRD files write bounds as floats;
@@ -206,7 +172,8 @@ fn default_values_install_what_the_kustomization_and_its_secure_metrics_install(
     let Some(chart) = rendered(json!({})) else {
         return;
     };
-    let Some(kustomized) = kustomize("helm-vs-secure", &["deploy/secure-metrics"]) else {
+    let Some(kustomized) = kustomize("helm-vs-secure", &["deploy"], &["deploy/secure-metrics"])
+    else {
         return;
     };
     same_objects(chart, kustomized, "default values");
@@ -217,7 +184,7 @@ fn plain_metrics_values_install_what_the_kustomization_installs() {
     let Some(chart) = rendered(json!({"metrics": {"secure": {"enabled": false}}})) else {
         return;
     };
-    let Some(kustomized) = kustomize("helm-vs-plain", &[]) else {
+    let Some(kustomized) = kustomize("helm-vs-plain", &["deploy"], &[]) else {
         return;
     };
     same_objects(chart, kustomized, "metrics.secure.enabled=false");
@@ -371,11 +338,9 @@ fn every_option_reaches_the_objects_it_names() {
 
 #[test]
 fn every_rendered_object_passes_the_kubernetes_schemas() {
-    let validator = root().join("target/tools/validate/bin/kubernetes-validate");
-    if !validator.exists() {
-        assert!(!required(), "{} is missing", validator.display());
+    let Some(validator) = validator() else {
         return;
-    }
+    };
     for values in [json!({}), everything()] {
         let Some(docs) = rendered(values.clone()) else {
             return;
@@ -386,17 +351,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
             .filter(|d| d["apiVersion"] != "monitoring.coreos.com/v1")
             .collect();
         let yaml: String = docs.iter().map(|d| format!("---\n{d}\n")).collect();
-        let file = std::env::temp_dir().join(format!("xdplb-helm-{}.yaml", std::process::id()));
-        std::fs::write(&file, yaml).expect("write");
-        let out = Command::new(&validator)
-            .arg("--strict")
-            .arg(&file)
-            .output()
-            .expect("kubernetes-validate");
-        let _ = std::fs::remove_file(&file);
-        let report = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{values}: {report}");
+        let report = kubernetes_validate(&validator, yaml.as_bytes(), "helm");
         assert_eq!(
             report.matches(" passed for resource ").count(),
             docs.len(),

@@ -3,14 +3,11 @@
 //! committed PrometheusRule holds exactly the rule file's groups.
 use std::{path::Path, process::Command};
 
+mod common;
+use common::required;
+
 fn monitoring() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring")
-}
-
-/// Whether the tests run under `cargo xtask test`, which installs promtool: then a missing
-/// tool is a failure, not a skip.
-fn required() -> bool {
-    std::env::var("XDPLB_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
 }
 
 fn promtool(args: &[&str]) -> Option<(bool, String)> {

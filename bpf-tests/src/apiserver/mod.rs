@@ -212,6 +212,29 @@ impl ApiServer {
         token
     }
 
+    /// Applies the ClusterRoles of deploy/secure-metrics/rbac.yaml, binds
+    /// `xdplb-metrics-reader` to the service account `namespace/name` (as a user does for
+    /// Prometheus), and returns a token of that account.
+    pub fn bind_metrics_reader(&self, namespace: &str, name: &str) -> String {
+        let roles = crate::deploy_docs("secure-metrics/rbac.yaml");
+        assert!(
+            roles
+                .iter()
+                .any(|d| d["metadata"]["name"] == "xdplb-metrics-reader"),
+            "deploy/secure-metrics/rbac.yaml has xdplb-metrics-reader"
+        );
+        for role in roles.into_iter().filter(|d| d["kind"] == "ClusterRole") {
+            self.apply(role);
+        }
+        self.apply(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("{name}-reads-xdplb")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "xdplb-metrics-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        }));
+        self.service_account_token(namespace, name)
+    }
+
     /// Routes the Service `namespace/name` (a webhook's `clientConfig.service`) to these
     /// endpoints; none routed: calling it fails, as with a Service without ready endpoints.
     pub fn route_service(&self, namespace: &str, name: &str, endpoints: &[SocketAddr]) {

@@ -9,41 +9,74 @@ use crate::harness::netns::NetNs;
 
 /// `GET path` on `addr` from inside `ns`: the status and the body.
 pub fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    plain(Some(ns), addr, path)
+}
+
+/// `GET path` on `addr` from this process's own network namespace.
+pub fn get_here(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    plain(None, addr, path)
+}
+
+fn plain(ns: Option<&NetNs>, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     let path = path.to_owned();
-    ns.within(move || {
+    blocking(ns, format!("GET {addr}{path}"), async move {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        exchange(hyper_util::rt::TokioIo::new(stream), addr, &path, None).await
+    })
+}
+
+/// Runs `request` on a runtime of its own (inside `ns` if given), within 5 s.
+fn blocking<F>(ns: Option<&NetNs>, what: String, request: F) -> Result<(u16, String), String>
+where
+    F: std::future::Future<Output = Result<(u16, String), String>> + Send + 'static,
+{
+    let run = move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async move {
-            let fetch = async {
-                let stream = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|e| format!("connect {addr}: {e}"))?;
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let req = Request::get(&path)
-                    .header("host", addr.to_string())
-                    .body(Empty::<Bytes>::new())
-                    .map_err(|e| e.to_string())?;
-                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status().as_u16();
-                let body = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .to_bytes();
-                Ok((status, String::from_utf8_lossy(&body).into_owned()))
-            };
-            tokio::time::timeout(Duration::from_secs(5), fetch)
+            tokio::time::timeout(Duration::from_secs(5), request)
                 .await
-                .map_err(|_| format!("GET {addr}{path}: timed out"))?
+                .map_err(|_| format!("{what}: timed out"))?
         })
-    })
+    };
+    match ns {
+        Some(ns) => ns.within(run),
+        None => run(),
+    }
+}
+
+/// One HTTP/1.1 `GET path` over `io` (TCP or TLS), with `token` as the bearer.
+async fn exchange<I>(
+    io: I,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", addr.to_string());
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The value of the sample `name{labels}` where every `key="value"` in `labels` is present
@@ -103,24 +136,9 @@ pub fn get_https(
     trust: Trust,
 ) -> Result<(u16, String), String> {
     let (path, token) = (path.to_owned(), token.map(str::to_owned));
-    let fetch = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                https(addr, &path, token.as_deref(), trust),
-            )
-            .await
-            .map_err(|_| format!("GET https://{addr}{path}: timed out"))?
-        })
-    };
-    match ns {
-        Some(ns) => ns.within(fetch),
-        None => fetch(),
-    }
+    blocking(ns, format!("GET https://{addr}{path}"), async move {
+        https(addr, &path, token.as_deref(), trust).await
+    })
 }
 
 async fn https(
@@ -166,25 +184,7 @@ async fn https(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS to {addr}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = Request::get(path).header("host", addr.to_string());
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    exchange(hyper_util::rt::TokioIo::new(tls), addr, path, token).await
 }
 
 /// Prometheus' `insecure_skip_verify`: the handshake still proves the server holds the key of
