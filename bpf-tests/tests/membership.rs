@@ -862,3 +862,93 @@ fn heartbeats_are_marked_network_control() {
         assert_eq!(tos >> 2, 48, "DSCP of a heartbeat: tos {tos:#04x}");
     }
 }
+
+/// The scheduling policy and real-time priority of `pid`'s membership thread.
+fn membership_thread(pid: u32) -> Option<(u32, u32)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "xdplb-members" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // Fields after the command's closing parenthesis start at field 3 (state);
+        // rt_priority is field 40, policy field 41.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some((rest.get(38)?.parse().ok()?, rest.get(37)?.parse().ok()?));
+    }
+    None
+}
+
+/// The membership thread runs SCHED_FIFO at the asked priority where the agent may, and says
+/// so in `xdplb_membership_realtime`. An agent that may not (no CAP_SYS_NICE, RLIMIT_RTPRIO 0)
+/// says why in its log, reports 0, and takes part as before.
+#[test]
+fn the_membership_thread_runs_real_time_and_says_when_it_may_not() {
+    if !privileged("the_membership_thread_runs_real_time_and_says_when_it_may_not") {
+        return;
+    }
+    let mut g = Group::start("rt");
+    let pid = g.agents[0].as_ref().expect("node-1").child.id();
+    assert_eq!(
+        membership_thread(pid),
+        Some((libc::SCHED_FIFO as u32, 10)),
+        "node-1's membership thread (policy, priority)"
+    );
+    assert_eq!(
+        sample(&g.metrics(0), "xdplb_membership_realtime", &[]),
+        Some(1.0)
+    );
+
+    g.kill(1);
+    g.start_agent_under(
+        1,
+        &[
+            "prlimit",
+            "--rtprio=0:0",
+            "setpriv",
+            "--bounding-set",
+            "-sys_nice",
+            "--inh-caps",
+            "-sys_nice",
+            "--",
+        ],
+        &[],
+        &[],
+    );
+    let agent = g.agents[1].as_ref().expect("node-2");
+    let pid = agent.child.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let sched = loop {
+        match membership_thread(pid) {
+            Some(s) => break s,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => panic!("no membership thread in {pid}:\n{}", agent.log_text()),
+        }
+    };
+    assert_eq!(sched.0, libc::SCHED_OTHER as u32, "node-2 may not run FIFO");
+    let log = agent.log_text();
+    assert!(
+        log.contains("without real-time scheduling") && log.contains("CAP_SYS_NICE"),
+        "{log}"
+    );
+    assert_eq!(
+        sample(&g.metrics(1), "xdplb_membership_realtime", &[]),
+        Some(0.0)
+    );
+    // It still takes part: the owners are those of all three nodes.
+    let owners = expected(&g.dir, &g.names);
+    g.converge(
+        &owners,
+        Duration::from_secs(5),
+        "node-2 without real-time scheduling",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(&g.metrics(0), "xdplb_membership_peers_alive", &[]) != Some(2.0) {
+        assert!(Instant::now() < deadline, "node-1 does not hear node-2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

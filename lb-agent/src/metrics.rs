@@ -70,6 +70,8 @@ pub struct AgentMetrics {
     pub takeovers: Counter,
     pub detection: Histogram,
     pub peers_alive: Gauge,
+    /// 1 while the membership thread runs SCHED_FIFO.
+    pub membership_realtime: Gauge,
     pub heartbeats_received: Counter,
     pub heartbeats_rejected: Family<ReasonLabel, Counter>,
     pub announced: Gauge,
@@ -262,6 +264,7 @@ impl AgentMetrics {
             takeovers: Counter::default(),
             detection: Histogram::new(DETECTION_BUCKETS),
             peers_alive: Gauge::default(),
+            membership_realtime: Gauge::default(),
             heartbeats_received: Counter::default(),
             heartbeats_rejected: Family::default(),
             announced: Gauge::default(),
@@ -295,6 +298,11 @@ impl AgentMetrics {
             "xdplb_membership_peers_alive",
             "Peers this agent hears (itself not included)",
             m.peers_alive.clone(),
+        );
+        registry.register(
+            "xdplb_membership_realtime",
+            "1 when the membership thread (heartbeats, failure detection, lease) runs with real-time scheduling, 0 when the agent may not (no CAP_SYS_NICE) or --membership-priority is 0",
+            m.membership_realtime.clone(),
         );
         registry.register(
             "xdplb_membership_heartbeats_received",

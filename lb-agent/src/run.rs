@@ -1,9 +1,11 @@
 //! `lb-agent run`: the driver. It wires the pieces (interfaces and responders, membership,
 //! the configuration source, the BGP speaker, the reporter) and moves events between them in
 //! one `select!` whose arms each call one handler:
-//! - a tick, every heartbeat interval ([`Agent::tick`]): heartbeats and the data-path lease
-//!   first, then the election and the hand-over when membership or configuration changed;
-//! - a heartbeat in ([`Membership::recv`]): a change of the alive set acts at once;
+//! - a tick, every heartbeat interval ([`Agent::tick`]): the election and the hand-over when
+//!   membership or configuration changed;
+//! - a membership [`View`] from the membership thread ([`crate::membership::thread`], which
+//!   sends and receives the heartbeats, detects failures and renews the data-path lease on a
+//!   real-time thread of its own): a change of the alive set acts at once;
 //! - a configuration ([`Agent::configure`]), from a directory or the API server;
 //! - unnumbered BGP neighbours found ([`Agent::neighbours`]);
 //! - the announcing interfaces or their carrier changed ([`Agent::relink`]): an interface added
@@ -47,9 +49,13 @@ use crate::{
         vipdev,
     },
     membership::{
+        Members,
         claims::Claims,
+        detector::View,
         driver::{Membership, check_secret},
-        heartbeat::Phase,
+        links::Links,
+        realtime::Wanted,
+        thread::{self, Handle},
     },
     metrics::{AgentMetrics, IpLabel, ModeLabel},
     source::{self, Config},
@@ -84,7 +90,14 @@ struct Agent {
     lease_ns: u64,
     /// `xdplb0` (none with `--no-local-vip`).
     local: Option<vipdev::Local>,
-    membership: Membership,
+    membership: Handle,
+    /// Who is alive, as the membership thread last said.
+    members: Members,
+    /// Whether membership changed (or a peer rejoined) since the election last ran.
+    membership_changed: bool,
+    rejoined: bool,
+    /// The links this node's heartbeats say.
+    links_said: Links,
     /// Whether the membership secret comes with the configuration (a cluster's Secret) rather
     /// than from a file.
     secret_from_config: bool,
@@ -137,12 +150,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     agent.tick().await?;
                 }
             }
-            changed = agent.membership.recv() => {
-                if changed {
-                    // Act now (take over from a leaving peer, hand back to a ready one) rather
-                    // than at the next tick.
-                    ticker.reset_immediately();
-                }
+            Some(view) = agent.membership.views.recv() => {
+                agent.take_view(view);
+                // Act now (take over from a dead or leaving peer, hand back to a ready one)
+                // rather than at the next tick.
+                ticker.reset_immediately();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -205,11 +217,27 @@ impl Agent {
             secret,
             metrics.clone(),
         )
-        .await
         .with_context(|| format!("binding UDP port {}", args.port))?;
         let up = carrier.links(Instant::now());
         info!(links = %up, "announcing links with carrier");
-        membership.set_links(up);
+        membership.set_links(up.clone());
+        let lease = responders.lease();
+        let membership = Handle::spawn(
+            membership,
+            thread::Settings {
+                interval: args.heartbeat_interval,
+                realtime: Wanted {
+                    priority: args.membership_priority,
+                },
+            },
+            Box::new(move || {
+                lease
+                    .renew(monotonic_ns().saturating_add(lease_ns))
+                    .map_err(|e| e.to_string())
+            }),
+            metrics.clone(),
+        )
+        .context("starting the membership thread")?;
         let client = match &args.config_dir {
             Some(_) => None,
             None => Some(kube::Client::try_default().await.context(
@@ -256,8 +284,10 @@ impl Agent {
             "running; waiting one failure timeout to hear the peers"
         );
         let sessions = metrics.bgp.sessions.subscribe();
+        let handover = Handover::new(args.node_name.clone(), args.failure_timeout, adopted);
+        membership.phase(handover.phase());
         let agent = Agent {
-            handover: Handover::new(args.node_name.clone(), args.failure_timeout, adopted),
+            handover,
             node: args.node_name,
             namespace: args.namespace,
             heartbeat_interval: args.heartbeat_interval,
@@ -272,6 +302,10 @@ impl Agent {
             lease_ns,
             local,
             membership,
+            members: Members::default(),
+            membership_changed: false,
+            rejoined: false,
+            links_said: up,
             secret_from_config,
             held: watch::channel(announce::Held::default()).0,
             reporter,
@@ -363,12 +397,20 @@ impl Agent {
     /// Puts the links that count as up at `now` in the heartbeats; `true` when that changed.
     fn follow_carrier(&mut self, now: Instant) -> bool {
         let links = self.carrier.links(now);
-        let said = links.to_string();
-        let changed = self.membership.set_links(links);
-        if changed {
-            info!(links = %said, "announcing links with carrier changed; telling the peers");
+        if links == self.links_said {
+            return false;
         }
-        changed
+        info!(links = %links, "announcing links with carrier changed; telling the peers");
+        self.membership.links(links.clone());
+        self.links_said = links;
+        true
+    }
+
+    /// Takes what the membership thread decided; the election follows at the next tick.
+    fn take_view(&mut self, view: View) {
+        self.members = view.members;
+        self.membership_changed |= view.changed;
+        self.rejoined |= view.rejoined;
     }
 
     /// Takes a configuration reading; `true` when it is one to act on now.
@@ -407,7 +449,7 @@ impl Agent {
             .services_outside_pools
             .set(i64::try_from(c.outside_pools.len()).unwrap_or(i64::MAX));
         if self.secret_from_config {
-            self.membership.follow_secret(match &c.secret {
+            self.membership.secret(match &c.secret {
                 Some(bytes) => check_secret(bytes),
                 None => Err(format!(
                     "Secret {}/{} (key {}) is missing",
@@ -417,6 +459,7 @@ impl Agent {
                 )),
             });
         }
+        self.membership.peers(c.peers.clone());
         self.discovery.want(bgp::unnumbered::interfaces(&c.bgp));
         self.speaker
             .apply(bgp::unnumbered::resolve(&c.bgp, &self.neighbors.borrow()));
@@ -449,35 +492,35 @@ impl Agent {
         true
     }
 
-    /// Heartbeats and the lease first: they are what keeps this node's claims valid. Then,
-    /// once the peers have had one failure timeout to be heard, the election and the hand-over
-    /// when something they depend on changed.
+    /// Once the peers have had one failure timeout to be heard, the election and the hand-over
+    /// when something they depend on changed. (Heartbeats and the lease are the membership
+    /// thread's: a slow election cannot delay them.)
     async fn tick(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         // A link back up counts once it has stayed up a moment.
         self.follow_carrier(now);
-        if let Some(c) = &self.config {
-            // A lost datagram is what the failure timeout is for: nothing to report here.
-            let _ = self.membership.beat(&c.peers, self.handover.phase()).await;
-        }
-        self.responders
-            .renew(monotonic_ns().saturating_add(self.lease_ns))?;
         let Some(c) = self.config.clone() else {
             return Ok(());
         };
         if now.duration_since(self.started) < self.failure_timeout {
             return Ok(());
         }
-        let view = self.membership.look(now);
         // Recomputed only when something it depends on changed: with thousands of Services it
-        // is not free, and the loop must stay quick to keep the heartbeats on time.
-        if self.handover.decided() && !self.dirty && !view.changed && !self.handover.lingers() {
+        // is not free.
+        if self.handover.decided()
+            && !self.dirty
+            && !self.membership_changed
+            && !self.handover.lingers()
+        {
             return Ok(());
         }
         self.dirty = false;
-        let wanted = election::layer2(&self.node, &c.inputs, &c.allocations, &view.members);
+        let (changed, rejoined) = (self.membership_changed, self.rejoined);
+        (self.membership_changed, self.rejoined) = (false, false);
+        let wanted = election::layer2(&self.node, &c.inputs, &c.allocations, &self.members);
         self.claim(&wanted.claims);
-        let step = self.handover.step(wanted, view.changed, view.rejoined, now);
+        let step = self.handover.step(wanted, changed, rejoined, now);
+        self.membership.phase(self.handover.phase());
         self.metrics.set_ready();
         // xdplb0 holds what this node owns at Layer 2 and what it advertises over BGP.
         if let Some(local) = &self.local {
@@ -510,7 +553,7 @@ impl Agent {
         if claims.iter().count() == vips.len() {
             self.claims_truncated = false;
         }
-        self.membership.set_claims(claims);
+        self.membership.claims(claims);
     }
 
     /// The ConfigurationState: the reading's problems, and the VIPs the maps cannot hold.
@@ -665,17 +708,13 @@ impl Agent {
     /// answering until they have: make before break for a planned shutdown too. Then withdraws
     /// everything this node announced.
     async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(c) = &self.config {
-            for _ in 0..3 {
-                for (peer, e) in self.membership.beat(&c.peers, Phase::Leaving).await {
-                    warn!(%peer, error = %e, "cannot say goodbye");
-                }
-            }
-            if !self.handover.announced().is_empty() {
-                self.responders
-                    .renew(monotonic_ns().saturating_add(self.lease_ns.saturating_mul(2)))?;
-                tokio::time::sleep(self.heartbeat_interval * 2).await;
-            }
+        for (peer, e) in self.membership.leave().await {
+            warn!(%peer, error = %e, "cannot say goodbye");
+        }
+        if self.config.is_some() && !self.handover.announced().is_empty() {
+            self.responders
+                .renew(monotonic_ns().saturating_add(self.lease_ns.saturating_mul(2)))?;
+            tokio::time::sleep(self.heartbeat_interval * 2).await;
         }
         // Where graceful restart was agreed the routers keep our routes while we restart;
         // other sessions end with a Cease.

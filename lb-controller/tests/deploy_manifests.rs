@@ -169,7 +169,9 @@ fn workloads_run_this_version_with_least_privilege() {
             "NET_ADMIN",
             "NET_RAW",
             "NET_BIND_SERVICE",
-            "SYS_RESOURCE"
+            "SYS_RESOURCE",
+            "SYS_NICE",
+            "IPC_LOCK"
         ])
     );
     let bpffs = pod

@@ -66,7 +66,8 @@ const NIGHTLY: &str = "nightly";
 /// `bpftool`, `ip`/`nsenter`/`ethtool`, `ping` (the lab's reachability check), `keepalived`
 /// (the failover baseline in the bench), FRR, GoBGP and BIRD (the BGP peers of the interop
 /// tests), Prometheus (`promtool` checks and unit-tests the alerting rules), the arm64 cross
-/// compiler and libc, and qemu-user to run the arm64 binaries.
+/// compiler and libc, qemu-user to run the arm64 binaries, and `stress-ng` and `iperf3` (the
+/// bench's saturated CPUs and loaded segment).
 const APT_PACKAGES: &[&str] = &[
     "arping",
     "bird2",
@@ -86,6 +87,8 @@ const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
     "qemu-user-static",
+    "stress-ng",
+    "iperf3",
 ];
 
 #[derive(Parser)]

@@ -320,3 +320,82 @@ pub fn keepalived(runs: usize, advert: &str) -> Result<Vec<Duration>, String> {
     }
     Ok(samples)
 }
+
+/// What loads the lab while [`changes_under`] counts ownership changes.
+#[derive(Clone, Copy, Debug)]
+pub enum Load {
+    /// `stress-ng --cpu 0`: a busy worker on every CPU, at normal priority.
+    Cpu,
+    /// A bulk TCP transfer (`iperf3`, as fast as the segment goes) from the client to the
+    /// owner of the first VIP, through the bridge the heartbeats cross.
+    Segment,
+}
+
+/// A load process, killed (by PID) on drop.
+struct Loader(Vec<Child>);
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Result<Child, String> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))
+}
+
+/// Ownership changes across the group: the takeovers counted by all three agents.
+fn takeovers(g: &Group) -> Result<f64, String> {
+    (0..3).try_fold(0.0, |sum, i| {
+        let text = g.metrics(i);
+        crate::harness::scrape::sample(&text, "xdplb_layer2_takeovers_total", &[])
+            .map(|n| sum + n)
+            .ok_or_else(|| format!("node {i}: no xdplb_layer2_takeovers_total"))
+    })
+}
+
+/// The ownership changes (takeovers, summed over the three agents) while `load` runs for
+/// `span` on a settled group whose agents all get `extra` (timers, say). None is the answer:
+/// every one is a false failover.
+pub fn changes_under(load: Load, span: Duration, extra: &[&str]) -> Result<u64, String> {
+    let g = Group::start_with("fz", extra);
+    let owners = expected(&g.dir, &g.names);
+    let (vip, _) = owners.iter().next().ok_or("no VIP allocated")?;
+    let owner_mac = settled(&g.lab, octets(vip)?, Duration::from_secs(1))
+        .ok_or("the VIP is not answered by one node")?;
+    let (_, owner) = node_of(&g, owner_mac)?;
+    let before = takeovers(&g)?;
+    let secs = format!("{}", span.as_secs().max(1));
+    let loader = match load {
+        Load::Cpu => Loader(vec![spawn(Command::new("stress-ng").args([
+            "--cpu",
+            "0",
+            "--timeout",
+            &format!("{secs}s"),
+            "--quiet",
+        ]))?]),
+        Load::Segment => {
+            let server = spawn(g.lab.nodes[owner].ns.exec("iperf3").args(["-s", "-1"]))?;
+            let mut loader = Loader(vec![server]);
+            // The server needs a moment to listen.
+            std::thread::sleep(Duration::from_millis(300));
+            loader.0.push(spawn(g.lab.client.ns.exec("iperf3").args([
+                "-c",
+                &g.lab.nodes[owner].ipv4,
+                "-t",
+                &secs,
+            ]))?);
+            loader
+        }
+    };
+    std::thread::sleep(span);
+    drop(loader);
+    let after = takeovers(&g)?;
+    Ok((after - before).max(0.0) as u64)
+}

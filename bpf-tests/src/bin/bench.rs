@@ -6,6 +6,8 @@
 //! - `ipam`: the allocator against MetalLB's linear search (`bpf_tests::bench::ipam`).
 //! - `controller`: the controller at scale (`bpf_tests::bench::controller`).
 //! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::bench::failover`).
+//! - `load`: ownership changes while every CPU is saturated and while the segment carries a
+//!   bulk transfer, against the same timers without the real-time membership thread.
 //! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::bench::spread`).
 //! - `agent`: the agent owning 10,000 VIPs against owning one (`bpf_tests::bench::agent`).
 //! - `bgp`: FRR learning routes from xdplb and from GoBGP (`bpf_tests::bench::bgp`).
@@ -21,6 +23,7 @@ enum Section {
     Ipam,
     Controller,
     Failover,
+    Load,
     Spread,
     Agent,
     Bgp,
@@ -28,12 +31,13 @@ enum Section {
 
 impl Section {
     /// In the order the table prints them.
-    const ALL: [Section; 8] = [
+    const ALL: [Section; 9] = [
         Section::Cost,
         Section::Flood,
         Section::Ipam,
         Section::Controller,
         Section::Failover,
+        Section::Load,
         Section::Spread,
         Section::Agent,
         Section::Bgp,
@@ -50,12 +54,13 @@ impl FromStr for Section {
             "ipam" => Section::Ipam,
             "controller" => Section::Controller,
             "failover" => Section::Failover,
+            "load" => Section::Load,
             "spread" => Section::Spread,
             "agent" => Section::Agent,
             "bgp" => Section::Bgp,
             other => {
                 return Err(format!(
-                    "no section {other:?} (cost, flood, ipam, controller, failover, spread, agent, bgp)"
+                    "no section {other:?} (cost, flood, ipam, controller, failover, load, spread, agent, bgp)"
                 ));
             }
         })
@@ -70,6 +75,7 @@ struct Table {
     ipam: Option<bpf_tests::bench::ipam::IpamTimes>,
     controller: Option<bpf_tests::bench::controller::ScaleFigures>,
     failover: Option<Failover>,
+    load: Option<Steadiness>,
     spread: Option<bpf_tests::bench::spread::SpreadFigures>,
     agent: Option<AgentScale>,
     bgp: Option<bpf_tests::bench::bgp::BgpFigures>,
@@ -105,6 +111,7 @@ fn main() -> Result<()> {
             Section::Ipam => t.ipam.iter().for_each(print_ipam),
             Section::Controller => t.controller.iter().for_each(print_scale),
             Section::Failover => t.failover.iter().for_each(Failover::print),
+            Section::Load => t.load.iter().for_each(Steadiness::print),
             Section::Spread => t.spread.iter_mut().for_each(|f| f.print()),
             Section::Agent => t.agent.iter().for_each(AgentScale::print),
             Section::Bgp => t.bgp.iter().for_each(|f| f.print()),
@@ -167,6 +174,13 @@ fn measure(sections: &[Section]) -> Result<Table> {
             "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
         );
         t.failover = Some(Failover::measure()?);
+    }
+    if on(Section::Load) {
+        eprintln!(
+            "load: ownership changes during {} s of saturated CPUs, then of a loaded segment, twice each...",
+            LOAD_SPAN.as_secs()
+        );
+        t.load = Some(Steadiness::measure());
     }
     if on(Section::Cost) {
         eprintln!(
@@ -339,6 +353,64 @@ impl Failover {
             "| L2 failover, the same, keepalived at its default | — | {} | — | — |",
             other(&self.keepalived_default, "advert 1 s")
         );
+    }
+}
+
+/// How long each load runs.
+const LOAD_SPAN: Duration = Duration::from_secs(60);
+
+/// Ownership changes under load: every one is a false failover (nobody died).
+struct Steadiness {
+    /// (load, at the defaults, at 10 ms / 30 ms without the real-time thread).
+    rows: Vec<(&'static str, Result<u64, String>, Result<u64, String>)>,
+}
+
+impl Steadiness {
+    fn measure() -> Self {
+        use bpf_tests::bench::failover::{Load, changes_under};
+        let rows = [
+            (Load::Cpu, "every CPU saturated (stress-ng --cpu 0)"),
+            (
+                Load::Segment,
+                "the segment loaded (iperf3 bulk TCP from the client to the owner)",
+            ),
+        ]
+        .into_iter()
+        .map(|(load, label)| {
+            (
+                label,
+                changes_under(load, LOAD_SPAN, &[]),
+                changes_under(
+                    load,
+                    LOAD_SPAN,
+                    &[
+                        "--heartbeat-interval",
+                        "10ms",
+                        "--failure-timeout",
+                        "30ms",
+                        "--membership-priority",
+                        "0",
+                    ],
+                ),
+            )
+        })
+        .collect();
+        Self { rows }
+    }
+
+    fn print(&self) {
+        let show = |r: &Result<u64, String>| match r {
+            Ok(n) => n.to_string(),
+            Err(e) => format!("not measured ({e})"),
+        };
+        for (label, defaults, plain) in &self.rows {
+            println!(
+                "| L2: ownership changes during {} s with {label} (none died: each is a false failover) | {} (defaults) | 10 ms / 30 ms without the real-time membership thread: {} | — | 0 |",
+                LOAD_SPAN.as_secs(),
+                show(defaults),
+                show(plain)
+            );
+        }
     }
 }
 

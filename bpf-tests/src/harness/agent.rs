@@ -61,6 +61,20 @@ impl Agent {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::run_node_under(ns, &[], node, dir, pins, extra, env)
+    }
+
+    /// [`Agent::run_node_env`] run by `wrapper` (a command and its arguments that execute the
+    /// rest: `setpriv` to drop capabilities, say).
+    pub fn run_node_under(
+        ns: &NetNs,
+        wrapper: &[&str],
+        node: &str,
+        dir: &Path,
+        pins: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = dir.to_str().expect("utf-8 config path");
         let pins = pins.to_str().expect("utf-8 pin path");
         let mut args = vec!["run", "--node-name", node, "--config-dir", dir];
@@ -73,7 +87,7 @@ impl Agent {
         }
         args.extend_from_slice(&["--bpffs", pins, "--metrics-addr", METRICS_BIND]);
         args.extend_from_slice(extra);
-        Self::start_env(ns, &args, env)
+        Self::start_under(ns, wrapper, &args, env)
     }
 
     /// Starts `lb-agent ARGS` in `ns` (network namespace only, so pins land in the host bpffs).
@@ -83,10 +97,15 @@ impl Agent {
 
     /// The same, with `env` added to the agent's environment.
     pub fn start_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_under(ns, &[], args, env)
+    }
+
+    fn start_under(ns: &NetNs, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique("agent")));
         let file = std::fs::File::create(&log).expect("agent log");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
+            .args(wrapper)
             .arg(agent_bin())
             .args(args)
             .envs(env.iter().copied())

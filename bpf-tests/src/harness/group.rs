@@ -132,6 +132,7 @@ pub struct Group {
 }
 
 /// Starts the agent of node `i` (with `extra` arguments) and waits until it runs.
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     lab: &Lab,
     dir: &Path,
@@ -140,13 +141,22 @@ fn spawn(
     pins: &PinDir,
     extra: &[&str],
     env: &[(&str, &str)],
+    wrapper: &[&str],
 ) -> Agent {
     let mut args = Vec::new();
     if !extra.contains(&"--mode") {
         args.extend_from_slice(&["--mode", "xdp-native"]);
     }
     args.extend_from_slice(extra);
-    let mut a = Agent::run_node_env(&lab.nodes[i].ns, name, dir, pins.path(), &args, env);
+    let mut a = Agent::run_node_under(
+        &lab.nodes[i].ns,
+        wrapper,
+        name,
+        dir,
+        pins.path(),
+        &args,
+        env,
+    );
     a.wait_for_log("running;", Duration::from_secs(20));
     a
 }
@@ -181,6 +191,17 @@ impl Group {
 
     /// [`Group::start_agent`] with `env` added to the agent's environment.
     pub fn start_agent_env(&mut self, i: usize, extra: &[&str], env: &[(&str, &str)]) {
+        self.start_agent_under(i, &[], extra, env);
+    }
+
+    /// [`Group::start_agent_env`] run by `wrapper` (see [`Agent::run_node_under`]).
+    pub fn start_agent_under(
+        &mut self,
+        i: usize,
+        wrapper: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         assert!(self.agents[i].is_none(), "node {i}'s agent still runs");
         let agent = spawn(
             &self.lab,
@@ -190,6 +211,7 @@ impl Group {
             &self._pins[i],
             &self.all_args(extra),
             env,
+            wrapper,
         );
         self.agents[i] = Some(agent);
     }
@@ -279,7 +301,7 @@ impl Group {
             .collect();
         let pins: Vec<PinDir> = (0..3).map(|i| PinDir::new(&format!("{tag}{i}"))).collect();
         let agents = (0..3)
-            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], extra, &[])))
+            .map(|i| Some(spawn(&lab, &dir, names[i], i, &pins[i], extra, &[], &[])))
             .collect();
         Self {
             lab,

@@ -410,6 +410,11 @@ impl VipMaps {
         Ok(totals)
     }
 
+    /// Sets the lease deadline (`CLOCK_MONOTONIC` nanoseconds).
+    pub fn set_lease(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
+        set_lease(&mut self.lease, deadline_ns)
+    }
+
     /// The lease deadline (`CLOCK_MONOTONIC` nanoseconds); 0 when never set.
     pub fn lease(&self) -> Result<u64, L2Error> {
         self.lease.get(&0, 0).map_err(|source| L2Error::Map {
@@ -417,16 +422,25 @@ impl VipMaps {
             source,
         })
     }
+}
 
-    /// Sets the lease deadline (`CLOCK_MONOTONIC` nanoseconds, the clock of `bpf_ktime_get_ns`).
-    pub fn set_lease(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
-        self.lease
-            .set(0, deadline_ns, 0)
-            .map_err(|source| L2Error::Map {
-                name: MAP_LEASE,
-                source,
-            })
-    }
+/// The data-path lease array pinned under `bpffs`, on its own: the membership thread renews it
+/// while the agent's loop holds the other maps.
+pub fn open_lease(bpffs: &Path) -> Result<Array<MapData, u64>, L2Error> {
+    open(bpffs, MAP_LEASE)?
+        .try_into()
+        .map_err(|source| L2Error::Map {
+            name: MAP_LEASE,
+            source,
+        })
+}
+
+/// Sets the lease deadline (`CLOCK_MONOTONIC` nanoseconds, the clock of `bpf_ktime_get_ns`).
+pub fn set_lease(lease: &mut Array<MapData, u64>, deadline_ns: u64) -> Result<(), L2Error> {
+    lease.set(0, deadline_ns, 0).map_err(|source| L2Error::Map {
+        name: MAP_LEASE,
+        source,
+    })
 }
 
 fn map_name(addr: IpAddr) -> &'static str {

@@ -153,6 +153,26 @@ impl AfThread {
     }
 }
 
+/// The data-path lease, renewable from another thread (the membership thread renews it with
+/// each heartbeat): the AF_PACKET responders' deadline and the XDP program's lease array.
+#[derive(Clone)]
+pub struct Lease {
+    af: Arc<std::sync::atomic::AtomicU64>,
+    xdp: Arc<std::sync::Mutex<Option<aya::maps::Array<aya::maps::MapData, u64>>>>,
+}
+
+impl Lease {
+    /// Renews the lease until `deadline_ns` (`CLOCK_MONOTONIC`).
+    pub fn renew(&self, deadline_ns: u64) -> Result<(), L2Error> {
+        self.af.store(deadline_ns, Ordering::Relaxed);
+        let mut xdp = self.xdp.lock().unwrap_or_else(|e| e.into_inner());
+        match xdp.as_mut() {
+            Some(lease) => super::maps::set_lease(lease, deadline_ns),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The responders of one agent.
 pub struct Responders {
     bpffs: PathBuf,
@@ -162,6 +182,7 @@ pub struct Responders {
     /// Mark XDP entries leased (a group member renews the lease; static mode has none).
     leased: bool,
     maps: Option<VipMaps>,
+    lease: Lease,
     xdp: BTreeSet<u32>,
     /// How each interface is answered, for logs and metrics: `xdp native`, `xdp generic`,
     /// `afpacket`.
@@ -195,16 +216,22 @@ impl Responders {
                 Err(e) => return Err(e),
             }
         }
+        let af = Arc::new(afpacket::Shared::default());
+        let lease = Lease {
+            af: af.lease.clone(),
+            xdp: Arc::default(),
+        };
         let mut responders = Self {
             bpffs: bpffs.to_owned(),
             choice,
             datapath,
             leased,
             maps: None,
+            lease,
             xdp: BTreeSet::new(),
             modes: Vec::new(),
             threads: Vec::new(),
-            af: Arc::new(afpacket::Shared::default()),
+            af,
             groups: Groups::new(),
             join_failed: BTreeSet::new(),
         };
@@ -229,6 +256,8 @@ impl Responders {
                     self.xdp.insert(iface.index);
                     if self.maps.is_none() {
                         self.maps = Some(VipMaps::open_pinned(d.bpffs())?);
+                        let lease = super::maps::open_lease(d.bpffs())?;
+                        *self.lease.xdp.lock().unwrap_or_else(|e| e.into_inner()) = Some(lease);
                     }
                     return Ok(());
                 }
@@ -292,11 +321,12 @@ impl Responders {
 
     /// Renews the data-path lease until `deadline_ns` (`CLOCK_MONOTONIC`).
     pub fn renew(&mut self, deadline_ns: u64) -> Result<(), L2Error> {
-        self.af.lease.store(deadline_ns, Ordering::Relaxed);
-        match &mut self.maps {
-            Some(m) => m.set_lease(deadline_ns),
-            None => Ok(()),
-        }
+        self.lease.renew(deadline_ns)
+    }
+
+    /// The lease, to renew from another thread.
+    pub fn lease(&self) -> Lease {
+        self.lease.clone()
     }
 
     /// Answers for exactly `entries` (make before break in the maps), with `slots` as the

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tracing::{info, warn};
 
 use super::{
@@ -208,8 +208,9 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Binds the heartbeat port (IPv6 and IPv4, or IPv4 alone where there is no IPv6).
-    pub async fn bind(
+    /// Binds the heartbeat port (IPv6 and IPv4, or IPv4 alone where there is no IPv6); the
+    /// socket does not block.
+    pub fn bind(
         port: u16,
         node: &str,
         failure_timeout: Duration,
@@ -221,7 +222,6 @@ impl Membership {
             Ok(s) => s,
             Err(_) => bind_marked(socket2::Domain::IPV4, port)?,
         };
-        let udp = UdpSocket::from_std(udp)?;
         Ok(Self {
             udp,
             node: node.to_owned(),
@@ -278,9 +278,20 @@ impl Membership {
             != Some(&entry)
     }
 
+    /// The socket, for the thread's poll.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.udp
+    }
+
+    /// The next instant a peer alive now is declared dead if nothing more arrives.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        self.detector.next_deadline(now)
+    }
+
     /// Signs a heartbeat in `phase` and sends it to every peer; returns the peers it could not
-    /// be sent to. Nothing is sent without a secret.
-    pub async fn beat(
+    /// be sent to (a full send buffer included: the socket does not block). Nothing is sent
+    /// without a secret.
+    pub fn beat(
         &mut self,
         peers: &[(String, SocketAddr)],
         phase: Phase,
@@ -306,20 +317,27 @@ impl Membership {
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
-            if let Err(e) = self.udp.send_to(&datagram, addr).await {
+            if let Err(e) = self.udp.send_to(&datagram, addr) {
                 failed.push((*addr, e));
             }
         }
         failed
     }
 
-    /// Waits for one datagram and takes it into account; `true` when the alive set changed
-    /// (worth acting on at once: take over from a leaving peer, hand back to a ready one).
-    /// Cancel-safe: only the receive awaits.
-    pub async fn recv(&mut self) -> bool {
-        let Ok((n, from)) = self.udp.recv_from(&mut self.buf).await else {
-            return false;
+    /// Takes one waiting datagram into account: `None` when none waits, else whether the
+    /// alive set or a member's links or claims changed (worth acting on at once: take over
+    /// from a leaving peer, hand back to a ready one).
+    pub fn receive(&mut self) -> Option<bool> {
+        let (n, from) = match self.udp.recv_from(&mut self.buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+            Err(_) => return Some(false),
         };
+        Some(self.take(n, from))
+    }
+
+    /// Checks and takes the datagram of `n` bytes in the buffer, from `from`.
+    fn take(&mut self, n: usize, from: SocketAddr) -> bool {
         let now = Instant::now();
         let Some(datagram) = self.buf.get(..n) else {
             return false;
@@ -579,11 +597,22 @@ mod exchange_tests {
         }
     }
 
-    #[tokio::test]
-    async fn claims_go_until_acknowledged_and_a_version_2_peer_gets_version_2() {
+    /// Waits (up to 2 s) for the peer's datagram to reach `me`, and takes it.
+    fn wait(me: &mut Membership) -> bool {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(changed) = me.receive() {
+                return changed;
+            }
+            assert!(Instant::now() < until, "no datagram reached the agent");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn claims_go_until_acknowledged_and_a_version_2_peer_gets_version_2() {
         let metrics = Arc::new(AgentMetrics::new(std::env::temp_dir()));
         let mut me = Membership::bind(0, "me", Duration::from_secs(1), Some(KEY.to_vec()), metrics)
-            .await
             .expect("bind");
         let port = me.udp.local_addr().expect("addr").port();
         let me_at = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
@@ -594,7 +623,7 @@ mod exchange_tests {
         me.set_claims(Claims::new([vip]).expect("fits"));
 
         // Nothing heard from the peer yet: the list goes with the digest.
-        me.beat(&peers, Phase::Active).await;
+        me.beat(&peers, Phase::Active);
         let first = peer.receive();
         let digest = first.claims_digest;
         assert_ne!(digest, 0);
@@ -602,8 +631,8 @@ mod exchange_tests {
 
         // The peer, alive now, acknowledges: the next heartbeat carries the digest only.
         peer.send(me_at, first.epoch, true, digest);
-        assert!(me.recv().await, "the peer became alive");
-        me.beat(&peers, Phase::Active).await;
+        assert!(wait(&mut me), "the peer became alive");
+        me.beat(&peers, Phase::Active);
         let second = peer.receive();
         assert_eq!(second.claims_digest, digest);
         assert!(second.claims.is_none(), "acknowledged: no list");
@@ -611,14 +640,14 @@ mod exchange_tests {
 
         // A change: the list again, until acknowledged.
         me.set_claims(Claims::default());
-        me.beat(&peers, Phase::Active).await;
+        me.beat(&peers, Phase::Active);
         let third = peer.receive();
         assert_eq!(third.claims_digest, 0);
 
         // A fresh version 2 heartbeat (the peer downgraded): version 2 back.
         peer.send(me_at, first.epoch, false, 0);
-        me.recv().await;
-        me.beat(&peers, Phase::Active).await;
+        wait(&mut me);
+        me.beat(&peers, Phase::Active);
         let fourth = peer.receive();
         assert!(fourth.links.is_none(), "a version 2 peer gets version 2");
     }

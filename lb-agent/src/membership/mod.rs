@@ -7,6 +7,9 @@
 //! - [`links`]: what a node says of its announcing links (carrier, networks), in its heartbeats.
 //! - [`claims`]: the non-revertive VIPs a node holds, told to its peers.
 //! - [`driver`]: the UDP edge: sends this agent's heartbeats, receives and checks the peers'.
+//! - [`thread`]: runs the driver on a thread of its own, on time, and hands the agent a
+//!   [`detector::View`] when membership changed.
+//! - [`realtime`]: that thread's SCHED_FIFO and locked memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +18,8 @@ pub mod detector;
 pub mod driver;
 pub mod heartbeat;
 pub mod links;
+pub mod realtime;
+pub mod thread;
 
 /// Why a heartbeat was not taken into account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// Silence after which a peer is dead (and the data-path lease of this node's VIPs).
     #[arg(long, default_value = "180ms", value_parser = humantime::parse_duration)]
     pub failure_timeout: Duration,
+    /// SCHED_FIFO priority of the membership thread (heartbeats, failure detection, the
+    /// data-path lease), 1-99; 0 runs it as any other thread. Needs CAP_SYS_NICE; without it
+    /// the agent says so and runs without.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub membership_priority: u8,
     /// Where to serve /metrics, /healthz and /readyz (MetalLB's port by default).
     #[arg(long, default_value = "0.0.0.0:7472")]
     pub metrics_addr: SocketAddr,
