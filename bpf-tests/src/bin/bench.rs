@@ -359,10 +359,13 @@ impl Failover {
 /// How long each load runs.
 const LOAD_SPAN: Duration = Duration::from_secs(60);
 
+/// Ownership changes counted during one load, or why not.
+type Changes = Result<u64, String>;
+
 /// Ownership changes under load: every one is a false failover (nobody died).
 struct Steadiness {
     /// (load, at the defaults, at 10 ms / 30 ms without the real-time thread).
-    rows: Vec<(&'static str, Result<u64, String>, Result<u64, String>)>,
+    rows: Vec<(&'static str, Changes, Changes)>,
 }
 
 impl Steadiness {
@@ -399,7 +402,7 @@ impl Steadiness {
     }
 
     fn print(&self) {
-        let show = |r: &Result<u64, String>| match r {
+        let show = |r: &Changes| match r {
             Ok(n) => n.to_string(),
             Err(e) => format!("not measured ({e})"),
         };
