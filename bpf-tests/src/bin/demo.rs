@@ -255,7 +255,7 @@ fn main() -> Result<()> {
     say(
         "3. An agent on every node",
         "lb-agent run --node-name node-N --config-dir DIR --interface eth0\n\
-         Each agent loads the XDP program, sends the others a heartbeat every 50 ms (UDP 7946,\n\
+         Each agent loads the XDP program, sends the others a heartbeat every 10 ms (UDP 7946,\n\
          HMAC-SHA256 with the shared secret), and computes for every Service MetalLB's owner\n\
          among the live nodes: the same answer on every node, so there is nothing to negotiate.\n\
          The owner puts the VIPs in its XDP maps and on xdplb0, and announces them.",
@@ -455,7 +455,7 @@ fn main() -> Result<()> {
             "SIGKILL to {owner}'s agent, as if the host crashed: no goodbye. Its pinned XDP\n\
              program is still attached, but its entries are leased and the lease is no longer\n\
              renewed, so it falls silent; the others stop hearing its heartbeats, declare it\n\
-             dead after 180 ms and the next node in MetalLB's order takes web over, with\n\
+             dead after 30 ms and the next node in MetalLB's order takes web over, with\n\
              gratuitous ARP and unsolicited NA. The client sends an ARP request every 10 ms, as\n\
              `cargo xtask bench` does: the figure is from the kill to the first reply from\n\
              another node."

@@ -23,10 +23,6 @@ use std::{
 pub use super::heartbeat::Phase;
 use super::{Members, claims::Claims, links::Links};
 
-/// Default silence after which a peer is dead: with heartbeats every 50 ms, three missed ones
-/// and some jitter, detection stays well under the 200 ms p99 failover target (DESIGN.md §6).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(180);
-
 /// Runs of one sender whose highest sequence number is remembered: more than any sender
 /// restarts within a receiver's run in practice; past it the oldest is forgotten.
 const RUNS_REMEMBERED: usize = 16;

@@ -60,11 +60,14 @@ pub struct RunArgs {
     /// UDP port of the membership heartbeats (MetalLB's memberlist port).
     #[arg(long, default_value_t = 7946)]
     pub port: u16,
-    /// How often a heartbeat goes to every peer.
-    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    /// How often a heartbeat goes to every peer. With the timeout, chosen so that failover's
+    /// p99 stays under 50 ms and a node with saturated CPUs or a loaded segment is never taken
+    /// for dead (the bench's `failover` and `load` rows; README "Failover tuning").
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
-    /// Silence after which a peer is dead (and the data-path lease of this node's VIPs).
-    #[arg(long, default_value = "180ms", value_parser = humantime::parse_duration)]
+    /// Silence after which a peer is dead (and the data-path lease of this node's VIPs): three
+    /// intervals, so that two lost datagrams in a row move nothing.
+    #[arg(long, default_value = "30ms", value_parser = humantime::parse_duration)]
     pub failure_timeout: Duration,
     /// SCHED_FIFO priority of the membership thread (heartbeats, failure detection, the
     /// data-path lease), 1-99; 0 runs it as any other thread. Needs CAP_SYS_NICE; without it
