@@ -19,7 +19,10 @@ pub mod driver;
 pub mod heartbeat;
 pub mod links;
 pub mod realtime;
+pub mod ring;
+pub mod simulation;
 pub mod thread;
+pub mod verdicts;
 
 /// Why a heartbeat was not taken into account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
