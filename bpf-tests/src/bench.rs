@@ -6,5 +6,6 @@ pub mod bgp;
 pub mod controller;
 pub mod failover;
 pub mod ipam;
+pub mod membership;
 pub mod spread;
 pub mod xdp;

@@ -6,6 +6,8 @@
 //! - `ipam`: the allocator against MetalLB's linear search (`bpf_tests::bench::ipam`).
 //! - `controller`: the controller at scale (`bpf_tests::bench::controller`).
 //! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::bench::failover`).
+//! - `membership`: heartbeats per node and detection at 30, 100 and 1,000 nodes on simulated
+//!   time, against the full mesh (`bpf_tests::bench::membership`).
 //! - `load`: ownership changes while every CPU is saturated and while the segment carries a
 //!   bulk transfer, against the same timers without the real-time membership thread.
 //! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::bench::spread`).
@@ -24,6 +26,7 @@ enum Section {
     Controller,
     Failover,
     Load,
+    Membership,
     Spread,
     Agent,
     Bgp,
@@ -31,13 +34,14 @@ enum Section {
 
 impl Section {
     /// In the order the table prints them.
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 10] = [
         Section::Cost,
         Section::Flood,
         Section::Ipam,
         Section::Controller,
         Section::Failover,
         Section::Load,
+        Section::Membership,
         Section::Spread,
         Section::Agent,
         Section::Bgp,
@@ -55,12 +59,13 @@ impl FromStr for Section {
             "controller" => Section::Controller,
             "failover" => Section::Failover,
             "load" => Section::Load,
+            "membership" => Section::Membership,
             "spread" => Section::Spread,
             "agent" => Section::Agent,
             "bgp" => Section::Bgp,
             other => {
                 return Err(format!(
-                    "no section {other:?} (cost, flood, ipam, controller, failover, load, spread, agent, bgp)"
+                    "no section {other:?} (cost, flood, ipam, controller, failover, load, membership, spread, agent, bgp)"
                 ));
             }
         })
@@ -76,6 +81,7 @@ struct Table {
     controller: Option<bpf_tests::bench::controller::ScaleFigures>,
     failover: Option<Failover>,
     load: Option<Steadiness>,
+    membership: Option<Vec<Result<bpf_tests::bench::membership::Scale, String>>>,
     spread: Option<bpf_tests::bench::spread::SpreadFigures>,
     agent: Option<AgentScale>,
     bgp: Option<bpf_tests::bench::bgp::BgpFigures>,
@@ -112,6 +118,7 @@ fn main() -> Result<()> {
             Section::Controller => t.controller.iter().for_each(print_scale),
             Section::Failover => t.failover.iter().for_each(Failover::print),
             Section::Load => t.load.iter().for_each(Steadiness::print),
+            Section::Membership => t.membership.iter().for_each(|m| print_membership(m)),
             Section::Spread => t.spread.iter_mut().for_each(|f| f.print()),
             Section::Agent => t.agent.iter().for_each(AgentScale::print),
             Section::Bgp => t.bgp.iter().for_each(|f| f.print()),
@@ -174,6 +181,13 @@ fn measure(sections: &[Section]) -> Result<Table> {
             "failover: {FAILOVER_RUNS} SIGKILLs of the owner each, xdplb then keepalived (advert 10 ms and 1 s)..."
         );
         t.failover = Some(Failover::measure()?);
+    }
+    if on(Section::Membership) {
+        eprintln!(
+            "membership: {:?} nodes on simulated time, crashes one at a time...",
+            bpf_tests::bench::membership::SIZES
+        );
+        t.membership = Some(bpf_tests::bench::membership::run());
     }
     if on(Section::Load) {
         eprintln!(
@@ -413,6 +427,28 @@ impl Steadiness {
                 show(defaults),
                 show(plain)
             );
+        }
+    }
+}
+
+fn print_membership(rows: &[Result<bpf_tests::bench::membership::Scale, String>]) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for row in rows {
+        match row {
+            Ok(s) => println!(
+                "| L2 membership, {} nodes on simulated time (10 ms heartbeats, 30 ms timeout): heartbeats sent per node per second; crash → every node holds it dead, p50 / p99 (ms) | {:.0}/s; {:.1} / {:.1} ms ({} crashes; {:.0} other datagrams per crash and return, group-wide) | full mesh: {:.0}/s per node, detection ≤ 30 ms | {:.3}× | flat in the group's size |",
+                s.nodes,
+                s.heartbeats,
+                ms(s.detection.0),
+                ms(s.detection.1),
+                s.failures,
+                s.per_failure,
+                s.mesh,
+                s.heartbeats / s.mesh
+            ),
+            Err(e) => {
+                println!("| L2 membership on simulated time | not measured ({e}) | — | — | — |")
+            }
         }
     }
 }
