@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bgp;
 pub mod controller;
 pub mod failover;
+pub mod group_size;
 pub mod ipam;
 pub mod membership;
 pub mod spread;

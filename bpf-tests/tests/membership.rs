@@ -952,3 +952,37 @@ fn the_membership_thread_runs_real_time_and_says_when_it_may_not() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A Node in the configuration whose address nobody answers (a host powered off, with its
+/// ARP entry gone): every heartbeat to it waits in the kernel for an ARP answer that never
+/// comes. The other peers must still get theirs, on time, for as long as it lasts.
+#[test]
+fn a_peer_whose_address_nobody_answers_holds_no_other_heartbeat_back() {
+    if !privileged("a_peer_whose_address_nobody_answers_holds_no_other_heartbeat_back") {
+        return;
+    }
+    let ghost = "---\napiVersion: v1\nkind: Node\nmetadata: {name: node-9, labels: {kubernetes.io/hostname: node-9}}\nstatus:\n  addresses: [{type: InternalIP, address: \"10.210.0.99\"}]\n";
+    let g = Group::start_config("gh", &[], |lab| {
+        bpf_tests::harness::group::config_yaml(lab, "{}") + ghost
+    });
+    let takeovers = |g: &Group| -> f64 {
+        (0..3)
+            .map(|i| sample(&g.metrics(i), "xdplb_layer2_takeovers_total", &[]).unwrap_or(0.0))
+            .sum()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let before = takeovers(&g);
+    // Long enough for the kernel's queue of datagrams waiting on the ghost's address to fill
+    // any socket buffer several times over.
+    std::thread::sleep(Duration::from_secs(8));
+    for i in 0..3 {
+        assert_eq!(
+            sample(&g.metrics(i), "xdplb_membership_peers_alive", &[]),
+            Some(2.0),
+            "{} lost its peers:\n{}",
+            g.names[i],
+            g.logs()
+        );
+    }
+    assert_eq!(takeovers(&g), before, "VIPs moved:\n{}", g.logs());
+}

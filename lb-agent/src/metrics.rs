@@ -251,7 +251,10 @@ impl prometheus_client::collector::Collector for Datapath {
 }
 
 /// Detection latencies: from a few heartbeat intervals up to seconds.
-const DETECTION_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
+/// Fine around the default 30 ms timeout, and up to the slowest timers anyone sets.
+const DETECTION_BUCKETS: [f64; 15] = [
+    0.01, 0.02, 0.025, 0.03, 0.035, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 5.0,
+];
 
 impl AgentMetrics {
     /// The metrics of an agent whose maps are pinned under `bpffs`.

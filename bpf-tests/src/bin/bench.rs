@@ -8,6 +8,8 @@
 //! - `failover`: SIGKILL of the owner, against keepalived (`bpf_tests::bench::failover`).
 //! - `membership`: heartbeats per node and detection at 30, 100 and 1,000 nodes on simulated
 //!   time, against the full mesh (`bpf_tests::bench::membership`).
+//! - `groups`: real agents in the lab, 3, 30 and 100 of them: heartbeats received per agent
+//!   per second and detection (`bpf_tests::bench::group_size`).
 //! - `load`: ownership changes while every CPU is saturated and while the segment carries a
 //!   bulk transfer, against the same timers without the real-time membership thread.
 //! - `spread`: active-active Layer 2 against single-owner (`bpf_tests::bench::spread`).
@@ -27,6 +29,7 @@ enum Section {
     Failover,
     Load,
     Membership,
+    Groups,
     Spread,
     Agent,
     Bgp,
@@ -34,7 +37,7 @@ enum Section {
 
 impl Section {
     /// In the order the table prints them.
-    const ALL: [Section; 10] = [
+    const ALL: [Section; 11] = [
         Section::Cost,
         Section::Flood,
         Section::Ipam,
@@ -42,6 +45,7 @@ impl Section {
         Section::Failover,
         Section::Load,
         Section::Membership,
+        Section::Groups,
         Section::Spread,
         Section::Agent,
         Section::Bgp,
@@ -60,12 +64,13 @@ impl FromStr for Section {
             "failover" => Section::Failover,
             "load" => Section::Load,
             "membership" => Section::Membership,
+            "groups" => Section::Groups,
             "spread" => Section::Spread,
             "agent" => Section::Agent,
             "bgp" => Section::Bgp,
             other => {
                 return Err(format!(
-                    "no section {other:?} (cost, flood, ipam, controller, failover, load, membership, spread, agent, bgp)"
+                    "no section {other:?} (cost, flood, ipam, controller, failover, load, membership, groups, spread, agent, bgp)"
                 ));
             }
         })
@@ -82,6 +87,7 @@ struct Table {
     failover: Option<Failover>,
     load: Option<Steadiness>,
     membership: Option<Vec<Result<bpf_tests::bench::membership::Scale, String>>>,
+    groups: Option<Vec<Result<bpf_tests::bench::group_size::GroupFigures, String>>>,
     spread: Option<bpf_tests::bench::spread::SpreadFigures>,
     agent: Option<AgentScale>,
     bgp: Option<bpf_tests::bench::bgp::BgpFigures>,
@@ -119,6 +125,7 @@ fn main() -> Result<()> {
             Section::Failover => t.failover.iter().for_each(Failover::print),
             Section::Load => t.load.iter().for_each(Steadiness::print),
             Section::Membership => t.membership.iter().for_each(|m| print_membership(m)),
+            Section::Groups => t.groups.iter().for_each(|g| print_groups(g)),
             Section::Spread => t.spread.iter_mut().for_each(|f| f.print()),
             Section::Agent => t.agent.iter().for_each(AgentScale::print),
             Section::Bgp => t.bgp.iter().for_each(|f| f.print()),
@@ -188,6 +195,15 @@ fn measure(sections: &[Section]) -> Result<Table> {
             bpf_tests::bench::membership::SIZES
         );
         t.membership = Some(bpf_tests::bench::membership::run());
+    }
+    if on(Section::Groups) {
+        eprintln!("groups: 3, 30 and 100 real agents in the lab, each a kill...");
+        t.groups = Some(
+            GROUPS
+                .iter()
+                .map(|(n, i, f)| bpf_tests::bench::group_size::measure(*n, i, f))
+                .collect(),
+        );
     }
     if on(Section::Load) {
         eprintln!(
@@ -427,6 +443,37 @@ impl Steadiness {
                 show(defaults),
                 show(plain)
             );
+        }
+    }
+}
+
+/// Group sizes in the lab and their timers. A full mesh of 100 agents at 10 ms is a million
+/// datagrams a second, and at 100 ms its bursts (99 datagrams per agent and beat) overflow the
+/// lab's veth backlog on 2 CPUs; that row heartbeats every second.
+const GROUPS: [(usize, &str, &str); 3] =
+    [(3, "10ms", "30ms"), (30, "10ms", "30ms"), (100, "1s", "3s")];
+
+fn print_groups(rows: &[Result<bpf_tests::bench::group_size::GroupFigures, String>]) {
+    for row in rows {
+        match row {
+            Ok(g) => {
+                let per_interval: f64 = match g.interval {
+                    "1s" => 1.0,
+                    _ => 100.0,
+                };
+                println!(
+                    "| L2 membership in the lab, {} real agents (heartbeats every {}): heartbeats received per agent per second; detection mean, p99 (ms) | {:.0}/s; mean {:.1} ms, p99 ≤ {:.0} ms | full mesh: (n − 1) × {:.0} = {:.0}/s | {:.2}× | flat in the group's size |",
+                    g.nodes,
+                    g.interval,
+                    g.received,
+                    g.detection_mean.as_secs_f64() * 1e3,
+                    g.detection_p99_at_most * 1e3,
+                    per_interval,
+                    (g.nodes - 1) as f64 * per_interval,
+                    g.received / ((g.nodes - 1) as f64 * per_interval)
+                );
+            }
+            Err(e) => println!("| L2 membership in the lab | not measured ({e}) | — | — | — |"),
         }
     }
 }

@@ -169,6 +169,20 @@ pub const HEARTBEAT_TOS: u32 = 48 << 2;
 /// TC_PRIO_CONTROL, lands in the same band but needs CAP_NET_ADMIN.)
 pub const HEARTBEAT_PRIORITY: u32 = 6;
 
+/// A socket that sends heartbeats to one peer: marked like the listening one, on a port of
+/// its own. One per peer, because the kernel charges datagrams waiting for a peer's ARP or ND
+/// answer to the socket that sent them: a peer whose address nobody answers (powered off)
+/// would fill a shared socket's buffer and silence every heartbeat to the others.
+fn sender_for(peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let domain = match peer {
+        SocketAddr::V4(_) => socket2::Domain::IPV4,
+        SocketAddr::V6(_) => socket2::Domain::IPV6,
+    };
+    let s = bind_marked(domain, 0)?;
+    s.connect(peer)?;
+    Ok(s)
+}
+
 /// The heartbeat socket on `port` of every address of `domain` (IPv6 dual-stack), its
 /// datagrams marked [`HEARTBEAT_TOS`] for both families and queued at [`HEARTBEAT_PRIORITY`].
 fn bind_marked(domain: socket2::Domain, port: u16) -> std::io::Result<std::net::UdpSocket> {
@@ -193,6 +207,8 @@ fn bind_marked(domain: socket2::Domain, port: u16) -> std::io::Result<std::net::
 /// Membership's socket, detector and secret.
 pub struct Membership {
     udp: UdpSocket,
+    /// One sending socket per peer address ([`sender_for`]).
+    senders: BTreeMap<SocketAddr, UdpSocket>,
     node: String,
     beats: Beats,
     detector: Detector,
@@ -231,6 +247,7 @@ impl Membership {
         };
         Ok(Self {
             udp,
+            senders: BTreeMap::new(),
             node: node.to_owned(),
             beats: Beats {
                 node: node.to_owned(),
@@ -308,6 +325,8 @@ impl Membership {
         let Some(key) = self.keys.signing(Instant::now()) else {
             return failed;
         };
+        self.senders
+            .retain(|addr, _| peers.iter().any(|(_, a)| a == addr));
         for (node, addr) in peers {
             // Signed for each peer: each gets its own run echoed.
             hb.echo = self.detector.echo_for(node);
@@ -324,7 +343,22 @@ impl Membership {
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
-            if let Err(e) = self.udp.send_to(&datagram, addr) {
+            if !self.senders.contains_key(addr) {
+                match sender_for(*addr) {
+                    Ok(s) => {
+                        self.senders.insert(*addr, s);
+                    }
+                    Err(e) => {
+                        failed.push((*addr, e));
+                        continue;
+                    }
+                }
+            }
+            let sent = match self.senders.get(addr) {
+                Some(s) => s.send(&datagram),
+                None => self.udp.send_to(&datagram, addr),
+            };
+            if let Err(e) = sent {
                 failed.push((*addr, e));
             }
         }

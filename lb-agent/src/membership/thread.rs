@@ -181,11 +181,15 @@ struct Ready {
 impl Loop {
     fn run(mut self) {
         let mut next_beat = Instant::now();
+        // Whether membership may have changed since the last look: a look walks every peer,
+        // so it runs on a change or a deadline, not on every datagram.
+        let mut look = true;
         loop {
             let now = Instant::now();
+            let deadline = self.m.next_deadline(now);
             let mut until = next_beat;
-            if let Some(deadline) = self.m.next_deadline(now) {
-                until = until.min(deadline);
+            if let Some(d) = deadline {
+                until = until.min(d);
             }
             if self.pending.is_some() {
                 until = until.min(now + RETRY);
@@ -195,18 +199,23 @@ impl Loop {
                 self.drain_wake();
                 match self.commands() {
                     Next::Stop => return,
-                    Next::BeatNow => next_beat = Instant::now(),
+                    Next::BeatNow => {
+                        next_beat = Instant::now();
+                        look = true;
+                    }
                     Next::Go => {}
                 }
             }
             if ready.socket {
                 for _ in 0..BATCH {
-                    if self.m.receive().is_none() {
-                        break;
+                    match self.m.receive() {
+                        Some(changed) => look |= changed,
+                        None => break,
                     }
                 }
             }
             let now = Instant::now();
+            look |= deadline.is_some_and(|d| now >= d);
             if now >= next_beat {
                 self.beat();
                 next_beat += self.interval;
@@ -215,8 +224,12 @@ impl Loop {
                     next_beat = now + self.interval;
                 }
             }
-            let view = self.m.look(Instant::now());
-            self.offer(view);
+            if std::mem::take(&mut look) {
+                let view = self.m.look(Instant::now());
+                self.offer(view);
+            } else if let Some(view) = self.pending.take() {
+                self.offer(view);
+            }
         }
     }
 
