@@ -184,11 +184,14 @@ impl Loop {
         // Whether membership may have changed since the last look: a look walks every peer,
         // so it runs on a change or a deadline, not on every datagram.
         let mut look = true;
+        // The earliest deadline as of the last look. Heartbeats since only move deadlines
+        // later, so waking here is never late; a deadline read afresh each turn would drop a
+        // peer that went past it between two turns, and that peer would never be looked at.
+        let mut look_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            let deadline = self.m.next_deadline(now);
             let mut until = next_beat;
-            if let Some(d) = deadline {
+            if let Some(d) = look_at {
                 until = until.min(d);
             }
             if self.pending.is_some() {
@@ -215,7 +218,7 @@ impl Loop {
                 }
             }
             let now = Instant::now();
-            look |= deadline.is_some_and(|d| now >= d);
+            look |= look_at.is_some_and(|d| now >= d);
             if now >= next_beat {
                 self.beat();
                 next_beat += self.interval;
@@ -225,7 +228,9 @@ impl Loop {
                 }
             }
             if std::mem::take(&mut look) {
-                let view = self.m.look(Instant::now());
+                let now = Instant::now();
+                let view = self.m.look(now);
+                look_at = self.m.next_deadline(now);
                 self.offer(view);
             } else if let Some(view) = self.pending.take() {
                 self.offer(view);
