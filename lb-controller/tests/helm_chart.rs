@@ -17,7 +17,7 @@ use std::{
 use serde_json::{Value, json};
 
 mod common;
-use common::{kubernetes_validate, kustomize, required, root, validator};
+use common::{kubernetes_validate, kustomize, pinned_tool, root, validator};
 
 const NS: &str = "metallb-system";
 /// The labels Helm's conventions add; the kustomization has none of them.
@@ -32,19 +32,9 @@ fn chart() -> PathBuf {
     root().join("deploy/helm/xdplb")
 }
 
-/// The pinned SDK's Python; `None` (a skip) outside `cargo xtask test` when it is missing.
+/// The pinned SDK's Python.
 fn python() -> Option<PathBuf> {
-    let python = root().join("target/tools/helm/bin/python");
-    if python.exists() {
-        return Some(python);
-    }
-    assert!(
-        !required(),
-        "{} is missing: cargo xtask setup",
-        python.display()
-    );
-    eprintln!("skipped: no {} (cargo xtask setup)", python.display());
-    None
+    pinned_tool("target/tools/helm/bin/python")
 }
 
 /// Runs deploy/helm/render.py; `Err` is its stderr (Helm's message).

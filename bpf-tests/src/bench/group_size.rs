@@ -18,7 +18,7 @@ use crate::{
 #[derive(Debug)]
 pub struct GroupFigures {
     pub nodes: usize,
-    pub interval: &'static str,
+    pub interval: Duration,
     /// Heartbeats each agent accepted per second at rest (mean over the agents).
     pub received: f64,
     /// Detection, from the histogram the survivors filled: the mean, and the bucket holding
@@ -54,8 +54,10 @@ fn buckets(text: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `n` agents with `timers`; `interval` is how the figures name them.
-pub fn measure(n: usize, interval: &'static str, timeout: &str) -> Result<GroupFigures, String> {
+/// `n` agents heartbeating every `interval`, dead after `timeout`.
+pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures, String> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let (every, dead_after) = (ms(interval), ms(timeout));
     let lab = Lab::new("gz", n);
     // Node addresses run from .11 up: the pool keeps clear of them.
     let config =
@@ -74,9 +76,9 @@ pub fn measure(n: usize, interval: &'static str, timeout: &str) -> Result<GroupF
                 "--mode",
                 "xdp-native",
                 "--heartbeat-interval",
-                interval,
+                &every,
                 "--failure-timeout",
-                timeout,
+                &dead_after,
             ],
         );
         a.wait_for_log("running;", Duration::from_secs(30));

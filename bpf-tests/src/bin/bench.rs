@@ -201,7 +201,7 @@ fn measure(sections: &[Section]) -> Result<Table> {
         t.groups = Some(
             GROUPS
                 .iter()
-                .map(|(n, i, f)| bpf_tests::bench::group_size::measure(*n, i, f))
+                .map(|&(n, i, f)| bpf_tests::bench::group_size::measure(n, i, f))
                 .collect(),
         );
     }
@@ -450,21 +450,21 @@ impl Steadiness {
 /// Group sizes in the lab and their timers. A full mesh of 100 agents at 10 ms is a million
 /// datagrams a second, and at 100 ms its bursts (99 datagrams per agent and beat) overflow the
 /// lab's veth backlog on 2 CPUs; that row heartbeats every second.
-const GROUPS: [(usize, &str, &str); 3] =
-    [(3, "10ms", "30ms"), (30, "10ms", "30ms"), (100, "1s", "3s")];
+const GROUPS: [(usize, Duration, Duration); 3] = [
+    (3, Duration::from_millis(10), Duration::from_millis(30)),
+    (30, Duration::from_millis(10), Duration::from_millis(30)),
+    (100, Duration::from_secs(1), Duration::from_secs(3)),
+];
 
 fn print_groups(rows: &[Result<bpf_tests::bench::group_size::GroupFigures, String>]) {
     for row in rows {
         match row {
             Ok(g) => {
-                let per_interval: f64 = match g.interval {
-                    "1s" => 1.0,
-                    _ => 100.0,
-                };
+                let per_interval = 1.0 / g.interval.as_secs_f64();
                 println!(
-                    "| L2 membership in the lab, {} real agents (heartbeats every {}): heartbeats received per agent per second; detection mean, p99 (ms) | {:.0}/s; mean {:.1} ms, p99 ≤ {:.0} ms | full mesh: (n − 1) × {:.0} = {:.0}/s | {:.2}× | flat in the group's size |",
+                    "| L2 membership in the lab, {} real agents (heartbeats every {} ms): heartbeats received per agent per second; detection mean, p99 (ms) | {:.0}/s; mean {:.1} ms, p99 ≤ {:.0} ms | full mesh: (n − 1) × {:.0} = {:.0}/s | {:.2}× | flat in the group's size |",
                     g.nodes,
-                    g.interval,
+                    g.interval.as_millis(),
                     g.received,
                     g.detection_mean.as_secs_f64() * 1e3,
                     g.detection_p99_at_most * 1e3,

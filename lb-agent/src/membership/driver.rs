@@ -343,22 +343,17 @@ impl Membership {
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
-            if !self.senders.contains_key(addr) {
-                match sender_for(*addr) {
-                    Ok(s) => {
-                        self.senders.insert(*addr, s);
-                    }
+            let sender = match self.senders.entry(*addr) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => match sender_for(*addr) {
+                    Ok(s) => v.insert(s),
                     Err(e) => {
                         failed.push((*addr, e));
                         continue;
                     }
-                }
-            }
-            let sent = match self.senders.get(addr) {
-                Some(s) => s.send(&datagram),
-                None => self.udp.send_to(&datagram, addr),
+                },
             };
-            if let Err(e) = sent {
+            if let Err(e) = sender.send(&datagram) {
                 failed.push((*addr, e));
             }
         }

@@ -114,8 +114,11 @@ impl Sim {
         self.now.duration_since(self.t0)
     }
 
+    /// The nodes stand in name order, as on the ring.
     pub fn index(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
     }
 
     /// Stops node `i` at once (a crash: nothing more from it).
@@ -198,7 +201,7 @@ impl Sim {
                 Payload::Heartbeat { run, seq, digest } => {
                     v.heartbeat(&sender, run, seq, digest, now)
                 }
-                Payload::Message(m) => v.receive(&sender, m, now),
+                Payload::Message(m) => v.receive(&sender, m),
             };
             self.send_all(to, out);
         }

@@ -362,8 +362,8 @@ impl Verdicts {
         }
     }
 
-    /// A message from `from`, at `now`.
-    pub fn receive(&mut self, from: &str, message: Message, now: Instant) -> Vec<Outgoing> {
+    /// A message from `from`.
+    pub fn receive(&mut self, from: &str, message: Message) -> Vec<Outgoing> {
         match message {
             Message::Verdict { subject, status } => {
                 if self.learn(&subject, status) || !status.dead {
@@ -374,7 +374,7 @@ impl Verdicts {
                 match self.suspects.get_mut(&subject) {
                     Some(agree) => {
                         agree.insert(from.to_owned());
-                        self.confirm(&subject, now)
+                        self.confirm(&subject)
                     }
                     None => Vec::new(),
                 }
@@ -407,7 +407,7 @@ impl Verdicts {
                             .insert(from.to_owned());
                     }
                 }
-                self.confirm(&subject, now)
+                self.confirm(&subject)
             }
         }
     }
@@ -425,7 +425,7 @@ impl Verdicts {
 
     /// Confirms the failure of `subject` if this node suspects it and another monitor does
     /// too, or no other monitor is alive.
-    fn confirm(&mut self, subject: &str, _now: Instant) -> Vec<Outgoing> {
+    fn confirm(&mut self, subject: &str) -> Vec<Outgoing> {
         let Some(agree) = self.suspects.get(subject) else {
             return Vec::new();
         };
@@ -545,7 +545,7 @@ impl Verdicts {
             let status = self.silent_since(&subject);
             self.vouched(&subject, status);
             out.extend(self.tell_monitors(&subject, &dead));
-            out.extend(self.confirm(&subject, now));
+            out.extend(self.confirm(&subject));
         }
         out
     }

@@ -59,23 +59,28 @@ pub fn kustomize(name: &str, resources: &[&str], components: &[&str]) -> Option<
     Some(lb_controller::config::manifest::documents(&dir, &text).expect("rendered YAML"))
 }
 
-/// The pinned `kubernetes-validate` that `cargo xtask setup` installs; `None` (a skip) when
-/// it is missing outside `cargo xtask test`.
-pub fn validator() -> Option<PathBuf> {
-    let validator = root().join("target/tools/validate/bin/kubernetes-validate");
-    if validator.exists() {
-        return Some(validator);
+/// A tool `cargo xtask setup` pins under the workspace (`relative` to its root); `None` (a
+/// skip) when it is missing outside `cargo xtask test`.
+pub fn pinned_tool(relative: &str) -> Option<PathBuf> {
+    let tool = root().join(relative);
+    if tool.exists() {
+        return Some(tool);
     }
     assert!(
         !required(),
         "{} is missing: cargo xtask setup",
-        validator.display()
+        tool.display()
     );
     eprintln!(
         "skipped: no {} (cargo xtask setup installs it)",
-        validator.display()
+        tool.display()
     );
     None
+}
+
+/// The pinned `kubernetes-validate`.
+pub fn validator() -> Option<PathBuf> {
+    pinned_tool("target/tools/validate/bin/kubernetes-validate")
 }
 
 /// Runs `kubernetes-validate --strict` over the YAML documents `yaml`, asserts that it passes,
