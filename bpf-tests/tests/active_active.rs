@@ -7,12 +7,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-/// The timers these tests were written against. At the 10 ms / 30 ms defaults the node that
-/// takes a cut node's slots sometimes tells only a few of its recorded clients (seen in CI,
-/// and one local run in three): open in issue 19's note, to be understood before these run
-/// at the defaults.
-const FORMER_TIMERS: &[&str] = &["--heartbeat-interval", "50ms", "--failure-timeout", "180ms"];
-
 use bpf_tests::{
     harness::agent::workspace_bin,
     harness::fleet::{self, Fleet},
@@ -92,7 +86,7 @@ fn clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move() {
     if !privileged("clients_spread_over_three_nodes_and_only_a_dead_nodes_clients_move") {
         return;
     }
-    let mut g = Group::start_config("aa", FORMER_TIMERS, config);
+    let mut g = Group::start_config("aa", &[], config);
     let fleet = Fleet::attach(&g.lab, "aa", CLIENTS);
     let macs = g.macs.clone();
     let name_of = |mac: &Option<String>| {
@@ -302,7 +296,7 @@ fn a_node_cut_off_and_back_calls_its_clients_back() {
     if !privileged("a_node_cut_off_and_back_calls_its_clients_back") {
         return;
     }
-    let g = Group::start_config("ab", FORMER_TIMERS, config);
+    let g = Group::start_config("ab", &[], config);
     let fleet = Fleet::attach(&g.lab, "ab", 24);
     let name_of = |mac: Option<String>| mac.and_then(|m| g.macs.get(&m).cloned());
     let want = fleet.owners(VIP4, &g.names);

@@ -180,57 +180,36 @@ struct Ready {
 
 impl Loop {
     fn run(mut self) {
-        let mut next_beat = Instant::now();
-        // Whether membership may have changed since the last look: a look walks every peer,
-        // so it runs on a change or a deadline, not on every datagram.
-        let mut look = true;
-        // The earliest deadline as of the last look. Heartbeats since only move deadlines
-        // later, so waking here is never late; a deadline read afresh each turn would drop a
-        // peer that went past it between two turns, and that peer would never be looked at.
-        let mut look_at: Option<Instant> = None;
+        let mut clock = Clock::new(Instant::now(), self.interval);
         loop {
             let now = Instant::now();
-            let mut until = next_beat;
-            if let Some(d) = look_at {
-                until = until.min(d);
-            }
-            if self.pending.is_some() {
-                until = until.min(now + RETRY);
-            }
+            let until = clock.wake_at(now, self.pending.is_some());
             let ready = self.poll(until.saturating_duration_since(now));
             if ready.wake {
                 self.drain_wake();
                 match self.commands() {
                     Next::Stop => return,
-                    Next::BeatNow => {
-                        next_beat = Instant::now();
-                        look = true;
-                    }
+                    Next::BeatNow => clock.beat_now(Instant::now()),
                     Next::Go => {}
                 }
             }
             if ready.socket {
                 for _ in 0..BATCH {
                     match self.m.receive() {
-                        Some(changed) => look |= changed,
+                        Some(true) => clock.changed(),
+                        Some(false) => {}
                         None => break,
                     }
                 }
             }
-            let now = Instant::now();
-            look |= look_at.is_some_and(|d| now >= d);
-            if now >= next_beat {
+            let due = clock.due(Instant::now());
+            if due.beat {
                 self.beat();
-                next_beat += self.interval;
-                if next_beat <= now {
-                    // Behind (the thread was stopped): on time from now, no burst.
-                    next_beat = now + self.interval;
-                }
             }
-            if std::mem::take(&mut look) {
+            if due.look {
                 let now = Instant::now();
                 let view = self.m.look(now);
-                look_at = self.m.next_deadline(now);
+                clock.looked(self.m.next_deadline(now));
                 self.offer(view);
             } else if let Some(view) = self.pending.take() {
                 self.offer(view);
@@ -375,4 +354,132 @@ enum Next {
     Go,
     BeatNow,
     Stop,
+}
+
+/// When the thread wakes and what is due then: pure, time passed in.
+#[derive(Debug)]
+struct Clock {
+    interval: Duration,
+    next_beat: Instant,
+    /// Whether membership may have changed since the last look: a look walks every peer, so
+    /// it runs on a change or a deadline, not on every datagram.
+    look: bool,
+    /// The earliest deadline as of the last look. Heartbeats since only move deadlines later,
+    /// so waking here is never late; a deadline read afresh each turn would drop a peer that
+    /// went past it between two turns, and that peer would never be looked at.
+    look_at: Option<Instant>,
+}
+
+/// What is due at a wake-up.
+#[derive(Debug)]
+struct Due {
+    beat: bool,
+    look: bool,
+}
+
+impl Clock {
+    fn new(now: Instant, interval: Duration) -> Self {
+        Self {
+            interval,
+            next_beat: now,
+            look: true,
+            look_at: None,
+        }
+    }
+
+    /// When to wake at the latest: the next heartbeat, the next deadline, or soon when a
+    /// View waits for the agent.
+    fn wake_at(&self, now: Instant, pending: bool) -> Instant {
+        let mut until = self.next_beat;
+        if let Some(d) = self.look_at {
+            until = until.min(d);
+        }
+        if pending {
+            until = until.min(now + RETRY);
+        }
+        until
+    }
+
+    /// Something the heartbeats say changed: beat and look now.
+    fn beat_now(&mut self, now: Instant) {
+        self.next_beat = now;
+        self.look = true;
+    }
+
+    /// A datagram changed membership: look.
+    fn changed(&mut self) {
+        self.look = true;
+    }
+
+    /// What is due at `now`; a heartbeat due is counted as sent.
+    fn due(&mut self, now: Instant) -> Due {
+        let beat = now >= self.next_beat;
+        if beat {
+            self.next_beat += self.interval;
+            if self.next_beat <= now {
+                // Behind (the thread was stopped): on time from now, no burst.
+                self.next_beat = now + self.interval;
+            }
+        }
+        let look = std::mem::take(&mut self.look) || self.look_at.is_some_and(|d| now >= d);
+        Due { beat, look }
+    }
+
+    /// A look was made; `deadline` is the earliest one after it.
+    fn looked(&mut self, deadline: Option<Instant>) {
+        self.look_at = deadline;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// (heartbeat due, look due)
+    fn due(c: &mut Clock, now: Instant) -> (bool, bool) {
+        let d = c.due(now);
+        (d.beat, d.look)
+    }
+
+    #[test]
+    fn a_deadline_passed_between_two_turns_is_looked_at() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0, 10 * MS);
+        assert_eq!(due(&mut c, t0), (true, true));
+        // The look at t0 found a peer due at t0 + 25 ms.
+        c.looked(Some(t0 + 25 * MS));
+        assert_eq!(c.wake_at(t0, false), t0 + 10 * MS);
+        assert_eq!(due(&mut c, t0 + 10 * MS), (true, false));
+        assert_eq!(due(&mut c, t0 + 20 * MS), (true, false));
+        assert_eq!(c.wake_at(t0 + 20 * MS, false), t0 + 25 * MS);
+        // The thread woke late, past both the deadline and the next heartbeat, with nothing
+        // changed by any datagram: the deadline still makes it look.
+        assert_eq!(due(&mut c, t0 + 31 * MS), (true, true));
+        // Until the next look, the old deadline stands (it is never late to look again).
+        assert!(c.due(t0 + 32 * MS).look);
+        c.looked(None);
+        assert_eq!(due(&mut c, t0 + 33 * MS), (false, false));
+    }
+
+    #[test]
+    fn a_change_looks_once_and_a_late_thread_beats_once() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0, 10 * MS);
+        c.due(t0);
+        c.looked(None);
+        c.changed();
+        assert_eq!(due(&mut c, t0 + MS), (false, true));
+        assert_eq!(due(&mut c, t0 + 2 * MS), (false, false));
+        // Stopped for 100 ms: one heartbeat, then on time from now, not ten in a burst.
+        assert!(c.due(t0 + 100 * MS).beat);
+        assert!(!c.due(t0 + 101 * MS).beat);
+        assert_eq!(c.wake_at(t0 + 101 * MS, false), t0 + 110 * MS);
+        // A command that changes what heartbeats say: one now.
+        c.beat_now(t0 + 103 * MS);
+        assert_eq!(due(&mut c, t0 + 103 * MS), (true, true));
+        // A View waiting for the agent is offered again soon.
+        assert_eq!(c.wake_at(t0 + 104 * MS, true), t0 + 104 * MS + RETRY);
+    }
 }
