@@ -10,6 +10,9 @@
 //! - [`thread`]: runs the driver on a thread of its own, on time, and hands the agent a
 //!   [`detector::View`] when membership changed.
 //! - [`realtime`]: that thread's SCHED_FIFO and locked memory.
+//! - [`ring`], [`verdicts`]: past a full mesh, whom each node heartbeats and how failures are
+//!   confirmed and spread; [`messages`] their wire format; [`simulation`] a group of them on
+//!   simulated time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +21,7 @@ pub mod detector;
 pub mod driver;
 pub mod heartbeat;
 pub mod links;
+pub mod messages;
 pub mod realtime;
 pub mod ring;
 pub mod simulation;

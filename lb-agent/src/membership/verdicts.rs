@@ -25,6 +25,12 @@
 //!   not, so after a partition the two sides hear each other again, exchange syncs, and
 //!   converge.
 //!
+//! - What a node **says** of itself (its phase, links and claims: opaque bytes here) is
+//!   numbered within its run and sent by the node to every member when it changes (and again
+//!   at the next two ticks), and travels in syncs; the digest covers it, so a member that
+//!   missed a change is synced like one that missed a verdict. A saying of another run than
+//!   the one held waits until a verdict or a sync makes that run the subject's.
+//!
 //! Pure: time is passed in, messages go out as values; the UDP edge signs and carries them.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -49,6 +55,14 @@ pub struct Status {
     pub dead: bool,
 }
 
+/// What a node says of itself, the `version`th time in its run `run`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Said {
+    pub run: u64,
+    pub version: u64,
+    pub body: Vec<u8>,
+}
+
 /// What monitors tell each other and the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -56,8 +70,13 @@ pub enum Message {
     Suspect { subject: String, status: Status },
     /// A confirmed failure or a return, for every member.
     Verdict { subject: String, status: Status },
-    /// Everything the sender knows, for a node that just started.
-    Sync(Vec<(String, Status)>),
+    /// What `subject` says of itself, from `subject` or relayed in a sync.
+    Says { subject: String, said: Said },
+    /// Everything the sender knows, for a node that just started or holds something else.
+    Sync {
+        statuses: Vec<(String, Status)>,
+        said: Vec<(String, Said)>,
+    },
 }
 
 /// A message and its destination.
@@ -110,6 +129,12 @@ pub struct Verdicts {
     synced_to: BTreeMap<String, Instant>,
     /// Whether this node learnt it is held dead, and says otherwise at the next tick.
     refute: bool,
+    /// What each member (this one included) last said of itself, in the run held for it.
+    said: BTreeMap<String, Said>,
+    /// A saying of a run not (yet) held for its subject, the latest of each.
+    early: BTreeMap<String, Said>,
+    /// Sends of this node's latest saying left.
+    say_repeat: u8,
     /// How many times a member alive here came to be held dead.
     failures: u64,
 }
@@ -146,6 +171,100 @@ impl Verdicts {
             synced_to: BTreeMap::new(),
             refute: false,
             failures: 0,
+            said: BTreeMap::new(),
+            early: BTreeMap::new(),
+            say_repeat: 0,
+        }
+    }
+
+    /// This node says `body` of itself from now on: sent to every member now and at the next
+    /// two ticks, and in syncs.
+    pub fn say(&mut self, body: Vec<u8>) -> Vec<Outgoing> {
+        let version = self.said.get(&self.me).map_or(1, |s| s.version + 1);
+        let said = Said {
+            run: self.run,
+            version,
+            body,
+        };
+        self.said.insert(self.me.clone(), said.clone());
+        self.say_repeat = SENDS - 1;
+        self.broadcast_said(said)
+    }
+
+    fn broadcast_said(&self, said: Said) -> Vec<Outgoing> {
+        self.others()
+            .map(|to| Outgoing {
+                to: to.to_owned(),
+                message: Message::Says {
+                    subject: self.me.clone(),
+                    said: said.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// What each member last said of itself (in the run held for it); a member with nothing
+    /// here has said nothing this node heard yet.
+    pub fn said(&self) -> &BTreeMap<String, Said> {
+        &self.said
+    }
+
+    /// Takes what `subject` says if it is newer than what is held; `true` when it was.
+    fn learn_said(&mut self, subject: &str, said: Said) -> bool {
+        if subject == self.me || !self.ring.contains(subject) {
+            return false;
+        }
+        if self
+            .closed
+            .get(subject)
+            .is_some_and(|c| c.contains(&said.run))
+        {
+            return false;
+        }
+        let held_run = self
+            .known
+            .get(subject)
+            .map(|s| s.run)
+            .or_else(|| self.said.get(subject).map(|s| s.run));
+        if held_run.is_some_and(|r| r != said.run) {
+            // Another run: it may be the subject's next one (its return is on the way) or an
+            // old one reported late; it waits for a verdict to tell.
+            if self
+                .early
+                .get(subject)
+                .is_none_or(|e| e.run != said.run || said.version > e.version)
+            {
+                self.early.insert(subject.to_owned(), said);
+            }
+            return false;
+        }
+        if self
+            .said
+            .get(subject)
+            .is_some_and(|cur| cur.version >= said.version)
+        {
+            return false;
+        }
+        self.said.insert(subject.to_owned(), said);
+        true
+    }
+
+    /// The subject is held in `run` now: what it said in another run waits aside (a sync may
+    /// bring an older run before the verdict of the newer one), and what it said early in
+    /// this one counts.
+    fn run_changed(&mut self, subject: &str, run: u64) {
+        if self.said.get(subject).is_some_and(|s| s.run != run)
+            && let Some(other) = self.said.remove(subject)
+            && !self.early.contains_key(subject)
+        {
+            self.early.insert(subject.to_owned(), other);
+        }
+        if let Some(early) = self.early.remove(subject) {
+            if early.run == run {
+                self.learn_said(subject, early);
+            } else {
+                self.early.insert(subject.to_owned(), early);
+            }
         }
     }
 
@@ -154,7 +273,8 @@ impl Verdicts {
         self.seq = seq;
     }
 
-    /// A digest of what this node holds, for its heartbeats: equal digests, equal views.
+    /// A digest of what this node holds (the failures, and who said what), for its
+    /// heartbeats: equal digests, equal views.
     pub fn digest(&self) -> u64 {
         // FNV-1a over the statuses in name order: stable across processes and versions.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -169,6 +289,13 @@ impl Verdicts {
             eat(&[0]);
             eat(&s.run.to_le_bytes());
             eat(&s.seq.to_le_bytes());
+        }
+        eat(&[1]);
+        for (n, s) in &self.said {
+            eat(n.as_bytes());
+            eat(&[0]);
+            eat(&s.run.to_le_bytes());
+            eat(&s.version.to_le_bytes());
         }
         h
     }
@@ -257,6 +384,7 @@ impl Verdicts {
         };
         if newer {
             let was_dead = self.known.get(subject).is_some_and(|s| s.dead);
+            let run_before = self.known.get(subject).map(|s| s.run);
             if status.dead && !was_dead {
                 self.failures += 1;
             }
@@ -270,6 +398,9 @@ impl Verdicts {
             self.suspect_sent.remove(subject);
             self.told.remove(subject);
             self.last_vouched.remove(subject);
+            if run_before != Some(status.run) {
+                self.run_changed(subject, status.run);
+            }
         }
         newer
     }
@@ -348,7 +479,11 @@ impl Verdicts {
         } else if self.known.get(from).is_none_or(|s| s.run == run) {
             self.learn(from, status);
         }
-        if first && !out.iter().any(|o| matches!(o.message, Message::Sync(_))) {
+        if first
+            && !out
+                .iter()
+                .any(|o| matches!(o.message, Message::Sync { .. }))
+        {
             // A node heard in a new run starts with nothing: tell it everything.
             out.push(self.sync(from));
         }
@@ -358,7 +493,14 @@ impl Verdicts {
     fn sync(&self, to: &str) -> Outgoing {
         Outgoing {
             to: to.to_owned(),
-            message: Message::Sync(self.known.iter().map(|(n, s)| (n.clone(), *s)).collect()),
+            message: Message::Sync {
+                statuses: self.known.iter().map(|(n, s)| (n.clone(), *s)).collect(),
+                said: self
+                    .said
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.clone()))
+                    .collect(),
+            },
         }
     }
 
@@ -379,11 +521,18 @@ impl Verdicts {
                     None => Vec::new(),
                 }
             }
-            Message::Sync(all) => {
-                for (subject, status) in all {
+            Message::Sync { statuses, said } => {
+                for (subject, status) in statuses {
                     self.learn(&subject, status);
                 }
+                for (subject, said) in said {
+                    self.learn_said(&subject, said);
+                }
                 self.synced = true;
+                Vec::new()
+            }
+            Message::Says { subject, said } => {
+                self.learn_said(&subject, said);
                 Vec::new()
             }
             Message::Suspect { subject, status } => {
@@ -508,6 +657,12 @@ impl Verdicts {
             };
             out.extend(self.broadcast(&me, status));
         }
+        if self.say_repeat > 0 {
+            self.say_repeat -= 1;
+            if let Some(said) = self.said.get(&self.me).cloned() {
+                out.extend(self.broadcast_said(said));
+            }
+        }
         for (subject, status, left) in std::mem::take(&mut self.repeat) {
             out.extend(self.broadcast(&subject, status));
             if left > 1 {
@@ -548,5 +703,115 @@ impl Verdicts {
             out.extend(self.confirm(&subject));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> Verdicts {
+        let ring = Ring::new((0..20).map(|i| format!("n{i:02}")));
+        Verdicts::new(
+            "n00",
+            1,
+            ring,
+            Duration::from_millis(30),
+            Instant::now(),
+            true,
+        )
+    }
+
+    fn says(run: u64, version: u64, body: &str) -> Message {
+        Message::Says {
+            subject: "n07".into(),
+            said: Said {
+                run,
+                version,
+                body: body.into(),
+            },
+        }
+    }
+
+    fn held(v: &Verdicts) -> Option<(u64, u64)> {
+        v.said().get("n07").map(|s| (s.run, s.version))
+    }
+
+    #[test]
+    fn sayings_are_ordered_within_a_run_and_wait_for_their_run() {
+        let mut v = group();
+        v.receive("n07", says(5, 2, "b"));
+        v.receive("n07", says(5, 1, "a"));
+        assert_eq!(held(&v), Some((5, 2)), "an older version changes nothing");
+        // Another run: it waits until a verdict says the subject is in it.
+        v.receive("n07", says(6, 1, "c"));
+        assert_eq!(held(&v), Some((5, 2)));
+        let alive = |run| Message::Verdict {
+            subject: "n07".into(),
+            status: Status {
+                run,
+                seq: 1,
+                dead: false,
+            },
+        };
+        v.receive("n08", alive(5));
+        v.receive("n08", alive(6));
+        assert_eq!(held(&v), Some((6, 1)));
+        // The run left is closed: its sayings are old news.
+        v.receive("n07", says(5, 9, "late"));
+        assert_eq!(held(&v), Some((6, 1)));
+    }
+
+    #[test]
+    fn a_sync_of_an_older_run_does_not_lose_what_the_newer_one_said() {
+        let mut v = group();
+        // The restarted node's first saying comes first, then a sync still holding its
+        // previous run dead, then the verdict of its return.
+        v.receive("n07", says(6, 1, "joining"));
+        v.receive(
+            "n08",
+            Message::Sync {
+                statuses: vec![(
+                    "n07".into(),
+                    Status {
+                        run: 5,
+                        seq: 40,
+                        dead: true,
+                    },
+                )],
+                said: Vec::new(),
+            },
+        );
+        v.receive(
+            "n08",
+            Message::Verdict {
+                subject: "n07".into(),
+                status: Status {
+                    run: 6,
+                    seq: 3,
+                    dead: false,
+                },
+            },
+        );
+        assert_eq!(held(&v), Some((6, 1)));
+    }
+
+    #[test]
+    fn what_this_node_says_goes_to_everyone_three_times_and_moves_the_digest() {
+        let mut v = group();
+        let before = v.digest();
+        let out = v.say(b"eth0 up".to_vec());
+        assert_eq!(out.len(), 19);
+        assert_ne!(v.digest(), before);
+        let now = Instant::now();
+        let repeats: usize = (0..4)
+            .map(|_| {
+                v.tick(now)
+                    .iter()
+                    .filter(|o| matches!(o.message, Message::Says { .. }))
+                    .count()
+            })
+            .sum();
+        assert_eq!(repeats, 2 * 19);
     }
 }

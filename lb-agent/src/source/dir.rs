@@ -8,7 +8,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::Context;
 use lb_controller::{
     allocations,
     config::{
@@ -100,14 +99,21 @@ pub fn watch(
     port: u16,
 ) -> anyhow::Result<mpsc::Receiver<Result<Arc<Config>, String>>> {
     let (events_tx, mut events) = mpsc::channel::<()>(16);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
             let _ = events_tx.try_send(());
         }
-    })?;
-    watcher
-        .watch(&dir, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::Recursive).map(|()| w));
+    // Without notifications (the host's inotify instances used up, say) the poll alone still
+    // sees every change, later: worth a warning, not a refusal to run.
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, every = ?POLL, "cannot be notified of changes to the configuration directory (see fs.inotify.max_user_instances); looking at it periodically instead");
+            None
+        }
+    };
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let _watcher = watcher;
