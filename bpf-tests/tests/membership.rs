@@ -296,6 +296,7 @@ fn forged_replayed_and_wrongly_signed_heartbeats_are_counted_and_change_nothing(
                 claims_digest: 0,
                 claims: None,
                 claims_ack: 0,
+                ring_digest: None,
             };
             flood.push(bye.encode(b"not-the-lab-secret-at-all").expect("encode"));
             flood.push(bye.encode(SECRET.as_bytes()).expect("encode"));
@@ -985,4 +986,31 @@ fn a_peer_whose_address_nobody_answers_holds_no_other_heartbeat_back() {
         );
     }
     assert_eq!(takeovers(&g), before, "VIPs moved:\n{}", g.logs());
+}
+
+/// Past 16 nodes the group runs as a ring: twenty real agents each hear only their
+/// neighbours (3 monitors and the 3 they monitor: six heartbeats per interval, not nineteen),
+/// yet all hold the same members, and a SIGKILLed agent is dropped by every survivor, most of
+/// which never heard it after the start.
+#[test]
+fn past_sixteen_agents_each_hears_its_ring_neighbours_and_all_see_a_kill() {
+    if !privileged("past_sixteen_agents_each_hears_its_ring_neighbours_and_all_see_a_kill") {
+        return;
+    }
+    let (interval, timeout) = (Duration::from_millis(20), Duration::from_millis(100));
+    let g = bpf_tests::bench::group_size::measure(20, interval, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{g:?}");
+    assert!(g.ring, "20 agents run as a ring");
+    let mesh = 19.0 / interval.as_secs_f64();
+    assert!(
+        g.received < 0.45 * mesh,
+        "heartbeats received per agent: {:.0}/s, a full mesh's {mesh:.0}/s",
+        g.received
+    );
+    assert!(
+        g.detection_p99 < Duration::from_secs(2),
+        "every survivor dropped the killed agent: p99 {:?}",
+        g.detection_p99
+    );
 }

@@ -1,8 +1,9 @@
 //! Membership in the lab at several group sizes: `n` real agents (`lb-agent run`, each in its
 //! own namespace on one bridge) heartbeating each other, the heartbeats each receives per
-//! second at rest, and how long the others take to count a SIGKILLed one dead (their own
-//! `xdplb_membership_detection_seconds`).
-use std::time::{Duration, Instant};
+//! second at rest, and how long each of the others takes to count a SIGKILLed one dead: from
+//! the kill to its own log line saying membership changed without it (past 16 nodes only
+//! the victim's monitors hear it, the others learn of it from their verdict).
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{
     PinDir,
@@ -21,10 +22,11 @@ pub struct GroupFigures {
     pub interval: Duration,
     /// Heartbeats each agent accepted per second at rest (mean over the agents).
     pub received: f64,
-    /// Detection, from the histogram the survivors filled: the mean, and the bucket holding
-    /// the 99th percentile (an upper bound).
+    /// Detection by the survivors: the mean, and the 99th percentile.
     pub detection_mean: Duration,
-    pub detection_p99_at_most: f64,
+    pub detection_p99: Duration,
+    /// Whether the group ran as a ring (past a full mesh).
+    pub ring: bool,
 }
 
 fn metrics(lab: &Lab, i: usize) -> Result<String, String> {
@@ -35,23 +37,19 @@ fn metrics(lab: &Lab, i: usize) -> Result<String, String> {
     }
 }
 
-/// A detection histogram read off an agent: sum, count, and cumulative counts per bucket.
-type Histogram = (f64, f64, Vec<(f64, f64)>);
-
-/// The cumulative count of `xdplb_membership_detection_seconds_bucket` per `le`.
-fn buckets(text: &str) -> Vec<(f64, f64)> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("xdplb_membership_detection_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, value) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, value.trim().parse().ok()?))
+/// When the first line of `log` after `after` saying membership changed leaves `victim` out.
+fn dropped_at(log: &str, victim: &str, after: SystemTime) -> Option<SystemTime> {
+    let quoted = format!("\"{victim}\"");
+    log.lines()
+        .filter(|l| l.contains("membership changed"))
+        .filter_map(|l| {
+            let stamp = l.split_whitespace().next()?;
+            let t: k8s_openapi::jiff::Timestamp = stamp.parse().ok()?;
+            let t = SystemTime::try_from(t).ok()?;
+            (t >= after).then_some((t, l))
         })
-        .collect()
+        .find(|(_, l)| !l.contains(&quoted))
+        .map(|(t, _)| t)
 }
 
 /// `n` agents heartbeating every `interval`, dead after `timeout`.
@@ -116,19 +114,12 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
     let secs = start.elapsed().as_secs_f64();
     let rate = after.iter().zip(&before).map(|(a, b)| a - b).sum::<f64>() / n as f64 / secs;
 
-    let histograms = |i: usize| -> Result<Histogram, String> {
-        let text = metrics(&lab, i)?;
-        Ok((
-            sample(&text, "xdplb_membership_detection_seconds_sum", &[]).unwrap_or(0.0),
-            sample(&text, "xdplb_membership_detection_seconds_count", &[]).unwrap_or(0.0),
-            buckets(&text),
-        ))
-    };
+    let ring = agents.iter().flatten().any(|a| {
+        a.log_text()
+            .contains("each node heartbeats its ring neighbours")
+    });
     let survivors = 1..n;
-    let before: Vec<_> = survivors
-        .clone()
-        .map(histograms)
-        .collect::<Result<_, _>>()?;
+    let killed = SystemTime::now();
     if let Some(mut a) = agents[0].take() {
         let _ = a.child.kill();
         let _ = a.child.wait();
@@ -143,35 +134,24 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let after: Vec<_> = survivors
-        .clone()
-        .map(histograms)
-        .collect::<Result<_, _>>()?;
-    let (mut sum, mut count) = (0.0, 0.0);
-    let mut cumulative: Vec<(f64, f64)> = Vec::new();
-    for ((s0, c0, b0), (s1, c1, b1)) in before.iter().zip(&after) {
-        sum += s1 - s0;
-        count += c1 - c0;
-        for ((le, v0), (_, v1)) in b0.iter().zip(b1) {
-            match cumulative.iter_mut().find(|(l, _)| l == le) {
-                Some((_, v)) => *v += v1 - v0,
-                None => cumulative.push((*le, v1 - v0)),
-            }
-        }
+    let victim = &lab.names[0];
+    let mut took: Vec<Duration> = Vec::new();
+    for i in survivors {
+        let log = agents[i].as_ref().map(Agent::log_text).unwrap_or_default();
+        let at = dropped_at(&log, victim, killed)
+            .ok_or_else(|| format!("{n} agents: node {i} logged no change without {victim}"))?;
+        took.push(at.duration_since(killed).unwrap_or_default());
     }
-    if count < 1.0 {
-        return Err(format!("{n} agents: no detection recorded"));
-    }
-    let p99 = cumulative
-        .iter()
-        .find(|(_, v)| *v >= 0.99 * count)
-        .map_or(f64::INFINITY, |(le, _)| *le);
+    took.sort();
+    let mean = took.iter().sum::<Duration>() / took.len().max(1) as u32;
+    let p99 = took[((took.len() as f64 * 0.99).ceil() as usize).clamp(1, took.len()) - 1];
     drop(agents);
     Ok(GroupFigures {
         nodes: n,
         interval,
         received: rate,
-        detection_mean: Duration::from_secs_f64(sum / count),
-        detection_p99_at_most: p99,
+        detection_mean: mean,
+        detection_p99: p99,
+        ring,
     })
 }

@@ -261,6 +261,24 @@ impl Changes {
     ) -> View {
         let mut alive = detector.alive(now);
         alive.insert(me.to_owned());
+        let silence = |gone: &str| {
+            let silence = now.saturating_duration_since(detector.last_heard(gone)?);
+            (silence >= detector.timeout).then_some(silence)
+        };
+        self.take(alive, links, claims, &|n| detector.epoch(n), &silence)
+    }
+
+    /// Takes `alive` (this node included) with what each said of its `links` and `claims`:
+    /// `run` tells each node's run (the same after it was lost: it lived through a
+    /// partition), `silence` how long a node that just died silently had been silent.
+    pub fn take(
+        &mut self,
+        alive: BTreeSet<String>,
+        links: &BTreeMap<String, Links>,
+        claims: &BTreeMap<String, Claims>,
+        run: &dyn Fn(&str) -> Option<u64>,
+        silence: &dyn Fn(&str) -> Option<Duration>,
+    ) -> View {
         let links: BTreeMap<String, Links> = links
             .iter()
             .filter(|(node, _)| alive.contains(*node))
@@ -281,22 +299,15 @@ impl Changes {
         self.last_claims.clone_from(&claims);
         if alive != self.last_alive {
             for back in alive.difference(&self.last_alive) {
-                if let (Some(lost), Some(current)) =
-                    (self.lost_in.remove(back), detector.epoch(back))
-                {
+                if let (Some(lost), Some(current)) = (self.lost_in.remove(back), run(back)) {
                     view.rejoined |= lost == current;
                 }
             }
             for gone in self.last_alive.difference(&alive) {
-                if let Some(epoch) = detector.epoch(gone) {
+                if let Some(epoch) = run(gone) {
                     self.lost_in.insert(gone.clone(), epoch);
                 }
-                if let Some(heard) = detector.last_heard(gone) {
-                    let silence = now.saturating_duration_since(heard);
-                    if silence >= detector.timeout {
-                        view.detected.push(silence);
-                    }
-                }
+                view.detected.extend(silence(gone));
             }
             self.last_alive.clone_from(&alive);
         }

@@ -18,6 +18,9 @@ use super::{
     detector::{Changes, Detector, Heard, View},
     heartbeat::{Heartbeat, HeartbeatError, Phase},
     links::Links,
+    messages::{self, MessageError, Saying},
+    ring::{MESH_UP_TO, Ring},
+    verdicts::{Outgoing, Verdicts},
 };
 use crate::metrics::AgentMetrics;
 
@@ -126,8 +129,22 @@ impl Beats {
             claims_digest: 0,
             claims: None,
             claims_ack: 0,
+            ring_digest: None,
         }
     }
+}
+
+/// Past the full mesh ([`super::ring`]): who is alive is what the ring's verdicts hold, and
+/// what each node says of itself travels as a saying instead of in every heartbeat.
+struct RingMode {
+    verdicts: Verdicts,
+    /// Peers whose heartbeats carry no ring digest (an agent from before the ring): they
+    /// judge by their own heartbeats, so they get one every interval, and no ring message.
+    legacy: BTreeSet<String>,
+    /// The digest as of the last look: another one means the view may have changed.
+    looked: Option<u64>,
+    /// What this node said of itself last.
+    said: Option<Saying>,
 }
 
 /// A run's epoch: random, so that no clock (which may go back between runs) is involved, and
@@ -228,6 +245,13 @@ pub struct Membership {
     reject_log: RejectLog,
     metrics: Arc<AgentMetrics>,
     buf: Vec<u8>,
+    failure_timeout: Duration,
+    /// Set while the group is larger than a full mesh.
+    ring: Option<RingMode>,
+    /// Each peer's address, as the last heartbeat round had them.
+    addrs: BTreeMap<String, SocketAddr>,
+    /// This node's phase, as its heartbeats (and sayings) say.
+    phase: Phase,
 }
 
 impl Membership {
@@ -265,7 +289,169 @@ impl Membership {
             reject_log: RejectLog::default(),
             metrics,
             buf: vec![0u8; MAX_DATAGRAM],
+            failure_timeout,
+            ring: None,
+            addrs: BTreeMap::new(),
+            phase: Phase::Joining,
         })
+    }
+
+    /// Whether the group is larger than a full mesh (the ring's verdicts decide who is alive).
+    pub fn ring_mode(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Enters, follows or leaves ring mode for the members `peers` and this node.
+    fn follow_members(&mut self, peers: &[(String, SocketAddr)], now: Instant) {
+        self.addrs = peers.iter().cloned().collect();
+        // The peers and this node: a mesh up to MESH_UP_TO members.
+        if peers.len() < MESH_UP_TO {
+            if self.ring.take().is_some() {
+                info!(members = peers.len() + 1, "membership: a full mesh again");
+            }
+            return;
+        }
+        let ring = Ring::new(
+            peers
+                .iter()
+                .map(|(n, _)| n.clone())
+                .chain([self.node.clone()]),
+        );
+        match &mut self.ring {
+            Some(r) => r.verdicts.set_ring(ring),
+            None => {
+                info!(
+                    members = ring.len(),
+                    "membership: past {MESH_UP_TO} members, each node heartbeats its ring neighbours and failures are confirmed by a second monitor"
+                );
+                self.ring = Some(RingMode {
+                    verdicts: Verdicts::new(
+                        &self.node,
+                        self.beats.epoch,
+                        ring,
+                        self.failure_timeout,
+                        now,
+                        false,
+                    ),
+                    legacy: BTreeSet::new(),
+                    looked: None,
+                    said: None,
+                });
+            }
+        }
+    }
+
+    /// Says what this node says of itself if it changed since it last said it (ring mode).
+    fn say_if_changed(&mut self) {
+        let Some(r) = &mut self.ring else {
+            return;
+        };
+        let saying = Saying {
+            phase: self.phase,
+            links: self.links.get(&self.node).cloned().unwrap_or_default(),
+            claims: self
+                .claims
+                .get(&self.node)
+                .map(|(c, _)| c.clone())
+                .unwrap_or_default(),
+        };
+        if r.said.as_ref() == Some(&saying) {
+            return;
+        }
+        let out = r.verdicts.say(saying.encode());
+        r.said = Some(saying);
+        self.send_ring(out);
+    }
+
+    /// Sends the ring's messages (signed, a sync in as many datagrams as it takes) to the
+    /// members that take them.
+    fn send_ring(&mut self, out: Vec<Outgoing>) {
+        let Some(r) = &self.ring else {
+            return;
+        };
+        let Some(key) = self.keys.signing(Instant::now()) else {
+            return;
+        };
+        for o in out {
+            if r.legacy.contains(&o.to) {
+                continue;
+            }
+            let Some(addr) = self.addrs.get(&o.to).copied() else {
+                continue;
+            };
+            let datagrams = match messages::encode(&self.node, &o.message, key) {
+                Ok(d) => d,
+                Err(e) => {
+                    if self
+                        .reject_log
+                        .should_log(Rejected::Malformed, Instant::now())
+                    {
+                        warn!(error = %e, "a ring message cannot be sent");
+                    }
+                    continue;
+                }
+            };
+            let sender = match self.senders.entry(addr) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => match sender_for(addr) {
+                    Ok(s) => v.insert(s),
+                    Err(_) => continue,
+                },
+            };
+            for d in datagrams {
+                // Lost like any datagram: repeats and syncs make up for it.
+                let _ = sender.send(&d);
+            }
+        }
+    }
+
+    /// Whether the ring's view may have changed since the last look.
+    pub fn ring_moved(&self) -> bool {
+        self.ring
+            .as_ref()
+            .is_some_and(|r| r.looked != Some(r.verdicts.digest()))
+    }
+
+    /// Checks and takes a ring message of `n` bytes in the buffer; whether the view may have
+    /// changed.
+    fn take_message(&mut self, n: usize, from: SocketAddr) -> bool {
+        let now = Instant::now();
+        let Some(datagram) = self.buf.get(..n) else {
+            return false;
+        };
+        let mut decoded = Err(MessageError::Auth);
+        for key in self.keys.verifying(now) {
+            decoded = messages::decode(datagram, key);
+            if !matches!(decoded, Err(MessageError::Auth)) {
+                break;
+            }
+        }
+        let (sender, message) = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                let why = match e {
+                    MessageError::Auth | MessageError::Key => Rejected::Auth,
+                    _ => Rejected::Malformed,
+                };
+                self.metrics.rejected(why);
+                if self.reject_log.should_log(why, now) {
+                    warn!(%from, error = %e, "ring message refused (counted in xdplb_membership_heartbeats_rejected_total; logged once per 10 s)");
+                }
+                return false;
+            }
+        };
+        let Some(r) = &mut self.ring else {
+            // A full mesh here (this node's configuration lists fewer nodes): nothing to do
+            // with verdicts.
+            return false;
+        };
+        if sender == self.node || !r.verdicts.ring().contains(&sender) {
+            self.metrics.rejected(Rejected::Replay);
+            return false;
+        }
+        let out = r.verdicts.receive(&sender, message);
+        self.send_ring(out);
+        self.ring_moved()
     }
 
     /// Takes the secret the cluster holds (`Err`: why there is none usable), logging each new
@@ -309,7 +495,11 @@ impl Membership {
 
     /// The next instant a peer alive now is declared dead if nothing more arrives.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        self.detector.next_deadline(now)
+        match self.ring {
+            // The ring's silences are judged at every heartbeat ([`Verdicts::tick`]).
+            Some(_) => None,
+            None => self.detector.next_deadline(now),
+        }
     }
 
     /// Signs a heartbeat in `phase` and sends it to every peer; returns the peers it could not
@@ -320,14 +510,28 @@ impl Membership {
         peers: &[(String, SocketAddr)],
         phase: Phase,
     ) -> Vec<(SocketAddr, std::io::Error)> {
+        let now = Instant::now();
+        self.follow_members(peers, now);
+        self.phase = phase;
+        self.say_if_changed();
         let mut hb = self.beats.next(phase);
         let mut failed = Vec::new();
-        let Some(key) = self.keys.signing(Instant::now()) else {
+        let Some(key) = self.keys.signing(now) else {
             return failed;
         };
         self.senders
             .retain(|addr, _| peers.iter().any(|(_, a)| a == addr));
+        let targets: Option<BTreeSet<String>> = self.ring.as_mut().map(|r| {
+            r.verdicts.beat(hb.seq);
+            hb.ring_digest = Some(r.verdicts.digest());
+            let mut t: BTreeSet<String> = r.verdicts.targets().into_iter().collect();
+            t.extend(r.legacy.iter().cloned());
+            t
+        });
         for (node, addr) in peers {
+            if targets.as_ref().is_some_and(|t| !t.contains(node)) {
+                continue;
+            }
             // Signed for each peer: each gets its own run echoed.
             hb.echo = self.detector.echo_for(node);
             hb.links = match self.plain.contains(node) {
@@ -357,6 +561,10 @@ impl Membership {
                 failed.push((*addr, e));
             }
         }
+        if let Some(r) = &mut self.ring {
+            let out = r.verdicts.tick(now);
+            self.send_ring(out);
+        }
         failed
     }
 
@@ -378,6 +586,9 @@ impl Membership {
         let Some(datagram) = self.buf.get(..n) else {
             return false;
         };
+        if messages::is_message(datagram) {
+            return self.take_message(n, from);
+        }
         let mut decoded = Err(HeartbeatError::Auth);
         for key in self.keys.verifying(now) {
             decoded = Heartbeat::decode(datagram, key);
@@ -438,6 +649,44 @@ impl Membership {
             }
             links_changed |= self.take_claims(&hb);
         }
+        let mut ring_moved = false;
+        if accepted && let Some(r) = &mut self.ring {
+            let out = match hb.ring_digest {
+                Some(digest) => {
+                    r.legacy.remove(&hb.node);
+                    r.verdicts
+                        .heartbeat(&hb.node, hb.epoch, hb.seq, digest, now)
+                }
+                None => {
+                    if r.verdicts.ring().contains(&hb.node) {
+                        r.legacy.insert(hb.node.clone());
+                    }
+                    // Judged first-hand like a mesh peer's: its monitors hear it (it
+                    // heartbeats everyone), and say its failure like any other.
+                    r.verdicts.heartbeat(&hb.node, hb.epoch, hb.seq, 0, now)
+                }
+            };
+            self.send_ring(out);
+            ring_moved = self.ring_moved();
+        }
+        if self.ring.is_some() {
+            // What the heartbeat said first-hand is not the ring's view: only verdicts and
+            // sayings move it.
+            return match heard {
+                Heard::Changed | Heard::Unchanged => {
+                    self.metrics.heartbeats_received.inc();
+                    ring_moved
+                }
+                Heard::Unconfirmed => {
+                    self.metrics.rejected(Rejected::Stale);
+                    false
+                }
+                Heard::Replayed => {
+                    self.metrics.rejected(Rejected::Replay);
+                    false
+                }
+            };
+        }
         match heard {
             Heard::Unconfirmed => {
                 self.metrics.rejected(Rejected::Stale);
@@ -491,14 +740,18 @@ impl Membership {
     /// Who is alive at `now` (this node included) and what changed since the last look,
     /// recorded in the metrics and the log.
     pub fn look(&mut self, now: Instant) -> View {
-        let claims: BTreeMap<String, Claims> = self
-            .claims
-            .iter()
-            .map(|(n, (c, _))| (n.clone(), c.clone()))
-            .collect();
-        let view = self
-            .changes
-            .look(&self.detector, &self.node, &self.links, &claims, now);
+        let view = match self.ring.is_some() {
+            true => self.look_ring(now),
+            false => {
+                let claims: BTreeMap<String, Claims> = self
+                    .claims
+                    .iter()
+                    .map(|(n, (c, _))| (n.clone(), c.clone()))
+                    .collect();
+                self.changes
+                    .look(&self.detector, &self.node, &self.links, &claims, now)
+            }
+        };
         self.metrics
             .peers_alive
             .set(view.members.alive.len().saturating_sub(1) as i64);
@@ -509,6 +762,50 @@ impl Membership {
             info!(alive = ?view.members.alive, "membership changed");
         }
         view
+    }
+
+    /// The ring's view: the members no verdict holds dead that said they are active, with
+    /// the links and claims they said; this node as it is.
+    fn look_ring(&mut self, now: Instant) -> View {
+        let Some(r) = &mut self.ring else {
+            return View::default();
+        };
+        r.looked = Some(r.verdicts.digest());
+        let mut alive = BTreeSet::from([self.node.clone()]);
+        let mut links = BTreeMap::new();
+        let mut claims = BTreeMap::new();
+        if let Some(l) = self.links.get(&self.node) {
+            links.insert(self.node.clone(), l.clone());
+        }
+        if let Some((c, _)) = self.claims.get(&self.node) {
+            claims.insert(self.node.clone(), c.clone());
+        }
+        let held_alive = r.verdicts.alive();
+        for (node, said) in r.verdicts.said() {
+            if *node == self.node || !held_alive.contains(node) {
+                continue;
+            }
+            match Saying::decode(&said.body) {
+                Ok(s) if s.phase == Phase::Active => {
+                    alive.insert(node.clone());
+                    links.insert(node.clone(), s.links);
+                    claims.insert(node.clone(), s.claims);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.reject_log.should_log(Rejected::Malformed, now) {
+                        warn!(peer = %node, error = %e, "what a peer says of itself cannot be read: it is not counted alive");
+                    }
+                }
+            }
+        }
+        let (detector, verdicts) = (&self.detector, &r.verdicts);
+        let run = |n: &str| verdicts.run_of(n).or_else(|| detector.epoch(n));
+        let silence = |gone: &str| {
+            let s = now.saturating_duration_since(detector.last_heard(gone)?);
+            (s >= self.failure_timeout).then_some(s)
+        };
+        self.changes.take(alive, &links, &claims, &run, &silence)
     }
 }
 
@@ -570,6 +867,7 @@ mod tests {
             claims_digest: 0,
             claims: None,
             claims_ack: 0,
+            ring_digest: None,
         };
         for key in [&old, &new] {
             let wire = hb.encode(key).expect("encode");
@@ -628,6 +926,7 @@ mod exchange_tests {
                 claims_digest: 0,
                 claims: None,
                 claims_ack,
+                ring_digest: None,
             };
             self.socket
                 .send_to(&hb.encode(KEY).expect("encode"), to)

@@ -10,7 +10,8 @@
 //! Version 3 adds typed fields; a receiver skips the types it does not know. Type 1 is the
 //! sender's [`Links`]; types 2 to 4 its non-revertive claims ([`super::claims`]): the digest of
 //! its claims (always), the list (only while the receiver has not acknowledged that digest),
-//! and the digest of the receiver's claims it holds (the acknowledgement). A version 3 agent sends version 2 (no fields) to a peer whose last
+//! and the digest of the receiver's claims it holds (the acknowledgement); type 5 the digest of
+//! what the sender holds of the ring ([`super::verdicts`]), in ring mode only. A version 3 agent sends version 2 (no fields) to a peer whose last
 //! heartbeat was version 2, so a rolling upgrade never has old agents refusing new ones' heartbeats
 //! and counting them dead.
 //! Integers are big-endian. `epoch` is the sender's run, a random number drawn at start (not a
@@ -39,6 +40,7 @@ const FIELD_LINKS: u8 = 1;
 const FIELD_CLAIMS_DIGEST: u8 = 2;
 const FIELD_CLAIMS: u8 = 3;
 const FIELD_CLAIMS_ACK: u8 = 4;
+const FIELD_RING_DIGEST: u8 = 5;
 const TAG_LEN: usize = 32;
 const FIXED: usize = 4 + 1 + 1 + 2 + 8 + 8 + 8 + 4 + 1;
 /// Longest node name (a DNS name).
@@ -64,6 +66,9 @@ pub struct Heartbeat {
     pub claims: Option<Claims>,
     /// The digest of the receiver's claims as the sender holds them (0: none).
     pub claims_ack: u64,
+    /// The digest of what the sender holds of the ring's verdicts and sayings (type 5): said
+    /// only by a sender in ring mode, which also takes ring messages ([`super::messages`]).
+    pub ring_digest: Option<u64>,
 }
 
 /// Where the sender is in its life, as far as the election is concerned.
@@ -168,6 +173,9 @@ impl Heartbeat {
                 claims.encode(&mut value);
                 field(&mut out, FIELD_CLAIMS, &value)?;
             }
+            if let Some(d) = self.ring_digest {
+                field(&mut out, FIELD_RING_DIGEST, &d.to_be_bytes())?;
+            }
         }
         let mut m = mac(secret)?;
         m.update(&out);
@@ -216,6 +224,7 @@ impl Heartbeat {
         }
         let mut links = None;
         let (mut claims_digest, mut claims, mut claims_ack) = (0, None, 0);
+        let mut ring_digest = None;
         let field64 = |v: &[u8]| -> Result<u64, HeartbeatError> {
             Ok(u64::from_be_bytes(
                 v.try_into().map_err(|_| HeartbeatError::Field)?,
@@ -233,6 +242,7 @@ impl Heartbeat {
                     FIELD_CLAIMS_DIGEST => claims_digest = field64(value)?,
                     FIELD_CLAIMS => claims = Some(Claims::decode(value)?),
                     FIELD_CLAIMS_ACK => claims_ack = field64(value)?,
+                    FIELD_RING_DIGEST => ring_digest = Some(field64(value)?),
                     _ => {}
                 }
                 fields = rest;
@@ -249,6 +259,7 @@ impl Heartbeat {
             claims_digest,
             claims,
             claims_ack,
+            ring_digest,
         })
     }
 }
@@ -280,6 +291,7 @@ mod tests {
             claims_digest: 0,
             claims: None,
             claims_ack: 0,
+            ring_digest: None,
         }
     }
 
@@ -293,6 +305,7 @@ mod tests {
             claims_digest: claims.digest(),
             claims: Some(claims),
             claims_ack: 0x1234,
+            ring_digest: Some(0xfeed_beef),
             ..beat()
         }
     }

@@ -16,7 +16,9 @@
 //! they are sent only to peers whose heartbeats carry a digest. Integers are big-endian;
 //! decoding checks every length before reading and never panics.
 use super::{
-    heartbeat::MAX_NAME,
+    claims::Claims,
+    heartbeat::{MAX_NAME, Phase},
+    links::Links,
     verdicts::{Message, Said, Status},
 };
 use hmac::{Hmac, KeyInit, Mac};
@@ -50,6 +52,51 @@ pub enum MessageError {
     Body,
     #[error("what the node says ({0} bytes) does not fit in one datagram")]
     TooLarge(usize),
+    #[error("what the node says: {0}")]
+    Saying(String),
+}
+
+/// What a node says of itself in ring mode: what its heartbeats say in a full mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Saying {
+    pub phase: Phase,
+    pub links: Links,
+    pub claims: Claims,
+}
+
+impl Saying {
+    /// `phase (1: 0 joining, 1 active, 2 leaving) | links length (2) | links | claims`
+    pub fn encode(&self) -> Vec<u8> {
+        let mut links = Vec::new();
+        self.links.encode(&mut links);
+        let mut out = vec![match self.phase {
+            Phase::Joining => 0,
+            Phase::Active => 1,
+            Phase::Leaving => 2,
+        }];
+        out.extend_from_slice(&(links.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        out.extend_from_slice(&links);
+        self.claims.encode(&mut out);
+        out
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, MessageError> {
+        let mut r = Reader(body);
+        let phase = match r.u8()? {
+            0 => Phase::Joining,
+            1 => Phase::Active,
+            2 => Phase::Leaving,
+            _ => return Err(MessageError::Saying("unknown phase".into())),
+        };
+        let len = usize::from(r.u16()?);
+        let links = Links::decode(r.take(len)?).map_err(|e| MessageError::Saying(e.to_string()))?;
+        let claims = Claims::decode(r.0).map_err(|e| MessageError::Saying(e.to_string()))?;
+        Ok(Self {
+            phase,
+            links,
+            claims,
+        })
+    }
 }
 
 /// Whether `datagram` is one of these messages rather than a heartbeat (looked at before
@@ -356,6 +403,30 @@ mod tests {
     }
 
     #[test]
+    fn a_saying_round_trips_and_refuses_garbage() {
+        let s = Saying {
+            phase: Phase::Joining,
+            links: Links::new([super::super::links::Link {
+                name: "eth1".into(),
+                nets: vec!["10.0.1.0/24".parse().expect("net")],
+            }]),
+            claims: Claims::new(["10.0.1.7".parse().expect("ip")]).unwrap_or_else(|(c, _)| c),
+        };
+        assert_eq!(Saying::decode(&s.encode()), Ok(s.clone()));
+        assert_eq!(
+            Saying::decode(&Saying::default().encode()),
+            Ok(Saying::default())
+        );
+        let wire = s.encode();
+        for len in 0..3 {
+            assert!(Saying::decode(&wire[..len]).is_err());
+        }
+        let mut bad = wire.clone();
+        bad[0] = 9;
+        assert!(Saying::decode(&bad).is_err());
+    }
+
+    #[test]
     fn every_kind_round_trips() {
         for m in samples() {
             let wire = encode("node-a", &m, SECRET).expect("encode");
@@ -465,6 +536,7 @@ mod tests {
         ) {
             let _ = decode(&data, SECRET);
             let _ = decode(&signed(&data), SECRET);
+            let _ = Saying::decode(&data);
         }
     }
 }

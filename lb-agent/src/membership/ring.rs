@@ -1,7 +1,8 @@
 //! Who heartbeats whom. Up to [`MESH_UP_TO`] members every node heartbeats every other (a
 //! full mesh: each hears everyone first-hand). Past it, the members stand on a ring in name
-//! order and each node heartbeats only its [`MONITORS`] nearest successors that are alive:
-//! its monitors, which alone judge it ([`super::verdicts`]). Every node computes the same
+//! order and each node's [`MONITORS`] nearest successors that are alive are its monitors,
+//! which alone judge it ([`super::verdicts`]); a node heartbeats only its monitors and the
+//! members it monitors. Every node computes the same
 //! assignment from the same member list and the same view of who is alive, so a node knows
 //! whom to heartbeat and whose heartbeats to expect without asking anyone.
 use std::collections::BTreeSet;

@@ -314,8 +314,8 @@ mod tests {
         assert!(sim.converged());
         let rate = sim.heartbeat_rate();
         assert!(
-            (250.0..=350.0).contains(&rate),
-            "3 monitors at 100 heartbeats/s each: {rate}"
+            (550.0..=650.0).contains(&rate),
+            "3 monitors and 3 subjects at 100 heartbeats/s each: {rate}"
         );
         let others: u64 = sim.nodes.iter().map(|n| n.messages_sent).sum();
         assert_eq!(others, 0, "nothing but heartbeats in a steady group");

@@ -206,7 +206,8 @@ impl Loop {
             if due.beat {
                 self.beat();
             }
-            if due.look {
+            // The ring's verdicts move at heartbeats too (silences judged, verdicts learnt).
+            if due.look || self.m.ring_moved() {
                 let now = Instant::now();
                 let view = self.m.look(now);
                 clock.looked(self.m.next_deadline(now));

@@ -324,9 +324,11 @@ impl Verdicts {
         self.synced
     }
 
-    /// Whom to heartbeat now: this node's monitors and its nearest successors alive or not
-    /// (so a healed partition is heard), or every member until it is synced (it does not
-    /// know which of its successors are alive to hear it).
+    /// Whom to heartbeat now: this node's monitors, its nearest successors alive or not (so
+    /// a healed partition is heard), and the members it monitors (a heartbeat proves life
+    /// only when it echoes the receiver's run, [`super::detector`], so monitor and subject
+    /// hear each other); or every member until it is synced (it does not know which of its
+    /// successors are alive to hear it).
     pub fn targets(&self) -> Vec<String> {
         if !self.synced && !self.ring.mesh() {
             return self.others().map(str::to_owned).collect();
@@ -337,7 +339,41 @@ impl Verdicts {
             .into_iter()
             .collect();
         out.extend(self.ring.monitors_of(&self.me, &BTreeSet::new()));
+        out.extend(self.ring.watched_by(&self.me, &self.dead));
         out.into_iter().map(str::to_owned).collect()
+    }
+
+    /// The members are `ring` from now on (the configuration changed): what is held of those
+    /// still members stays; the others are forgotten.
+    pub fn set_ring(&mut self, ring: Ring) {
+        if ring == self.ring {
+            return;
+        }
+        let keep = |n: &String| ring.contains(n);
+        self.known.retain(|n, _| keep(n));
+        self.dead.retain(|n| keep(n));
+        self.closed.retain(|n, _| keep(n));
+        self.heard.retain(|n, _| keep(n));
+        self.watching.retain(|n, _| keep(n));
+        self.suspects.retain(|n, _| keep(n));
+        self.suspect_sent.retain(|n, _| keep(n));
+        self.told.retain(|n, _| keep(n));
+        self.last_vouched.retain(|n, _| keep(n));
+        self.repeat.retain(|(n, _, _)| keep(n));
+        self.synced_to.retain(|n, _| keep(n));
+        self.said.retain(|n, _| keep(n));
+        self.early.retain(|n, _| keep(n));
+        self.ring = ring;
+    }
+
+    /// The members.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The run held for `node` (by a verdict, a sync or a heartbeat), if any.
+    pub fn run_of(&self, node: &str) -> Option<u64> {
+        self.known.get(node).map(|s| s.run)
     }
 
     fn watches(&self, subject: &str) -> bool {
