@@ -92,6 +92,24 @@ pub enum Election {
 }
 
 /// The election of each allocated Service (`namespace/name`) that has a candidate.
+/// The nodes that may announce some Layer 2 address: selected by an L2Advertisement and not
+/// excluded from load balancers. Only they take part in membership: a node no advertisement
+/// selects is never elected, so whether it is alive changes no owner.
+pub fn l2_candidates(inputs: &Inputs) -> BTreeSet<String> {
+    inputs
+        .nodes
+        .iter()
+        .filter(|(_, labels)| !labels.contains_key(EXCLUDE_LABEL))
+        .filter(|(_, labels)| {
+            inputs
+                .l2_advertisements
+                .iter()
+                .any(|ad| ad.spec.selects_node(labels))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 pub fn elections(
     inputs: &Inputs,
     allocations: &[PlanEntry],
@@ -524,6 +542,30 @@ mod tests {
                 m
             });
         assert!(per_ip.values().all(|n| n.len() == 1), "{per_ip:?}");
+    }
+
+    #[test]
+    fn only_nodes_an_advertisement_selects_take_part_in_membership() {
+        let nodes = [
+            ("a", json!({"zone": "east"})),
+            ("b", json!({"zone": "west"})),
+            (
+                "c",
+                json!({"zone": "east", "node.kubernetes.io/exclude-from-external-load-balancers": ""}),
+            ),
+        ];
+        let east = objects(
+            json!([{"metadata": {"name": "l2"}, "spec": {"nodeSelectors": [{"matchLabels": {"zone": "east"}}]}}]),
+            &nodes,
+        );
+        assert_eq!(l2_candidates(&east), BTreeSet::from(["a".to_owned()]));
+        let all = objects(json!([{"metadata": {"name": "l2"}, "spec": {}}]), &nodes);
+        assert_eq!(
+            l2_candidates(&all),
+            BTreeSet::from(["a".to_owned(), "b".to_owned()])
+        );
+        // BGP only: nobody needs to know who is alive.
+        assert!(l2_candidates(&objects(json!([]), &nodes)).is_empty());
     }
 
     fn claiming(mut m: Members, claims: &[(&str, &[&str])]) -> Members {

@@ -495,9 +495,8 @@ impl Membership {
 
     /// The next instant a peer alive now is declared dead if nothing more arrives.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
-        match self.ring {
-            // The ring's silences are judged at every heartbeat ([`Verdicts::tick`]).
-            Some(_) => None,
+        match &self.ring {
+            Some(r) => r.verdicts.next_deadline(),
             None => self.detector.next_deadline(now),
         }
     }
@@ -767,6 +766,10 @@ impl Membership {
     /// The ring's view: the members no verdict holds dead that said they are active, with
     /// the links and claims they said; this node as it is.
     fn look_ring(&mut self, now: Instant) -> View {
+        if let Some(r) = &mut self.ring {
+            let out = r.verdicts.judge(now);
+            self.send_ring(out);
+        }
         let Some(r) = &mut self.ring else {
             return View::default();
         };

@@ -705,6 +705,33 @@ impl Verdicts {
                 self.repeat.push((subject, status, left - 1));
             }
         }
+        out.extend(self.judge(now));
+        out
+    }
+
+    /// When the first subject this node watches goes past the timeout if nothing more is
+    /// heard: [`Self::judge`] is due then (the ticks alone would judge up to an interval late).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.ring
+            .watched_by(&self.me, &self.dead)
+            .into_iter()
+            .filter(|s| !self.dead.contains(*s) && !self.suspects.contains_key(*s))
+            .map(|s| {
+                let since = self.watching.get(s).copied().unwrap_or(self.started);
+                self.heard
+                    .get(s)
+                    .map_or(self.started, |h| h.at)
+                    .max(since)
+                    .max(self.started)
+                    + self.timeout
+            })
+            .min()
+    }
+
+    /// Silences that reached the timeout by `now` become suspicions, and suspicions
+    /// confirmations.
+    pub fn judge(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
         let dead = self.dead.clone();
         let watched: Vec<String> = self
             .ring

@@ -76,7 +76,7 @@ pub fn build(objects: &Objects, opts: &Options) -> Config {
             .collect(),
         &inputs.spaces,
     );
-    let peers = peers(&objects.nodes, &opts.node, opts.port);
+    let peers = peers(&objects.nodes, &inputs, &opts.node, opts.port);
     let secret = objects
         .secrets
         .iter()

@@ -43,8 +43,8 @@ pub fn read(dir: &Path, node: &str, port: u16, good: &Mutex<LastGood>) -> Result
         .unwrap_or_else(|e| e.into_inner())
         .settle(&mut loaded.objects, &loaded.errors)?
         .into_refused();
-    let peers = peers(&loaded.objects.nodes, node, port);
     let inputs = Inputs::new(&loaded.objects);
+    let peers = peers(&loaded.objects.nodes, &inputs, node, port);
     // An unreadable file is refused like a broken configuration: read as "no allocations", it
     // would withdraw every VIP of the cluster.
     let written = allocations::read(dir).map_err(|e| e.to_string())?;

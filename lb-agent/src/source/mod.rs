@@ -63,11 +63,22 @@ fn internal_ip(node: &Node) -> Option<IpAddr> {
         .and_then(|a| a.address.parse().ok())
 }
 
-/// Heartbeat targets: the InternalIP of every Node but `me`, at `port`.
-pub(crate) fn peers(nodes: &[Node], me: &str, port: u16) -> Vec<(String, SocketAddr)> {
+/// Heartbeat targets: the InternalIP, at `port`, of every Node but `me` that may announce a
+/// Layer 2 address ([`crate::election::l2_candidates`]); none when `me` may not (it has no
+/// use for who is alive).
+pub(crate) fn peers(
+    nodes: &[Node],
+    inputs: &Inputs,
+    me: &str,
+    port: u16,
+) -> Vec<(String, SocketAddr)> {
+    let members = crate::election::l2_candidates(inputs);
+    if !members.contains(me) {
+        return Vec::new();
+    }
     nodes
         .iter()
-        .filter(|n| n.name_any() != me)
+        .filter(|n| n.name_any() != me && members.contains(&n.name_any()))
         .filter_map(|n| Some((n.name_any(), SocketAddr::new(internal_ip(n)?, port))))
         .collect()
 }
