@@ -88,11 +88,31 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(0..n).all(|i| alive_peers(i) == Some((n - 1) as f64)) {
         if Instant::now() > deadline {
+            // Who each node that lacks someone last logged alive: which are missing.
             let heard: Vec<String> = (0..n)
-                .map(|i| alive_peers(i).map_or("?".to_owned(), |v| v.to_string()))
+                .map(|i| {
+                    let log = agents[i].as_ref().map(Agent::log_text).unwrap_or_default();
+                    let last = log.lines().rfind(|l| l.contains("membership changed"));
+                    let missing: Vec<&str> = lab
+                        .names
+                        .iter()
+                        .filter(|m| last.is_some_and(|l| !l.contains(&format!("\"{m}\""))))
+                        .map(String::as_str)
+                        .collect();
+                    match missing.is_empty() {
+                        true => "all".to_owned(),
+                        false => format!("{}: no {}", lab.names[i], missing.join(",")),
+                    }
+                })
+                .filter(|s| s != "all")
                 .collect();
+            let changes: usize = agents
+                .iter()
+                .flatten()
+                .map(|a| a.log_text().matches("membership changed").count())
+                .sum();
             return Err(format!(
-                "{n} agents: not all hear each other within 60 s (peers each hears: {})",
+                "{n} agents: not all hear each other within 60 s ({changes} membership changes logged in all; as last logged: {})",
                 heard.join(" ")
             ));
         }
