@@ -238,10 +238,17 @@ impl Sim {
     }
 
     /// Whether every running node holds exactly the stopped ones dead, and what each running
-    /// node last said of itself.
+    /// node last said of itself (and the digest each would send is what it holds).
     pub fn converged(&self) -> bool {
         let down = self.down();
-        self.views().values().all(|d| *d == down) && self.sayings_agree()
+        self.views().values().all(|d| *d == down) && self.sayings_agree() && self.digests_fresh()
+    }
+
+    /// Whether each node's digest, as kept between changes, is the digest of what it holds.
+    pub fn digests_fresh(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.verdicts.digest() == n.verdicts.digest_of_all())
     }
 
     /// Whether every running node holds what each running node last said of itself.

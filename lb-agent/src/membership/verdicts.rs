@@ -137,6 +137,9 @@ pub struct Verdicts {
     say_repeat: u8,
     /// How many times a member alive here came to be held dead.
     failures: u64,
+    /// [`Self::digest`] as last computed; emptied by every change to `known` or `said`
+    /// (every datagram asks for it, and it reads every member).
+    digest: std::cell::Cell<Option<u64>>,
 }
 
 impl Verdicts {
@@ -174,6 +177,7 @@ impl Verdicts {
             said: BTreeMap::new(),
             early: BTreeMap::new(),
             say_repeat: 0,
+            digest: std::cell::Cell::new(None),
         }
     }
 
@@ -187,6 +191,7 @@ impl Verdicts {
             body,
         };
         self.said.insert(self.me.clone(), said.clone());
+        self.digest.set(None);
         self.say_repeat = SENDS - 1;
         self.broadcast_said(said)
     }
@@ -246,6 +251,7 @@ impl Verdicts {
             return false;
         }
         self.said.insert(subject.to_owned(), said);
+        self.digest.set(None);
         true
     }
 
@@ -255,9 +261,11 @@ impl Verdicts {
     fn run_changed(&mut self, subject: &str, run: u64) {
         if self.said.get(subject).is_some_and(|s| s.run != run)
             && let Some(other) = self.said.remove(subject)
-            && !self.early.contains_key(subject)
         {
-            self.early.insert(subject.to_owned(), other);
+            self.digest.set(None);
+            if !self.early.contains_key(subject) {
+                self.early.insert(subject.to_owned(), other);
+            }
         }
         if let Some(early) = self.early.remove(subject) {
             if early.run == run {
@@ -276,6 +284,16 @@ impl Verdicts {
     /// A digest of what this node holds (the failures, and who said what), for its
     /// heartbeats: equal digests, equal views.
     pub fn digest(&self) -> u64 {
+        if let Some(d) = self.digest.get() {
+            return d;
+        }
+        let h = self.digest_of_all();
+        self.digest.set(Some(h));
+        h
+    }
+
+    /// The digest read afresh from every member held.
+    pub(super) fn digest_of_all(&self) -> u64 {
         // FNV-1a over the statuses in name order: stable across processes and versions.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |bytes: &[u8]| {
@@ -364,6 +382,7 @@ impl Verdicts {
         self.said.retain(|n, _| keep(n));
         self.early.retain(|n, _| keep(n));
         self.ring = ring;
+        self.digest.set(None);
     }
 
     /// The members.
@@ -425,6 +444,10 @@ impl Verdicts {
                 self.failures += 1;
             }
             self.known.insert(subject.to_owned(), status);
+            if status.dead || was_dead {
+                // The digest covers failures only, not every heartbeat of the living.
+                self.digest.set(None);
+            }
             if status.dead {
                 self.dead.insert(subject.to_owned());
             } else {
