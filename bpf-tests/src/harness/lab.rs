@@ -57,6 +57,33 @@ impl Host {
     }
 }
 
+/// Makes the kernel's neighbour tables hold every host's neighbours on a segment of `hosts`.
+///
+/// The ARP and NDP tables are one for all namespaces, with a hard limit (`gc_thresh3`, 1,024
+/// by default) over all their entries: a segment of 100 hosts, each resolving the others,
+/// needs some 10,000. Past the limit the kernel logs "neighbor table overflow" and drops
+/// what waits on resolution, which a group of agents sees as lost heartbeats. One host of a
+/// real segment holds only its own 100. The limits are only ever raised (labs run side by
+/// side), and a failure to raise them is no reason not to run.
+fn room_for_neighbours(hosts: usize) {
+    let entries = 2 * hosts * hosts;
+    for family in ["ipv4", "ipv6"] {
+        for (name, wanted) in [
+            ("gc_thresh1", entries),
+            ("gc_thresh2", 2 * entries),
+            ("gc_thresh3", 4 * entries),
+        ] {
+            let path = format!("/proc/sys/net/{family}/neigh/default/{name}");
+            let now: Option<usize> = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+            if now.is_some_and(|n| n < wanted) {
+                let _ = std::fs::write(&path, wanted.to_string());
+            }
+        }
+    }
+}
+
 /// A bridge segment with a client and `n` nodes.
 pub struct Lab {
     /// Holds the bridge `br0` and the host-side end of every veth.
@@ -102,6 +129,7 @@ fn attach_host(segment: &NetNs, tag: &str, index: usize, addr: u8) -> Host {
 impl Lab {
     /// Builds the segment; `tag` keeps names unique between labs that run at once.
     pub fn new(tag: &str, nodes: usize) -> Self {
+        room_for_neighbours(nodes + 1);
         let segment = NetNs::new(&crate::unique(&format!("{tag}s")));
         segment.ip(&["link", "add", "br0", "type", "bridge"]);
         segment.ip(&["link", "set", "br0", "up"]);
