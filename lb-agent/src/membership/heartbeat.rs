@@ -133,7 +133,8 @@ pub enum HeartbeatError {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(secret: &[u8]) -> Result<HmacSha256, HeartbeatError> {
+/// The HMAC keyed with the membership secret, for heartbeats and the ring's messages alike.
+pub(super) fn mac(secret: &[u8]) -> Result<HmacSha256, HeartbeatError> {
     <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| HeartbeatError::Key)
 }
 

@@ -17,12 +17,11 @@
 //! decoding checks every length before reading and never panics.
 use super::{
     claims::Claims,
-    heartbeat::{MAX_NAME, Phase},
+    heartbeat::{MAX_NAME, Phase, mac},
     links::Links,
     verdicts::{Message, Said, Status},
 };
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use hmac::Mac;
 
 const MAGIC: &[u8; 4] = b"XLB1";
 pub const VERSION: u8 = 4;
@@ -106,7 +105,7 @@ pub fn is_message(datagram: &[u8]) -> bool {
 }
 
 fn sign(mut out: Vec<u8>, secret: &[u8]) -> Result<Vec<u8>, MessageError> {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).map_err(|_| MessageError::Key)?;
+    let mut m = mac(secret).map_err(|_| MessageError::Key)?;
     m.update(&out);
     out.extend_from_slice(&m.finalize().into_bytes());
     Ok(out)
@@ -171,13 +170,28 @@ pub fn encode(
     }
 }
 
-/// One sync datagram being filled.
+/// One sync datagram being filled: its statuses and its sayings, each counted.
+#[derive(Default)]
 struct Chunk {
-    out: Vec<u8>,
-    statuses: u16,
-    sayings: u16,
-    /// Where the sayings' count stands (after the statuses).
-    sayings_at: Option<usize>,
+    statuses: Vec<u8>,
+    status_count: u16,
+    sayings: Vec<u8>,
+    saying_count: u16,
+}
+
+impl Chunk {
+    /// Whether `more` bytes still fit beside the head, the two counts and the tag.
+    fn fits(&self, head: usize, more: usize) -> bool {
+        head + 2 + self.statuses.len() + 2 + self.sayings.len() + more + TAG_LEN <= MAX_DATAGRAM
+    }
+
+    fn finish(self, mut head: Vec<u8>, secret: &[u8]) -> Result<Vec<u8>, MessageError> {
+        head.extend_from_slice(&self.status_count.to_be_bytes());
+        head.extend_from_slice(&self.statuses);
+        head.extend_from_slice(&self.saying_count.to_be_bytes());
+        head.extend_from_slice(&self.sayings);
+        sign(head, secret)
+    }
 }
 
 fn sync(
@@ -186,61 +200,32 @@ fn sync(
     said: &[(String, Said)],
     secret: &[u8],
 ) -> Result<Vec<Vec<u8>>, MessageError> {
-    let statuses_at = head(SYNC, sender)?.len();
-    let fresh = || -> Result<Chunk, MessageError> {
-        let mut out = head(SYNC, sender)?;
-        out.extend_from_slice(&[0, 0]);
-        Ok(Chunk {
-            out,
-            statuses: 0,
-            sayings: 0,
-            sayings_at: None,
-        })
-    };
-    let finish = |mut c: Chunk| -> Result<Vec<u8>, MessageError> {
-        let at = match c.sayings_at {
-            Some(at) => at,
-            None => {
-                c.out.extend_from_slice(&[0, 0]);
-                c.out.len() - 2
-            }
-        };
-        c.out[at..at + 2].copy_from_slice(&c.sayings.to_be_bytes());
-        c.out[statuses_at..statuses_at + 2].copy_from_slice(&c.statuses.to_be_bytes());
-        sign(c.out, secret)
-    };
+    let head = head(SYNC, sender)?;
     let mut done = Vec::new();
-    let mut c = fresh()?;
+    let mut c = Chunk::default();
+    let mut entry = Vec::new();
     for (subject, s) in statuses {
-        let mut entry = Vec::new();
+        entry.clear();
         status(&mut entry, subject, s)?;
-        // Room left for the sayings' count and the tag.
-        if c.out.len() + entry.len() + 2 + TAG_LEN > MAX_DATAGRAM {
-            done.push(finish(std::mem::replace(&mut c, fresh()?))?);
+        if !c.fits(head.len(), entry.len()) {
+            done.push(std::mem::take(&mut c).finish(head.clone(), secret)?);
         }
-        c.out.extend_from_slice(&entry);
-        c.statuses += 1;
+        c.statuses.extend_from_slice(&entry);
+        c.status_count += 1;
     }
     for (subject, s) in said {
-        let mut entry = Vec::new();
+        entry.clear();
         saying(&mut entry, subject, s)?;
-        let room = |c: &Chunk| {
-            c.out.len() + entry.len() + if c.sayings_at.is_some() { 0 } else { 2 } + TAG_LEN
-        };
-        if room(&c) > MAX_DATAGRAM {
-            done.push(finish(std::mem::replace(&mut c, fresh()?))?);
-            if room(&c) > MAX_DATAGRAM {
+        if !c.fits(head.len(), entry.len()) {
+            done.push(std::mem::take(&mut c).finish(head.clone(), secret)?);
+            if !c.fits(head.len(), entry.len()) {
                 return Err(MessageError::TooLarge(entry.len()));
             }
         }
-        if c.sayings_at.is_none() {
-            c.out.extend_from_slice(&[0, 0]);
-            c.sayings_at = Some(c.out.len() - 2);
-        }
-        c.out.extend_from_slice(&entry);
-        c.sayings += 1;
+        c.sayings.extend_from_slice(&entry);
+        c.saying_count += 1;
     }
-    done.push(finish(c)?);
+    done.push(c.finish(head, secret)?);
     Ok(done)
 }
 
@@ -317,7 +302,7 @@ pub fn decode(datagram: &[u8], secret: &[u8]) -> Result<(String, Message), Messa
         return Err(MessageError::Magic);
     }
     let (body, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).map_err(|_| MessageError::Key)?;
+    let mut m = mac(secret).map_err(|_| MessageError::Key)?;
     m.update(body);
     m.verify_slice(tag).map_err(|_| MessageError::Auth)?;
     let mut r = Reader(body);
