@@ -106,6 +106,25 @@ impl Keys {
     pub fn verifying(&self, now: Instant) -> impl Iterator<Item = &[u8]> {
         self.current.as_deref().into_iter().chain(self.overlap(now))
     }
+
+    /// `decode` under each key that may have signed at `now` until one is not refused as
+    /// unauthentic (`is_auth`): `unauthentic` when there is no key at all.
+    fn open<T, E>(
+        &self,
+        now: Instant,
+        decode: impl Fn(&[u8]) -> Result<T, E>,
+        is_auth: impl Fn(&E) -> bool,
+        unauthentic: E,
+    ) -> Result<T, E> {
+        let mut decoded = Err(unauthentic);
+        for key in self.verifying(now) {
+            decoded = decode(key);
+            if !decoded.as_ref().is_err_and(&is_auth) {
+                break;
+            }
+        }
+        decoded
+    }
 }
 
 /// This agent's heartbeats: one epoch per run, numbered within it.
@@ -143,8 +162,10 @@ struct RingMode {
     legacy: BTreeSet<String>,
     /// The digest as of the last look: another one means the view may have changed.
     looked: Option<u64>,
-    /// What this node said of itself last.
-    said: Option<Saying>,
+    /// What this node says of itself (phase, links, claims) changed since it last said it.
+    unsaid: bool,
+    /// Each member's saying as last read, by (run, version): a look reads only new ones.
+    read: BTreeMap<String, ((u64, u64), Option<Saying>)>,
 }
 
 /// A run's epoch: random, so that no clock (which may go back between runs) is involved, and
@@ -202,6 +223,17 @@ fn sender_for(peer: SocketAddr) -> std::io::Result<UdpSocket> {
 
 /// The heartbeat socket on `port` of every address of `domain` (IPv6 dual-stack), its
 /// datagrams marked [`HEARTBEAT_TOS`] for both families and queued at [`HEARTBEAT_PRIORITY`].
+/// The sending socket for `peer`, opened at its first use.
+fn sender(
+    senders: &mut BTreeMap<SocketAddr, UdpSocket>,
+    peer: SocketAddr,
+) -> std::io::Result<&UdpSocket> {
+    Ok(match senders.entry(peer) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(sender_for(peer)?),
+    })
+}
+
 fn bind_marked(domain: socket2::Domain, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Protocol, SockAddr, Socket, Type};
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
@@ -318,7 +350,10 @@ impl Membership {
                 .chain([self.node.clone()]),
         );
         match &mut self.ring {
-            Some(r) => r.verdicts.set_ring(ring),
+            Some(r) => {
+                r.legacy.retain(|n| ring.contains(n));
+                r.verdicts.set_ring(ring);
+            }
             None => {
                 info!(
                     members = ring.len(),
@@ -335,17 +370,26 @@ impl Membership {
                     ),
                     legacy: BTreeSet::new(),
                     looked: None,
-                    said: None,
+                    unsaid: true,
+                    read: BTreeMap::new(),
                 });
             }
         }
     }
 
+    /// Notes that what this node says of itself changed (said at the next heartbeat).
+    fn unsaid(&mut self) {
+        if let Some(r) = &mut self.ring {
+            r.unsaid = true;
+        }
+    }
+
     /// Says what this node says of itself if it changed since it last said it (ring mode).
     fn say_if_changed(&mut self) {
-        let Some(r) = &mut self.ring else {
+        let Some(r) = self.ring.as_mut().filter(|r| r.unsaid) else {
             return;
         };
+        r.unsaid = false;
         let saying = Saying {
             phase: self.phase,
             links: self.links.get(&self.node).cloned().unwrap_or_default(),
@@ -355,11 +399,7 @@ impl Membership {
                 .map(|(c, _)| c.clone())
                 .unwrap_or_default(),
         };
-        if r.said.as_ref() == Some(&saying) {
-            return;
-        }
         let out = r.verdicts.say(saying.encode());
-        r.said = Some(saying);
         self.send_ring(out);
     }
 
@@ -391,12 +431,8 @@ impl Membership {
                     continue;
                 }
             };
-            let sender = match self.senders.entry(addr) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => match sender_for(addr) {
-                    Ok(s) => v.insert(s),
-                    Err(_) => continue,
-                },
+            let Ok(sender) = sender(&mut self.senders, addr) else {
+                continue;
             };
             for d in datagrams {
                 // Lost like any datagram: repeats and syncs make up for it.
@@ -419,13 +455,12 @@ impl Membership {
         let Some(datagram) = self.buf.get(..n) else {
             return false;
         };
-        let mut decoded = Err(MessageError::Auth);
-        for key in self.keys.verifying(now) {
-            decoded = messages::decode(datagram, key);
-            if !matches!(decoded, Err(MessageError::Auth)) {
-                break;
-            }
-        }
+        let decoded = self.keys.open(
+            now,
+            |key| messages::decode(datagram, key),
+            |e| *e == MessageError::Auth,
+            MessageError::Auth,
+        );
         let (sender, message) = match decoded {
             Ok(m) => m,
             Err(e) => {
@@ -474,7 +509,11 @@ impl Membership {
     /// This node's announcing links with carrier, as its heartbeats say from now on; `true`
     /// when they changed (a heartbeat is then worth sending at once).
     pub fn set_links(&mut self, links: Links) -> bool {
-        self.links.insert(self.node.clone(), links.clone()) != Some(links)
+        let changed = self.links.insert(self.node.clone(), links.clone()) != Some(links);
+        if changed {
+            self.unsaid();
+        }
+        changed
     }
 
     /// The non-revertive VIPs this node holds, as its heartbeats say from now on; `true` when
@@ -482,10 +521,15 @@ impl Membership {
     pub fn set_claims(&mut self, claims: Claims) -> bool {
         let digest = claims.digest();
         let entry = (claims, digest);
-        self.claims
+        let changed = self
+            .claims
             .insert(self.node.clone(), entry.clone())
             .as_ref()
-            != Some(&entry)
+            != Some(&entry);
+        if changed {
+            self.unsaid();
+        }
+        changed
     }
 
     /// The socket, for the thread's poll.
@@ -511,7 +555,10 @@ impl Membership {
     ) -> Vec<(SocketAddr, std::io::Error)> {
         let now = Instant::now();
         self.follow_members(peers, now);
-        self.phase = phase;
+        if self.phase != phase {
+            self.phase = phase;
+            self.unsaid();
+        }
         self.say_if_changed();
         let mut hb = self.beats.next(phase);
         let mut failed = Vec::new();
@@ -546,17 +593,8 @@ impl Membership {
             let Ok(datagram) = hb.encode(key) else {
                 return failed;
             };
-            let sender = match self.senders.entry(*addr) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => match sender_for(*addr) {
-                    Ok(s) => v.insert(s),
-                    Err(e) => {
-                        failed.push((*addr, e));
-                        continue;
-                    }
-                },
-            };
-            if let Err(e) = sender.send(&datagram) {
+            let sent = sender(&mut self.senders, *addr).and_then(|s| s.send(&datagram));
+            if let Err(e) = sent {
                 failed.push((*addr, e));
             }
         }
@@ -588,13 +626,12 @@ impl Membership {
         if messages::is_message(datagram) {
             return self.take_message(n, from);
         }
-        let mut decoded = Err(HeartbeatError::Auth);
-        for key in self.keys.verifying(now) {
-            decoded = Heartbeat::decode(datagram, key);
-            if !matches!(decoded, Err(HeartbeatError::Auth)) {
-                break;
-            }
-        }
+        let decoded = self.keys.open(
+            now,
+            |key| Heartbeat::decode(datagram, key),
+            |e| matches!(e, HeartbeatError::Auth),
+            HeartbeatError::Auth,
+        );
         let hb = match decoded {
             Ok(hb) => hb,
             Err(e) => {
@@ -784,22 +821,34 @@ impl Membership {
             claims.insert(self.node.clone(), c.clone());
         }
         let held_alive = r.verdicts.alive();
-        for (node, said) in r.verdicts.said() {
+        let said = r.verdicts.said();
+        r.read.retain(|n, _| said.contains_key(n));
+        for (node, said) in said {
             if *node == self.node || !held_alive.contains(node) {
                 continue;
             }
-            match Saying::decode(&said.body) {
-                Ok(s) if s.phase == Phase::Active => {
-                    alive.insert(node.clone());
-                    links.insert(node.clone(), s.links);
-                    claims.insert(node.clone(), s.claims);
+            let key = (said.run, said.version);
+            let saying = match r.read.get(node) {
+                Some((k, s)) if *k == key => s,
+                _ => {
+                    let s = Saying::decode(&said.body)
+                        .inspect_err(|e| {
+                            if self.reject_log.should_log(Rejected::Malformed, now) {
+                                warn!(peer = %node, error = %e, "what a peer says of itself cannot be read: it is not counted alive");
+                            }
+                        })
+                        .ok();
+                    &r.read
+                        .entry(node.clone())
+                        .insert_entry((key, s))
+                        .into_mut()
+                        .1
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    if self.reject_log.should_log(Rejected::Malformed, now) {
-                        warn!(peer = %node, error = %e, "what a peer says of itself cannot be read: it is not counted alive");
-                    }
-                }
+            };
+            if let Some(s) = saying.as_ref().filter(|s| s.phase == Phase::Active) {
+                alive.insert(node.clone());
+                links.insert(node.clone(), s.links.clone());
+                claims.insert(node.clone(), s.claims.clone());
             }
         }
         let (detector, verdicts) = (&self.detector, &r.verdicts);
