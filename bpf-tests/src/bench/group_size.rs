@@ -27,6 +27,11 @@ pub struct GroupFigures {
     pub detection_p99: Duration,
     /// Whether the group ran as a ring (past a full mesh).
     pub ring: bool,
+    /// Views changed, all agents together, while the group was at rest (over the window the
+    /// heartbeats are counted in): anything but 0 is a flap.
+    pub changes_at_rest: usize,
+    /// Why the first try did not give figures, when these are from a second.
+    pub second_try: Option<String>,
 }
 
 fn metrics(lab: &Lab, i: usize) -> Result<String, String> {
@@ -34,6 +39,16 @@ fn metrics(lab: &Lab, i: usize) -> Result<String, String> {
     match scrape::get(&lab.nodes[i].ns, addr, "/metrics")? {
         (200, body) => Ok(body),
         (status, body) => Err(format!("node {i}: {status} {body}")),
+    }
+}
+
+/// The first line of `text` and its last `n`: enough to tell why, not the whole log.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    match lines.first() {
+        Some(first) if lines.len() > n => format!("{first} … {}", tail.join(" | ")),
+        _ => tail.join(" | "),
     }
 }
 
@@ -52,8 +67,25 @@ fn dropped_at(log: &str, victim: &str, after: SystemTime) -> Option<SystemTime> 
         .map(|(t, _)| t)
 }
 
-/// `n` agents heartbeating every `interval`, dead after `timeout`.
+/// `n` agents heartbeating every `interval`, dead after `timeout`; a group that cannot settle
+/// is tried once more, and both failures reported.
 pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures, String> {
+    match once(n, interval, timeout) {
+        Ok(g) => Ok(g),
+        Err(first) => {
+            eprintln!("groups: {first}; trying once more");
+            match once(n, interval, timeout) {
+                Ok(g) => Ok(GroupFigures {
+                    second_try: Some(first),
+                    ..g
+                }),
+                Err(second) => Err(format!("{first}; at a second try: {second}")),
+            }
+        }
+    }
+}
+
+fn once(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures, String> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let (every, dead_after) = (ms(interval), ms(timeout));
     let lab = Lab::new("gz", n);
@@ -79,11 +111,19 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
                 &dead_after,
             ],
         );
-        a.wait_for_log("running;", Duration::from_secs(30));
+        a.try_wait_for_log("running;", Duration::from_secs(30))
+            .map_err(|e| format!("{n} agents: {name} did not start: {}", last_lines(&e, 5)))?;
         agents.push(Some(a));
     }
     let alive_peers = |i: usize| -> Option<f64> {
         sample(&metrics(&lab, i).ok()?, "xdplb_membership_peers_alive", &[])
+    };
+    let changes = |agents: &[Option<Agent>]| -> usize {
+        agents
+            .iter()
+            .flatten()
+            .map(|a| a.log_text().matches("membership changed").count())
+            .sum()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(0..n).all(|i| alive_peers(i) == Some((n - 1) as f64)) {
@@ -106,11 +146,7 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
                 })
                 .filter(|s| s != "all")
                 .collect();
-            let changes: usize = agents
-                .iter()
-                .flatten()
-                .map(|a| a.log_text().matches("membership changed").count())
-                .sum();
+            let changes = changes(&agents);
             return Err(format!(
                 "{n} agents: not all hear each other within 60 s ({changes} membership changes logged in all; as last logged: {})",
                 heard.join(" ")
@@ -127,11 +163,13 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
         .ok_or_else(|| format!("node {i}: no heartbeats_received"))
     };
     let window = Duration::from_secs(5);
+    let changes_before = changes(&agents);
     let before: Vec<f64> = (0..n).map(received).collect::<Result<_, _>>()?;
     let start = Instant::now();
     std::thread::sleep(window);
     let after: Vec<f64> = (0..n).map(received).collect::<Result<_, _>>()?;
     let secs = start.elapsed().as_secs_f64();
+    let changes_at_rest = changes(&agents) - changes_before;
     let rate = after.iter().zip(&before).map(|(a, b)| a - b).sum::<f64>() / n as f64 / secs;
 
     let ring = agents.iter().flatten().any(|a| {
@@ -173,5 +211,7 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
         detection_mean: mean,
         detection_p99: p99,
         ring,
+        changes_at_rest,
+        second_try: None,
     })
 }

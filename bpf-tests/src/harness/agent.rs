@@ -137,19 +137,30 @@ impl Agent {
 
     /// Waits until the agent's log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        if let Err(e) = self.try_wait_for_log(needle, timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the agent's log contains `needle`; after `timeout`, or when the agent
+    /// exits first, says so with the log.
+    pub fn try_wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
             let text = self.log_text();
             if text.contains(needle) {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited ({status}) before logging {needle:?}:\n{text}");
+                return Err(format!(
+                    "agent exited ({status}) before logging {needle:?}:\n{text}"
+                ));
             }
-            assert!(
-                start.elapsed() < timeout,
-                "agent did not log {needle:?} within {timeout:?}:\n{text}"
-            );
+            if start.elapsed() >= timeout {
+                return Err(format!(
+                    "agent did not log {needle:?} within {timeout:?}:\n{text}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
