@@ -920,7 +920,10 @@ fn the_membership_thread_runs_real_time_and_says_when_it_may_not() {
         &[],
         &[],
     );
-    let agent = g.agents[1].as_ref().expect("node-2");
+    let agent = g.agents[1].as_mut().expect("node-2");
+    // The thread names itself before it asks for real-time scheduling and logs the refusal
+    // after: the log line says the attempt is over.
+    agent.wait_for_log("without real-time scheduling", Duration::from_secs(5));
     let pid = agent.child.id();
     let deadline = Instant::now() + Duration::from_secs(5);
     let sched = loop {
@@ -998,8 +1001,18 @@ fn past_sixteen_agents_each_hears_its_ring_neighbours_and_all_see_a_kill() {
         return;
     }
     let (interval, timeout) = (Duration::from_millis(20), Duration::from_millis(100));
-    let g = bpf_tests::bench::group_size::measure(20, interval, timeout)
-        .unwrap_or_else(|e| panic!("{e}"));
+    // Without real-time scheduling: twenty agents on one host are a crowd no real host
+    // carries. Their membership threads (debug builds) took 0.9 of the 2 CPUs while they
+    // started, and at the default real-time priority each runs to its end ahead of the
+    // equal-priority threads of the test running beside this one, whose 30 ms timeouts then
+    // expired (once in seven runs). What this test checks is the protocol.
+    let g = bpf_tests::bench::group_size::measure(
+        20,
+        interval,
+        timeout,
+        &["--membership-priority", "0"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{g:?}");
     assert!(g.ring, "20 agents run as a ring");
     let mesh = 19.0 / interval.as_secs_f64();

@@ -67,14 +67,19 @@ fn dropped_at(log: &str, victim: &str, after: SystemTime) -> Option<SystemTime> 
         .map(|(t, _)| t)
 }
 
-/// `n` agents heartbeating every `interval`, dead after `timeout`; a group that cannot settle
-/// is tried once more, and both failures reported.
-pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures, String> {
-    match once(n, interval, timeout) {
+/// `n` agents heartbeating every `interval`, dead after `timeout`, each run with `extra`
+/// arguments too; a group that cannot settle is tried once more, and both failures reported.
+pub fn measure(
+    n: usize,
+    interval: Duration,
+    timeout: Duration,
+    extra: &[&str],
+) -> Result<GroupFigures, String> {
+    match once(n, interval, timeout, extra) {
         Ok(g) => Ok(g),
         Err(first) => {
             eprintln!("groups: {first}; trying once more");
-            match once(n, interval, timeout) {
+            match once(n, interval, timeout, extra) {
                 Ok(g) => Ok(GroupFigures {
                     second_try: Some(first),
                     ..g
@@ -85,7 +90,12 @@ pub fn measure(n: usize, interval: Duration, timeout: Duration) -> Result<GroupF
     }
 }
 
-fn once(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures, String> {
+fn once(
+    n: usize,
+    interval: Duration,
+    timeout: Duration,
+    extra: &[&str],
+) -> Result<GroupFigures, String> {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let (every, dead_after) = (ms(interval), ms(timeout));
     let lab = Lab::new("gz", n);
@@ -97,20 +107,16 @@ fn once(n: usize, interval: Duration, timeout: Duration) -> Result<GroupFigures,
     let pins: Vec<PinDir> = (0..n).map(|i| PinDir::new(&format!("gz{i}"))).collect();
     let mut agents: Vec<Option<Agent>> = Vec::with_capacity(n);
     for ((node, name), pin) in lab.nodes.iter().zip(&lab.names).zip(&pins) {
-        let mut a = Agent::run_node(
-            &node.ns,
-            name,
-            &dir,
-            pin.path(),
-            &[
-                "--mode",
-                "xdp-native",
-                "--heartbeat-interval",
-                &every,
-                "--failure-timeout",
-                &dead_after,
-            ],
-        );
+        let mut args = vec![
+            "--mode",
+            "xdp-native",
+            "--heartbeat-interval",
+            &every,
+            "--failure-timeout",
+            &dead_after,
+        ];
+        args.extend_from_slice(extra);
+        let mut a = Agent::run_node(&node.ns, name, &dir, pin.path(), &args);
         a.try_wait_for_log("running;", Duration::from_secs(30))
             .map_err(|e| format!("{n} agents: {name} did not start: {}", last_lines(&e, 5)))?;
         agents.push(Some(a));

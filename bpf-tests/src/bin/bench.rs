@@ -201,7 +201,7 @@ fn measure(sections: &[Section]) -> Result<Table> {
         t.groups = Some(
             GROUPS
                 .iter()
-                .map(|&(n, i, f)| bpf_tests::bench::group_size::measure(n, i, f))
+                .map(|&(n, i, f)| bpf_tests::bench::group_size::measure(n, i, f, &[]))
                 .collect(),
         );
     }
