@@ -22,6 +22,8 @@ pub struct GroupFigures {
     pub interval: Duration,
     /// Heartbeats each agent accepted per second at rest (mean over the agents).
     pub received: f64,
+    /// The agent that accepted the most, and how many per second.
+    pub busiest: Option<(String, f64)>,
     /// Detection by the survivors: the mean, and the 99th percentile.
     pub detection_mean: Duration,
     pub detection_p99: Duration,
@@ -176,7 +178,17 @@ fn once(
     let after: Vec<f64> = (0..n).map(received).collect::<Result<_, _>>()?;
     let secs = start.elapsed().as_secs_f64();
     let changes_at_rest = changes(&agents) - changes_before;
-    let rate = after.iter().zip(&before).map(|(a, b)| a - b).sum::<f64>() / n as f64 / secs;
+    let rates: Vec<f64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| (a - b) / secs)
+        .collect();
+    let rate = rates.iter().sum::<f64>() / n as f64;
+    let busiest = rates
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, r)| (lab.names[i].clone(), *r));
 
     let ring = agents.iter().flatten().any(|a| {
         a.log_text()
@@ -214,6 +226,7 @@ fn once(
         nodes: n,
         interval,
         received: rate,
+        busiest,
         detection_mean: mean,
         detection_p99: p99,
         ring,

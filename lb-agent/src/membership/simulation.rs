@@ -329,6 +329,29 @@ mod tests {
     }
 
     #[test]
+    fn a_cold_start_under_loss_ends_with_every_node_heartbeating_a_few() {
+        // A node heartbeats everyone until a sync tells it what the group knows: one lost
+        // sync must not leave it doing so for good.
+        let mut sim = Sim::new(60, INTERVAL, TIMEOUT, 11);
+        sim.loss = 0.3;
+        sim.run_for(Duration::from_secs(1));
+        sim.loss = 0.0;
+        sim.run_for(Duration::from_millis(500));
+        sim.reset_counts();
+        sim.run_for(Duration::from_secs(1));
+        let unsynced: Vec<&str> = sim
+            .nodes
+            .iter()
+            .filter(|n| !n.verdicts.synced())
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(unsynced, Vec::<&str>::new(), "never synced");
+        let rate = sim.heartbeat_rate();
+        assert!((550.0..=650.0).contains(&rate), "{rate}");
+        assert!(sim.converged(), "{:?}", sim.views());
+    }
+
+    #[test]
     fn a_crash_is_seen_by_every_node_within_the_timeout_and_a_few_flights() {
         let mut sim = started(60, 2);
         sim.kill(17);
