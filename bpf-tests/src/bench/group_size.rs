@@ -32,6 +32,9 @@ pub struct GroupFigures {
     /// Views changed, all agents together, while the group was at rest (over the window the
     /// heartbeats are counted in): anything but 0 is a flap.
     pub changes_at_rest: usize,
+    /// Datagrams the agents' sockets dropped for a full receive buffer over that window, all
+    /// agents together (the lab's CPUs not keeping up).
+    pub drops_at_rest: u64,
     /// Why the first try did not give figures, when these are from a second.
     pub second_try: Option<String>,
 }
@@ -42,6 +45,43 @@ fn metrics(lab: &Lab, i: usize) -> Result<String, String> {
         (200, body) => Ok(body),
         (status, body) => Err(format!("node {i}: {status} {body}")),
     }
+}
+
+/// UDP datagrams the node namespaces' sockets dropped for a full receive buffer, IPv4 and
+/// IPv6 together, summed over the nodes.
+fn receive_drops(lab: &Lab) -> u64 {
+    let field = |text: &str, table: &str, name: &str| -> u64 {
+        // /proc/net/snmp: a header line and a value line, both starting with "Udp:".
+        let mut rows = text.lines().filter(|l| l.starts_with(table));
+        let (Some(head), Some(values)) = (rows.next(), rows.next()) else {
+            return 0;
+        };
+        head.split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(h, _)| *h == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    lab.nodes
+        .iter()
+        .map(|node| {
+            let read = |path: &str| {
+                node.ns
+                    .exec("cat")
+                    .arg(path)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let v6 = read("/proc/net/snmp6");
+            let v6_drops = v6
+                .lines()
+                .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            field(&read("/proc/net/snmp"), "Udp:", "RcvbufErrors") + v6_drops
+        })
+        .sum()
 }
 
 /// The first line of `text` and its last `n`: enough to tell why, not the whole log.
@@ -172,16 +212,19 @@ fn once(
     };
     let window = Duration::from_secs(5);
     let changes_before = changes(&agents);
-    let before: Vec<f64> = (0..n).map(received).collect::<Result<_, _>>()?;
-    let start = Instant::now();
+    let drops_before = receive_drops(&lab);
+    // Each agent's count over its own window, from its first scrape to its second: a pass
+    // over 100 agents on a busy host takes seconds, and not always the same.
+    let counted = |i: usize| received(i).map(|c| (c, Instant::now()));
+    let before: Vec<(f64, Instant)> = (0..n).map(counted).collect::<Result<_, _>>()?;
     std::thread::sleep(window);
-    let after: Vec<f64> = (0..n).map(received).collect::<Result<_, _>>()?;
-    let secs = start.elapsed().as_secs_f64();
+    let after: Vec<(f64, Instant)> = (0..n).map(counted).collect::<Result<_, _>>()?;
     let changes_at_rest = changes(&agents) - changes_before;
+    let drops_at_rest = receive_drops(&lab).saturating_sub(drops_before);
     let rates: Vec<f64> = after
         .iter()
         .zip(&before)
-        .map(|(a, b)| (a - b) / secs)
+        .map(|((a, at), (b, bt))| (a - b) / at.duration_since(*bt).as_secs_f64())
         .collect();
     let rate = rates.iter().sum::<f64>() / n as f64;
     let busiest = rates
@@ -231,6 +274,7 @@ fn once(
         detection_p99: p99,
         ring,
         changes_at_rest,
+        drops_at_rest,
         second_try: None,
     })
 }

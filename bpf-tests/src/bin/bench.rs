@@ -466,7 +466,7 @@ fn print_groups(rows: &[Result<bpf_tests::bench::group_size::GroupFigures, Strin
             Ok(g) => {
                 let per_interval = 1.0 / g.interval.as_secs_f64();
                 println!(
-                    "| L2 membership in the lab, {} real agents ({}, heartbeats every {} ms): heartbeats received per agent per second; kill → each survivor drops it, mean / p99 (ms); views changed at rest (5 s, all agents) | {:.0}/s (the busiest, {}: {:.0}/s); {:.1} / {:.1} ms; {} at rest{} | full mesh: (n − 1) × {:.0} = {:.0}/s | {:.2}× | flat in the group's size |",
+                    "| L2 membership in the lab, {} real agents ({}, heartbeats every {} ms): heartbeats received per agent per second; kill → each survivor drops it, mean / p99 (ms); views changed at rest (5 s, all agents) | {:.0}/s (the busiest, {}: {:.0}/s); {:.1} / {:.1} ms; {} at rest ({} datagrams dropped by full receive buffers){} | full mesh: (n − 1) × {:.0} = {:.0}/s | {:.2}× | flat in the group's size |",
                     g.nodes,
                     if g.ring { "ring" } else { "full mesh" },
                     g.interval.as_millis(),
@@ -476,6 +476,7 @@ fn print_groups(rows: &[Result<bpf_tests::bench::group_size::GroupFigures, Strin
                     ms(g.detection_mean),
                     ms(g.detection_p99),
                     g.changes_at_rest,
+                    g.drops_at_rest,
                     g.second_try
                         .as_ref()
                         .map(|e| format!(" (at a second try; the first: {e})"))
