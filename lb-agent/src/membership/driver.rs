@@ -107,23 +107,24 @@ impl Keys {
         self.current.as_deref().into_iter().chain(self.overlap(now))
     }
 
-    /// `decode` under each key that may have signed at `now` until one is not refused as
-    /// unauthentic (`is_auth`): `unauthentic` when there is no key at all.
-    fn open<T, E>(
+    /// `decode` under each key that may have signed at `now` until one does not refuse it
+    /// as `unauthentic` (which it is when there is no key at all).
+    fn open<T, E: PartialEq>(
         &self,
         now: Instant,
         decode: impl Fn(&[u8]) -> Result<T, E>,
-        is_auth: impl Fn(&E) -> bool,
         unauthentic: E,
     ) -> Result<T, E> {
-        let mut decoded = Err(unauthentic);
+        let mut decoded = None;
         for key in self.verifying(now) {
-            decoded = decode(key);
-            if !decoded.as_ref().is_err_and(&is_auth) {
+            let d = decode(key);
+            let refused = d.as_ref().err() == Some(&unauthentic);
+            decoded = Some(d);
+            if !refused {
                 break;
             }
         }
-        decoded
+        decoded.unwrap_or(Err(unauthentic))
     }
 }
 
@@ -221,8 +222,6 @@ fn sender_for(peer: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(s)
 }
 
-/// The heartbeat socket on `port` of every address of `domain` (IPv6 dual-stack), its
-/// datagrams marked [`HEARTBEAT_TOS`] for both families and queued at [`HEARTBEAT_PRIORITY`].
 /// The sending socket for `peer`, opened at its first use.
 fn sender(
     senders: &mut BTreeMap<SocketAddr, UdpSocket>,
@@ -234,6 +233,8 @@ fn sender(
     })
 }
 
+/// The heartbeat socket on `port` of every address of `domain` (IPv6 dual-stack), its
+/// datagrams marked [`HEARTBEAT_TOS`] for both families and queued at [`HEARTBEAT_PRIORITY`].
 fn bind_marked(domain: socket2::Domain, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Protocol, SockAddr, Socket, Type};
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
@@ -458,7 +459,6 @@ impl Membership {
         let decoded = self.keys.open(
             now,
             |key| messages::decode(datagram, key),
-            |e| *e == MessageError::Auth,
             MessageError::Auth,
         );
         let (sender, message) = match decoded {
@@ -629,7 +629,6 @@ impl Membership {
         let decoded = self.keys.open(
             now,
             |key| Heartbeat::decode(datagram, key),
-            |e| matches!(e, HeartbeatError::Auth),
             HeartbeatError::Auth,
         );
         let hb = match decoded {
